@@ -1,1 +1,39 @@
-fn main() {}
+//! # loadgen
+//!
+//! The MemDS experiment and benchmark harness.
+//!
+//! # Layout
+//!
+//! - `bench_map`: `loadgen bench-map`, memory and lookup cost of the compact partition-map
+//!   encoding against the naive design and zstd, measured in one run.
+//! - `alloc`: the counting global allocator the memory figures come from.
+
+mod alloc;
+mod bench_map;
+
+use clap::{Parser, Subcommand};
+
+#[global_allocator]
+static GLOBAL: alloc::Counting = alloc::Counting;
+
+/// MemDS experiments and benchmarks.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Memory per partition and lookup latency of the compact map encoding, against a naive
+    /// Vec of structs and against zstd, in one run.
+    BenchMap(bench_map::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::BenchMap(args) => bench_map::run(&args),
+    }
+}

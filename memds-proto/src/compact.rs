@@ -60,8 +60,8 @@ use xxhash_rust::xxh3::Xxh3;
 
 use crate::bits::{self, BitWriter};
 use crate::model::{
-    Epoch, NodeId, Partition, PartitionId, Replicas, Route, RouteReplica, StorageNode, TableMap,
-    TableName, TableVersion, MAX_REPLICAS,
+    Epoch, MAX_REPLICAS, NodeId, Partition, PartitionId, Replicas, Route, RouteReplica,
+    StorageNode, TableMap, TableName, TableVersion,
 };
 
 /// Partitions per block.
@@ -295,10 +295,12 @@ impl CompactTable {
         &'a self,
         entry: &'a PartitionEntry,
     ) -> impl Iterator<Item = (NodeId, &'a NodeInfo)> + 'a {
-        entry.replica_slots[..entry.replica_count()].iter().map(|&s| {
-            let n = &self.nodes[s as usize];
-            (n.id, &*n.info)
-        })
+        entry.replica_slots[..entry.replica_count()]
+            .iter()
+            .map(|&s| {
+                let n = &self.nodes[s as usize];
+                (n.id, &*n.info)
+            })
     }
 
     /// The full route for a decoded partition.
@@ -417,15 +419,24 @@ impl CompactTable {
         }
         PartitionEntry {
             index: b * BLOCK_LEN + i,
-            id: PartitionId::new(block.id_base + bits::get(d, block.ids_off + i * block.id_w as usize, block.id_w)),
+            id: PartitionId::new(
+                block.id_base + bits::get(d, block.ids_off + i * block.id_w as usize, block.id_w),
+            ),
             start,
             end_inclusive,
             epoch: Epoch::new(
                 block.epoch_base
-                    + bits::get(d, block.epochs_off + i * block.epoch_w as usize, block.epoch_w),
+                    + bits::get(
+                        d,
+                        block.epochs_off + i * block.epoch_w as usize,
+                        block.epoch_w,
+                    ),
             ),
-            leader: bits::get(d, block.leaders_off + i * block.leader_w as usize, block.leader_w)
-                as u8,
+            leader: bits::get(
+                d,
+                block.leaders_off + i * block.leader_w as usize,
+                block.leader_w,
+            ) as u8,
             replica_len,
             replica_slots,
         }
@@ -505,7 +516,11 @@ impl Block {
         if i == 0 {
             0
         } else {
-            bits::get(data, self.starts_off + (i - 1) * self.start_w as usize, self.start_w)
+            bits::get(
+                data,
+                self.starts_off + (i - 1) * self.start_w as usize,
+                self.start_w,
+            )
         }
     }
 
@@ -534,10 +549,22 @@ fn encode_block(
 ) {
     let n = chunk.len();
     let base = chunk[0].start;
-    let id_base = chunk.iter().map(|p| p.id.get()).min().expect("non-empty chunk");
-    let epoch_base = chunk.iter().map(|p| p.epoch.get()).min().expect("non-empty chunk");
+    let id_base = chunk
+        .iter()
+        .map(|p| p.id.get())
+        .min()
+        .expect("non-empty chunk");
+    let epoch_base = chunk
+        .iter()
+        .map(|p| p.epoch.get())
+        .min()
+        .expect("non-empty chunk");
     let start_w = bits::width(chunk[n - 1].start - base);
-    let id_w = chunk.iter().map(|p| bits::width(p.id.get() - id_base)).max().unwrap_or(0);
+    let id_w = chunk
+        .iter()
+        .map(|p| bits::width(p.id.get() - id_base))
+        .max()
+        .unwrap_or(0);
     let epoch_w = chunk
         .iter()
         .map(|p| bits::width(p.epoch.get() - epoch_base))
@@ -556,8 +583,16 @@ fn encode_block(
             sets.push(&p.replicas);
         }
     }
-    let min_len = sets.iter().map(|s| s.len()).min().expect("at least one set") as u64;
-    let max_len = sets.iter().map(|s| s.len()).max().expect("at least one set") as u64;
+    let min_len = sets
+        .iter()
+        .map(|s| s.len())
+        .min()
+        .expect("at least one set") as u64;
+    let max_len = sets
+        .iter()
+        .map(|s| s.len())
+        .max()
+        .expect("at least one set") as u64;
     let len_w = bits::width(max_len - min_len);
 
     let header = (n as u64 - 1) << H_N
@@ -658,9 +693,17 @@ mod tests {
                         }
                     }
                     Partition {
-                        id: PartitionId::new(if rng.random_bool(0.1) { rng.random() } else { i as u64 * 3 }),
+                        id: PartitionId::new(if rng.random_bool(0.1) {
+                            rng.random()
+                        } else {
+                            i as u64 * 3
+                        }),
                         start,
-                        epoch: Epoch::new(if rng.random_bool(0.1) { rng.random() } else { rng.random_range(0..50) }),
+                        epoch: Epoch::new(if rng.random_bool(0.1) {
+                            rng.random()
+                        } else {
+                            rng.random_range(0..50)
+                        }),
                         leader: rng.random_range(0..len) as u8,
                         replicas: Replicas::new(&picks).expect("distinct picks"),
                     }
@@ -676,8 +719,13 @@ mod tests {
                     p
                 })
                 .collect();
-            TableMap::new(TableName::new("t").expect("valid"), TableVersion::new(seed), node_list, partitions)
-                .expect("generated maps are valid")
+            TableMap::new(
+                TableName::new("t").expect("valid"),
+                TableVersion::new(seed),
+                node_list,
+                partitions,
+            )
+            .expect("generated maps are valid")
         })
     }
 
@@ -728,16 +776,24 @@ mod tests {
         };
         let maps = synth::generate_fleet(&cfg);
         let mut interner = NodeInterner::default();
-        let tables: Vec<CompactTable> =
-            maps.iter().map(|m| CompactTable::new(m, &mut interner)).collect();
+        let tables: Vec<CompactTable> = maps
+            .iter()
+            .map(|m| CompactTable::new(m, &mut interner))
+            .collect();
         let distinct: HashSet<&str> = maps
             .iter()
             .flat_map(|m| m.nodes().iter().map(|n| n.addr.as_str()))
             .collect();
-        assert_eq!(interner.len(), distinct.len(), "one record per distinct node");
+        assert_eq!(
+            interner.len(),
+            distinct.len(),
+            "one record per distinct node"
+        );
         for (map, table) in maps.iter().zip(&tables) {
             assert_eq!(&table.to_map(), map);
-            let probes: Vec<u64> = (0..2_000u64).map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15)).collect();
+            let probes: Vec<u64> = (0..2_000u64)
+                .map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+                .collect();
             assert_matches_reference(map, table, &probes);
         }
         drop(tables);
@@ -747,7 +803,13 @@ mod tests {
 
     #[test]
     fn verify_detects_a_flipped_bit() {
-        let map = synth::generate_table(&SynthConfig { partitions: 1_000, ..SynthConfig::default() }, 0);
+        let map = synth::generate_table(
+            &SynthConfig {
+                partitions: 1_000,
+                ..SynthConfig::default()
+            },
+            0,
+        );
         let mut table = CompactTable::new(&map, &mut NodeInterner::default());
         assert!(table.verify());
         let mut data = table.data.to_vec();
@@ -758,7 +820,13 @@ mod tests {
 
     #[test]
     fn compact_is_far_smaller_than_the_plain_map() {
-        let map = synth::generate_table(&SynthConfig { partitions: 50_000, ..SynthConfig::default() }, 0);
+        let map = synth::generate_table(
+            &SynthConfig {
+                partitions: 50_000,
+                ..SynthConfig::default()
+            },
+            0,
+        );
         let table = CompactTable::new(&map, &mut NodeInterner::default());
         let per_partition = table.resident_bytes() as f64 / map.partitions().len() as f64;
         // The plain `Partition` is 64 bytes inline before any index; the compact form must be a

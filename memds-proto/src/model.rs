@@ -471,7 +471,9 @@ pub enum MapError {
         previous: u64,
     },
     /// Two partitions share an id.
-    #[error("partition {index}: id {id} is already used by partition {first_index}; partition ids must be unique")]
+    #[error(
+        "partition {index}: id {id} is already used by partition {first_index}; partition ids must be unique"
+    )]
     DuplicatePartitionId {
         /// The offending partition's index.
         index: usize,
@@ -505,7 +507,9 @@ pub enum MapError {
         node: NodeId,
     },
     /// A partition's leader index is past its replica list.
-    #[error("partition {index}: leader {leader} is out of range for {replicas} replicas; the leader indexes the replica list")]
+    #[error(
+        "partition {index}: leader {leader} is out of range for {replicas} replicas; the leader indexes the replica list"
+    )]
     LeaderOutOfRange {
         /// The offending partition's index.
         index: usize,
@@ -724,7 +728,10 @@ mod tests {
         let r = map.route(4999);
         assert_eq!(r.partition, PartitionId(2));
         assert_eq!((r.start, r.end_inclusive), (1000, 4999));
-        assert_eq!(r.leader_replica().map(|l| l.addr.as_str()), Some("10.0.0.3:8100"));
+        assert_eq!(
+            r.leader_replica().map(|l| l.addr.as_str()),
+            Some("10.0.0.3:8100")
+        );
         let last = map.route(u64::MAX);
         assert_eq!((last.start, last.end_inclusive), (5000, u64::MAX));
         assert_eq!(map.route(0).partition, PartitionId(1));
@@ -733,7 +740,8 @@ mod tests {
 
     #[test]
     fn every_rule_is_enforced_with_its_message() {
-        let cases: Vec<(Box<dyn FnOnce(&mut TableSpec)>, &str)> = vec![
+        type Edit = Box<dyn FnOnce(&mut TableSpec)>;
+        let cases: Vec<(Edit, &str)> = vec![
             (Box::new(|s| s.table.clear()), "table name is empty"),
             (
                 Box::new(|s| s.table = "x".repeat(256)),
@@ -783,10 +791,7 @@ mod tests {
                 Box::new(|s| s.partitions[1].leader = 1 << 40),
                 "partition 1: leader 1099511627776 is out of range for 2 replicas",
             ),
-            (
-                Box::new(|s| s.nodes[2].id = 1),
-                "node id 1 is listed twice",
-            ),
+            (Box::new(|s| s.nodes[2].id = 1), "node id 1 is listed twice"),
             (
                 Box::new(|s| s.nodes[0].addr.clear()),
                 "node 1: address is empty",

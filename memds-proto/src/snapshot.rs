@@ -59,7 +59,9 @@ pub enum SnapshotError {
         limit: u64,
     },
     /// The payload's checksum does not match the header: the bytes were damaged.
-    #[error("snapshot checksum mismatch: header says {expected:#018x}, payload hashes to {actual:#018x}")]
+    #[error(
+        "snapshot checksum mismatch: header says {expected:#018x}, payload hashes to {actual:#018x}"
+    )]
     ChecksumMismatch {
         /// The checksum in the header.
         expected: u64,
@@ -167,7 +169,10 @@ mod tests {
     fn round_trip_gives_the_same_map() {
         let map = sample();
         let snap = encode(&map);
-        assert_eq!(decode(&snap, DEFAULT_MAX_ARCHIVE_BYTES).expect("valid"), map);
+        assert_eq!(
+            decode(&snap, DEFAULT_MAX_ARCHIVE_BYTES).expect("valid"),
+            map
+        );
         assert!(snap.len() < archive(&map).len(), "zstd shrinks the archive");
     }
 
@@ -178,9 +183,15 @@ mod tests {
             let err = decode(&snap[..len], DEFAULT_MAX_ARCHIVE_BYTES)
                 .expect_err("a truncated snapshot is refused");
             if len < HEADER_LEN {
-                assert!(matches!(err, SnapshotError::Truncated { .. }), "{len}: {err}");
+                assert!(
+                    matches!(err, SnapshotError::Truncated { .. }),
+                    "{len}: {err}"
+                );
             } else {
-                assert!(matches!(err, SnapshotError::ChecksumMismatch { .. }), "{len}: {err}");
+                assert!(
+                    matches!(err, SnapshotError::ChecksumMismatch { .. }),
+                    "{len}: {err}"
+                );
             }
         }
     }
@@ -203,11 +214,20 @@ mod tests {
         let snap = encode(&sample());
         let mut bad = snap.clone();
         bad[0] = b'X';
-        assert!(matches!(decode(&bad, u64::MAX), Err(SnapshotError::BadMagic)));
+        assert!(matches!(
+            decode(&bad, u64::MAX),
+            Err(SnapshotError::BadMagic)
+        ));
         let mut bad = snap.clone();
         bad[4] = 9;
-        assert!(matches!(decode(&bad, u64::MAX), Err(SnapshotError::UnsupportedVersion(9))));
-        assert!(matches!(decode(&snap, 100), Err(SnapshotError::TooLarge { limit: 100, .. })));
+        assert!(matches!(
+            decode(&bad, u64::MAX),
+            Err(SnapshotError::UnsupportedVersion(9))
+        ));
+        assert!(matches!(
+            decode(&snap, 100),
+            Err(SnapshotError::TooLarge { limit: 100, .. })
+        ));
     }
 
     /// A payload with a correct checksum but wrong content must still be refused: by zstd, by
@@ -226,21 +246,36 @@ mod tests {
             out
         };
         let not_zstd = frame(10, vec![1, 2, 3, 4]);
-        assert!(matches!(decode(&not_zstd, u64::MAX), Err(SnapshotError::Decompress(_))));
+        assert!(matches!(
+            decode(&not_zstd, u64::MAX),
+            Err(SnapshotError::Decompress(_))
+        ));
 
         let raw = archive(&map);
         let compressed = zstd::bulk::compress(&raw, 3).expect("compress");
         let wrong_len = frame(raw.len() as u64 + 8, compressed);
-        assert!(matches!(decode(&wrong_len, u64::MAX), Err(SnapshotError::Decompress(_))));
+        assert!(matches!(
+            decode(&wrong_len, u64::MAX),
+            Err(SnapshotError::Decompress(_))
+        ));
 
         let garbage: Vec<u8> = (0..raw.len()).map(|i| (i * 31 % 251) as u8).collect();
-        let garbage_frame = frame(garbage.len() as u64, zstd::bulk::compress(&garbage, 3).expect("compress"));
-        assert!(matches!(decode(&garbage_frame, u64::MAX), Err(SnapshotError::Archive(_))));
+        let garbage_frame = frame(
+            garbage.len() as u64,
+            zstd::bulk::compress(&garbage, 3).expect("compress"),
+        );
+        assert!(matches!(
+            decode(&garbage_frame, u64::MAX),
+            Err(SnapshotError::Archive(_))
+        ));
 
         let mut spec = TableSpec::from(&map);
         spec.partitions[5].start = spec.partitions[4].start;
         let raw = rkyv::to_bytes::<rancor::Error>(&spec).expect("archive");
-        let invalid = frame(raw.len() as u64, zstd::bulk::compress(&raw, 3).expect("compress"));
+        let invalid = frame(
+            raw.len() as u64,
+            zstd::bulk::compress(&raw, 3).expect("compress"),
+        );
         match decode(&invalid, u64::MAX) {
             Err(SnapshotError::Invalid(MapError::StartNotIncreasing { index: 5, .. })) => {}
             other => panic!("expected the model's error, got {other:?}"),

@@ -29,8 +29,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::model::{
-    Epoch, NodeId, Partition, PartitionId, Replicas, StorageNode, TableMap, TableName,
-    TableVersion, MAX_REPLICAS,
+    Epoch, MAX_REPLICAS, NodeId, Partition, PartitionId, Replicas, StorageNode, TableMap,
+    TableName, TableVersion,
 };
 
 /// The knobs of the generator. `Default` gives a small fleet-like map.
@@ -102,7 +102,9 @@ pub fn table_name(index: usize) -> String {
 /// The whole node pool of the fleet.
 pub fn node_pool(cfg: &SynthConfig) -> Vec<StorageNode> {
     let per_az = cfg.resolved_nodes_per_az();
-    (0..cfg.azs.max(1) * per_az).map(|g| pool_node(cfg, g)).collect()
+    (0..cfg.azs.max(1) * per_az)
+        .map(|g| pool_node(cfg, g))
+        .collect()
 }
 
 /// Every table of the fleet.
@@ -118,7 +120,8 @@ pub fn generate_table(cfg: &SynthConfig, index: usize) -> TableMap {
     let per_az = cfg.resolved_nodes_per_az();
     let replicas = cfg.replicas.clamp(1, azs.min(MAX_REPLICAS));
     let target = cfg.table_partitions(index);
-    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut rng =
+        ChaCha8Rng::seed_from_u64(cfg.seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let mut g = Grower {
         rng: &mut rng,
         azs,
@@ -312,5 +315,92 @@ fn pool_node(cfg: &SynthConfig, g: usize) -> StorageNode {
         id: NodeId::new(g as u32 + 1),
         addr: format!("10.{}.{}.{}:8100", az, n / 256, n % 256),
         az: format!("az-{}", (b'a' + (az % 26) as u8) as char),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    fn cfg(partitions: usize) -> SynthConfig {
+        SynthConfig {
+            partitions,
+            ..SynthConfig::default()
+        }
+    }
+
+    #[test]
+    fn same_seed_same_map_other_seed_other_map() {
+        let a = generate_table(&cfg(3_000), 0);
+        assert_eq!(a, generate_table(&cfg(3_000), 0));
+        let other = SynthConfig {
+            seed: 7,
+            ..cfg(3_000)
+        };
+        assert_ne!(a, generate_table(&other, 0));
+        assert_ne!(a.partitions(), generate_table(&cfg(3_000), 1).partitions());
+    }
+
+    #[test]
+    fn maps_have_the_shape_of_grown_tables() {
+        let map = generate_table(&cfg(20_000), 0);
+        let parts = map.partitions();
+        assert_eq!(parts.len(), 20_000);
+        // Ids come from one counter: 1..=n, each once.
+        let ids: HashSet<u64> = parts.iter().map(|p| p.id.get()).collect();
+        assert_eq!(ids.len(), parts.len());
+        assert_eq!(ids.iter().max(), Some(&(parts.len() as u64)));
+        // One replica per zone.
+        for p in parts {
+            let zones: HashSet<&str> = p
+                .replicas
+                .as_slice()
+                .iter()
+                .map(|&r| map.node(r).expect("listed").az.as_str())
+                .collect();
+            assert_eq!(zones.len(), 3, "partition {} spans {zones:?}", p.id);
+        }
+        // Splits keep the parent's replicas, so most neighbours share their replica set, but
+        // moves make some differ.
+        let shared = parts
+            .windows(2)
+            .filter(|w| w[0].replicas == w[1].replicas)
+            .count();
+        assert!(
+            shared > parts.len() / 2 && shared < parts.len() - 1,
+            "{shared}"
+        );
+        // Uneven splits: partition widths vary widely.
+        let widths: Vec<u64> = (0..parts.len())
+            .map(|i| map.end_inclusive(i) - parts[i].start)
+            .collect();
+        let (min, max) = (
+            widths.iter().min().expect("n>0"),
+            widths.iter().max().expect("n>0"),
+        );
+        assert!(max / min.max(&1) > 10, "widths from {min} to {max}");
+        // Every event bumped the version: at least one per split.
+        assert!(map.version().get() > parts.len() as u64);
+        assert!(parts.iter().any(|p| p.epoch.get() > 10));
+    }
+
+    #[test]
+    fn fleet_spreads_partitions_and_shares_the_node_pool() {
+        let c = SynthConfig {
+            tables: 3,
+            ..cfg(10_000)
+        };
+        let fleet = generate_fleet(&c);
+        let sizes: Vec<usize> = fleet.iter().map(|m| m.partitions().len()).collect();
+        assert_eq!(sizes, vec![3_334, 3_333, 3_333]);
+        let names: Vec<&str> = fleet.iter().map(|m| m.name().as_str()).collect();
+        assert_eq!(names, vec!["table-0000", "table-0001", "table-0002"]);
+        let pool = node_pool(&c);
+        for map in &fleet {
+            for node in map.nodes() {
+                assert!(pool.contains(node), "{node:?} is not from the pool");
+            }
+        }
     }
 }

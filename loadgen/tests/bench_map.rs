@@ -1,0 +1,69 @@
+//! Runs the real `loadgen bench-map` binary on a small map and checks its report.
+
+use std::process::Command;
+
+#[test]
+fn bench_map_json_has_every_figure_and_consistent_values() {
+    let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args([
+            "bench-map",
+            "--partitions",
+            "20000",
+            "--tables",
+            "2",
+            "--lookups",
+            "20000",
+            "--json",
+        ])
+        .output()
+        .expect("loadgen runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("stdout is one JSON object");
+    let num = |k: &str| {
+        report[k]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{k} missing from {report}"))
+    };
+    assert_eq!(num("partitions"), 20_000.0);
+    assert_eq!(num("tables"), 2.0);
+    for k in [
+        "bytes_per_partition",
+        "baseline_bytes_per_partition",
+        "zstd_bytes_per_partition",
+        "lookup_ns_p50",
+        "lookup_ns_p99",
+        "baseline_lookup_ns_p50",
+    ] {
+        assert!(num(k) > 0.0, "{k} = {}", num(k));
+    }
+    assert!(num("lookup_ns_p99") >= num("lookup_ns_p50"));
+    // Memory is measured by the allocator, and the structure's own estimate must agree with it:
+    // a gap would mean one of them misses something.
+    let (measured, estimated) = (
+        num("bytes_per_partition"),
+        num("estimated_bytes_per_partition"),
+    );
+    assert!(
+        (measured - estimated).abs() / measured < 0.1,
+        "allocator says {measured}, estimate says {estimated}"
+    );
+    assert_eq!(num("lookups"), 20_000.0);
+}
+
+#[test]
+fn bench_map_refuses_bad_arguments() {
+    let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["bench-map", "--partitions", "10", "--tables", "11"])
+        .output()
+        .expect("loadgen runs");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("--tables must be between 1 and --partitions")
+    );
+}
