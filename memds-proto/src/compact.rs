@@ -60,7 +60,7 @@ use xxhash_rust::xxh3::Xxh3;
 
 use crate::bits::{self, BitWriter};
 use crate::model::{
-    Epoch, MAX_REPLICAS, NodeId, Partition, PartitionId, Replicas, Route, RouteReplica,
+    Epoch, MAX_REPLICAS, NodeId, NodeSpec, Partition, PartitionId, Replicas, Route, RouteReplica,
     StorageNode, TableMap, TableName, TableVersion,
 };
 
@@ -156,6 +156,7 @@ pub struct CompactTable {
     block_starts: Box<[u64]>,
     block_offsets: Box<[u64]>,
     data: Box<[u64]>,
+    nodes_digest: u64,
     checksum: u64,
 }
 
@@ -224,8 +225,10 @@ impl CompactTable {
             block_starts: block_starts.into_boxed_slice(),
             block_offsets: block_offsets.into_boxed_slice(),
             data: w.finish(),
+            nodes_digest: 0,
             checksum: 0,
         };
+        table.nodes_digest = table.compute_nodes_digest();
         table.checksum = table.compute_checksum();
         table
     }
@@ -366,7 +369,32 @@ impl CompactTable {
             + 5 * ALLOC_OVERHEAD
     }
 
-    /// The checksum computed when the table was built.
+    /// How many storage nodes the table lists.
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// The listed nodes, sorted by id, as plain records.
+    pub fn node_specs(&self) -> Vec<NodeSpec> {
+        self.nodes
+            .iter()
+            .map(|n| NodeSpec {
+                id: n.id.get(),
+                addr: n.info.addr.to_string(),
+                az: n.info.az.to_string(),
+            })
+            .collect()
+    }
+
+    /// A digest of the node list (ids, addresses, zones): equal lists have equal digests, so a
+    /// client can tell whether its copy of the list is current.
+    pub fn nodes_digest(&self) -> u64 {
+        self.nodes_digest
+    }
+
+    /// The checksum computed when the table was built. It covers the name, version, nodes and
+    /// every partition, and the encoding is deterministic, so two tables built from equal maps
+    /// have equal checksums.
     pub fn checksum(&self) -> u64 {
         self.checksum
     }
@@ -377,11 +405,13 @@ impl CompactTable {
         self.compute_checksum() == self.checksum
     }
 
-    fn compute_checksum(&self) -> u64 {
+    fn compute_nodes_digest(&self) -> u64 {
         let mut h = Xxh3::new();
-        h.update(self.name.as_str().as_bytes());
-        h.update(&self.version.get().to_le_bytes());
-        h.update(&(self.len as u64).to_le_bytes());
+        self.hash_nodes(&mut h);
+        h.digest()
+    }
+
+    fn hash_nodes(&self, h: &mut Xxh3) {
         for n in self.nodes.iter() {
             h.update(&n.id.get().to_le_bytes());
             h.update(n.info.addr.as_bytes());
@@ -389,6 +419,15 @@ impl CompactTable {
             h.update(n.info.az.as_bytes());
             h.update(&[0]);
         }
+    }
+
+    fn compute_checksum(&self) -> u64 {
+        let mut h = Xxh3::new();
+        h.update(self.name.as_str().as_bytes());
+        h.update(&self.version.get().to_le_bytes());
+        h.update(&(self.len as u64).to_le_bytes());
+        h.update(&self.nodes_digest.to_le_bytes());
+        self.hash_nodes(&mut h);
         for words in [&self.block_starts, &self.block_offsets, &self.data] {
             hash_words(&mut h, words);
         }

@@ -16,12 +16,15 @@
 //!   that validates everything on decode.
 //! - [`synth`]: the deterministic, seeded generator of realistic partition maps (grown by uneven
 //!   splits, replica moves and leader changes) that tests, benchmarks and experiments share.
+//! - [`wire`]: the QUIC protocol's messages and framing, sans IO: a frame decoder that takes
+//!   bytes in and gives validated archives out.
 //! - [`key_hash`]: the one hash function every router uses to place a key.
 
 pub mod compact;
 pub mod model;
 pub mod snapshot;
 pub mod synth;
+pub mod wire;
 
 mod bits;
 

@@ -1,11 +1,29 @@
 //! # memds-server
 //!
 //! The MemDS server: holds every table's partition map in the compact resident encoding of
-//! [`memds_proto::compact`] and will answer lookups over QUIC.
+//! [`memds_proto::compact`], answers lookups over QUIC with mutual TLS, accepts versioned writes
+//! that are durable before they are acknowledged, and exports Prometheus metrics. The binary
+//! `memds-server` runs it; `memds-ctl` is its admin and lookup command line.
 //!
 //! # Layout
 //!
-//! This crate is a placeholder in the workspace until the server issue lands; today it only
-//! re-exports the core types the server is built on.
+//! - [`server`]: start-up, the QUIC endpoint, connections, streams and the request loop; the
+//!   limits; graceful shutdown.
+//! - [`service`]: answers to read requests, from the published tables (no IO).
+//! - [`store`]: the published tables and the pure rules that decide what a write does.
+//! - [`writer`]: the thread that applies writes in order with group commit.
+//! - [`durable`]: the write-ahead log, checkpoints, recovery and compaction.
+//! - [`tls`]: the development PKI, the rustls/quinn server configuration, router vs admin.
+//! - [`metrics`]: every metric, described once, and the `/metrics` endpoint.
+//! - [`config`]: the command line and TOML configuration of the binary.
 
-pub use memds_proto::{CompactTable, NodeInterner, TableMap};
+pub mod config;
+pub mod durable;
+pub mod metrics;
+pub mod server;
+pub mod service;
+pub mod store;
+pub mod tls;
+pub mod writer;
+
+pub use server::{Limits, RunningServer, ServerConfig, start};

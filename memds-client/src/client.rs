@@ -1,0 +1,479 @@
+//! Connections to MemDS servers with pipelined, id-matched requests.
+//!
+//! A [`Client`] owns one QUIC connection and one bidirectional stream on it. Callers encode
+//! their frame and hand it to a writer task, which coalesces every frame waiting into one
+//! write; a reader task splits the answers into frames and completes each caller by request id.
+//! Thousands of requests can be in flight on one connection, and many tasks can share a client.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use memds_proto::TableMap;
+use memds_proto::snapshot;
+use memds_proto::wire::{
+    self, ErrorReply, FrameDecoder, NodeList, PartitionUpdate, Request, Response, Routes,
+    ServerStats, TableInfo, WriteAck,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::tls::{ClientTls, TlsError};
+
+/// Why a request did not get an answer, or got an error answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// TLS material or configuration was refused.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The local endpoint could not be created.
+    #[error("creating the QUIC endpoint: {0}")]
+    Endpoint(std::io::Error),
+    /// The connection could not be established.
+    #[error("connecting to {addr}: {reason}")]
+    Connect {
+        /// The server.
+        addr: SocketAddr,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The connection is closed; the request may or may not have been performed.
+    #[error("connection closed: {0}")]
+    Closed(String),
+    /// The server answered with a typed error.
+    #[error("server error {0}")]
+    Server(#[from] ErrorReply),
+    /// The server's answer did not decode, or was of the wrong kind.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// No answer within the caller's timeout.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Connection options.
+#[derive(Clone, Debug)]
+pub struct ConnectOptions {
+    /// The name the server's certificate must carry.
+    pub server_name: String,
+    /// The local address to bind the endpoint to.
+    pub bind: SocketAddr,
+    /// Largest frame accepted from the server.
+    pub max_frame_bytes: usize,
+    /// Close the connection after this long without traffic (keep-alives are sent at a third of
+    /// it, so an idle but healthy connection stays open).
+    pub idle_timeout: Duration,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        Self {
+            server_name: "localhost".into(),
+            bind: SocketAddr::from(([0, 0, 0, 0], 0)),
+            max_frame_bytes: wire::DEFAULT_MAX_FRAME_BYTES,
+            idle_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// One local QUIC endpoint from which to connect to any number of servers.
+#[derive(Clone, Debug)]
+pub struct Connector {
+    endpoint: quinn::Endpoint,
+    config: quinn::ClientConfig,
+    options: ConnectOptions,
+}
+
+impl Connector {
+    /// Creates the endpoint (inside a tokio runtime).
+    pub fn new(tls: &ClientTls, options: ConnectOptions) -> Result<Self, ClientError> {
+        let mut config = tls.quic_config()?;
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .max_idle_timeout(Some(
+                options
+                    .idle_timeout
+                    .try_into()
+                    .map_err(|e: quinn::VarIntBoundsExceeded| TlsError::Config(e.to_string()))?,
+            ))
+            .keep_alive_interval(Some(options.idle_timeout / 3));
+        config.transport_config(Arc::new(transport));
+        let endpoint = quinn::Endpoint::client(options.bind).map_err(ClientError::Endpoint)?;
+        Ok(Self {
+            endpoint,
+            config,
+            options,
+        })
+    }
+
+    /// Connects to a server.
+    pub async fn connect(&self, addr: SocketAddr) -> Result<Client, ClientError> {
+        let connect_error = |reason: String| ClientError::Connect { addr, reason };
+        let connecting = self
+            .endpoint
+            .connect_with(self.config.clone(), addr, &self.options.server_name)
+            .map_err(|e| connect_error(e.to_string()))?;
+        let conn = connecting.await.map_err(|e| connect_error(e.to_string()))?;
+        let (send, recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| connect_error(e.to_string()))?;
+        Ok(Client::start(conn, send, recv, self.options.max_frame_bytes))
+    }
+
+    /// Closes the endpoint and every connection made from it.
+    pub fn close(&self) {
+        self.endpoint.close(0u32.into(), b"closing");
+    }
+}
+
+type Reply = Result<Response, ClientError>;
+
+struct Shared {
+    pending: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
+    next_id: AtomicU64,
+    closed: AtomicBool,
+    close_reason: Mutex<Option<String>>,
+}
+
+impl Shared {
+    fn fail_all(&self, reason: &str) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.close_reason
+            .lock()
+            .expect("close_reason lock is never poisoned")
+            .get_or_insert_with(|| reason.to_owned());
+        let pending: Vec<_> = self
+            .pending
+            .lock()
+            .expect("pending lock is never poisoned")
+            .drain()
+            .collect();
+        for (_, tx) in pending {
+            let _ = tx.send(Err(ClientError::Closed(reason.to_owned())));
+        }
+    }
+}
+
+/// One connection to a server; cheap to clone, shared by any number of tasks.
+#[derive(Clone)]
+pub struct Client {
+    conn: quinn::Connection,
+    frames: mpsc::Sender<Vec<u8>>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("remote", &self.conn.remote_address())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    fn start(
+        conn: quinn::Connection,
+        send: quinn::SendStream,
+        recv: quinn::RecvStream,
+        max_frame: usize,
+    ) -> Self {
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            closed: AtomicBool::new(false),
+            close_reason: Mutex::new(None),
+        });
+        let (frames, rx) = mpsc::channel(4096);
+        tokio::spawn(write_loop(send, rx, Arc::clone(&shared)));
+        tokio::spawn(read_loop(recv, max_frame, Arc::clone(&shared)));
+        Self {
+            conn,
+            frames,
+            shared,
+        }
+    }
+
+    /// The server's address.
+    pub fn remote_address(&self) -> SocketAddr {
+        self.conn.remote_address()
+    }
+
+    /// Whether the connection is known to be closed.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::SeqCst) || self.conn.close_reason().is_some()
+    }
+
+    /// Closes the connection.
+    pub fn close(&self) {
+        self.conn.close(0u32.into(), b"client closing");
+        self.shared.fail_all("closed by the client");
+    }
+
+    /// Sends a request and waits for its answer. An error answer is [`ClientError::Server`].
+    pub async fn call(&self, request: &Request) -> Result<Response, ClientError> {
+        let rx = self.send(request).await?;
+        match rx.await {
+            Ok(Ok(Response::Error(e))) => Err(ClientError::Server(e)),
+            Ok(other) => other,
+            Err(_) => Err(ClientError::Closed(self.close_reason())),
+        }
+    }
+
+    /// Like [`Client::call`], failing with [`ClientError::Timeout`] after `timeout`.
+    pub async fn call_timeout(
+        &self,
+        request: &Request,
+        timeout: Duration,
+    ) -> Result<Response, ClientError> {
+        tokio::time::timeout(timeout, self.call(request))
+            .await
+            .map_err(|_| ClientError::Timeout(timeout))?
+    }
+
+    /// Queues a request; the receiver completes with its answer.
+    pub async fn send(&self, request: &Request) -> Result<oneshot::Receiver<Reply>, ClientError> {
+        if self.is_closed() {
+            return Err(ClientError::Closed(self.close_reason()));
+        }
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut frame = Vec::new();
+        wire::encode_request(id, request, &mut frame);
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .pending
+            .lock()
+            .expect("pending lock is never poisoned")
+            .insert(id, tx);
+        if self.frames.send(frame).await.is_err() {
+            self.shared
+                .pending
+                .lock()
+                .expect("pending lock is never poisoned")
+                .remove(&id);
+            return Err(ClientError::Closed(self.close_reason()));
+        }
+        Ok(rx)
+    }
+
+    fn close_reason(&self) -> String {
+        if let Some(r) = self.conn.close_reason() {
+            return r.to_string();
+        }
+        self.shared
+            .close_reason
+            .lock()
+            .expect("close_reason lock is never poisoned")
+            .clone()
+            .unwrap_or_else(|| "connection closed".into())
+    }
+
+    /// The route of one hash.
+    pub async fn lookup(&self, table: &str, hash: u64) -> Result<Routes, ClientError> {
+        expect_routes(
+            self.call(&Request::Lookup {
+                table: table.into(),
+                hash,
+            })
+            .await?,
+        )
+    }
+
+    /// The routes of many hashes, in order.
+    pub async fn batch_lookup(&self, table: &str, hashes: Vec<u64>) -> Result<Routes, ClientError> {
+        expect_routes(
+            self.call(&Request::BatchLookup {
+                table: table.into(),
+                hashes,
+            })
+            .await?,
+        )
+    }
+
+    /// The routes of the partitions overlapping `[from, to)`, at most `limit`.
+    pub async fn range(
+        &self,
+        table: &str,
+        from: u64,
+        to: u64,
+        limit: u32,
+    ) -> Result<Routes, ClientError> {
+        expect_routes(
+            self.call(&Request::Range {
+                table: table.into(),
+                from,
+                to,
+                limit,
+            })
+            .await?,
+        )
+    }
+
+    /// The table's node list.
+    pub async fn get_nodes(&self, table: &str) -> Result<NodeList, ClientError> {
+        match self
+            .call(&Request::GetNodes {
+                table: table.into(),
+            })
+            .await?
+        {
+            Response::Nodes(n) => Ok(n),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The whole table, or `None` if it is not newer than `if_newer_than`.
+    pub async fn get_table(
+        &self,
+        table: &str,
+        if_newer_than: Option<u64>,
+    ) -> Result<Option<TableMap>, ClientError> {
+        match self
+            .call(&Request::GetTable {
+                table: table.into(),
+                if_newer_than,
+            })
+            .await?
+        {
+            Response::Table { snapshot, .. } => snapshot::decode(&snapshot, u64::MAX)
+                .map(Some)
+                .map_err(|e| ClientError::Protocol(e.to_string())),
+            Response::NotModified { .. } => Ok(None),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Every table.
+    pub async fn list_tables(&self) -> Result<Vec<TableInfo>, ClientError> {
+        match self.call(&Request::ListTables).await? {
+            Response::Tables(t) => Ok(t),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The server's counters.
+    pub async fn stats(&self) -> Result<ServerStats, ClientError> {
+        match self.call(&Request::Stats).await? {
+            Response::Stats(s) => Ok(s),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Stores a whole table (admin certificate needed).
+    pub async fn put_table(&self, map: &TableMap) -> Result<WriteAck, ClientError> {
+        expect_written(
+            self.call(&Request::PutTable {
+                snapshot: snapshot::encode(map),
+            })
+            .await?,
+        )
+    }
+
+    /// Applies a partial update (admin certificate needed).
+    pub async fn update_partitions(&self, update: PartitionUpdate) -> Result<WriteAck, ClientError> {
+        expect_written(self.call(&Request::UpdatePartitions(update)).await?)
+    }
+
+    /// Drops a table (admin certificate needed); answers the version it had.
+    pub async fn drop_table(&self, table: &str) -> Result<u64, ClientError> {
+        match self
+            .call(&Request::DropTable {
+                table: table.into(),
+            })
+            .await?
+        {
+            Response::Dropped { version, .. } => Ok(version),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+fn expect_routes(r: Response) -> Result<Routes, ClientError> {
+    match r {
+        Response::Routes(routes) => Ok(routes),
+        other => Err(unexpected(&other)),
+    }
+}
+
+fn expect_written(r: Response) -> Result<WriteAck, ClientError> {
+    match r {
+        Response::Written(ack) => Ok(ack),
+        other => Err(unexpected(&other)),
+    }
+}
+
+fn unexpected(r: &Response) -> ClientError {
+    let kind = format!("{r:?}");
+    let kind = kind.split(['(', ' ', '{']).next().unwrap_or_default().to_owned();
+    ClientError::Protocol(format!("unexpected answer {kind}"))
+}
+
+async fn write_loop(mut send: quinn::SendStream, mut rx: mpsc::Receiver<Vec<u8>>, shared: Arc<Shared>) {
+    const MAX_COALESCED: usize = 1 << 20;
+    let mut buf = Vec::new();
+    while let Some(first) = rx.recv().await {
+        buf.extend_from_slice(&first);
+        while buf.len() < MAX_COALESCED {
+            match rx.try_recv() {
+                Ok(more) => buf.extend_from_slice(&more),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = send.write_all(&buf).await {
+            shared.fail_all(&format!("writing to the server: {e}"));
+            return;
+        }
+        buf.clear();
+    }
+    let _ = send.finish();
+}
+
+async fn read_loop(mut recv: quinn::RecvStream, max_frame: usize, shared: Arc<Shared>) {
+    let mut decoder = FrameDecoder::new(max_frame);
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let n = match recv.read(&mut chunk).await {
+            Ok(Some(n)) => n,
+            Ok(None) => {
+                shared.fail_all("the server finished the stream");
+                return;
+            }
+            Err(e) => {
+                shared.fail_all(&format!("reading from the server: {e}"));
+                return;
+            }
+        };
+        decoder.push(&chunk[..n]);
+        loop {
+            match decoder.next_frame() {
+                Ok(Some((id, payload))) => {
+                    let reply = wire::decode_response(payload).map_err(|e| ClientError::Protocol(e.to_string()));
+                    if id == 0 {
+                        // Id 0 is the server speaking about the connection itself (for
+                        // instance a frame over its limit) just before it closes it.
+                        let reason = match &reply {
+                            Ok(Response::Error(e)) => e.to_string(),
+                            _ => "the server reported a connection error".into(),
+                        };
+                        shared.fail_all(&reason);
+                        return;
+                    }
+                    let tx = shared
+                        .pending
+                        .lock()
+                        .expect("pending lock is never poisoned")
+                        .remove(&id);
+                    if let Some(tx) = tx {
+                        let _ = tx.send(reply);
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    shared.fail_all(&format!("bad frame from the server: {e}"));
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! The `memds-server` command line and its TOML configuration file.
+//!
+//! Every option can be given on the command line or in the file passed with `--config`; the
+//! command line wins. The file uses the same names with underscores:
+//!
+//! ```toml
+//! listen = "0.0.0.0:7400"
+//! metrics_listen = "0.0.0.0:9400"
+//! data_dir = "/var/lib/memds"
+//! cert = "/etc/memds/server.pem"
+//! key = "/etc/memds/server.key"
+//! client_ca = "/etc/memds/routers-ca.pem"
+//! admin_ca = "/etc/memds/admin-ca.pem"
+//! max_connections = 4096
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use serde::Deserialize;
+
+use crate::server::{Limits, ServerConfig};
+use crate::tls::TlsPaths;
+
+/// MemDS server: routing metadata in memory, served over QUIC.
+#[derive(Debug, Default, clap::Parser, Deserialize)]
+#[command(version, about)]
+#[serde(deny_unknown_fields)]
+pub struct Args {
+    /// TOML file with any of these options (command-line options win).
+    #[arg(long)]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// QUIC listen address [default: 127.0.0.1:7400]; port 0 picks a free port.
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Prometheus listen address [default: 127.0.0.1:9400]; port 0 picks a free port.
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Do not serve metrics.
+    #[arg(long)]
+    #[serde(default)]
+    pub no_metrics: bool,
+    /// Data directory [default: ./memds-data].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Server certificate chain (PEM); with --key, --client-ca and --admin-ca instead of the
+    /// development PKI.
+    #[arg(long)]
+    pub cert: Option<PathBuf>,
+    /// Server private key (PEM).
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    /// CA of router (read-only) client certificates.
+    #[arg(long)]
+    pub client_ca: Option<PathBuf>,
+    /// CA of admin (read-write) client certificates.
+    #[arg(long)]
+    pub admin_ca: Option<PathBuf>,
+    /// Most open connections [default: 4096].
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// Largest request frame in bytes [default: 67108864].
+    #[arg(long)]
+    pub max_frame_bytes: Option<usize>,
+    /// Most hashes per batch lookup and routes per range scan [default: 4096].
+    #[arg(long)]
+    pub max_batch: Option<usize>,
+    /// Seconds after which an idle connection is closed [default: 60].
+    #[arg(long)]
+    pub idle_timeout_secs: Option<u64>,
+    /// Most queued writes before `overloaded` [default: 1024].
+    #[arg(long)]
+    pub write_queue: Option<usize>,
+    /// Log size in bytes past which it is compacted into a checkpoint [default: 67108864].
+    #[arg(long)]
+    pub compact_wal_bytes: Option<u64>,
+}
+
+impl Args {
+    /// Merges the configuration file (if any) under the command line and resolves defaults.
+    pub fn resolve(self) -> anyhow::Result<ServerConfig> {
+        let file = match &self.config {
+            Some(path) => read_file(path)?,
+            None => Args::default(),
+        };
+        let cli = self;
+        macro_rules! pick {
+            ($field:ident) => {
+                cli.$field.or(file.$field)
+            };
+        }
+        let defaults = Limits::default();
+        let limits = Limits {
+            max_connections: pick!(max_connections).unwrap_or(defaults.max_connections),
+            max_frame_bytes: pick!(max_frame_bytes).unwrap_or(defaults.max_frame_bytes),
+            max_batch: pick!(max_batch).unwrap_or(defaults.max_batch),
+            idle_timeout: pick!(idle_timeout_secs)
+                .map(Duration::from_secs)
+                .unwrap_or(defaults.idle_timeout),
+            write_queue: pick!(write_queue).unwrap_or(defaults.write_queue),
+            ..defaults
+        };
+        if limits.max_batch == 0 || limits.max_connections == 0 || limits.max_frame_bytes < 64 {
+            bail!("--max-batch and --max-connections must be positive and --max-frame-bytes at least 64");
+        }
+        let tls_files = [
+            pick!(cert),
+            pick!(key),
+            pick!(client_ca),
+            pick!(admin_ca),
+        ];
+        let tls = match tls_files {
+            [None, None, None, None] => None,
+            [Some(cert), Some(key), Some(client_ca), Some(admin_ca)] => Some(TlsPaths {
+                cert,
+                key,
+                client_ca,
+                admin_ca,
+            }),
+            _ => bail!("--cert, --key, --client-ca and --admin-ca go together: give all four or none"),
+        };
+        let metrics_listen = if cli.no_metrics || file.no_metrics {
+            None
+        } else {
+            Some(pick!(metrics_listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9400))))
+        };
+        Ok(ServerConfig {
+            listen: pick!(listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7400))),
+            metrics_listen,
+            data_dir: pick!(data_dir).unwrap_or_else(|| PathBuf::from("memds-data")),
+            tls,
+            limits,
+            compact_wal_bytes: pick!(compact_wal_bytes).unwrap_or(64 << 20),
+        })
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<Args> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the configuration file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing the configuration file {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn command_line_wins_over_the_file_and_defaults_fill_the_rest() {
+        let dir = std::env::temp_dir().join(format!("memds-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let file = dir.join("memds.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:7000\"\ndata_dir = \"/from/file\"\nmax_batch = 10\n",
+        )
+        .expect("write");
+        let args = Args::parse_from([
+            "memds-server",
+            "--config",
+            file.to_str().expect("utf-8 path"),
+            "--listen",
+            "127.0.0.1:0",
+        ]);
+        let c = args.resolve().expect("valid");
+        assert_eq!(c.listen, SocketAddr::from(([127, 0, 0, 1], 0)));
+        assert_eq!(c.data_dir, PathBuf::from("/from/file"));
+        assert_eq!(c.limits.max_batch, 10);
+        assert_eq!(c.metrics_listen, Some(SocketAddr::from(([127, 0, 0, 1], 9400))));
+        assert!(c.tls.is_none());
+
+        std::fs::write(&file, "listne = \"x\"\n").expect("write");
+        let err = Args::parse_from(["memds-server", "--config", file.to_str().expect("utf-8")])
+            .resolve()
+            .expect_err("unknown key");
+        assert!(format!("{err:#}").contains("unknown field"), "{err:#}");
+
+        let err = Args::parse_from(["memds-server", "--cert", "a.pem"]).resolve().expect_err("partial TLS");
+        assert!(err.to_string().contains("go together"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,187 @@
+//! Prometheus metrics: every metric declared and described here, once, and the `/metrics`
+//! HTTP endpoint.
+//!
+//! Names follow Prometheus conventions: the `memds_` prefix, base units (`_seconds`, `_bytes`),
+//! `_total` for counters. Labels are bounded: operation and result names, error codes, client
+//! roles, and table names for the per-table version gauge (one series per table held).
+//!
+//! The recorder is process-global (the `metrics` facade has one), so several servers started in
+//! one process (as tests do) share it; the per-server counters that `stats` reports live in
+//! [`Counters`] instead.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use memds_proto::wire::ErrorCode;
+use metrics::{Counter, Gauge, Histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+
+/// Lookup operations, as metric labels.
+pub const LOOKUP_OPS: [&str; 3] = ["lookup", "batch_lookup", "range"];
+
+/// The process's Prometheus handle, installing the recorder on first use.
+pub fn handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let buckets = [
+            1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2,
+            2.5e-2, 0.1, 0.5, 1.0,
+        ];
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
+            .expect("the bucket list is non-empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        // Another recorder may already be installed (a host process embedding the server);
+        // then our handle renders only what reaches it, which is nothing, and that is the
+        // host's choice.
+        let _ = metrics::set_global_recorder(recorder);
+        describe();
+        handle
+    })
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!("memds_lookups_total", Unit::Count, "Partition lookups served, by operation and result (a batch of n hashes counts n).");
+    describe_histogram!("memds_lookup_duration_seconds", Unit::Seconds, "Server-side time to answer one lookup request frame, by operation.");
+    describe_counter!("memds_requests_total", Unit::Count, "Request frames answered, by kind.");
+    describe_gauge!("memds_requests_in_flight", Unit::Count, "Request frames received and not yet answered.");
+    describe_gauge!("memds_connections", Unit::Count, "Open client connections, by role.");
+    describe_counter!("memds_connections_total", Unit::Count, "Client connections accepted, by role.");
+    describe_counter!("memds_connections_refused_total", Unit::Count, "Connections refused, by reason.");
+    describe_counter!("memds_errors_total", Unit::Count, "Requests answered with an error, by error code.");
+    describe_gauge!("memds_tables", Unit::Count, "Tables held.");
+    describe_gauge!("memds_partitions", Unit::Count, "Partitions held, over all tables.");
+    describe_gauge!("memds_resident_bytes", Unit::Bytes, "Resident bytes of all compact tables and the shared node records.");
+    describe_gauge!("memds_table_version", Unit::Count, "Current version of each table.");
+    describe_counter!("memds_writes_total", Unit::Count, "Writes by operation and result (applied, unchanged, error).");
+    describe_histogram!("memds_write_duration_seconds", Unit::Seconds, "Time from a write's arrival at the writer to its durable acknowledgement, fsync included.");
+    describe_gauge!("memds_wal_bytes", Unit::Bytes, "Size of the write-ahead log.");
+    describe_counter!("memds_compactions_total", Unit::Count, "Checkpoints written (log compactions).");
+    describe_gauge!("memds_build_info", Unit::Count, "Always 1; the version label names the server build.");
+}
+
+/// Per-server counters that `stats` reports (the `metrics` recorder cannot be read back).
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Partition lookups performed.
+    pub lookups: AtomicU64,
+    /// Request frames answered.
+    pub requests: AtomicU64,
+    /// Error answers.
+    pub errors: AtomicU64,
+    /// Writes applied.
+    pub writes: AtomicU64,
+    /// Open connections.
+    pub connections: AtomicU64,
+}
+
+impl Counters {
+    /// Adds to a counter.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// Handles to the hot-path metrics, registered once so the request path does no registry
+/// lookups.
+#[derive(Clone)]
+pub struct Metrics {
+    lookups_ok: [Counter; 3],
+    lookups_error: [Counter; 3],
+    lookup_seconds: [Histogram; 3],
+    /// Frames received and not yet answered.
+    pub in_flight: Gauge,
+}
+
+impl Metrics {
+    /// Registers the handles (installing the recorder if needed).
+    pub fn new() -> Self {
+        handle();
+        metrics::gauge!("memds_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+        Self {
+            lookups_ok: LOOKUP_OPS.map(|op| metrics::counter!("memds_lookups_total", "op" => op, "result" => "ok")),
+            lookups_error: LOOKUP_OPS.map(|op| metrics::counter!("memds_lookups_total", "op" => op, "result" => "error")),
+            lookup_seconds: LOOKUP_OPS.map(|op| metrics::histogram!("memds_lookup_duration_seconds", "op" => op)),
+            in_flight: metrics::gauge!("memds_requests_in_flight"),
+        }
+    }
+
+    /// Records one lookup request frame: `count` lookups of operation `op` (an index into
+    /// [`LOOKUP_OPS`]).
+    pub fn lookup(&self, op: usize, ok: bool, count: u64, elapsed: Duration) {
+        if ok {
+            self.lookups_ok[op].increment(count);
+        } else {
+            self.lookups_error[op].increment(count.max(1));
+        }
+        self.lookup_seconds[op].record(elapsed.as_secs_f64());
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Counts an error answer.
+pub fn error(code: ErrorCode) {
+    metrics::counter!("memds_errors_total", "code" => code.as_str()).increment(1);
+}
+
+/// Counts a refused connection by reason.
+pub fn counter_refused(reason: &'static str) {
+    metrics::counter!("memds_connections_refused_total", "reason" => reason).increment(1);
+}
+
+/// Counts a request frame by kind.
+pub fn request(kind: &'static str) {
+    metrics::counter!("memds_requests_total", "kind" => kind).increment(1);
+}
+
+/// Serves `/metrics` on `listener` until `shutdown` resolves.
+pub async fn serve(listener: TcpListener, shutdown: impl std::future::Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            () = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a metrics connection");
+                    continue;
+                }
+            },
+        };
+        tokio::spawn(async move {
+            let service = service_fn(|req: Request<hyper::body::Incoming>| async move {
+                let response = if req.uri().path() == "/metrics" {
+                    Response::builder()
+                        .header("content-type", "text/plain; version=0.0.4")
+                        .body(Full::new(Bytes::from(handle().render())))
+                } else {
+                    Response::builder()
+                        .status(StatusCode::NOT_FOUND)
+                        .body(Full::new(Bytes::from_static(b"not found; try /metrics\n")))
+                };
+                response
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(error = %e, "metrics connection");
+            }
+        });
+    }
+}
+

@@ -1,0 +1,433 @@
+//! The tables a server holds, and the rules that decide what a write does to them.
+//!
+//! Readers see an immutable [`Tables`] map through an `ArcSwap`: a lookup loads the current map
+//! without a lock, and a write publishes a whole new map (sharing every unchanged table) only
+//! after it is durable. The planning functions here are pure: given the current tables and a
+//! write, they answer what to install, or the typed error, and change nothing themselves.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
+use memds_proto::model::{NodeSpec, PartitionSpec, TableSpec};
+use memds_proto::wire::{ErrorCode, ErrorReply, PartitionUpdate};
+use memds_proto::{CompactTable, NodeInterner, TableMap, snapshot};
+
+/// Every table, by name.
+pub type Tables = HashMap<String, Arc<CompactTable>>;
+
+/// The published state readers use.
+#[derive(Debug, Default)]
+pub struct Store {
+    tables: ArcSwap<Tables>,
+    node_records: AtomicU64,
+    node_record_bytes: AtomicU64,
+}
+
+impl Store {
+    /// The current tables.
+    pub fn tables(&self) -> Arc<Tables> {
+        self.tables.load_full()
+    }
+
+    /// Looks one table up.
+    pub fn table(&self, name: &str) -> Option<Arc<CompactTable>> {
+        self.tables.load().get(name).cloned()
+    }
+
+    /// Publishes a new state (the writer does this after the state is durable).
+    pub(crate) fn publish(&self, tables: Tables, interner: &NodeInterner) {
+        self.tables.store(Arc::new(tables));
+        self.node_records
+            .store(interner.len() as u64, Ordering::Relaxed);
+        self.node_record_bytes
+            .store(interner.resident_bytes() as u64, Ordering::Relaxed);
+    }
+
+    /// Distinct node records held, and their bytes.
+    pub fn node_records(&self) -> (u64, u64) {
+        (
+            self.node_records.load(Ordering::Relaxed),
+            self.node_record_bytes.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// A write, as received.
+#[derive(Clone, Debug)]
+pub enum Write {
+    /// Store a whole map, given as a snapshot.
+    Put {
+        /// The snapshot bytes.
+        snapshot: Vec<u8>,
+    },
+    /// Replace the partitions of a range.
+    Update(PartitionUpdate),
+    /// Remove a table.
+    Drop {
+        /// The table.
+        table: String,
+    },
+}
+
+impl Write {
+    /// The operation's name in metrics.
+    pub fn op(&self) -> &'static str {
+        match self {
+            Write::Put { .. } => "put_table",
+            Write::Update(_) => "update_partitions",
+            Write::Drop { .. } => "drop_table",
+        }
+    }
+}
+
+/// What a write does.
+#[derive(Debug)]
+pub enum Plan {
+    /// Install this table (new, or a newer version).
+    Install(CompactTable),
+    /// Remove the table, which had this version.
+    Remove {
+        /// The table.
+        table: String,
+        /// Its version.
+        version: u64,
+    },
+    /// The same version with the same content is already there: acknowledge, change nothing.
+    Unchanged {
+        /// The table.
+        table: String,
+        /// Its version.
+        version: u64,
+    },
+}
+
+/// The largest snapshot archive a put may declare.
+const MAX_PUT_ARCHIVE_BYTES: u64 = 4 << 30;
+
+/// Decides what a write does to `tables`.
+pub fn plan(tables: &Tables, write: &Write, interner: &mut NodeInterner) -> Result<Plan, ErrorReply> {
+    match write {
+        Write::Put { snapshot } => {
+            let map = snapshot::decode(snapshot, MAX_PUT_ARCHIVE_BYTES).map_err(|e| {
+                ErrorReply::new(ErrorCode::Invalid, format!("put-table: {e}"))
+            })?;
+            plan_put(tables, map, interner)
+        }
+        Write::Update(update) => plan_update(tables, update, interner),
+        Write::Drop { table } => {
+            let current = tables.get(table.as_str()).ok_or_else(|| unknown(table))?;
+            Ok(Plan::Remove {
+                table: table.clone(),
+                version: current.version().get(),
+            })
+        }
+    }
+}
+
+fn plan_put(tables: &Tables, map: TableMap, interner: &mut NodeInterner) -> Result<Plan, ErrorReply> {
+    let name = map.name().as_str().to_owned();
+    let version = map.version().get();
+    let Some(current) = tables.get(&name) else {
+        return Ok(Plan::Install(CompactTable::new(&map, interner)));
+    };
+    let current_version = current.version().get();
+    if version < current_version {
+        return Err(versioned(
+            ErrorCode::Stale,
+            format!("table {name} is at version {current_version}; version {version} is older"),
+            current_version,
+        ));
+    }
+    let table = CompactTable::new(&map, interner);
+    if version > current_version {
+        return Ok(Plan::Install(table));
+    }
+    if table.checksum() == current.checksum() {
+        Ok(Plan::Unchanged {
+            table: name,
+            version,
+        })
+    } else {
+        Err(versioned(
+            ErrorCode::Conflict,
+            format!("table {name} already has version {version} with other content"),
+            current_version,
+        ))
+    }
+}
+
+fn plan_update(
+    tables: &Tables,
+    u: &PartitionUpdate,
+    interner: &mut NodeInterner,
+) -> Result<Plan, ErrorReply> {
+    let current = tables.get(u.table.as_str()).ok_or_else(|| unknown(&u.table))?;
+    let current_version = current.version().get();
+    let first = u.partitions.first().ok_or_else(|| {
+        ErrorReply::new(ErrorCode::Invalid, "update-partitions: no partitions given")
+    })?;
+    let from = first.start;
+    if u.version == current_version {
+        return if update_already_applied(current, u) {
+            Ok(Plan::Unchanged {
+                table: u.table.clone(),
+                version: u.version,
+            })
+        } else {
+            Err(versioned(
+                ErrorCode::Conflict,
+                format!(
+                    "table {} already has version {} with other content in that range",
+                    u.table, u.version
+                ),
+                current_version,
+            ))
+        };
+    }
+    if u.version < current_version {
+        return Err(versioned(
+            ErrorCode::Stale,
+            format!(
+                "table {} is at version {current_version}; version {} is older",
+                u.table, u.version
+            ),
+            current_version,
+        ));
+    }
+    if u.base_version != current_version {
+        return Err(versioned(
+            ErrorCode::Conflict,
+            format!(
+                "update is based on version {} but table {} is at version {current_version}",
+                u.base_version, u.table
+            ),
+            current_version,
+        ));
+    }
+    let invalid = |msg: String| ErrorReply::new(ErrorCode::Invalid, format!("update-partitions: {msg}"));
+    if u.end_inclusive < from {
+        return Err(invalid(format!(
+            "end_inclusive {} is before the first new start {from}",
+            u.end_inclusive
+        )));
+    }
+    if let Some((i, p)) = u
+        .partitions
+        .iter()
+        .enumerate()
+        .find(|(_, p)| p.start > u.end_inclusive)
+    {
+        return Err(invalid(format!(
+            "new partition {i} starts at {}, past end_inclusive {}",
+            p.start, u.end_inclusive
+        )));
+    }
+    let first_old = current.lookup(from);
+    if first_old.start != from {
+        return Err(invalid(format!(
+            "the range must start at an existing partition boundary; {from} is inside partition {} [{}, {}]",
+            first_old.id, first_old.start, first_old.end_inclusive
+        )));
+    }
+    let last_old = current.lookup(u.end_inclusive);
+    if last_old.end_inclusive != u.end_inclusive {
+        return Err(invalid(format!(
+            "the range must end at an existing partition boundary; {} is inside partition {} [{}, {}]",
+            u.end_inclusive, last_old.id, last_old.start, last_old.end_inclusive
+        )));
+    }
+
+    let old = TableSpec::from(&current.to_map());
+    let mut nodes = old.nodes;
+    for n in &u.nodes {
+        match nodes.iter_mut().find(|m| m.id == n.id) {
+            Some(m) => *m = n.clone(),
+            None => nodes.push(n.clone()),
+        }
+    }
+    let mut partitions: Vec<PartitionSpec> = Vec::with_capacity(old.partitions.len() + u.partitions.len());
+    partitions.extend(old.partitions.iter().filter(|p| p.start < from).cloned());
+    partitions.extend(u.partitions.iter().cloned());
+    partitions.extend(
+        old.partitions
+            .into_iter()
+            .filter(|p| p.start > u.end_inclusive),
+    );
+    let spec = TableSpec {
+        table: u.table.clone(),
+        version: u.version,
+        nodes,
+        partitions,
+    };
+    let map = TableMap::try_from(spec).map_err(|e| invalid(e.to_string()))?;
+    Ok(Plan::Install(CompactTable::new(&map, interner)))
+}
+
+/// Whether the table already holds exactly what the update would write in its range.
+fn update_already_applied(current: &CompactTable, u: &PartitionUpdate) -> bool {
+    let from = u.partitions[0].start;
+    let have: Vec<PartitionSpec> = (current.floor_index(from)..current.len())
+        .map_while(|i| current.get(i))
+        .take_while(|e| e.start <= u.end_inclusive)
+        .filter(|e| e.start >= from)
+        .map(|e| PartitionSpec {
+            id: e.id.get(),
+            start: e.start,
+            epoch: e.epoch.get(),
+            replicas: current.replicas(&e).map(|(id, _)| id.get()).collect(),
+            leader: u64::from(e.leader),
+        })
+        .collect();
+    let nodes = current.node_specs();
+    let nodes_there = u.nodes.iter().all(|n: &NodeSpec| nodes.contains(n));
+    have == u.partitions && nodes_there
+}
+
+fn unknown(table: &str) -> ErrorReply {
+    ErrorReply::new(ErrorCode::UnknownTable, format!("no table named {table:?}"))
+}
+
+fn versioned(code: ErrorCode, message: String, current_version: u64) -> ErrorReply {
+    ErrorReply {
+        code,
+        message,
+        current_version,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use memds_proto::synth::{self, SynthConfig};
+
+    fn map(partitions: usize, version: u64) -> TableMap {
+        let m = synth::generate_table(
+            &SynthConfig {
+                partitions,
+                ..SynthConfig::default()
+            },
+            0,
+        );
+        let mut spec = TableSpec::from(&m);
+        spec.version = version;
+        TableMap::try_from(spec).expect("valid")
+    }
+
+    fn install(tables: &mut Tables, plan: Plan) {
+        match plan {
+            Plan::Install(t) => {
+                tables.insert(t.name().as_str().to_owned(), Arc::new(t));
+            }
+            other => panic!("expected an install, got {other:?}"),
+        }
+    }
+
+    fn put(m: &TableMap) -> Write {
+        Write::Put {
+            snapshot: snapshot::encode(m),
+        }
+    }
+
+    #[test]
+    fn put_follows_the_version_rules() {
+        let mut i = NodeInterner::default();
+        let mut tables = Tables::new();
+        install(&mut tables, plan(&tables, &put(&map(100, 5)), &mut i).expect("new table"));
+        assert!(matches!(
+            plan(&tables, &put(&map(100, 5)), &mut i),
+            Ok(Plan::Unchanged { version: 5, .. })
+        ));
+        let conflict = plan(&tables, &put(&map(101, 5)), &mut i).expect_err("other content");
+        assert_eq!((conflict.code, conflict.current_version), (ErrorCode::Conflict, 5));
+        let stale = plan(&tables, &put(&map(100, 4)), &mut i).expect_err("older");
+        assert_eq!((stale.code, stale.current_version), (ErrorCode::Stale, 5));
+        assert!(matches!(plan(&tables, &put(&map(100, 6)), &mut i), Ok(Plan::Install(_))));
+        let bad = plan(&tables, &Write::Put { snapshot: vec![1, 2, 3] }, &mut i).expect_err("garbage");
+        assert_eq!(bad.code, ErrorCode::Invalid);
+    }
+
+    fn split_update(m: &TableMap, index: usize) -> PartitionUpdate {
+        let p = m.partitions()[index];
+        let end = m.end_inclusive(index);
+        let mid = p.start + (end - p.start) / 2;
+        let spec = |id: u64, start: u64| PartitionSpec {
+            id,
+            start,
+            epoch: p.epoch.get() + 1,
+            replicas: p.replicas.as_slice().iter().map(|r| r.get()).collect(),
+            leader: u64::from(p.leader),
+        };
+        PartitionUpdate {
+            table: m.name().as_str().into(),
+            base_version: m.version().get(),
+            version: m.version().get() + 1,
+            end_inclusive: end,
+            nodes: vec![],
+            partitions: vec![spec(p.id.get(), p.start), spec(1_000_000, mid)],
+        }
+    }
+
+    #[test]
+    fn update_splits_a_partition_and_is_idempotent() {
+        let mut i = NodeInterner::default();
+        let mut tables = Tables::new();
+        let m = map(50, 3);
+        install(&mut tables, plan(&tables, &put(&m), &mut i).expect("new"));
+        let u = split_update(&m, 10);
+        install(&mut tables, plan(&tables, &Write::Update(u.clone()), &mut i).expect("split"));
+        let t = &tables[m.name().as_str()];
+        assert_eq!(t.len(), 51);
+        assert_eq!(t.version().get(), 4);
+        let right = t.lookup(u.partitions[1].start);
+        assert_eq!(right.id.get(), 1_000_000);
+        assert_eq!(right.end_inclusive, u.end_inclusive);
+        // A retry of the applied update is acknowledged without change.
+        assert!(matches!(
+            plan(&tables, &Write::Update(u.clone()), &mut i),
+            Ok(Plan::Unchanged { version: 4, .. })
+        ));
+        // Based on an old version: stale or conflict, never applied.
+        let mut again = split_update(&m, 20);
+        assert_eq!(
+            plan(&tables, &Write::Update(again.clone()), &mut i).expect_err("old base").code,
+            ErrorCode::Conflict
+        );
+        again.version = 2;
+        assert_eq!(
+            plan(&tables, &Write::Update(again), &mut i).expect_err("old version").code,
+            ErrorCode::Stale
+        );
+    }
+
+    #[test]
+    fn bad_updates_are_refused_with_their_reason() {
+        let mut i = NodeInterner::default();
+        let mut tables = Tables::new();
+        let m = map(50, 3);
+        install(&mut tables, plan(&tables, &put(&m), &mut i).expect("new"));
+        let refuse = |u: PartitionUpdate, i: &mut NodeInterner| {
+            let e = plan(&tables, &Write::Update(u), i).expect_err("refused");
+            assert_eq!(e.code, ErrorCode::Invalid, "{e}");
+            e.message
+        };
+        let mut u = split_update(&m, 10);
+        u.partitions[0].start += 1;
+        assert!(refuse(u, &mut i).contains("must start at an existing partition boundary"));
+        let mut u = split_update(&m, 10);
+        u.end_inclusive -= 1;
+        assert!(refuse(u, &mut i).contains("must end at an existing partition boundary"));
+        let mut u = split_update(&m, 10);
+        u.partitions[1].id = m.partitions()[30].id.get();
+        assert!(refuse(u, &mut i).contains("already used"));
+        let mut u = split_update(&m, 10);
+        u.partitions[1].replicas = vec![999_999];
+        assert!(refuse(u, &mut i).contains("not in the table's node list"));
+        let mut u = split_update(&m, 10);
+        u.partitions.clear();
+        assert!(refuse(u, &mut i).contains("no partitions"));
+        let unknown = plan(&tables, &Write::Drop { table: "nope".into() }, &mut i).expect_err("unknown");
+        assert_eq!(unknown.code, ErrorCode::UnknownTable);
+    }
+}
