@@ -42,8 +42,8 @@ pub enum ClientError {
     #[error("connection closed: {0}")]
     Closed(String),
     /// The server answered with a typed error.
-    #[error("server error {0}")]
-    Server(#[from] ErrorReply),
+    #[error("server answered {}: {}", .0.code.as_str(), .0.message)]
+    Server(ErrorReply),
     /// The server's answer did not decode, or was of the wrong kind.
     #[error("protocol error: {0}")]
     Protocol(String),
