@@ -91,12 +91,9 @@ impl Connector {
         let mut config = tls.quic_config()?;
         let mut transport = quinn::TransportConfig::default();
         transport
-            .max_idle_timeout(Some(
-                options
-                    .idle_timeout
-                    .try_into()
-                    .map_err(|e: quinn::VarIntBoundsExceeded| TlsError::Config(e.to_string()))?,
-            ))
+            .max_idle_timeout(Some(options.idle_timeout.try_into().map_err(
+                |e: quinn::VarIntBoundsExceeded| TlsError::Config(e.to_string()),
+            )?))
             .keep_alive_interval(Some(options.idle_timeout / 3));
         config.transport_config(Arc::new(transport));
         let endpoint = quinn::Endpoint::client(options.bind).map_err(ClientError::Endpoint)?;
@@ -119,7 +116,12 @@ impl Connector {
             .open_bi()
             .await
             .map_err(|e| connect_error(e.to_string()))?;
-        Ok(Client::start(conn, send, recv, self.options.max_frame_bytes))
+        Ok(Client::start(
+            conn,
+            send,
+            recv,
+            self.options.max_frame_bytes,
+        ))
     }
 
     /// Closes the endpoint and every connection made from it.
@@ -371,7 +373,10 @@ impl Client {
     }
 
     /// Applies a partial update (admin certificate needed).
-    pub async fn update_partitions(&self, update: PartitionUpdate) -> Result<WriteAck, ClientError> {
+    pub async fn update_partitions(
+        &self,
+        update: PartitionUpdate,
+    ) -> Result<WriteAck, ClientError> {
         expect_written(self.call(&Request::UpdatePartitions(update)).await?)
     }
 
@@ -405,11 +410,19 @@ fn expect_written(r: Response) -> Result<WriteAck, ClientError> {
 
 fn unexpected(r: &Response) -> ClientError {
     let kind = format!("{r:?}");
-    let kind = kind.split(['(', ' ', '{']).next().unwrap_or_default().to_owned();
+    let kind = kind
+        .split(['(', ' ', '{'])
+        .next()
+        .unwrap_or_default()
+        .to_owned();
     ClientError::Protocol(format!("unexpected answer {kind}"))
 }
 
-async fn write_loop(mut send: quinn::SendStream, mut rx: mpsc::Receiver<Vec<u8>>, shared: Arc<Shared>) {
+async fn write_loop(
+    mut send: quinn::SendStream,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    shared: Arc<Shared>,
+) {
     const MAX_COALESCED: usize = 1 << 20;
     let mut buf = Vec::new();
     while let Some(first) = rx.recv().await {
@@ -448,7 +461,8 @@ async fn read_loop(mut recv: quinn::RecvStream, max_frame: usize, shared: Arc<Sh
         loop {
             match decoder.next_frame() {
                 Ok(Some((id, payload))) => {
-                    let reply = wire::decode_response(payload).map_err(|e| ClientError::Protocol(e.to_string()));
+                    let reply = wire::decode_response(payload)
+                        .map_err(|e| ClientError::Protocol(e.to_string()));
                     if id == 0 {
                         // Id 0 is the server speaking about the connection itself (for
                         // instance a frame over its limit) just before it closes it.

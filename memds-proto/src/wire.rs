@@ -797,7 +797,9 @@ mod tests {
         let mut refused = 0;
         for round in 0..2_000 {
             let mut bytes = if round % 2 == 0 {
-                (0..rng.random_range(0..300)).map(|_| rng.random()).collect::<Vec<u8>>()
+                (0..rng.random_range(0..300))
+                    .map(|_| rng.random())
+                    .collect::<Vec<u8>>()
             } else {
                 let mut p = payload.clone();
                 let at = rng.random_range(0..p.len());
@@ -854,7 +856,10 @@ mod tests {
             nodes: vec![node(1), node(2)],
         };
         let resolved = routes.resolve(&table, &full).expect("all nodes known");
-        assert_eq!(resolved[1].leader_replica().map(|r| r.addr.as_str()), Some("h2:1"));
+        assert_eq!(
+            resolved[1].leader_replica().map(|r| r.addr.as_str()),
+            Some("h2:1")
+        );
         let partial = NodeList {
             nodes: vec![node(1)],
             ..full

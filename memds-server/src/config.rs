@@ -104,14 +104,11 @@ impl Args {
             ..defaults
         };
         if limits.max_batch == 0 || limits.max_connections == 0 || limits.max_frame_bytes < 64 {
-            bail!("--max-batch and --max-connections must be positive and --max-frame-bytes at least 64");
+            bail!(
+                "--max-batch and --max-connections must be positive and --max-frame-bytes at least 64"
+            );
         }
-        let tls_files = [
-            pick!(cert),
-            pick!(key),
-            pick!(client_ca),
-            pick!(admin_ca),
-        ];
+        let tls_files = [pick!(cert), pick!(key), pick!(client_ca), pick!(admin_ca)];
         let tls = match tls_files {
             [None, None, None, None] => None,
             [Some(cert), Some(key), Some(client_ca), Some(admin_ca)] => Some(TlsPaths {
@@ -120,7 +117,9 @@ impl Args {
                 client_ca,
                 admin_ca,
             }),
-            _ => bail!("--cert, --key, --client-ca and --admin-ca go together: give all four or none"),
+            _ => bail!(
+                "--cert, --key, --client-ca and --admin-ca go together: give all four or none"
+            ),
         };
         let metrics_listen = if cli.no_metrics || file.no_metrics {
             None
@@ -141,7 +140,8 @@ impl Args {
 fn read_file(path: &Path) -> anyhow::Result<Args> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading the configuration file {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("parsing the configuration file {}", path.display()))
+    toml::from_str(&text)
+        .with_context(|| format!("parsing the configuration file {}", path.display()))
 }
 
 #[cfg(test)]
@@ -170,7 +170,10 @@ mod tests {
         assert_eq!(c.listen, SocketAddr::from(([127, 0, 0, 1], 0)));
         assert_eq!(c.data_dir, PathBuf::from("/from/file"));
         assert_eq!(c.limits.max_batch, 10);
-        assert_eq!(c.metrics_listen, Some(SocketAddr::from(([127, 0, 0, 1], 9400))));
+        assert_eq!(
+            c.metrics_listen,
+            Some(SocketAddr::from(([127, 0, 0, 1], 9400)))
+        );
         assert!(c.tls.is_none());
 
         std::fs::write(&file, "listne = \"x\"\n").expect("write");
@@ -179,7 +182,9 @@ mod tests {
             .expect_err("unknown key");
         assert!(format!("{err:#}").contains("unknown field"), "{err:#}");
 
-        let err = Args::parse_from(["memds-server", "--cert", "a.pem"]).resolve().expect_err("partial TLS");
+        let err = Args::parse_from(["memds-server", "--cert", "a.pem"])
+            .resolve()
+            .expect_err("partial TLS");
         assert!(err.to_string().contains("go together"));
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -152,7 +152,8 @@ impl Durable {
                 .open(&wal_path)
                 .map_err(io_err("opening", &wal_path))?;
             if recovered.truncated_bytes > 0 {
-                f.set_len(wal_bytes).map_err(io_err("truncating", &wal_path))?;
+                f.set_len(wal_bytes)
+                    .map_err(io_err("truncating", &wal_path))?;
                 f.sync_all().map_err(io_err("syncing", &wal_path))?;
             }
             f
@@ -183,10 +184,7 @@ impl Durable {
             frame(&payload, &mut buf);
         }
         let path = self.dir.join(WAL_FILE);
-        let result = self
-            .wal
-            .write_all(&buf)
-            .and_then(|()| self.wal.sync_data());
+        let result = self.wal.write_all(&buf).and_then(|()| self.wal.sync_data());
         if let Err(source) = result {
             let _ = self.wal.set_len(self.wal_bytes);
             let _ = self.wal.sync_all();
@@ -262,7 +260,8 @@ fn next_record(bytes: &[u8], at: usize) -> Option<(&[u8], usize)> {
 
 fn parse_header(bytes: &[u8], magic: &[u8; 8]) -> Option<u64> {
     let header = bytes.get(..HEADER_LEN)?;
-    (&header[..8] == magic).then(|| u64::from_le_bytes(header[8..16].try_into().unwrap_or_default()))
+    (&header[..8] == magic)
+        .then(|| u64::from_le_bytes(header[8..16].try_into().unwrap_or_default()))
 }
 
 /// Reads log records up to the first invalid one; answers the length of the valid prefix.
@@ -287,8 +286,7 @@ fn read_state(path: &Path, bytes: &[u8], out: &mut Vec<TableMap>) -> Result<u64,
         offset: offset as u64,
         reason,
     };
-    let covers =
-        parse_header(bytes, STATE_MAGIC).ok_or_else(|| damaged(0, "bad header".into()))?;
+    let covers = parse_header(bytes, STATE_MAGIC).ok_or_else(|| damaged(0, "bad header".into()))?;
     let mut at = HEADER_LEN;
     while at < bytes.len() {
         let (payload, next) = next_record(bytes, at)
@@ -367,11 +365,15 @@ mod tests {
         let (mut d, rec) = Durable::open(&dir, 1 << 20).expect("open");
         assert!(rec.tables.is_empty() && rec.records.is_empty());
         d.append(&[put(&table(0))]).expect("append");
-        d.append(&[put(&table(1)), WalRecord::Drop { table: "x".into() }]).expect("append");
+        d.append(&[put(&table(1)), WalRecord::Drop { table: "x".into() }])
+            .expect("append");
         let good_len = d.wal_bytes();
         drop(d);
         // A torn write: half a record at the end.
-        let mut f = OpenOptions::new().append(true).open(dir.join(WAL_FILE)).expect("open");
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(dir.join(WAL_FILE))
+            .expect("open");
         f.write_all(&[200, 0, 0, 0, 1, 2, 3]).expect("write");
         drop(f);
         let (d, rec) = Durable::open(&dir, 1 << 20).expect("reopen");
@@ -379,7 +381,10 @@ mod tests {
         assert_eq!(rec.records[0], put(&table(0)));
         assert_eq!(rec.truncated_bytes, 7);
         assert_eq!(d.wal_bytes(), good_len);
-        assert_eq!(fs::metadata(dir.join(WAL_FILE)).expect("stat").len(), good_len);
+        assert_eq!(
+            fs::metadata(dir.join(WAL_FILE)).expect("stat").len(),
+            good_len
+        );
         let _ = fs::remove_dir_all(&dir);
     }
 
@@ -393,15 +398,25 @@ mod tests {
             d.append(&[put(m)]).expect("append");
         }
         assert!(d.should_compact());
-        let tables: Vec<memds_proto::CompactTable> =
-            maps.iter().map(|m| memds_proto::CompactTable::new(m, &mut interner)).collect();
+        let tables: Vec<memds_proto::CompactTable> = maps
+            .iter()
+            .map(|m| memds_proto::CompactTable::new(m, &mut interner))
+            .collect();
         d.compact(tables.iter()).expect("compact");
         assert_eq!(d.wal_bytes(), HEADER_LEN as u64);
-        d.append(&[WalRecord::Drop { table: "table-0001".into() }]).expect("append");
+        d.append(&[WalRecord::Drop {
+            table: "table-0001".into(),
+        }])
+        .expect("append");
         drop(d);
         let (_, rec) = Durable::open(&dir, 1).expect("reopen");
         assert_eq!(rec.tables, maps);
-        assert_eq!(rec.records, vec![WalRecord::Drop { table: "table-0001".into() }]);
+        assert_eq!(
+            rec.records,
+            vec![WalRecord::Drop {
+                table: "table-0001".into()
+            }]
+        );
         let _ = fs::remove_dir_all(&dir);
     }
 

@@ -50,23 +50,87 @@ pub fn handle() -> &'static PrometheusHandle {
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
-    describe_counter!("memds_lookups_total", Unit::Count, "Partition lookups served, by operation and result (a batch of n hashes counts n).");
-    describe_histogram!("memds_lookup_duration_seconds", Unit::Seconds, "Server-side time to answer one lookup request frame, by operation.");
-    describe_counter!("memds_requests_total", Unit::Count, "Request frames answered, by kind.");
-    describe_gauge!("memds_requests_in_flight", Unit::Count, "Request frames received and not yet answered.");
-    describe_gauge!("memds_connections", Unit::Count, "Open client connections, by role.");
-    describe_counter!("memds_connections_total", Unit::Count, "Client connections accepted, by role.");
-    describe_counter!("memds_connections_refused_total", Unit::Count, "Connections refused, by reason.");
-    describe_counter!("memds_errors_total", Unit::Count, "Requests answered with an error, by error code.");
+    describe_counter!(
+        "memds_lookups_total",
+        Unit::Count,
+        "Partition lookups served, by operation and result (a batch of n hashes counts n)."
+    );
+    describe_histogram!(
+        "memds_lookup_duration_seconds",
+        Unit::Seconds,
+        "Server-side time to answer one lookup request frame, by operation."
+    );
+    describe_counter!(
+        "memds_requests_total",
+        Unit::Count,
+        "Request frames answered, by kind."
+    );
+    describe_gauge!(
+        "memds_requests_in_flight",
+        Unit::Count,
+        "Request frames received and not yet answered."
+    );
+    describe_gauge!(
+        "memds_connections",
+        Unit::Count,
+        "Open client connections, by role."
+    );
+    describe_counter!(
+        "memds_connections_total",
+        Unit::Count,
+        "Client connections accepted, by role."
+    );
+    describe_counter!(
+        "memds_connections_refused_total",
+        Unit::Count,
+        "Connections refused, by reason."
+    );
+    describe_counter!(
+        "memds_errors_total",
+        Unit::Count,
+        "Requests answered with an error, by error code."
+    );
     describe_gauge!("memds_tables", Unit::Count, "Tables held.");
-    describe_gauge!("memds_partitions", Unit::Count, "Partitions held, over all tables.");
-    describe_gauge!("memds_resident_bytes", Unit::Bytes, "Resident bytes of all compact tables and the shared node records.");
-    describe_gauge!("memds_table_version", Unit::Count, "Current version of each table.");
-    describe_counter!("memds_writes_total", Unit::Count, "Writes by operation and result (applied, unchanged, error).");
-    describe_histogram!("memds_write_duration_seconds", Unit::Seconds, "Time from a write's arrival at the writer to its durable acknowledgement, fsync included.");
-    describe_gauge!("memds_wal_bytes", Unit::Bytes, "Size of the write-ahead log.");
-    describe_counter!("memds_compactions_total", Unit::Count, "Checkpoints written (log compactions).");
-    describe_gauge!("memds_build_info", Unit::Count, "Always 1; the version label names the server build.");
+    describe_gauge!(
+        "memds_partitions",
+        Unit::Count,
+        "Partitions held, over all tables."
+    );
+    describe_gauge!(
+        "memds_resident_bytes",
+        Unit::Bytes,
+        "Resident bytes of all compact tables and the shared node records."
+    );
+    describe_gauge!(
+        "memds_table_version",
+        Unit::Count,
+        "Current version of each table."
+    );
+    describe_counter!(
+        "memds_writes_total",
+        Unit::Count,
+        "Writes by operation and result (applied, unchanged, error)."
+    );
+    describe_histogram!(
+        "memds_write_duration_seconds",
+        Unit::Seconds,
+        "Time from a write's arrival at the writer to its durable acknowledgement, fsync included."
+    );
+    describe_gauge!(
+        "memds_wal_bytes",
+        Unit::Bytes,
+        "Size of the write-ahead log."
+    );
+    describe_counter!(
+        "memds_compactions_total",
+        Unit::Count,
+        "Checkpoints written (log compactions)."
+    );
+    describe_gauge!(
+        "memds_build_info",
+        Unit::Count,
+        "Always 1; the version label names the server build."
+    );
 }
 
 /// Per-server counters that `stats` reports (the `metrics` recorder cannot be read back).
@@ -108,9 +172,13 @@ impl Metrics {
         handle();
         metrics::gauge!("memds_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
         Self {
-            lookups_ok: LOOKUP_OPS.map(|op| metrics::counter!("memds_lookups_total", "op" => op, "result" => "ok")),
-            lookups_error: LOOKUP_OPS.map(|op| metrics::counter!("memds_lookups_total", "op" => op, "result" => "error")),
-            lookup_seconds: LOOKUP_OPS.map(|op| metrics::histogram!("memds_lookup_duration_seconds", "op" => op)),
+            lookups_ok: LOOKUP_OPS
+                .map(|op| metrics::counter!("memds_lookups_total", "op" => op, "result" => "ok")),
+            lookups_error: LOOKUP_OPS.map(
+                |op| metrics::counter!("memds_lookups_total", "op" => op, "result" => "error"),
+            ),
+            lookup_seconds: LOOKUP_OPS
+                .map(|op| metrics::histogram!("memds_lookup_duration_seconds", "op" => op)),
             in_flight: metrics::gauge!("memds_requests_in_flight"),
         }
     }
@@ -164,7 +232,7 @@ pub async fn serve(listener: TcpListener, shutdown: impl std::future::Future<Out
         };
         tokio::spawn(async move {
             let service = service_fn(|req: Request<hyper::body::Incoming>| async move {
-                let response = if req.uri().path() == "/metrics" {
+                if req.uri().path() == "/metrics" {
                     Response::builder()
                         .header("content-type", "text/plain; version=0.0.4")
                         .body(Full::new(Bytes::from(handle().render())))
@@ -172,8 +240,7 @@ pub async fn serve(listener: TcpListener, shutdown: impl std::future::Future<Out
                     Response::builder()
                         .status(StatusCode::NOT_FOUND)
                         .body(Full::new(Bytes::from_static(b"not found; try /metrics\n")))
-                };
-                response
+                }
             });
             if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -184,4 +251,3 @@ pub async fn serve(listener: TcpListener, shutdown: impl std::future::Future<Out
         });
     }
 }
-

@@ -193,7 +193,11 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
             "cut a torn, unacknowledged write from the end of the log"
         );
     }
-    tracing::info!(tables = tables.len(), replayed, "recovered the data directory");
+    tracing::info!(
+        tables = tables.len(),
+        replayed,
+        "recovered the data directory"
+    );
     let store = Arc::new(Store::default());
     store.publish(tables, &interner);
     publish_table_gauges(&store);
@@ -215,7 +219,9 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("binding metrics on {addr}"))?;
-            let bound = listener.local_addr().context("reading the metrics address")?;
+            let bound = listener
+                .local_addr()
+                .context("reading the metrics address")?;
             let mut rx = shutdown_rx.clone();
             tokio::spawn(metrics::serve(listener, async move {
                 let _ = rx.wait_for(|stop| *stop).await;
@@ -281,7 +287,11 @@ async fn accept_loop(
     let _ = tokio::task::spawn_blocking(move || writer.shutdown()).await;
 }
 
-async fn handle_connection(incoming: quinn::Incoming, ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) {
+async fn handle_connection(
+    incoming: quinn::Incoming,
+    ctx: Arc<Ctx>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let conn = match incoming.await {
         Ok(c) => c,
         Err(e) => {
@@ -435,7 +445,8 @@ async fn answer_frame(payload: &[u8], role: ClientRole, ctx: &Ctx) -> Response {
                 Some(op) => {
                     metrics::request(crate::metrics::LOOKUP_OPS[op]);
                     let ok = !matches!(response, Response::Error(_));
-                    ctx.metrics.lookup(op, ok, outcome.lookups, started.elapsed());
+                    ctx.metrics
+                        .lookup(op, ok, outcome.lookups, started.elapsed());
                     if ok {
                         Counters::add(&ctx.counters.lookups, outcome.lookups);
                     }

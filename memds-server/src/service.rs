@@ -202,5 +202,9 @@ pub fn totals(store: &Store) -> (u64, u64, u64) {
     let tables = store.tables();
     let partitions = tables.values().map(|t| t.len() as u64).sum();
     let bytes: u64 = tables.values().map(|t| t.resident_bytes() as u64).sum();
-    (tables.len() as u64, partitions, bytes + store.node_records().1)
+    (
+        tables.len() as u64,
+        partitions,
+        bytes + store.node_records().1,
+    )
 }

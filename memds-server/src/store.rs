@@ -107,12 +107,15 @@ pub enum Plan {
 const MAX_PUT_ARCHIVE_BYTES: u64 = 4 << 30;
 
 /// Decides what a write does to `tables`.
-pub fn plan(tables: &Tables, write: &Write, interner: &mut NodeInterner) -> Result<Plan, ErrorReply> {
+pub fn plan(
+    tables: &Tables,
+    write: &Write,
+    interner: &mut NodeInterner,
+) -> Result<Plan, ErrorReply> {
     match write {
         Write::Put { snapshot } => {
-            let map = snapshot::decode(snapshot, MAX_PUT_ARCHIVE_BYTES).map_err(|e| {
-                ErrorReply::new(ErrorCode::Invalid, format!("put-table: {e}"))
-            })?;
+            let map = snapshot::decode(snapshot, MAX_PUT_ARCHIVE_BYTES)
+                .map_err(|e| ErrorReply::new(ErrorCode::Invalid, format!("put-table: {e}")))?;
             plan_put(tables, map, interner)
         }
         Write::Update(update) => plan_update(tables, update, interner),
@@ -126,7 +129,11 @@ pub fn plan(tables: &Tables, write: &Write, interner: &mut NodeInterner) -> Resu
     }
 }
 
-fn plan_put(tables: &Tables, map: TableMap, interner: &mut NodeInterner) -> Result<Plan, ErrorReply> {
+fn plan_put(
+    tables: &Tables,
+    map: TableMap,
+    interner: &mut NodeInterner,
+) -> Result<Plan, ErrorReply> {
     let name = map.name().as_str().to_owned();
     let version = map.version().get();
     let Some(current) = tables.get(&name) else {
@@ -163,7 +170,9 @@ fn plan_update(
     u: &PartitionUpdate,
     interner: &mut NodeInterner,
 ) -> Result<Plan, ErrorReply> {
-    let current = tables.get(u.table.as_str()).ok_or_else(|| unknown(&u.table))?;
+    let current = tables
+        .get(u.table.as_str())
+        .ok_or_else(|| unknown(&u.table))?;
     let current_version = current.version().get();
     let first = u.partitions.first().ok_or_else(|| {
         ErrorReply::new(ErrorCode::Invalid, "update-partitions: no partitions given")
@@ -206,7 +215,8 @@ fn plan_update(
             current_version,
         ));
     }
-    let invalid = |msg: String| ErrorReply::new(ErrorCode::Invalid, format!("update-partitions: {msg}"));
+    let invalid =
+        |msg: String| ErrorReply::new(ErrorCode::Invalid, format!("update-partitions: {msg}"));
     if u.end_inclusive < from {
         return Err(invalid(format!(
             "end_inclusive {} is before the first new start {from}",
@@ -247,7 +257,8 @@ fn plan_update(
             None => nodes.push(n.clone()),
         }
     }
-    let mut partitions: Vec<PartitionSpec> = Vec::with_capacity(old.partitions.len() + u.partitions.len());
+    let mut partitions: Vec<PartitionSpec> =
+        Vec::with_capacity(old.partitions.len() + u.partitions.len());
     partitions.extend(old.partitions.iter().filter(|p| p.start < from).cloned());
     partitions.extend(u.partitions.iter().cloned());
     partitions.extend(
@@ -315,8 +326,8 @@ mod tests {
         TableMap::try_from(spec).expect("valid")
     }
 
-    fn install(tables: &mut Tables, plan: Plan) {
-        match plan {
+    fn install(tables: &mut Tables, write: &Write, interner: &mut NodeInterner) {
+        match plan(tables, write, interner).expect("the write applies") {
             Plan::Install(t) => {
                 tables.insert(t.name().as_str().to_owned(), Arc::new(t));
             }
@@ -334,17 +345,30 @@ mod tests {
     fn put_follows_the_version_rules() {
         let mut i = NodeInterner::default();
         let mut tables = Tables::new();
-        install(&mut tables, plan(&tables, &put(&map(100, 5)), &mut i).expect("new table"));
+        install(&mut tables, &put(&map(100, 5)), &mut i);
         assert!(matches!(
             plan(&tables, &put(&map(100, 5)), &mut i),
             Ok(Plan::Unchanged { version: 5, .. })
         ));
         let conflict = plan(&tables, &put(&map(101, 5)), &mut i).expect_err("other content");
-        assert_eq!((conflict.code, conflict.current_version), (ErrorCode::Conflict, 5));
+        assert_eq!(
+            (conflict.code, conflict.current_version),
+            (ErrorCode::Conflict, 5)
+        );
         let stale = plan(&tables, &put(&map(100, 4)), &mut i).expect_err("older");
         assert_eq!((stale.code, stale.current_version), (ErrorCode::Stale, 5));
-        assert!(matches!(plan(&tables, &put(&map(100, 6)), &mut i), Ok(Plan::Install(_))));
-        let bad = plan(&tables, &Write::Put { snapshot: vec![1, 2, 3] }, &mut i).expect_err("garbage");
+        assert!(matches!(
+            plan(&tables, &put(&map(100, 6)), &mut i),
+            Ok(Plan::Install(_))
+        ));
+        let bad = plan(
+            &tables,
+            &Write::Put {
+                snapshot: vec![1, 2, 3],
+            },
+            &mut i,
+        )
+        .expect_err("garbage");
         assert_eq!(bad.code, ErrorCode::Invalid);
     }
 
@@ -374,9 +398,9 @@ mod tests {
         let mut i = NodeInterner::default();
         let mut tables = Tables::new();
         let m = map(50, 3);
-        install(&mut tables, plan(&tables, &put(&m), &mut i).expect("new"));
+        install(&mut tables, &put(&m), &mut i);
         let u = split_update(&m, 10);
-        install(&mut tables, plan(&tables, &Write::Update(u.clone()), &mut i).expect("split"));
+        install(&mut tables, &Write::Update(u.clone()), &mut i);
         let t = &tables[m.name().as_str()];
         assert_eq!(t.len(), 51);
         assert_eq!(t.version().get(), 4);
@@ -391,12 +415,16 @@ mod tests {
         // Based on an old version: stale or conflict, never applied.
         let mut again = split_update(&m, 20);
         assert_eq!(
-            plan(&tables, &Write::Update(again.clone()), &mut i).expect_err("old base").code,
+            plan(&tables, &Write::Update(again.clone()), &mut i)
+                .expect_err("old base")
+                .code,
             ErrorCode::Conflict
         );
         again.version = 2;
         assert_eq!(
-            plan(&tables, &Write::Update(again), &mut i).expect_err("old version").code,
+            plan(&tables, &Write::Update(again), &mut i)
+                .expect_err("old version")
+                .code,
             ErrorCode::Stale
         );
     }
@@ -406,7 +434,7 @@ mod tests {
         let mut i = NodeInterner::default();
         let mut tables = Tables::new();
         let m = map(50, 3);
-        install(&mut tables, plan(&tables, &put(&m), &mut i).expect("new"));
+        install(&mut tables, &put(&m), &mut i);
         let refuse = |u: PartitionUpdate, i: &mut NodeInterner| {
             let e = plan(&tables, &Write::Update(u), i).expect_err("refused");
             assert_eq!(e.code, ErrorCode::Invalid, "{e}");
@@ -423,11 +451,19 @@ mod tests {
         assert!(refuse(u, &mut i).contains("already used"));
         let mut u = split_update(&m, 10);
         u.partitions[1].replicas = vec![999_999];
+        u.partitions[1].leader = 0;
         assert!(refuse(u, &mut i).contains("not in the table's node list"));
         let mut u = split_update(&m, 10);
         u.partitions.clear();
         assert!(refuse(u, &mut i).contains("no partitions"));
-        let unknown = plan(&tables, &Write::Drop { table: "nope".into() }, &mut i).expect_err("unknown");
+        let unknown = plan(
+            &tables,
+            &Write::Drop {
+                table: "nope".into(),
+            },
+            &mut i,
+        )
+        .expect_err("unknown");
         assert_eq!(unknown.code, ErrorCode::UnknownTable);
     }
 }

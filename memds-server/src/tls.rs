@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use memds_client::tls::{
-    self as files, ADMIN_CA_CERT, ADMIN_CA_KEY, ADMIN_CERT, ADMIN_KEY, CA_CERT, CA_KEY, ROUTER_CERT,
-    ROUTER_KEY, SERVER_CERT, SERVER_KEY, TlsError,
+    self as files, ADMIN_CA_CERT, ADMIN_CA_KEY, ADMIN_CERT, ADMIN_KEY, CA_CERT, CA_KEY,
+    ROUTER_CERT, ROUTER_KEY, SERVER_CERT, SERVER_KEY, TlsError,
 };
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -106,12 +106,14 @@ pub fn server_config(paths: &TlsPaths) -> Result<(quinn::ServerConfig, Authorize
         admin_roots.add(ca.clone()).map_err(config_error)?;
         all_roots.add(ca).map_err(config_error)?;
     }
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(all_roots), provider.clone())
-        .build()
-        .map_err(config_error)?;
-    let admin = WebPkiClientVerifier::builder_with_provider(Arc::new(admin_roots), provider.clone())
-        .build()
-        .map_err(config_error)?;
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(all_roots), provider.clone())
+            .build()
+            .map_err(config_error)?;
+    let admin =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(admin_roots), provider.clone())
+            .build()
+            .map_err(config_error)?;
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(config_error)?
@@ -179,8 +181,18 @@ pub fn ensure_dev_pki(dir: &Path) -> Result<bool, PkiError> {
         ExtendedKeyUsagePurpose::ServerAuth,
         &ca.1,
     )?;
-    let router = leaf("memds-router", &[], ExtendedKeyUsagePurpose::ClientAuth, &ca.1)?;
-    let admin = leaf("memds-admin", &[], ExtendedKeyUsagePurpose::ClientAuth, &admin_ca.1)?;
+    let router = leaf(
+        "memds-router",
+        &[],
+        ExtendedKeyUsagePurpose::ClientAuth,
+        &ca.1,
+    )?;
+    let admin = leaf(
+        "memds-admin",
+        &[],
+        ExtendedKeyUsagePurpose::ClientAuth,
+        &admin_ca.1,
+    )?;
 
     let outputs = [
         (CA_CERT, ca_pem),
@@ -224,7 +236,8 @@ fn leaf(
     usage: ExtendedKeyUsagePurpose,
     issuer: &Issuer<'static, KeyPair>,
 ) -> Result<(String, String), rcgen::Error> {
-    let mut params = CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+    let mut params =
+        CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
     params.distinguished_name.push(DnType::CommonName, name);
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![usage];

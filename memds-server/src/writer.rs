@@ -131,7 +131,9 @@ fn run(
                     metrics::gauge!("memds_wal_bytes").set(durable.wal_bytes() as f64);
                 }
             }
-            Err(e) => tracing::error!(error = %e, "appending to the write-ahead log; the batch is refused"),
+            Err(e) => {
+                tracing::error!(error = %e, "appending to the write-ahead log; the batch is refused")
+            }
         }
         for (job, answer, result) in answers {
             let (response, result) = match (answer, &durable_result) {
@@ -145,8 +147,10 @@ fn run(
                 (Ok(r), _) => (r, result),
                 (Err(e), _) => (Response::Error(e), "error"),
             };
-            metrics::counter!("memds_writes_total", "op" => job.write.op(), "result" => result).increment(1);
-            metrics::histogram!("memds_write_duration_seconds").record(job.arrived.elapsed().as_secs_f64());
+            metrics::counter!("memds_writes_total", "op" => job.write.op(), "result" => result)
+                .increment(1);
+            metrics::histogram!("memds_write_duration_seconds")
+                .record(job.arrived.elapsed().as_secs_f64());
             let _ = job.reply.send(response);
         }
         if durable_result.is_ok() && durable.should_compact() {
@@ -177,11 +181,7 @@ fn record_of(write: &Write) -> WalRecord {
 }
 
 /// Applies recovered records to the recovered tables, as the writer would have.
-pub fn replay(
-    tables: &mut Tables,
-    records: Vec<WalRecord>,
-    interner: &mut NodeInterner,
-) -> usize {
+pub fn replay(tables: &mut Tables, records: Vec<WalRecord>, interner: &mut NodeInterner) -> usize {
     let mut applied = 0;
     for r in records {
         let write = match r {

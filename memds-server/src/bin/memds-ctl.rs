@@ -94,7 +94,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("memds-ctl: starting the runtime: {e}");
@@ -119,23 +122,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::PutTable { file } => {
             let json = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;
-            let map = TableMap::from_json(&json).with_context(|| format!("loading {}", file.display()))?;
-            let ack = with_timeout(timeout, client.put_table(&map)).await.context("put-table")?;
+            let map = TableMap::from_json(&json)
+                .with_context(|| format!("loading {}", file.display()))?;
+            let ack = with_timeout(timeout, client.put_table(&map))
+                .await
+                .context("put-table")?;
             writeln!(out, "{}", serde_json::to_string(&ack)?)?;
         }
         Command::UpdatePartitions { file } => {
             let json = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;
-            let update: PartitionUpdate =
-                serde_json::from_str(&json).with_context(|| format!("parsing {}", file.display()))?;
+            let update: PartitionUpdate = serde_json::from_str(&json)
+                .with_context(|| format!("parsing {}", file.display()))?;
             let ack = with_timeout(timeout, client.update_partitions(update))
                 .await
                 .context("update-partitions")?;
             writeln!(out, "{}", serde_json::to_string(&ack)?)?;
         }
         Command::DropTable { table } => {
-            let version = with_timeout(timeout, client.drop_table(&table)).await.context("drop-table")?;
-            writeln!(out, "{}", serde_json::json!({"table": table, "version": version}))?;
+            let version = with_timeout(timeout, client.drop_table(&table))
+                .await
+                .context("drop-table")?;
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({"table": table, "version": version})
+            )?;
         }
         Command::GetTable { table } => {
             let map = with_timeout(timeout, client.get_table(&table, None))
@@ -145,11 +157,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             writeln!(out, "{}", map.to_json())?;
         }
         Command::Tables => {
-            let tables = with_timeout(timeout, client.list_tables()).await.context("tables")?;
+            let tables = with_timeout(timeout, client.list_tables())
+                .await
+                .context("tables")?;
             writeln!(out, "{}", serde_json::to_string(&tables)?)?;
         }
         Command::Stats => {
-            let stats = with_timeout(timeout, client.stats()).await.context("stats")?;
+            let stats = with_timeout(timeout, client.stats())
+                .await
+                .context("stats")?;
             writeln!(out, "{}", serde_json::to_string(&stats)?)?;
         }
         Command::Lookup {
@@ -186,8 +202,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn connect(cli: &Cli) -> anyhow::Result<Client> {
     let ca = cli.ca.clone().unwrap_or_else(|| cli.tls_dir.join(CA_CERT));
-    let cert = cli.cert.clone().unwrap_or_else(|| cli.tls_dir.join(ADMIN_CERT));
-    let key = cli.key.clone().unwrap_or_else(|| cli.tls_dir.join(ADMIN_KEY));
+    let cert = cli
+        .cert
+        .clone()
+        .unwrap_or_else(|| cli.tls_dir.join(ADMIN_CERT));
+    let key = cli
+        .key
+        .clone()
+        .unwrap_or_else(|| cli.tls_dir.join(ADMIN_KEY));
     let tls = ClientTls::from_files(&ca, Some((&cert, &key))).context("loading TLS material")?;
     let connector = Connector::new(
         &tls,
@@ -245,10 +267,9 @@ fn read_hashes(file: &PathBuf) -> anyhow::Result<Vec<u64>> {
         if t.is_empty() {
             continue;
         }
-        hashes.push(
-            t.parse::<u64>()
-                .with_context(|| format!("{} line {}: {t:?} is not a u64 hash", file.display(), i + 1))?,
-        );
+        hashes.push(t.parse::<u64>().with_context(|| {
+            format!("{} line {}: {t:?} is not a u64 hash", file.display(), i + 1)
+        })?);
     }
     Ok(hashes)
 }

@@ -1,0 +1,499 @@
+//! Black-box tests of the real server on 127.0.0.1:0 over real QUIC with mutual TLS: every
+//! request kind, every error code a client can provoke, authorization, limits, garbage frames,
+//! metrics, and restart durability.
+
+mod common;
+
+use std::io::{Read as _, Write as _};
+use std::time::Duration;
+
+use common::{TestServer, connector, table, temp_dir};
+use memds_client::{ClientError, ClientTls, Role};
+use memds_proto::model::PartitionSpec;
+use memds_proto::wire::{
+    self, ErrorCode, FrameDecoder, PartitionUpdate, Request, Response, Routes,
+};
+use memds_proto::{Route, TableMap, key_hash};
+use memds_server::Limits;
+
+fn server_error(r: Result<impl std::fmt::Debug, ClientError>) -> ErrorCode {
+    match r {
+        Err(ClientError::Server(e)) => e.code,
+        other => panic!("expected a server error, got {other:?}"),
+    }
+}
+
+async fn resolved(client: &memds_client::Client, map: &TableMap, routes: &Routes) -> Vec<Route> {
+    let nodes = client.get_nodes(map.name().as_str()).await.expect("nodes");
+    assert_eq!(nodes.digest, routes.nodes_digest);
+    routes
+        .resolve(map.name(), &nodes)
+        .expect("every replica is listed")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_kind_answers_what_the_map_says() {
+    let mut s = TestServer::start("kinds").await;
+    let admin = s.client(Role::Admin).await;
+    let router = s.client(Role::Router).await;
+    let map = table(0, 2_000, 5);
+    let name = map.name().as_str().to_owned();
+
+    let ack = admin.put_table(&map).await.expect("put");
+    assert_eq!((ack.version, ack.applied), (5, true));
+
+    // Point lookup, for a key and for the extremes.
+    for hash in [0, u64::MAX, key_hash(b"user#1"), map.partitions()[7].start] {
+        let routes = router.lookup(&name, hash).await.expect("lookup");
+        assert_eq!(routes.table_version, 5);
+        assert_eq!(
+            resolved(&router, &map, &routes).await,
+            vec![map.route(hash)]
+        );
+    }
+    // Batch lookup: same order as asked.
+    let hashes: Vec<u64> = (0..500u64)
+        .map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        .collect();
+    let routes = router
+        .batch_lookup(&name, hashes.clone())
+        .await
+        .expect("batch");
+    let want: Vec<Route> = hashes.iter().map(|&h| map.route(h)).collect();
+    assert_eq!(resolved(&router, &map, &routes).await, want);
+    // Range scan, with and without truncation.
+    let (a, b) = (map.partitions()[10].start + 1, map.partitions()[20].start);
+    let routes = router.range(&name, a, b, 100).await.expect("range");
+    let ids: Vec<u64> = routes.routes.iter().map(|r| r.partition).collect();
+    let want: Vec<u64> = map.partitions()[10..20]
+        .iter()
+        .map(|p| p.id.get())
+        .collect();
+    assert_eq!(ids, want);
+    assert!(!routes.truncated);
+    let routes = router.range(&name, a, b, 3).await.expect("range");
+    assert_eq!(routes.routes.len(), 3);
+    assert!(routes.truncated);
+    // Whole table, conditional.
+    assert_eq!(
+        router.get_table(&name, None).await.expect("get"),
+        Some(map.clone())
+    );
+    assert_eq!(router.get_table(&name, Some(5)).await.expect("get"), None);
+    assert_eq!(
+        router.get_table(&name, Some(4)).await.expect("get"),
+        Some(map.clone())
+    );
+    // List and stats.
+    let tables = router.list_tables().await.expect("list");
+    assert_eq!(tables.len(), 1);
+    assert_eq!(
+        (
+            tables[0].name.as_str(),
+            tables[0].version,
+            tables[0].partitions
+        ),
+        (name.as_str(), 5, 2_000)
+    );
+    let stats = router.stats().await.expect("stats");
+    assert_eq!(stats.tables, 1);
+    assert_eq!(stats.partitions, 2_000);
+    assert_eq!(stats.lookups_total, 4 + 500 + 10 + 3);
+    assert!(stats.resident_bytes > 0 && stats.cpu_seconds > 0.0);
+
+    // A split through update-partitions reaches lookups at once.
+    let p = map.partitions()[3];
+    let end = map.end_inclusive(3);
+    let mid = p.start + (end - p.start) / 2;
+    let spec = |id: u64, start: u64| PartitionSpec {
+        id,
+        start,
+        epoch: p.epoch.get() + 1,
+        replicas: p.replicas.as_slice().iter().map(|r| r.get()).collect(),
+        leader: 0,
+    };
+    let update = PartitionUpdate {
+        table: name.clone(),
+        base_version: 5,
+        version: 6,
+        end_inclusive: end,
+        nodes: vec![],
+        partitions: vec![spec(p.id.get(), p.start), spec(999_999, mid)],
+    };
+    let ack = admin
+        .update_partitions(update.clone())
+        .await
+        .expect("update");
+    assert_eq!((ack.version, ack.applied), (6, true));
+    let routes = router.lookup(&name, mid).await.expect("lookup");
+    assert_eq!(
+        (routes.routes[0].partition, routes.table_version),
+        (999_999, 6)
+    );
+    assert_eq!(routes.routes[0].end_inclusive, end);
+    let ack = admin
+        .update_partitions(update)
+        .await
+        .expect("idempotent retry");
+    assert!(!ack.applied);
+
+    assert_eq!(admin.drop_table(&name).await.expect("drop"), 6);
+    assert!(router.list_tables().await.expect("list").is_empty());
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_error_is_typed_and_changes_nothing() {
+    let mut s = TestServer::start("errors").await;
+    let admin = s.client(Role::Admin).await;
+    let router = s.client(Role::Router).await;
+    let map = table(1, 300, 10);
+    let name = map.name().as_str().to_owned();
+    admin.put_table(&map).await.expect("put");
+
+    assert_eq!(
+        server_error(router.lookup("nope", 1).await),
+        ErrorCode::UnknownTable
+    );
+    assert_eq!(
+        server_error(admin.drop_table("nope").await),
+        ErrorCode::UnknownTable
+    );
+    // Same version, same content: success; other content: conflict; older: stale.
+    assert!(!admin.put_table(&map).await.expect("idempotent").applied);
+    let other = table(1, 301, 10);
+    match admin.put_table(&other).await {
+        Err(ClientError::Server(e)) => {
+            assert_eq!((e.code, e.current_version), (ErrorCode::Conflict, 10))
+        }
+        r => panic!("expected conflict, got {r:?}"),
+    }
+    match admin.put_table(&table(1, 300, 9)).await {
+        Err(ClientError::Server(e)) => {
+            assert_eq!((e.code, e.current_version), (ErrorCode::Stale, 10))
+        }
+        r => panic!("expected stale, got {r:?}"),
+    }
+    // A bad snapshot and a bad update: invalid, with the reason.
+    let bad = admin
+        .call(&Request::PutTable {
+            snapshot: vec![0; 40],
+        })
+        .await;
+    assert_eq!(server_error(bad), ErrorCode::Invalid);
+    let bad_update = PartitionUpdate {
+        table: name.clone(),
+        base_version: 10,
+        version: 11,
+        end_inclusive: 5,
+        nodes: vec![],
+        partitions: vec![PartitionSpec {
+            id: 1,
+            start: 0,
+            epoch: 1,
+            replicas: vec![],
+            leader: 0,
+        }],
+    };
+    match admin.update_partitions(bad_update).await {
+        Err(ClientError::Server(e)) => {
+            assert_eq!(e.code, ErrorCode::Invalid);
+            assert!(
+                e.message.contains("boundary") || e.message.contains("replicas"),
+                "{}",
+                e.message
+            );
+        }
+        r => panic!("expected invalid, got {r:?}"),
+    }
+    // Too large a batch.
+    let hashes = vec![0u64; wire::DEFAULT_MAX_BATCH + 1];
+    assert_eq!(
+        server_error(router.batch_lookup(&name, hashes).await),
+        ErrorCode::TooLarge
+    );
+    // Routers cannot write.
+    assert_eq!(
+        server_error(router.put_table(&table(1, 300, 11)).await),
+        ErrorCode::Unauthorized
+    );
+    assert_eq!(
+        server_error(router.drop_table(&name).await),
+        ErrorCode::Unauthorized
+    );
+    // Nothing changed through all of that.
+    assert_eq!(router.get_table(&name, None).await.expect("get"), Some(map));
+    let stats = router.stats().await.expect("stats");
+    assert_eq!(stats.writes_total, 1);
+    assert!(stats.errors_total >= 9, "{}", stats.errors_total);
+    s.stop().await;
+}
+
+/// A raw QUIC stream to the server, for sending bytes no well-behaved client would.
+struct Raw {
+    _conn: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    decoder: FrameDecoder,
+}
+
+impl Raw {
+    async fn open(s: &TestServer, role: Role) -> Self {
+        let tls = ClientTls::from_dir(&s.tls_dir(), role).expect("tls");
+        let mut endpoint =
+            quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+        endpoint.set_default_client_config(tls.quic_config().expect("config"));
+        let conn = endpoint
+            .connect(s.addr, "localhost")
+            .expect("connect")
+            .await
+            .expect("handshake");
+        let (send, recv) = conn.open_bi().await.expect("stream");
+        Self {
+            _conn: conn,
+            send,
+            recv,
+            decoder: FrameDecoder::new(1 << 20),
+        }
+    }
+
+    async fn next(&mut self) -> Option<(u64, Response)> {
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some((id, payload)) = self.decoder.next_frame().expect("server frames are valid")
+            {
+                return Some((id, wire::decode_response(payload).expect("valid response")));
+            }
+            match tokio::time::timeout(Duration::from_secs(10), self.recv.read(&mut buf)).await {
+                Ok(Ok(Some(n))) => self.decoder.push(&buf[..n]),
+                Ok(_) => return None,
+                Err(_) => panic!("the server did not answer within 10 s"),
+            }
+        }
+    }
+}
+
+fn raw_frame(id: u64, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&((8 + payload.len()) as u32).to_le_bytes());
+    out.extend_from_slice(&id.to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_frames_get_typed_errors_and_the_connection_goes_on() {
+    let mut s = TestServer::start("garbage").await;
+    let admin = s.client(Role::Admin).await;
+    admin.put_table(&table(2, 100, 1)).await.expect("put");
+    let mut raw = Raw::open(&s, Role::Router).await;
+    // Random bytes, an empty archive, and a valid archive with its variant tag out of range.
+    let mut unknown_kind = Vec::new();
+    wire::encode_request(1, &Request::Stats, &mut unknown_kind);
+    let mut archive = unknown_kind[wire::FRAME_HEADER_LEN..].to_vec();
+    // The root object sits at the end of an archive, its variant tag first.
+    let tag_at = archive.len() - std::mem::size_of::<wire::ArchivedRequest>();
+    archive[tag_at] = 0xEE;
+    let mut bytes = raw_frame(7, b"\x01\x02\x03garbage that is not an archive");
+    bytes.extend(raw_frame(8, b""));
+    bytes.extend(raw_frame(9, &archive));
+    // Then a good request on the same stream.
+    wire::encode_request(10, &Request::ListTables, &mut bytes);
+    raw.send.write_all(&bytes).await.expect("write");
+    for id in [7, 8, 9] {
+        match raw.next().await {
+            Some((got, Response::Error(e))) => {
+                assert_eq!((got, e.code), (id, ErrorCode::Malformed))
+            }
+            other => panic!("frame {id}: expected malformed, got {other:?}"),
+        }
+    }
+    match raw.next().await {
+        Some((10, Response::Tables(t))) => assert_eq!(t.len(), 1),
+        other => panic!("expected the table list, got {other:?}"),
+    }
+    // An oversized frame: too_large under id 0, then the connection closes.
+    raw.send
+        .write_all(&(u32::MAX).to_le_bytes())
+        .await
+        .expect("write");
+    match raw.next().await {
+        Some((0, Response::Error(e))) => assert_eq!(e.code, ErrorCode::TooLarge),
+        other => panic!("expected too_large, got {other:?}"),
+    }
+    assert!(
+        raw.next().await.is_none(),
+        "the stream ends after a bad length"
+    );
+    // A truncated frame followed by the client giving up leaves the server fine.
+    let mut raw = Raw::open(&s, Role::Router).await;
+    raw.send
+        .write_all(&[100, 0, 0, 0, 1, 2])
+        .await
+        .expect("write");
+    raw.send.finish().expect("finish");
+    assert!(raw.next().await.is_none());
+    // Every other client was unaffected throughout.
+    assert_eq!(admin.list_tables().await.expect("list").len(), 1);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_without_a_trusted_certificate_get_nothing() {
+    let mut s = TestServer::start("auth").await;
+    // No certificate at all.
+    let tls_dir = s.tls_dir();
+    let ca = tls_dir.join(memds_client::tls::CA_CERT);
+    let no_cert = ClientTls::from_files(&ca, None).expect("ca");
+    let c = memds_client::Connector::new(&no_cert, Default::default()).expect("endpoint");
+    let outcome = match c.connect(s.addr).await {
+        Err(e) => Err(e),
+        Ok(client) => client
+            .call_timeout(&Request::ListTables, Duration::from_secs(10))
+            .await
+            .map(|_| ()),
+    };
+    assert!(
+        outcome.is_err(),
+        "a client without a certificate was answered"
+    );
+    // A certificate from another CA.
+    let other = temp_dir("other-pki");
+    memds_server::tls::ensure_dev_pki(&other).expect("pki");
+    let foreign = ClientTls::from_files(
+        &ca,
+        Some((&other.join("admin.pem"), &other.join("admin.key"))),
+    )
+    .expect("tls");
+    let c = memds_client::Connector::new(&foreign, Default::default()).expect("endpoint");
+    let outcome = match c.connect(s.addr).await {
+        Err(e) => Err(e),
+        Ok(client) => client
+            .call_timeout(&Request::ListTables, Duration::from_secs(10))
+            .await
+            .map(|_| ()),
+    };
+    assert!(
+        outcome.is_err(),
+        "a client with a foreign certificate was answered"
+    );
+    // The server still serves trusted clients.
+    let router = s.client(Role::Router).await;
+    router.list_tables().await.expect("list");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_limit_are_refused_and_others_unaffected() {
+    let limits = Limits {
+        max_connections: 2,
+        ..Limits::default()
+    };
+    let mut s = TestServer::start_with(temp_dir("connlimit"), limits).await;
+    let a = s.client(Role::Router).await;
+    let b = s.client(Role::Router).await;
+    a.list_tables().await.expect("a");
+    b.list_tables().await.expect("b");
+    let third = connector(&s.tls_dir(), Role::Router).connect(s.addr).await;
+    let refused = match third {
+        Err(_) => true,
+        Ok(c) => c
+            .call_timeout(&Request::ListTables, Duration::from_secs(5))
+            .await
+            .is_err(),
+    };
+    assert!(refused, "a third connection was served");
+    a.list_tables().await.expect("a still served");
+    b.list_tables().await.expect("b still served");
+    // When one leaves, a new one is admitted.
+    a.close();
+    let mut admitted = false;
+    for _ in 0..50 {
+        if let Ok(c) = connector(&s.tls_dir(), Role::Router).connect(s.addr).await
+            && c.call_timeout(&Request::ListTables, Duration::from_secs(5))
+                .await
+                .is_ok()
+        {
+            admitted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(admitted, "no connection was admitted after one closed");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_endpoint_serves_described_memds_metrics() {
+    let mut s = TestServer::start("metrics").await;
+    let admin = s.client(Role::Admin).await;
+    let map = table(3, 100, 1);
+    admin.put_table(&map).await.expect("put");
+    admin.lookup(map.name().as_str(), 42).await.expect("lookup");
+    let addr = s.metrics_addr();
+    let body = tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .expect("request");
+        let mut body = String::new();
+        stream.read_to_string(&mut body).expect("response");
+        body
+    })
+    .await
+    .expect("join");
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    for needle in [
+        "# HELP memds_lookups_total",
+        "memds_lookups_total{op=\"lookup\",result=\"ok\"}",
+        "# TYPE memds_lookup_duration_seconds histogram",
+        "memds_lookup_duration_seconds_bucket{op=\"lookup\",le=\"0.00001\"}",
+        "memds_connections{role=\"admin\"}",
+        "memds_requests_in_flight",
+        "memds_tables",
+        "memds_partitions",
+        "memds_resident_bytes",
+        "memds_table_version{table=\"table-0003\"} 1",
+        "memds_writes_total{op=\"put_table\",result=\"applied\"}",
+        "memds_build_info{version=",
+    ] {
+        assert!(body.contains(needle), "missing {needle}");
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_server_has_every_acknowledged_table() {
+    let dir = temp_dir("restart");
+    let mut s = TestServer::start_with(dir.clone(), Limits::default()).await;
+    let admin = s.client(Role::Admin).await;
+    let maps: Vec<TableMap> = (0..3).map(|i| table(i, 500, 3)).collect();
+    for m in &maps {
+        admin.put_table(m).await.expect("put");
+    }
+    admin.put_table(&table(1, 500, 4)).await.expect("newer");
+    admin
+        .drop_table(maps[2].name().as_str())
+        .await
+        .expect("drop");
+    drop(admin);
+    s.stop().await;
+
+    let mut s = TestServer::start_with(dir, Limits::default()).await;
+    let router = s.client(Role::Router).await;
+    let tables = router.list_tables().await.expect("list");
+    let names: Vec<(&str, u64)> = tables
+        .iter()
+        .map(|t| (t.name.as_str(), t.version))
+        .collect();
+    assert_eq!(names, vec![("table-0000", 3), ("table-0001", 4)]);
+    assert_eq!(
+        router.get_table("table-0000", None).await.expect("get"),
+        Some(maps[0].clone())
+    );
+    assert_eq!(
+        router.get_table("table-0001", None).await.expect("get"),
+        Some(table(1, 500, 4))
+    );
+    s.stop().await;
+}
