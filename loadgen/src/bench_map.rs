@@ -25,7 +25,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use crate::alloc;
+use crate::{alloc, histogram};
 
 /// Options of `bench-map`.
 #[derive(Debug, clap::Args)]
@@ -69,6 +69,8 @@ pub(crate) struct Report {
     baseline_lookup_ns_p50: f64,
     baseline_lookup_ns_p99: f64,
     lookup_vs_baseline_p50: f64,
+    batch_lookup_ns: f64,
+    baseline_batch_lookup_ns: f64,
     timer_overhead_ns: f64,
     generate_seconds: f64,
     build_seconds: f64,
@@ -177,6 +179,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     let probes = probe_sequence(args, &compact);
     let timer = timer_overhead_ns();
     let (compact_hist, naive_hist) = time_lookups(args, &probes, &compact, &naive, timer)?;
+    let (batch_ns, baseline_batch_ns) = time_batches(&probes, &compact, &naive);
 
     let per = |bytes: f64| bytes / n as f64;
     let report = Report {
@@ -197,6 +200,8 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         baseline_lookup_ns_p99: naive_hist.value_at_quantile(0.99) as f64,
         lookup_vs_baseline_p50: compact_hist.value_at_quantile(0.5) as f64
             / (naive_hist.value_at_quantile(0.5).max(1)) as f64,
+        batch_lookup_ns: batch_ns,
+        baseline_batch_lookup_ns: baseline_batch_ns,
         timer_overhead_ns: timer,
         generate_seconds,
         build_seconds,
@@ -248,8 +253,8 @@ fn time_lookups(
     naive: &[NaiveTable],
     timer_ns: f64,
 ) -> anyhow::Result<(Histogram<u64>, Histogram<u64>)> {
-    let mut hc = Histogram::<u64>::new(3).context("creating a histogram")?;
-    let mut hn = Histogram::<u64>::new(3).context("creating a histogram")?;
+    let mut hc = histogram::latency();
+    let mut hn = histogram::latency();
     let record = |h: &mut Histogram<u64>, d: Duration| {
         let ns = (d.as_nanos() as f64 - timer_ns).max(1.0) as u64;
         h.saturating_record(ns);
@@ -276,6 +281,46 @@ fn time_lookups(
             .map(|p| p.replicas.first().map(|r| (r.id, r.addr.len(), r.az.len())))
     }));
     Ok((hc, hn))
+}
+
+/// Throughput of lookups in batches of 256 hashes (the server's batch path), as the median over
+/// batches of nanoseconds per lookup: back-to-back lookups overlap in the CPU, so this is the
+/// cost a server pays per lookup of a batch, lower than a lone lookup's latency.
+fn time_batches(
+    probes: &[(u32, u64)],
+    compact: &[CompactTable],
+    naive: &[NaiveTable],
+) -> (f64, f64) {
+    const BATCH: usize = 256;
+    let mut compact_ns = Vec::new();
+    let mut naive_ns = Vec::new();
+    let mut hashes = Vec::with_capacity(BATCH);
+    for chunk in probes.chunks_exact(BATCH) {
+        // One table per batch, as a server answers a batch frame.
+        let t = chunk[0].0 as usize;
+        hashes.clear();
+        hashes.extend(chunk.iter().map(|&(_, h)| h));
+        let start = Instant::now();
+        for &h in &hashes {
+            black_box(compact[t].lookup(h));
+        }
+        compact_ns.push(start.elapsed().as_nanos() as f64 / BATCH as f64);
+        let start = Instant::now();
+        for &h in &hashes {
+            let p = naive[t].lookup(h);
+            black_box((p.id, p.start, p.epoch, p.leader, p.replicas.len()));
+        }
+        naive_ns.push(start.elapsed().as_nanos() as f64 / BATCH as f64);
+    }
+    (median(&mut compact_ns), median(&mut naive_ns))
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 fn print_table(r: &Report) {

@@ -6,10 +6,14 @@
 //!
 //! - `bench_map`: `loadgen bench-map`, memory and lookup cost of the compact partition-map
 //!   encoding against the naive design and zstd, measured in one run.
+//! - `bench_server`: `loadgen bench-server`, lookups per server CPU-second over QUIC against
+//!   Redis GET pipelined 16 deep, both measured in the same run.
 //! - `alloc`: the counting global allocator the memory figures come from.
 
 mod alloc;
 mod bench_map;
+mod bench_server;
+mod histogram;
 
 use clap::{Parser, Subcommand};
 
@@ -29,11 +33,15 @@ enum Command {
     /// Memory per partition and lookup latency of the compact map encoding, against a naive
     /// Vec of structs and against zstd, in one run.
     BenchMap(bench_map::Args),
+    /// Lookups per server CPU-second over QUIC (embedded or external servers), with Redis GET
+    /// pipelined 16 deep as the baseline measured in the same run.
+    BenchServer(bench_server::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::BenchMap(args) => bench_map::run(&args),
+        Command::BenchServer(args) => bench_server::run(&args),
     }
 }

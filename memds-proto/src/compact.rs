@@ -38,14 +38,17 @@
 //!   spread, not the table's. Partition `i` uses set number `popcount(new_set & mask(0..=i)) - 1`:
 //!   one popcount, no scan.
 //! - **Top-level index**: the first start of every block (`block_starts`, 8 bytes per 64
-//!   partitions) and each block's word offset.
+//!   partitions), each block's word offset, and a radix index: for each of the `2^r` buckets
+//!   of the top `r` hash bits (`2^r` about the number of blocks), the block holding the bucket's
+//!   first hash. Keys are hashed uniformly, so a bucket spans one or two blocks.
 //!
 //! # Lookup
 //!
-//! A floor lookup binary-searches `block_starts` (1/64 of the partitions, so it stays in cache
-//! far longer than the partitions themselves would), reads the block header, binary-searches the
-//! block's packed starts (six probes, within a few cache lines), and decodes that one partition:
-//! O(log n), a constant number of cache lines per level, nothing decompressed.
+//! A floor lookup reads the radix entry of the hash's bucket, binary-searches the one or two
+//! block starts it names (the whole of `block_starts` when keys cluster), reads the block
+//! header, binary-searches the block's packed starts (six probes, within a few cache lines), and
+//! decodes that one partition: O(log n) in the worst case, a handful of cache lines in the usual
+//! one, nothing decompressed.
 //!
 //! # Verification
 //!
@@ -155,6 +158,10 @@ pub struct CompactTable {
     node_width: u32,
     block_starts: Box<[u64]>,
     block_offsets: Box<[u64]>,
+    /// `radix[k]` is the block holding hash `k << (64 - radix_bits)`; a hash in bucket `k` lies in
+    /// a block between `radix[k]` and `radix[k + 1]`.
+    radix: Box<[u32]>,
+    radix_bits: u32,
     data: Box<[u64]>,
     nodes_digest: u64,
     checksum: u64,
@@ -216,6 +223,7 @@ impl CompactTable {
             block_offsets.push((w.bit_len() / 64) as u64);
             encode_block(&mut w, chunk, node_width, &slot_of);
         }
+        let (radix, radix_bits) = radix_index(&block_starts);
         let mut table = Self {
             name: map.name().clone(),
             version: map.version(),
@@ -224,6 +232,8 @@ impl CompactTable {
             node_width,
             block_starts: block_starts.into_boxed_slice(),
             block_offsets: block_offsets.into_boxed_slice(),
+            radix,
+            radix_bits,
             data: w.finish(),
             nodes_digest: 0,
             checksum: 0,
@@ -255,14 +265,14 @@ impl CompactTable {
 
     /// The index of the partition holding `hash`.
     pub fn floor_index(&self, hash: u64) -> usize {
-        let b = self.block_starts.partition_point(|&s| s <= hash) - 1;
+        let b = self.floor_block(hash);
         let block = self.block(b);
         b * BLOCK_LEN + block.floor(&self.data, hash - self.block_starts[b])
     }
 
     /// The partition holding `hash`.
     pub fn lookup(&self, hash: u64) -> PartitionEntry {
-        let b = self.block_starts.partition_point(|&s| s <= hash) - 1;
+        let b = self.floor_block(hash);
         let block = self.block(b);
         let i = block.floor(&self.data, hash - self.block_starts[b]);
         self.decode(b, &block, i)
@@ -365,8 +375,9 @@ impl CompactTable {
             + self.nodes.len() * size_of::<NodeEntry>()
             + self.block_starts.len() * size_of::<u64>()
             + self.block_offsets.len() * size_of::<u64>()
+            + self.radix.len() * size_of::<u32>()
             + self.data.len() * size_of::<u64>()
-            + 5 * ALLOC_OVERHEAD
+            + 6 * ALLOC_OVERHEAD
     }
 
     /// How many storage nodes the table lists.
@@ -431,7 +442,25 @@ impl CompactTable {
         for words in [&self.block_starts, &self.block_offsets, &self.data] {
             hash_words(&mut h, words);
         }
+        h.update(&self.radix_bits.to_le_bytes());
+        for r in self.radix.iter() {
+            h.update(&r.to_le_bytes());
+        }
         h.digest()
+    }
+
+    /// The block holding `hash`: the radix index narrows the search to the few blocks of the
+    /// hash's bucket, then a binary search finishes it.
+    #[inline]
+    fn floor_block(&self, hash: u64) -> usize {
+        let k = if self.radix_bits == 0 {
+            0
+        } else {
+            (hash >> (64 - self.radix_bits)) as usize
+        };
+        let (lo, hi) = (self.radix[k] as usize, self.radix[k + 1] as usize);
+        // block_starts[lo] <= the bucket's first hash <= hash, so the search finds at least one.
+        lo + self.block_starts[lo..=hi].partition_point(|&s| s <= hash) - 1
     }
 
     fn block(&self, b: usize) -> Block {
@@ -665,6 +694,30 @@ fn encode_block(
             w.push(v, node_width);
         }
     }
+}
+
+/// The radix index over block starts: `2^bits + 1` entries for the smallest `bits` with
+/// `2^bits >= blocks` (at most 24), so a uniformly hashed lookup finds its block among one or two
+/// candidates instead of binary-searching every block start.
+fn radix_index(block_starts: &[u64]) -> (Box<[u32]>, u32) {
+    let blocks = block_starts.len();
+    let bits = (usize::BITS - (blocks.max(1) - 1).leading_zeros()).min(24);
+    let buckets = 1usize << bits;
+    let mut radix = Vec::with_capacity(buckets + 1);
+    let mut b = 0usize;
+    for k in 0..buckets {
+        let first_hash = if bits == 0 {
+            0
+        } else {
+            (k as u64) << (64 - bits)
+        };
+        while b + 1 < blocks && block_starts[b + 1] <= first_hash {
+            b += 1;
+        }
+        radix.push(u32::try_from(b).expect("fewer than 2^32 blocks"));
+    }
+    radix.push(u32::try_from(blocks - 1).expect("fewer than 2^32 blocks"));
+    (radix.into_boxed_slice(), bits)
 }
 
 fn hash_words(h: &mut Xxh3, words: &[u64]) {
