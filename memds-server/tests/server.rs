@@ -497,3 +497,50 @@ async fn a_restarted_server_has_every_acknowledged_table() {
     );
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_write_queue_answers_overloaded_and_loses_nothing_acknowledged() {
+    let limits = Limits {
+        write_queue: 1,
+        ..Limits::default()
+    };
+    let mut s = TestServer::start_with(temp_dir("overload"), limits).await;
+    // Many admin connections each send a large put at once: the writer works on one, the queue
+    // holds one, and the rest must be shed.
+    let big: Vec<TableMap> = (0..4).map(|i| table(i, 40_000, 1)).collect();
+    let mut clients = Vec::new();
+    for _ in 0..24 {
+        clients.push(s.client(Role::Admin).await);
+    }
+    let mut tasks = Vec::new();
+    for (i, c) in clients.iter().enumerate() {
+        let (c, map) = (c.clone(), big[i % big.len()].clone());
+        tasks.push(tokio::spawn(async move { c.put_table(&map).await }));
+    }
+    let mut overloaded = 0;
+    let mut written = std::collections::HashSet::new();
+    for t in tasks {
+        match t.await.expect("task") {
+            Ok(ack) => {
+                written.insert(ack.table);
+            }
+            Err(ClientError::Server(e)) if e.code == ErrorCode::Overloaded => overloaded += 1,
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+    assert!(overloaded > 0, "no write was shed with a queue of one");
+    assert!(!written.is_empty());
+    let router = s.client(Role::Router).await;
+    let held: std::collections::HashSet<String> = router
+        .list_tables()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert_eq!(
+        held, written,
+        "every acknowledged write is held, nothing else"
+    );
+    s.stop().await;
+}
