@@ -207,6 +207,11 @@ impl Client {
         self.shared.closed.load(Ordering::SeqCst) || self.conn.close_reason().is_some()
     }
 
+    /// Completes when the connection is closed, by either side or by its idle timeout.
+    pub async fn closed(&self) {
+        self.conn.closed().await;
+    }
+
     /// Closes the connection.
     pub fn close(&self) {
         self.conn.close(0u32.into(), b"client closing");

@@ -279,31 +279,55 @@ impl Routes {
             let count = usize::from(r.replica_count);
             let ids = self.replicas.get(next..next + count)?;
             next += count;
-            let replicas = ids
-                .iter()
-                .map(|&id| {
-                    let i = nodes.nodes.binary_search_by_key(&id, |n| n.id).ok()?;
-                    let n = &nodes.nodes[i];
-                    Some(RouteReplica {
-                        id: NodeId::new(id),
-                        addr: n.addr.clone(),
-                        az: n.az.clone(),
-                    })
-                })
-                .collect::<Option<Vec<_>>>()?;
-            out.push(Route {
-                table: table.clone(),
-                version: TableVersion::new(self.table_version),
-                partition: PartitionId::new(r.partition),
-                start: r.start,
-                end_inclusive: r.end_inclusive,
-                epoch: Epoch::new(r.epoch),
-                leader: r.leader,
-                replicas,
-            });
+            out.push(resolve_route(table, self.table_version, r, ids, nodes)?);
         }
         (next == self.replicas.len()).then_some(out)
     }
+
+    /// The replica ids of each route, in order (`None` if the counts do not add up).
+    pub fn replica_slices(&self) -> Option<Vec<&[u32]>> {
+        let mut out = Vec::with_capacity(self.routes.len());
+        let mut next = 0usize;
+        for r in &self.routes {
+            let count = usize::from(r.replica_count);
+            out.push(self.replicas.get(next..next + count)?);
+            next += count;
+        }
+        (next == self.replicas.len()).then_some(out)
+    }
+}
+
+/// One full route from its compact form and the table's node list; `None` if a replica id is
+/// not in the list.
+pub fn resolve_route(
+    table: &TableName,
+    version: u64,
+    r: &WireRoute,
+    replica_ids: &[u32],
+    nodes: &NodeList,
+) -> Option<Route> {
+    let replicas = replica_ids
+        .iter()
+        .map(|&id| {
+            let i = nodes.nodes.binary_search_by_key(&id, |n| n.id).ok()?;
+            let n = &nodes.nodes[i];
+            Some(RouteReplica {
+                id: NodeId::new(id),
+                addr: n.addr.clone(),
+                az: n.az.clone(),
+            })
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(Route {
+        table: table.clone(),
+        version: TableVersion::new(version),
+        partition: PartitionId::new(r.partition),
+        start: r.start,
+        end_inclusive: r.end_inclusive,
+        epoch: Epoch::new(r.epoch),
+        leader: r.leader,
+        replicas,
+    })
 }
 
 /// A table's node list, sorted by id.

@@ -1,0 +1,838 @@
+//! The router cache: hit path, miss path, the dispatcher that batches lookups to the fleet, and
+//! the application of answers.
+//!
+//! Every `route` call in ConstantWork mode puts exactly one job on a bounded queue: a refresh
+//! (hit) or a waiting lookup (miss). The dispatcher takes whatever is queued, groups it by
+//! table, and sends batch frames to servers picked by power of two choices on in-flight
+//! requests. Answers refresh the cache (confirming unchanged routes in place) and complete
+//! waiting misses. A miss still unanswered after the hedge delay is sent to a second server as
+//! well; the first answer wins.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use memds_client::{ClientError, ClientTls, ConnectOptions, Connector};
+use memds_proto::wire::{self, ErrorReply, NodeList, Request, Response, Routes};
+use memds_proto::{Route, TableName, key_hash};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::fleet::{Fleet, Server};
+use crate::table::{Applied, Check, TableRoutes};
+
+/// How the cache uses the fleet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Every call sends one lookup to the fleet, hit or miss: fleet load equals router traffic.
+    ConstantWork,
+    /// Only misses reach the fleet (kept to show the difference in experiments). With
+    /// `whole_table`, the first touch of a table downloads all of it, as DynamoDB's original
+    /// cache did.
+    Classic {
+        /// Download the whole table on first touch.
+        whole_table: bool,
+    },
+}
+
+/// Everything the cache needs.
+#[derive(Debug)]
+pub struct Config {
+    /// The fleet's servers.
+    pub servers: Vec<SocketAddr>,
+    /// Router certificate and the CA to trust.
+    pub tls: ClientTls,
+    /// QUIC options (server name, idle timeout).
+    pub connect: ConnectOptions,
+    /// ConstantWork (default) or Classic.
+    pub mode: Mode,
+    /// Most routes cached per table; past it a pseudo-random route is evicted.
+    pub capacity: usize,
+    /// Most jobs queued for the fleet; past it refreshes are dropped (and counted) and misses
+    /// wait for room (within their timeout).
+    pub queue_bound: usize,
+    /// How long a miss waits for the fleet before failing.
+    pub request_timeout: Duration,
+    /// How long a miss waits before it is also sent to a second server.
+    pub hedge_delay: Duration,
+    /// Most hashes per batch frame.
+    pub max_batch: usize,
+    /// First delay before reconnecting to a server (doubling, with jitter, up to
+    /// `reconnect_max`).
+    pub reconnect_min: Duration,
+    /// Longest delay between reconnection attempts.
+    pub reconnect_max: Duration,
+}
+
+impl Config {
+    /// Defaults for a fleet and TLS material.
+    pub fn new(servers: Vec<SocketAddr>, tls: ClientTls) -> Self {
+        Self {
+            servers,
+            tls,
+            connect: ConnectOptions {
+                idle_timeout: Duration::from_secs(3),
+                ..ConnectOptions::default()
+            },
+            mode: Mode::ConstantWork,
+            capacity: 1 << 20,
+            queue_bound: 1 << 16,
+            request_timeout: Duration::from_secs(2),
+            hedge_delay: Duration::from_millis(50),
+            max_batch: 1024,
+            reconnect_min: Duration::from_millis(20),
+            reconnect_max: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Builds a [`RouterCache`]: `RouterCache::builder(servers, tls).mode(..).build().await`.
+#[derive(Debug)]
+pub struct Builder {
+    config: Config,
+}
+
+impl Builder {
+    /// Sets the mode.
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.config.mode = mode;
+        self
+    }
+    /// Sets the per-table capacity.
+    pub fn capacity(mut self, routes: usize) -> Self {
+        self.config.capacity = routes.max(1);
+        self
+    }
+    /// Sets the queue bound.
+    pub fn queue_bound(mut self, jobs: usize) -> Self {
+        self.config.queue_bound = jobs.max(1);
+        self
+    }
+    /// Sets the miss timeout.
+    pub fn request_timeout(mut self, t: Duration) -> Self {
+        self.config.request_timeout = t;
+        self
+    }
+    /// Sets the hedging delay.
+    pub fn hedge_delay(mut self, t: Duration) -> Self {
+        self.config.hedge_delay = t;
+        self
+    }
+    /// Sets the largest batch frame.
+    pub fn max_batch(mut self, hashes: usize) -> Self {
+        self.config.max_batch = hashes.clamp(1, wire::DEFAULT_MAX_BATCH);
+        self
+    }
+    /// Sets the QUIC options.
+    pub fn connect_options(mut self, options: ConnectOptions) -> Self {
+        self.config.connect = options;
+        self
+    }
+    /// The configuration so far.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+    /// Starts the cache (inside a tokio runtime).
+    pub async fn build(self) -> Result<RouterCache, CacheError> {
+        RouterCache::start(self.config).await
+    }
+}
+
+/// Why a route could not be given.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CacheError {
+    /// The fleet did not answer a miss in time (or no server was reachable).
+    #[error("no route from the fleet within {0:?} (servers up: {1})")]
+    Timeout(Duration, usize),
+    /// The fleet answered with an error (for instance an unknown table).
+    #[error("the fleet answered {}: {}", .0.code.as_str(), .0.message)]
+    Server(ErrorReply),
+    /// The cache could not start (bad TLS material, no endpoint).
+    #[error("starting the cache: {0}")]
+    Start(String),
+    /// The cache was shut down.
+    #[error("the cache is shut down")]
+    Shutdown,
+}
+
+/// What a storage node said is wrong.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Invalidate {
+    /// The route holding this hash.
+    Hash(u64),
+    /// The route of this partition.
+    Partition(u64),
+}
+
+/// Counters of the cache (cumulative since start, except depths and sizes).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct CacheStats {
+    /// Calls answered from the cache.
+    pub hits: u64,
+    /// Calls that had to wait for the fleet.
+    pub misses: u64,
+    /// Calls that failed.
+    pub errors: u64,
+    /// Lookups sent to the fleet (hashes in batch frames, hedges included).
+    pub lookups_sent: u64,
+    /// Lookups sent again to a second server because the first was late.
+    pub hedged: u64,
+    /// Answers that changed a cached route (inserted or replaced).
+    pub refreshes_changed: u64,
+    /// Refreshes dropped: queue full, or no server to send them to.
+    pub dropped: u64,
+    /// Jobs queued or in flight.
+    pub queue_depth: u64,
+    /// Routes cached, over all tables.
+    pub entries: u64,
+    /// Servers currently connected.
+    pub servers_up: u64,
+    /// Seconds since the least recently confirmed cached route was last confirmed by the fleet.
+    pub oldest_unconfirmed_seconds: Option<f64>,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    errors: AtomicU64,
+    lookups_sent: AtomicU64,
+    hedged: AtomicU64,
+    changed: AtomicU64,
+    dropped: AtomicU64,
+    outstanding: AtomicU64,
+}
+
+fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+type Waiter = oneshot::Sender<Result<Arc<Route>, CacheError>>;
+
+/// A cached table: its routes and its node list.
+#[derive(Debug)]
+struct TableState {
+    name: TableName,
+    routes: TableRoutes,
+    nodes: ArcSwap<NodeList>,
+    nodes_fetch: tokio::sync::Mutex<()>,
+    downloaded: AtomicBool,
+}
+
+/// One queued lookup.
+struct Job {
+    table: Arc<TableState>,
+    hash: u64,
+    waiter: Option<Waiter>,
+    deadline: Instant,
+}
+
+struct Inner {
+    mode: Mode,
+    capacity: usize,
+    request_timeout: Duration,
+    hedge_delay: Duration,
+    max_batch: usize,
+    tables: ArcSwap<HashMap<Box<str>, Arc<TableState>>>,
+    new_table: Mutex<()>,
+    queue: mpsc::Sender<Job>,
+    fleet: Fleet,
+    counters: Counters,
+    started: Instant,
+    shutdown: watch::Sender<bool>,
+    idle: tokio::sync::Notify,
+}
+
+/// The route cache a request router links. Cheap to clone; call [`RouterCache::shutdown`] when
+/// done.
+#[derive(Clone)]
+pub struct RouterCache {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RouterCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouterCache")
+            .field("mode", &self.inner.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RouterCache {
+    /// A builder with default settings.
+    pub fn builder(servers: Vec<SocketAddr>, tls: ClientTls) -> Builder {
+        Builder {
+            config: Config::new(servers, tls),
+        }
+    }
+
+    /// Starts the cache: connects to the fleet in the background and starts the dispatcher.
+    pub async fn start(config: Config) -> Result<Self, CacheError> {
+        if config.servers.is_empty() {
+            return Err(CacheError::Start("no servers given".into()));
+        }
+        crate::metrics::describe();
+        let connector = Connector::new(&config.tls, config.connect.clone())
+            .map_err(|e| CacheError::Start(e.to_string()))?;
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let fleet = Fleet::start(
+            connector,
+            &config.servers,
+            config.reconnect_min,
+            config.reconnect_max,
+            shutdown_rx.clone(),
+        );
+        let (queue, rx) = mpsc::channel(config.queue_bound.max(1));
+        let inner = Arc::new(Inner {
+            mode: config.mode,
+            capacity: config.capacity.max(1),
+            request_timeout: config.request_timeout,
+            hedge_delay: config.hedge_delay,
+            max_batch: config.max_batch.clamp(1, wire::DEFAULT_MAX_BATCH),
+            tables: ArcSwap::from_pointee(HashMap::new()),
+            new_table: Mutex::new(()),
+            queue,
+            fleet,
+            counters: Counters::default(),
+            started: Instant::now(),
+            shutdown,
+            idle: tokio::sync::Notify::new(),
+        });
+        tokio::spawn(dispatch(Arc::clone(&inner), rx, shutdown_rx.clone()));
+        let cache = Self { inner };
+        tokio::spawn(crate::metrics::publish_loop(cache.clone(), shutdown_rx));
+        Ok(cache)
+    }
+
+    /// The route for a key (hashed with XXH3-64, seed 0).
+    pub async fn route(&self, table: &str, key: &[u8]) -> Result<Arc<Route>, CacheError> {
+        self.route_hash(table, key_hash(key)).await
+    }
+
+    /// The route for a hash. A hit answers at once (and, in ConstantWork mode, queues one
+    /// refresh lookup); a miss waits for the fleet.
+    pub async fn route_hash(&self, table: &str, hash: u64) -> Result<Arc<Route>, CacheError> {
+        let inner = &self.inner;
+        let t = inner.table(table);
+        if let Some(route) = t.routes.get(hash) {
+            add(&inner.counters.hits, 1);
+            if inner.mode == Mode::ConstantWork {
+                inner.enqueue_refresh(t, hash);
+            }
+            return Ok(route);
+        }
+        add(&inner.counters.misses, 1);
+        let result = inner.miss(t, hash).await;
+        if result.is_err() {
+            add(&inner.counters.errors, 1);
+        }
+        result
+    }
+
+    /// Drops a route a storage node reported wrong (its epoch at most `observed_epoch`); the next
+    /// call for that range is a miss. Answers whether a route was removed.
+    pub fn invalidate(&self, table: &str, what: Invalidate, observed_epoch: u64) -> bool {
+        let t = self.inner.table(table);
+        match what {
+            Invalidate::Hash(h) => t.routes.invalidate_hash(h, observed_epoch),
+            Invalidate::Partition(id) => t.routes.invalidate_partition(id, observed_epoch),
+        }
+    }
+
+    /// Applies a corrected route a storage node returned; ignored if older than what is cached.
+    pub fn apply_route(&self, route: Route) -> bool {
+        let t = self.inner.table(route.table.as_str());
+        let applied = t.routes.insert(Arc::new(route), self.inner.now());
+        self.inner.enforce_capacity(&t);
+        applied == Applied::Changed
+    }
+
+    /// Forgets every cached route (what a router restart does to a cache).
+    pub fn clear(&self) {
+        for t in self.inner.tables.load().values() {
+            t.routes.clear();
+            t.downloaded.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// Waits until every queued and in-flight lookup has been answered or given up.
+    pub async fn drain(&self) {
+        loop {
+            let notified = self.inner.idle.notified();
+            if self.inner.counters.outstanding.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(20), notified).await;
+        }
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> CacheStats {
+        let c = &self.inner.counters;
+        let now = self.inner.now();
+        let tables = self.inner.tables.load();
+        let entries = tables.values().map(|t| t.routes.len() as u64).sum();
+        let oldest = tables
+            .values()
+            .filter_map(|t| t.routes.oldest_confirmation())
+            .min();
+        CacheStats {
+            hits: c.hits.load(Ordering::Relaxed),
+            misses: c.misses.load(Ordering::Relaxed),
+            errors: c.errors.load(Ordering::Relaxed),
+            lookups_sent: c.lookups_sent.load(Ordering::Relaxed),
+            hedged: c.hedged.load(Ordering::Relaxed),
+            refreshes_changed: c.changed.load(Ordering::Relaxed),
+            dropped: c.dropped.load(Ordering::Relaxed),
+            queue_depth: c.outstanding.load(Ordering::Relaxed),
+            entries,
+            servers_up: self.inner.fleet.up() as u64,
+            oldest_unconfirmed_seconds: oldest.map(|t| now.saturating_sub(t) as f64 / 1e9),
+        }
+    }
+
+    /// Stops the dispatcher and the connections. Pending misses fail with
+    /// [`CacheError::Shutdown`].
+    pub fn shutdown(&self) {
+        let _ = self.inner.shutdown.send(true);
+        self.inner.fleet.close();
+    }
+}
+
+impl Inner {
+    fn now(&self) -> u64 {
+        self.started.elapsed().as_nanos() as u64
+    }
+
+    fn table(&self, name: &str) -> Arc<TableState> {
+        if let Some(t) = self.tables.load().get(name) {
+            return Arc::clone(t);
+        }
+        self.new_table(name)
+    }
+
+    #[cold]
+    fn new_table(&self, name: &str) -> Arc<TableState> {
+        let _guard = self.new_table.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.tables.load_full();
+        if let Some(t) = current.get(name) {
+            return Arc::clone(t);
+        }
+        // An invalid name cannot be in the fleet: give it a placeholder state whose misses the
+        // fleet answers with its error.
+        let table_name =
+            TableName::new(name).unwrap_or_else(|_| TableName::new("?").expect("valid"));
+        let t = Arc::new(TableState {
+            name: table_name,
+            routes: TableRoutes::default(),
+            nodes: ArcSwap::from_pointee(NodeList::default()),
+            nodes_fetch: tokio::sync::Mutex::new(()),
+            downloaded: AtomicBool::new(false),
+        });
+        let mut next = (*current).clone();
+        next.insert(name.into(), Arc::clone(&t));
+        self.tables.store(Arc::new(next));
+        t
+    }
+
+    fn enqueue_refresh(&self, table: Arc<TableState>, hash: u64) {
+        let job = Job {
+            table,
+            hash,
+            waiter: None,
+            deadline: Instant::now() + self.request_timeout,
+        };
+        add(&self.counters.outstanding, 1);
+        if self.queue.try_send(job).is_err() {
+            self.job_done(1);
+            add(&self.counters.dropped, 1);
+        }
+    }
+
+    async fn miss(
+        self: &Arc<Self>,
+        t: Arc<TableState>,
+        hash: u64,
+    ) -> Result<Arc<Route>, CacheError> {
+        if let Mode::Classic { whole_table: true } = self.mode
+            && !t.downloaded.load(Ordering::SeqCst)
+        {
+            self.download(&t).await?;
+            if let Some(route) = t.routes.get(hash) {
+                return Ok(route);
+            }
+        }
+        let (tx, rx) = oneshot::channel();
+        let job = Job {
+            table: t,
+            hash,
+            waiter: Some(tx),
+            deadline: Instant::now() + self.request_timeout,
+        };
+        add(&self.counters.outstanding, 1);
+        // A miss waits for room behind queued refreshes (the dispatcher empties the queue in
+        // bulk), within its own timeout; only refreshes are ever dropped.
+        let waited = async {
+            if self.queue.send(job).await.is_err() {
+                self.job_done(1);
+                return Err(CacheError::Shutdown);
+            }
+            rx.await.unwrap_or(Err(CacheError::Shutdown))
+        };
+        match tokio::time::timeout(self.request_timeout, waited).await {
+            Ok(result) => result,
+            Err(_) => Err(CacheError::Timeout(self.request_timeout, self.fleet.up())),
+        }
+    }
+
+    /// Classic mode's first touch: the whole table, from one server.
+    async fn download(&self, t: &TableState) -> Result<(), CacheError> {
+        let _guard = t.nodes_fetch.lock().await;
+        if t.downloaded.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let deadline = Instant::now() + self.request_timeout;
+        while Instant::now() < deadline {
+            let Some(server) = self.fleet.pick(None) else {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            match server.client.get_table(t.name.as_str(), None).await {
+                Ok(Some(map)) => {
+                    let now = self.now();
+                    let compact = memds_proto::CompactTable::new(
+                        &map,
+                        &mut memds_proto::NodeInterner::default(),
+                    );
+                    for e in compact.iter() {
+                        t.routes.insert(Arc::new(compact.route(&e)), now);
+                    }
+                    add(&self.counters.lookups_sent, compact.len() as u64);
+                    t.downloaded.store(true, Ordering::SeqCst);
+                    return Ok(());
+                }
+                Ok(None) => return Ok(()),
+                Err(ClientError::Server(e)) => return Err(CacheError::Server(e)),
+                Err(_) => tokio::time::sleep(left.min(Duration::from_millis(10))).await,
+            }
+        }
+        Err(CacheError::Timeout(self.request_timeout, self.fleet.up()))
+    }
+
+    fn job_done(&self, n: u64) {
+        if self.counters.outstanding.fetch_sub(n, Ordering::SeqCst) == n {
+            self.idle.notify_waiters();
+        }
+    }
+
+    fn enforce_capacity(&self, t: &TableState) {
+        let mut salt = self.now();
+        while t.routes.len() > self.capacity {
+            salt = salt.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(1);
+            if !t.routes.evict_near(salt) {
+                break;
+            }
+        }
+    }
+}
+
+/// Takes queued jobs, groups them by table and sends batch frames.
+async fn dispatch(
+    inner: Arc<Inner>,
+    mut rx: mpsc::Receiver<Job>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut buf = Vec::with_capacity(4096);
+    loop {
+        let n = tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => break,
+            n = rx.recv_many(&mut buf, 4096) => n,
+        };
+        if n == 0 {
+            break;
+        }
+        let mut groups: Vec<(Arc<TableState>, Vec<Job>)> = Vec::new();
+        for job in buf.drain(..) {
+            match groups.iter_mut().find(|(t, _)| Arc::ptr_eq(t, &job.table)) {
+                Some((_, jobs)) => jobs.push(job),
+                None => groups.push((Arc::clone(&job.table), vec![job])),
+            }
+        }
+        for (table, mut jobs) in groups {
+            while !jobs.is_empty() {
+                let rest = jobs.split_off(jobs.len().min(inner.max_batch));
+                send_batch(&inner, Arc::clone(&table), jobs);
+                jobs = rest;
+            }
+        }
+    }
+    // Fail what is still queued.
+    rx.close();
+    while let Ok(job) = rx.try_recv() {
+        if let Some(w) = job.waiter {
+            let _ = w.send(Err(CacheError::Shutdown));
+        }
+        inner.job_done(1);
+    }
+}
+
+/// A batch in flight: its hashes and the misses waiting on it (shared with its hedge).
+struct Batch {
+    table: Arc<TableState>,
+    hashes: Vec<u64>,
+    /// How many of the hashes are refreshes (hits) rather than misses.
+    refreshes: u64,
+    waiters: Mutex<Vec<Option<Waiter>>>,
+    deadline: Instant,
+}
+
+impl Batch {
+    fn pending_misses(&self) -> Vec<usize> {
+        let w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        w.iter()
+            .enumerate()
+            .filter(|(_, w)| w.is_some())
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    fn complete(&self, i: usize, result: Result<Arc<Route>, CacheError>) {
+        let waiter = self.waiters.lock().unwrap_or_else(|p| p.into_inner())[i].take();
+        if let Some(w) = waiter {
+            let _ = w.send(result);
+        }
+    }
+}
+
+fn send_batch(inner: &Arc<Inner>, table: Arc<TableState>, jobs: Vec<Job>) {
+    let deadline = jobs
+        .iter()
+        .map(|j| j.deadline)
+        .min()
+        .unwrap_or_else(Instant::now);
+    let mut hashes = Vec::with_capacity(jobs.len());
+    let mut waiters = Vec::with_capacity(jobs.len());
+    for j in jobs {
+        hashes.push(j.hash);
+        waiters.push(j.waiter);
+    }
+    let refreshes = waiters.iter().filter(|w| w.is_none()).count() as u64;
+    let batch = Arc::new(Batch {
+        table,
+        hashes,
+        refreshes,
+        waiters: Mutex::new(waiters),
+        deadline,
+    });
+    tokio::spawn(run_batch(Arc::clone(inner), batch));
+}
+
+/// Sends a batch, hedges its misses if late, applies the answer, retries misses on failure.
+async fn run_batch(inner: Arc<Inner>, batch: Arc<Batch>) {
+    let n = batch.hashes.len() as u64;
+    let mut tried: Option<usize> = None;
+    let mut answered = false;
+    loop {
+        let Some(server) = inner.fleet.pick(tried).or_else(|| inner.fleet.pick(None)) else {
+            // No server: refreshes are dropped, misses wait for one until their deadline.
+            if batch.pending_misses().is_empty() || Instant::now() >= batch.deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        tried = Some(server.index);
+        let sent = Instant::now();
+        let rx = server
+            .send(&inner, batch.table.name.as_str(), batch.hashes.clone())
+            .await;
+        let hedge = (!batch.pending_misses().is_empty()).then(|| {
+            tokio::spawn(hedge_later(
+                Arc::clone(&inner),
+                Arc::clone(&batch),
+                server.index,
+            ))
+        });
+        let answer = match rx {
+            Some(rx) => rx
+                .await
+                .unwrap_or_else(|_| Err(ClientError::Closed("dropped".into()))),
+            None => Err(ClientError::Closed("not connected".into())),
+        };
+        server.done();
+        if let Some(h) = hedge {
+            h.abort();
+        }
+        match answer {
+            Ok(Response::Routes(routes)) => {
+                crate::metrics::round_trip(sent.elapsed());
+                apply(&inner, &batch, &server, routes, None).await;
+                answered = true;
+                break;
+            }
+            Ok(Response::Error(e)) => {
+                for i in batch.pending_misses() {
+                    batch.complete(i, Err(CacheError::Server(e.clone())));
+                }
+                answered = true;
+                break;
+            }
+            Ok(_) => {
+                answered = true;
+                break;
+            }
+            Err(_) => {
+                // The server failed: misses try another until their deadline; refreshes go.
+                if batch.pending_misses().is_empty() || Instant::now() >= batch.deadline {
+                    break;
+                }
+            }
+        }
+    }
+    if !answered {
+        add(&inner.counters.dropped, batch.refreshes);
+    }
+    for i in batch.pending_misses() {
+        batch.complete(
+            i,
+            Err(CacheError::Timeout(inner.request_timeout, inner.fleet.up())),
+        );
+    }
+    inner.job_done(n);
+}
+
+/// After the hedge delay, sends the still-waiting misses of a batch to another server.
+async fn hedge_later(inner: Arc<Inner>, batch: Arc<Batch>, first: usize) {
+    tokio::time::sleep(inner.hedge_delay).await;
+    let misses = batch.pending_misses();
+    if misses.is_empty() {
+        return;
+    }
+    let Some(server) = inner.fleet.pick(Some(first)) else {
+        return;
+    };
+    if server.index == first {
+        return;
+    }
+    add(&inner.counters.hedged, misses.len() as u64);
+    let hashes: Vec<u64> = misses.iter().map(|&i| batch.hashes[i]).collect();
+    let Some(rx) = server.send(&inner, batch.table.name.as_str(), hashes).await else {
+        server.done();
+        return;
+    };
+    let answer = rx.await;
+    server.done();
+    if let Ok(Ok(Response::Routes(routes))) = answer {
+        apply(&inner, &batch, &server, routes, Some(&misses)).await;
+    }
+}
+
+/// Applies an answer: confirm or insert each route, complete the waiting misses. `subset` maps
+/// the answer's routes to batch indexes when the answer is a hedge's.
+async fn apply(
+    inner: &Inner,
+    batch: &Batch,
+    server: &Server,
+    routes: Routes,
+    subset: Option<&[usize]>,
+) {
+    let t = &batch.table;
+    let now = inner.now();
+    let Some(ids) = routes.replica_slices() else {
+        return;
+    };
+    let index_of = |k: usize| subset.map_or(k, |s| s[k]);
+    let mut to_insert = Vec::new();
+    for (k, r) in routes.routes.iter().enumerate() {
+        match t.routes.check(routes.table_version, r, ids[k], now) {
+            Check::Confirmed | Check::Stale => {
+                let i = index_of(k);
+                if let Some(route) = t.routes.get(batch.hashes[i]) {
+                    batch.complete(i, Ok(route));
+                } else {
+                    to_insert.push(k);
+                }
+            }
+            Check::Insert => to_insert.push(k),
+        }
+    }
+    if to_insert.is_empty() {
+        return;
+    }
+    let Some(nodes) = nodes_for(t, server, routes.nodes_digest).await else {
+        return;
+    };
+    let mut changed = 0;
+    for k in to_insert {
+        let Some(route) = wire::resolve_route(
+            &t.name,
+            routes.table_version,
+            &routes.routes[k],
+            ids[k],
+            &nodes,
+        ) else {
+            continue;
+        };
+        let route = Arc::new(route);
+        if t.routes.insert(Arc::clone(&route), now) == Applied::Changed {
+            changed += 1;
+        }
+        // A waiting miss gets the answer even if the cache kept something newer.
+        let i = index_of(k);
+        let answer = t.routes.get(batch.hashes[i]).unwrap_or(route);
+        batch.complete(i, Ok(answer));
+    }
+    add(&inner.counters.changed, changed);
+    inner.enforce_capacity(t);
+}
+
+/// The table's node list with the given digest, fetched from `server` if the cached one differs
+/// (one fetch at a time per table).
+async fn nodes_for(t: &TableState, server: &Server, digest: u64) -> Option<Arc<NodeList>> {
+    let current = t.nodes.load_full();
+    if current.digest == digest && !current.nodes.is_empty() {
+        return Some(current);
+    }
+    let _guard = t.nodes_fetch.lock().await;
+    let current = t.nodes.load_full();
+    if current.digest == digest && !current.nodes.is_empty() {
+        return Some(current);
+    }
+    let fetched = Arc::new(server.client.get_nodes(t.name.as_str()).await.ok()?);
+    t.nodes.store(Arc::clone(&fetched));
+    (fetched.digest == digest).then_some(fetched)
+}
+
+impl Server {
+    /// Sends a batch lookup; `None` if the connection is gone.
+    async fn send(
+        &self,
+        inner: &Inner,
+        table: &str,
+        hashes: Vec<u64>,
+    ) -> Option<oneshot::Receiver<Result<Response, ClientError>>> {
+        self.begin();
+        let count = hashes.len() as u64;
+        let request = if hashes.len() == 1 {
+            Request::Lookup {
+                table: table.into(),
+                hash: hashes[0],
+            }
+        } else {
+            Request::BatchLookup {
+                table: table.into(),
+                hashes,
+            }
+        };
+        match self.client.send(&request).await {
+            Ok(rx) => {
+                add(&inner.counters.lookups_sent, count);
+                Some(rx)
+            }
+            Err(_) => None,
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! The fleet as the cache sees it: one connection per server, kept up in the background with
+//! jittered exponential backoff, and the choice of server per request by power of two choices
+//! on requests in flight.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use memds_client::{Client, Connector};
+use tokio::sync::watch;
+
+/// One server's connection state.
+#[derive(Debug)]
+struct Slot {
+    addr: SocketAddr,
+    client: Mutex<Option<Client>>,
+    in_flight: AtomicUsize,
+    up: AtomicBool,
+}
+
+/// The servers of the fleet.
+#[derive(Debug)]
+pub(crate) struct Fleet {
+    slots: Vec<Arc<Slot>>,
+    seed: AtomicU64,
+    connector: Connector,
+}
+
+/// A server picked for a request.
+#[derive(Debug)]
+pub(crate) struct Server {
+    /// Its position in the fleet.
+    pub(crate) index: usize,
+    /// Its connection.
+    pub(crate) client: Client,
+    slot: Arc<Slot>,
+}
+
+impl Server {
+    /// Counts a request in flight to this server.
+    pub(crate) fn begin(&self) {
+        self.slot.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a request to this server as finished.
+    pub(crate) fn done(&self) {
+        self.slot.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Fleet {
+    /// Starts a connection keeper per server.
+    pub(crate) fn start(
+        connector: Connector,
+        addrs: &[SocketAddr],
+        backoff_min: Duration,
+        backoff_max: Duration,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        let slots: Vec<Arc<Slot>> = addrs
+            .iter()
+            .map(|&addr| {
+                Arc::new(Slot {
+                    addr,
+                    client: Mutex::new(None),
+                    in_flight: AtomicUsize::new(0),
+                    up: AtomicBool::new(false),
+                })
+            })
+            .collect();
+        for (i, slot) in slots.iter().enumerate() {
+            tokio::spawn(keep_connected(
+                Arc::clone(slot),
+                connector.clone(),
+                backoff_min,
+                backoff_max.max(backoff_min),
+                0x5EED ^ i as u64,
+                shutdown.clone(),
+            ));
+        }
+        Self {
+            slots,
+            seed: AtomicU64::new(0x9E37_79B9_7F4A_7C15),
+            connector,
+        }
+    }
+
+    /// How many servers are connected.
+    pub(crate) fn up(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| s.up.load(Ordering::Relaxed))
+            .count()
+    }
+
+    /// Closes every connection.
+    pub(crate) fn close(&self) {
+        self.connector.close();
+    }
+
+    /// A connected server, avoiding `exclude` when another is up: of two random candidates,
+    /// the one with fewer requests in flight.
+    pub(crate) fn pick(&self, exclude: Option<usize>) -> Option<Server> {
+        let candidates: Vec<usize> = (0..self.slots.len())
+            .filter(|&i| Some(i) != exclude && self.slots[i].up.load(Ordering::Relaxed))
+            .collect();
+        let chosen = match candidates.len() {
+            0 => return None,
+            1 => candidates[0],
+            n => {
+                let r = self.next_random();
+                let a = candidates[(r % n as u64) as usize];
+                let mut b = candidates[((r >> 32) % n as u64) as usize];
+                if b == a {
+                    b = candidates[(candidates.iter().position(|&c| c == a).unwrap_or(0) + 1) % n];
+                }
+                let load = |i: usize| self.slots[i].in_flight.load(Ordering::Relaxed);
+                if load(b) < load(a) { b } else { a }
+            }
+        };
+        let slot = &self.slots[chosen];
+        let client = slot
+            .client
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()?;
+        Some(Server {
+            index: chosen,
+            client,
+            slot: Arc::clone(slot),
+        })
+    }
+
+    fn next_random(&self) -> u64 {
+        // SplitMix64 over an atomic counter: cheap, lock-free, good enough to spread choices.
+        let mut z = self
+            .seed
+            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+/// Keeps one server connected: connect, wait for the connection to close, back off with jitter,
+/// try again; until shutdown.
+async fn keep_connected(
+    slot: Arc<Slot>,
+    connector: Connector,
+    min: Duration,
+    max: Duration,
+    mut seed: u64,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = min;
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let attempt = tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => return,
+            a = tokio::time::timeout(max.max(Duration::from_secs(1)), connector.connect(slot.addr)) => a,
+        };
+        match attempt {
+            Ok(Ok(client)) => {
+                backoff = min;
+                *slot.client.lock().unwrap_or_else(|p| p.into_inner()) = Some(client.clone());
+                slot.up.store(true, Ordering::Relaxed);
+                tracing::debug!(server = %slot.addr, "connected");
+                tokio::select! {
+                    _ = shutdown.wait_for(|s| *s) => {}
+                    () = client.closed() => {}
+                }
+                slot.up.store(false, Ordering::Relaxed);
+                *slot.client.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                tracing::debug!(server = %slot.addr, "disconnected");
+            }
+            Ok(Err(e)) => tracing::debug!(server = %slot.addr, error = %e, "connecting failed"),
+            Err(_) => tracing::debug!(server = %slot.addr, "connecting timed out"),
+        }
+        // Jitter: a random delay between half the backoff and the whole of it.
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let jitter = 0.5 + (seed >> 11) as f64 / (1u64 << 53) as f64 / 2.0;
+        tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => return,
+            () = tokio::time::sleep(backoff.mul_f64(jitter)) => {}
+        }
+        backoff = (backoff * 2).min(max);
+    }
+}

@@ -1,0 +1,88 @@
+//! The cache's metrics through the `metrics` facade. The hit path only bumps the cache's own
+//! atomic counters; a background task copies them into the facade once a second, so a hit pays
+//! no registry lookup.
+
+use std::time::Duration;
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use tokio::sync::watch;
+
+use crate::RouterCache;
+
+/// Describes every metric (idempotent).
+pub(crate) fn describe() {
+    describe_counter!(
+        "memds_router_requests_total",
+        Unit::Count,
+        "route() calls by result: hit, miss, error."
+    );
+    describe_counter!(
+        "memds_router_lookups_sent_total",
+        Unit::Count,
+        "Lookups sent to the fleet (hashes in batch frames, hedges included)."
+    );
+    describe_counter!(
+        "memds_router_hedged_total",
+        Unit::Count,
+        "Late miss lookups also sent to a second server."
+    );
+    describe_counter!(
+        "memds_router_refreshes_changed_total",
+        Unit::Count,
+        "Fleet answers that changed a cached route."
+    );
+    describe_counter!(
+        "memds_router_dropped_total",
+        Unit::Count,
+        "Refresh lookups dropped: queue full or no server."
+    );
+    describe_gauge!(
+        "memds_router_queue_depth",
+        Unit::Count,
+        "Lookups queued or in flight to the fleet."
+    );
+    describe_gauge!("memds_router_entries", Unit::Count, "Routes cached.");
+    describe_gauge!(
+        "memds_router_servers_up",
+        Unit::Count,
+        "Fleet servers connected."
+    );
+    describe_gauge!(
+        "memds_router_oldest_unconfirmed_seconds",
+        Unit::Seconds,
+        "Age of the least recently confirmed cached route."
+    );
+    describe_histogram!(
+        "memds_router_round_trip_seconds",
+        Unit::Seconds,
+        "Time from sending a batch frame to its answer."
+    );
+}
+
+/// Records one batch round trip.
+pub(crate) fn round_trip(d: Duration) {
+    metrics::histogram!("memds_router_round_trip_seconds").record(d.as_secs_f64());
+}
+
+/// Publishes the cache's counters every second until shutdown.
+pub(crate) async fn publish_loop(cache: RouterCache, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let s = cache.stats();
+        metrics::counter!("memds_router_requests_total", "result" => "hit").absolute(s.hits);
+        metrics::counter!("memds_router_requests_total", "result" => "miss").absolute(s.misses);
+        metrics::counter!("memds_router_requests_total", "result" => "error").absolute(s.errors);
+        metrics::counter!("memds_router_lookups_sent_total").absolute(s.lookups_sent);
+        metrics::counter!("memds_router_hedged_total").absolute(s.hedged);
+        metrics::counter!("memds_router_refreshes_changed_total").absolute(s.refreshes_changed);
+        metrics::counter!("memds_router_dropped_total").absolute(s.dropped);
+        metrics::gauge!("memds_router_queue_depth").set(s.queue_depth as f64);
+        metrics::gauge!("memds_router_entries").set(s.entries as f64);
+        metrics::gauge!("memds_router_servers_up").set(s.servers_up as f64);
+        metrics::gauge!("memds_router_oldest_unconfirmed_seconds")
+            .set(s.oldest_unconfirmed_seconds.unwrap_or(0.0));
+        tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => return,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}

@@ -1,0 +1,369 @@
+//! The cached routes of one table: a range-aware structure with a floor lookup, and the rules
+//! that decide whether an answer from the fleet replaces what is cached. No IO and no clock:
+//! the caller passes `now` in.
+//!
+//! Routes are kept in a `BTreeMap` by partition start under a `RwLock`. A hit takes the read lock
+//! for one floor lookup and clones an `Arc`; confirming an unchanged route also needs only the
+//! read lock (its bookkeeping is atomic), so in steady state, where refreshes confirm what is
+//! cached, readers and the refresher never wait for each other. The write lock is taken only to
+//! insert or remove routes.
+//!
+//! Staleness rules (DESIGN.md): a cached route is never replaced by an older one. For the same
+//! partition id the epoch decides; for overlapping routes of different partitions the table
+//! version decides, against the highest version that confirmed the cached route.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use memds_proto::Route;
+use memds_proto::wire::WireRoute;
+
+/// A cached route and its bookkeeping.
+#[derive(Debug)]
+struct Entry {
+    route: Arc<Route>,
+    /// The highest table version an answer confirmed this route at.
+    seen_version: AtomicU64,
+    /// When the fleet last confirmed the route (caller's clock, nanoseconds).
+    confirmed_at: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Routes {
+    by_start: BTreeMap<u64, Entry>,
+    start_of_id: HashMap<u64, u64>,
+}
+
+/// The cached routes of one table.
+#[derive(Debug, Default)]
+pub struct TableRoutes {
+    routes: RwLock<Routes>,
+}
+
+/// What applying an answer did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The route was cached already, unchanged; it is now confirmed.
+    Confirmed,
+    /// The route was inserted or replaced older routes.
+    Changed,
+    /// The answer was older than what is cached; nothing changed.
+    Stale,
+}
+
+/// How an answer compares with the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// The same route is cached: confirmed in place.
+    Confirmed,
+    /// The cache holds something newer: the answer is ignored.
+    Stale,
+    /// The answer must be inserted (build the full route and call [`TableRoutes::insert`]).
+    Insert,
+}
+
+impl TableRoutes {
+    /// The cached route holding `hash`, if any.
+    pub fn get(&self, hash: u64) -> Option<Arc<Route>> {
+        let routes = self.read();
+        let (_, e) = routes.by_start.range(..=hash).next_back()?;
+        (hash <= e.route.end_inclusive).then(|| Arc::clone(&e.route))
+    }
+
+    /// How many routes are cached.
+    pub fn len(&self) -> usize {
+        self.read().by_start.len()
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Compares a fleet answer with the cache, confirming it in place when it is the cached
+    /// route. Only the read lock is taken.
+    pub fn check(&self, version: u64, r: &WireRoute, replica_ids: &[u32], now: u64) -> Check {
+        let routes = self.read();
+        if let Some(e) = routes.by_start.get(&r.start) {
+            let c = &e.route;
+            if c.partition.get() == r.partition
+                && c.epoch.get() == r.epoch
+                && c.end_inclusive == r.end_inclusive
+                && c.leader == r.leader
+                && c.replicas
+                    .iter()
+                    .map(|x| x.id.get())
+                    .eq(replica_ids.iter().copied())
+            {
+                e.seen_version.fetch_max(version, Ordering::Relaxed);
+                e.confirmed_at.fetch_max(now, Ordering::Relaxed);
+                return Check::Confirmed;
+            }
+        }
+        if overlapping(&routes, r.start, r.end_inclusive)
+            .any(|(_, e)| newer_than(e, version, r.partition, r.epoch))
+        {
+            return Check::Stale;
+        }
+        Check::Insert
+    }
+
+    /// Inserts a route unless something newer overlaps it; older overlapping routes are removed.
+    pub fn insert(&self, route: Arc<Route>, now: u64) -> Applied {
+        let version = route.version.get();
+        let mut routes = self.write();
+        let (start, end) = (route.start, route.end_inclusive);
+        let overlap: Vec<(u64, u64, bool)> = overlapping(&routes, start, end)
+            .map(|(s, e)| {
+                (
+                    *s,
+                    e.route.partition.get(),
+                    newer_than(e, version, route.partition.get(), route.epoch.get()),
+                )
+            })
+            .collect();
+        if overlap.iter().any(|&(_, _, newer)| newer) {
+            return Applied::Stale;
+        }
+        if let Some(e) = routes.by_start.get(&start)
+            && *e.route == *route
+        {
+            e.seen_version.fetch_max(version, Ordering::Relaxed);
+            e.confirmed_at.fetch_max(now, Ordering::Relaxed);
+            return Applied::Confirmed;
+        }
+        for (s, id, _) in overlap {
+            routes.by_start.remove(&s);
+            if routes.start_of_id.get(&id) == Some(&s) {
+                routes.start_of_id.remove(&id);
+            }
+        }
+        routes.start_of_id.insert(route.partition.get(), start);
+        routes.by_start.insert(
+            start,
+            Entry {
+                route,
+                seen_version: AtomicU64::new(version),
+                confirmed_at: AtomicU64::new(now),
+            },
+        );
+        Applied::Changed
+    }
+
+    /// Removes the route holding `hash` if its epoch is at most `observed_epoch` (a storage node
+    /// said the route it was sent by is wrong). Answers whether a route was removed.
+    pub fn invalidate_hash(&self, hash: u64, observed_epoch: u64) -> bool {
+        let mut routes = self.write();
+        let Some((&start, e)) = routes.by_start.range(..=hash).next_back() else {
+            return false;
+        };
+        if hash > e.route.end_inclusive || e.route.epoch.get() > observed_epoch {
+            return false;
+        }
+        let id = e.route.partition.get();
+        routes.by_start.remove(&start);
+        routes.start_of_id.remove(&id);
+        true
+    }
+
+    /// Removes the route of partition `id` if its epoch is at most `observed_epoch`.
+    pub fn invalidate_partition(&self, id: u64, observed_epoch: u64) -> bool {
+        let mut routes = self.write();
+        let Some(&start) = routes.start_of_id.get(&id) else {
+            return false;
+        };
+        let stale = routes
+            .by_start
+            .get(&start)
+            .is_some_and(|e| e.route.epoch.get() <= observed_epoch);
+        if stale {
+            routes.by_start.remove(&start);
+            routes.start_of_id.remove(&id);
+        }
+        stale
+    }
+
+    /// Removes every route.
+    pub fn clear(&self) {
+        let mut routes = self.write();
+        routes.by_start.clear();
+        routes.start_of_id.clear();
+    }
+
+    /// Evicts the route whose start is the floor of `hash` (a pseudo-random victim when `hash` is
+    /// random). Answers whether one was evicted.
+    pub fn evict_near(&self, hash: u64) -> bool {
+        let mut routes = self.write();
+        let victim = routes
+            .by_start
+            .range(..=hash)
+            .next_back()
+            .or_else(|| routes.by_start.iter().next())
+            .map(|(&s, e)| (s, e.route.partition.get()));
+        match victim {
+            Some((s, id)) => {
+                routes.by_start.remove(&s);
+                routes.start_of_id.remove(&id);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The oldest confirmation time of any cached route.
+    pub fn oldest_confirmation(&self) -> Option<u64> {
+        self.read()
+            .by_start
+            .values()
+            .map(|e| e.confirmed_at.load(Ordering::Relaxed))
+            .min()
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Routes> {
+        // A panic while holding the lock cannot leave the map half-changed in a way readers
+        // could misuse (every mutation is a single map operation), so a poisoned lock is used
+        // as is.
+        self.routes.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Routes> {
+        self.routes.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Cached routes overlapping `[start, end]`.
+fn overlapping(routes: &Routes, start: u64, end: u64) -> impl Iterator<Item = (&u64, &Entry)> {
+    let before = routes
+        .by_start
+        .range(..start)
+        .next_back()
+        .filter(|(_, e)| e.route.end_inclusive >= start);
+    before.into_iter().chain(
+        routes
+            .by_start
+            .range((Bound::Included(start), Bound::Included(end))),
+    )
+}
+
+/// Whether a cached entry is newer than an answer: by epoch for the same partition, by table
+/// version otherwise.
+fn newer_than(e: &Entry, version: u64, partition: u64, epoch: u64) -> bool {
+    if e.route.partition.get() == partition {
+        e.route.epoch.get() > epoch
+    } else {
+        e.seen_version.load(Ordering::Relaxed) > version
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use memds_proto::{Epoch, NodeId, PartitionId, RouteReplica, TableName, TableVersion};
+
+    fn route(id: u64, start: u64, end: u64, epoch: u64, version: u64) -> Arc<Route> {
+        Arc::new(Route {
+            table: TableName::new("t").expect("valid"),
+            version: TableVersion::new(version),
+            partition: PartitionId::new(id),
+            start,
+            end_inclusive: end,
+            epoch: Epoch::new(epoch),
+            leader: 0,
+            replicas: vec![RouteReplica {
+                id: NodeId::new(1),
+                addr: "a:1".into(),
+                az: "z".into(),
+            }],
+        })
+    }
+
+    fn ids(r: &Route) -> Vec<u32> {
+        r.replicas.iter().map(|x| x.id.get()).collect()
+    }
+
+    fn wire(r: &Route) -> WireRoute {
+        WireRoute {
+            partition: r.partition.get(),
+            start: r.start,
+            end_inclusive: r.end_inclusive,
+            epoch: r.epoch.get(),
+            leader: r.leader,
+            replica_count: r.replicas.len() as u8,
+        }
+    }
+
+    #[test]
+    fn floor_lookup_respects_range_ends() {
+        let t = TableRoutes::default();
+        t.insert(route(1, 0, 99, 1, 1), 0);
+        t.insert(route(3, 200, u64::MAX, 1, 1), 0);
+        assert_eq!(t.get(0).map(|r| r.partition.get()), Some(1));
+        assert_eq!(t.get(99).map(|r| r.partition.get()), Some(1));
+        assert!(t.get(100).is_none(), "a gap in the cache is a miss");
+        assert_eq!(t.get(u64::MAX).map(|r| r.partition.get()), Some(3));
+    }
+
+    #[test]
+    fn a_split_replaces_its_parent_and_an_old_answer_never_comes_back() {
+        let t = TableRoutes::default();
+        let parent = route(1, 0, 999, 4, 10);
+        t.insert(parent.clone(), 0);
+        // The split arrives: left keeps the id with a bumped epoch, right is new.
+        let left = route(1, 0, 499, 5, 11);
+        let right = route(2, 500, 999, 5, 11);
+        assert_eq!(t.insert(right.clone(), 1), Applied::Changed);
+        assert!(
+            t.get(100).is_none(),
+            "the parent overlapping the right child is gone"
+        );
+        assert_eq!(t.insert(left.clone(), 1), Applied::Changed);
+        assert_eq!(t.len(), 2);
+        // The parent's answer arrives late: it is older and changes nothing.
+        assert_eq!(t.check(10, &wire(&parent), &ids(&parent), 2), Check::Stale);
+        assert_eq!(t.insert(parent, 2), Applied::Stale);
+        assert_eq!(t.get(700).map(|r| r.partition.get()), Some(2));
+        assert_eq!(t.get(100).map(|r| r.epoch.get()), Some(5));
+        // The same route again only confirms.
+        assert_eq!(t.check(12, &wire(&left), &ids(&left), 3), Check::Confirmed);
+        assert_eq!(t.oldest_confirmation(), Some(1));
+    }
+
+    #[test]
+    fn a_lagging_answer_with_an_older_epoch_loses_even_at_a_higher_version() {
+        let t = TableRoutes::default();
+        t.insert(route(7, 0, u64::MAX, 9, 5), 0);
+        let lagging = route(7, 0, u64::MAX, 8, 8);
+        assert_eq!(t.check(8, &wire(&lagging), &ids(&lagging), 1), Check::Stale);
+        assert_eq!(t.insert(route(7, 0, u64::MAX, 8, 8), 1), Applied::Stale);
+        assert_eq!(t.get(5).map(|r| r.epoch.get()), Some(9));
+    }
+
+    #[test]
+    fn invalidation_removes_only_routes_at_or_below_the_observed_epoch() {
+        let t = TableRoutes::default();
+        t.insert(route(1, 0, 99, 3, 1), 0);
+        t.insert(route(2, 100, u64::MAX, 3, 1), 0);
+        assert!(
+            !t.invalidate_hash(50, 2),
+            "the cached route is newer than what was observed"
+        );
+        assert!(t.invalidate_hash(50, 3));
+        assert!(t.get(50).is_none());
+        assert!(!t.invalidate_partition(2, 1));
+        assert!(t.invalidate_partition(2, 7));
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn eviction_removes_one_route() {
+        let t = TableRoutes::default();
+        for i in 0..10u64 {
+            t.insert(route(i, i * 100, i * 100 + 99, 1, 1), 0);
+        }
+        assert!(t.evict_near(450));
+        assert_eq!(t.len(), 9);
+        assert!(t.get(450).is_none());
+    }
+}

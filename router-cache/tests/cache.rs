@@ -1,0 +1,371 @@
+//! The router cache against real memds-servers (in process, real QUIC and TLS on loopback):
+//! the constant-work invariant, Classic mode, route changes reaching the cache, and losing
+//! servers.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use memds_client::{Client, ClientTls, ConnectOptions, Connector, Role};
+use memds_proto::TableMap;
+use memds_proto::model::PartitionSpec;
+use memds_proto::synth::{self, SynthConfig};
+use memds_proto::wire::PartitionUpdate;
+use memds_server::tls::TlsPaths;
+use memds_server::{RunningServer, ServerConfig};
+use router_cache::{CacheError, Invalidate, Mode, RouterCache};
+
+fn temp_dir(name: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "memds-cache-{name}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// Starts a server; the first one of a test creates the PKI, later ones share it.
+async fn server(dir: PathBuf, tls_from: Option<&Path>, listen: SocketAddr) -> RunningServer {
+    let mut c = ServerConfig::new(listen, dir);
+    c.tls = tls_from.map(TlsPaths::in_dir);
+    memds_server::start(c).await.expect("server starts")
+}
+
+async fn admin(tls: &Path, addr: SocketAddr) -> Client {
+    let t = ClientTls::from_dir(tls, Role::Admin).expect("tls");
+    Connector::new(&t, ConnectOptions::default())
+        .expect("endpoint")
+        .connect(addr)
+        .await
+        .expect("connect")
+}
+
+fn map(partitions: usize) -> TableMap {
+    synth::generate_table(
+        &SynthConfig {
+            partitions,
+            ..SynthConfig::default()
+        },
+        0,
+    )
+}
+
+async fn cache(servers: Vec<SocketAddr>, tls: &Path, mode: Mode) -> RouterCache {
+    RouterCache::builder(
+        servers,
+        ClientTls::from_dir(tls, Role::Router).expect("tls"),
+    )
+    .mode(mode)
+    // No hedging in these tests unless asked: hedges are extra lookups by design.
+    .hedge_delay(Duration::from_secs(30))
+    .request_timeout(Duration::from_secs(5))
+    .build()
+    .await
+    .expect("cache starts")
+}
+
+async fn server_lookups(c: &Client) -> u64 {
+    c.stats().await.expect("stats").lookups_total
+}
+
+fn hashes(seed: u64, n: usize) -> Vec<u64> {
+    (0..n as u64)
+        .map(|i| (i + seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ seed)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn constant_work_server_lookups_equal_route_calls_at_any_hit_rate() {
+    let dir = temp_dir("cw");
+    let s = server(dir.clone(), None, "127.0.0.1:0".parse().expect("addr")).await;
+    let tls = dir.join("tls");
+    let admin = admin(&tls, s.quic_addr).await;
+    let m = map(500);
+    admin.put_table(&m).await.expect("put");
+    let c = cache(vec![s.quic_addr], &tls, Mode::ConstantWork).await;
+    let name = m.name().as_str();
+
+    let mut calls = 0u64;
+    let before = server_lookups(&admin).await;
+    // Cold, then warm (the same hashes again), then every mix: a partly cleared cache.
+    let phases: Vec<(Vec<u64>, bool)> = vec![
+        (hashes(1, 300), false),
+        (hashes(1, 300), false),
+        (hashes(2, 300), false),
+        (hashes(1, 300), true),
+    ];
+    for (i, (hs, clear_first)) in phases.into_iter().enumerate() {
+        if clear_first {
+            c.clear();
+        }
+        for chunk in hs.chunks(50) {
+            let futs: Vec<_> = chunk.iter().map(|&h| c.route_hash(name, h)).collect();
+            for (f, &h) in futs.into_iter().zip(chunk) {
+                let r = f.await.expect("route");
+                assert!(r.contains(h));
+                assert_eq!(*r, m.route(h));
+            }
+            calls += chunk.len() as u64;
+        }
+        c.drain().await;
+        let counted = server_lookups(&admin).await - before;
+        assert_eq!(
+            counted, calls,
+            "phase {i}: the server counted {counted} lookups for {calls} calls"
+        );
+    }
+    let st = c.stats();
+    assert_eq!(st.hits + st.misses, calls);
+    assert!(st.hits > 0 && st.misses > 0, "{st:?}");
+    assert_eq!(st.dropped, 0);
+    assert_eq!(st.lookups_sent, calls);
+    c.shutdown();
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn classic_sends_only_misses_and_whole_table_sends_no_lookups() {
+    let dir = temp_dir("classic");
+    let s = server(dir.clone(), None, "127.0.0.1:0".parse().expect("addr")).await;
+    let tls = dir.join("tls");
+    let admin = admin(&tls, s.quic_addr).await;
+    let m = map(300);
+    admin.put_table(&m).await.expect("put");
+    let name = m.name().as_str();
+
+    let c = cache(
+        vec![s.quic_addr],
+        &tls,
+        Mode::Classic { whole_table: false },
+    )
+    .await;
+    let before = server_lookups(&admin).await;
+    for round in 0..3 {
+        for &h in &hashes(round, 200) {
+            assert_eq!(*c.route_hash(name, h).await.expect("route"), m.route(h));
+        }
+    }
+    c.drain().await;
+    let st = c.stats();
+    assert_eq!(server_lookups(&admin).await - before, st.misses);
+    assert!(st.hits > st.misses, "{st:?}");
+    c.shutdown();
+
+    let c = cache(vec![s.quic_addr], &tls, Mode::Classic { whole_table: true }).await;
+    let before = server_lookups(&admin).await;
+    for &h in &hashes(9, 500) {
+        assert_eq!(*c.route_hash(name, h).await.expect("route"), m.route(h));
+    }
+    c.drain().await;
+    assert_eq!(
+        server_lookups(&admin).await - before,
+        0,
+        "the whole table came in one get-table"
+    );
+    assert_eq!(c.stats().entries, 300);
+    c.shutdown();
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_reaches_the_cache_within_one_request_and_old_answers_never_win() {
+    let dir = temp_dir("split");
+    let s = server(dir.clone(), None, "127.0.0.1:0".parse().expect("addr")).await;
+    let tls = dir.join("tls");
+    let admin = admin(&tls, s.quic_addr).await;
+    let m = map(100);
+    admin.put_table(&m).await.expect("put");
+    let name = m.name().as_str();
+    let c = cache(vec![s.quic_addr], &tls, Mode::ConstantWork).await;
+
+    let p = m.partitions()[40];
+    let end = m.end_inclusive(40);
+    let mid = p.start + (end - p.start) / 2;
+    let old = c.route_hash(name, mid).await.expect("miss fills the cache");
+    assert_eq!(old.partition, p.id);
+    // Split the partition on the server; move the left half's leader too.
+    let replicas: Vec<u32> = p.replicas.as_slice().iter().map(|r| r.get()).collect();
+    let update = PartitionUpdate {
+        table: name.into(),
+        base_version: m.version().get(),
+        version: m.version().get() + 1,
+        end_inclusive: end,
+        nodes: vec![],
+        partitions: vec![
+            PartitionSpec {
+                id: p.id.get(),
+                start: p.start,
+                epoch: p.epoch.get() + 1,
+                replicas: replicas.clone(),
+                leader: (u64::from(p.leader) + 1) % 3,
+            },
+            PartitionSpec {
+                id: 424_242,
+                start: mid,
+                epoch: p.epoch.get() + 1,
+                replicas,
+                leader: 0,
+            },
+        ],
+    };
+    admin.update_partitions(update).await.expect("split");
+    // One further request to the range: answered from cache (old route), and its refresh
+    // brings the split.
+    let hit = c.route_hash(name, mid).await.expect("hit");
+    assert_eq!(hit.partition, p.id, "a hit answers from the cache");
+    c.drain().await;
+    let now = c.route_hash(name, mid).await.expect("hit");
+    assert_eq!(now.partition.get(), 424_242);
+    assert_eq!(now.start, mid);
+    let left = c.route_hash(name, p.start).await.expect("route");
+    c.drain().await;
+    let left = if left.epoch == p.epoch {
+        c.route_hash(name, p.start).await.expect("route")
+    } else {
+        left
+    };
+    assert_eq!(left.epoch.get(), p.epoch.get() + 1);
+    assert_eq!(left.end_inclusive, mid - 1);
+    assert!(c.stats().refreshes_changed >= 1);
+    // The old answer, arriving late (as a storage node's stale correction), changes nothing.
+    assert!(!c.apply_route((*old).clone()));
+    assert_eq!(
+        c.route_hash(name, mid).await.expect("hit").partition.get(),
+        424_242
+    );
+    // Invalidation: a storage node says the route is wrong; the next call is a miss.
+    let misses = c.stats().misses;
+    assert!(c.invalidate(name, Invalidate::Hash(mid), now.epoch.get()));
+    c.route_hash(name, mid).await.expect("miss");
+    assert_eq!(c.stats().misses, misses + 1);
+    c.shutdown();
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_servers_fails_no_hit_and_the_queue_bound_holds() {
+    let dir_a = temp_dir("lose-a");
+    let a = server(dir_a.clone(), None, "127.0.0.1:0".parse().expect("addr")).await;
+    let tls = dir_a.join("tls");
+    let b = server(
+        temp_dir("lose-b"),
+        Some(&tls),
+        "127.0.0.1:0".parse().expect("addr"),
+    )
+    .await;
+    let (addr_a, addr_b) = (a.quic_addr, b.quic_addr);
+    let m = map(200);
+    let name = m.name().as_str();
+    for addr in [addr_a, addr_b] {
+        admin(&tls, addr).await.put_table(&m).await.expect("put");
+    }
+    let c = RouterCache::builder(
+        vec![addr_a, addr_b],
+        ClientTls::from_dir(&tls, Role::Router).expect("tls"),
+    )
+    .queue_bound(64)
+    .request_timeout(Duration::from_millis(800))
+    .hedge_delay(Duration::from_millis(30))
+    .build()
+    .await
+    .expect("cache");
+    // Wait for both connections.
+    for _ in 0..200 {
+        if c.stats().servers_up == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(c.stats().servers_up, 2);
+    let warm = hashes(5, 200);
+    for &h in &warm {
+        c.route_hash(name, h).await.expect("warm");
+    }
+    c.drain().await;
+
+    // Lose server A: hits all succeed, misses go through B.
+    a.shutdown().await;
+    for &h in &warm {
+        assert_eq!(
+            *c.route_hash(name, h).await.expect("a hit never fails"),
+            m.route(h)
+        );
+    }
+    c.clear();
+    for &h in hashes(6, 50).iter() {
+        assert_eq!(
+            *c.route_hash(name, h)
+                .await
+                .expect("a miss succeeds through B"),
+            m.route(h)
+        );
+    }
+    c.drain().await;
+
+    // Server A comes back on its address: traffic returns to it.
+    let a = server(dir_a.clone(), Some(tls.as_path()), addr_a).await;
+    let admin_a = admin(&tls, addr_a).await;
+    for _ in 0..300 {
+        if c.stats().servers_up == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let before = server_lookups(&admin_a).await;
+    for &h in &warm {
+        c.route_hash(name, h).await.expect("route");
+    }
+    c.drain().await;
+    assert!(
+        server_lookups(&admin_a).await > before,
+        "no traffic returned to the restarted server"
+    );
+
+    // The whole fleet stops: hits still answer, the queue stays bounded, misses fail in time.
+    a.shutdown().await;
+    b.shutdown().await;
+    for _ in 0..300 {
+        if c.stats().servers_up == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(c.stats().servers_up, 0);
+    let mut max_depth = 0;
+    for _ in 0..20 {
+        for &h in &warm {
+            let r = c
+                .route_hash(name, h)
+                .await
+                .expect("a hit never fails, fleet or not");
+            assert!(r.contains(h));
+            max_depth = max_depth.max(c.stats().queue_depth);
+        }
+    }
+    let st = c.stats();
+    assert!(
+        max_depth <= 2 * 64,
+        "queue depth {max_depth} is not bounded by the queue"
+    );
+    assert!(
+        st.dropped >= 20 * 200 / 2,
+        "refreshes with no fleet must be dropped and counted: {st:?}"
+    );
+    assert!(
+        st.oldest_unconfirmed_seconds.is_some_and(|s| s > 0.0),
+        "{st:?}"
+    );
+    c.clear();
+    let started = std::time::Instant::now();
+    let miss = c.route_hash(name, 12345).await;
+    assert!(matches!(miss, Err(CacheError::Timeout(..))), "{miss:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the miss failed only after {:?}",
+        started.elapsed()
+    );
+    c.shutdown();
+}
