@@ -177,7 +177,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     drop(maps);
 
     let probes = probe_sequence(args, &compact);
-    let timer = timer_overhead_ns();
+    let timer = histogram::timer_overhead_ns();
     let (compact_hist, naive_hist) = time_lookups(args, &probes, &compact, &naive, timer)?;
     let (batch_ns, baseline_batch_ns) = time_batches(&probes, &compact, &naive);
 
@@ -231,19 +231,6 @@ fn probe_sequence(args: &Args, tables: &[CompactTable]) -> Vec<(u32, u64)> {
     (0..args.lookups)
         .map(|_| (rng.random_range(0..tables.len()) as u32, rng.random()))
         .collect()
-}
-
-/// The median cost of reading the clock twice, which every timed sample includes.
-fn timer_overhead_ns() -> f64 {
-    let mut samples: Vec<u64> = (0..200_001)
-        .map(|_| {
-            let t = Instant::now();
-            black_box(());
-            t.elapsed().as_nanos() as u64
-        })
-        .collect();
-    samples.sort_unstable();
-    samples[samples.len() / 2] as f64
 }
 
 fn time_lookups(

@@ -29,6 +29,7 @@ use memds_proto::synth::{self, SynthConfig};
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
+use crate::embedded::{Embedded, SERVER_THREAD, stat_ticks, threads_cpu_seconds};
 use crate::histogram;
 
 /// Options of `bench-server`.
@@ -86,15 +87,6 @@ struct Report {
     vs_redis: Option<f64>,
 }
 
-/// The embedded server: its own runtime (whose threads' CPU time is the server's) and data
-/// directory.
-struct Embedded {
-    server: memds_server::RunningServer,
-    runtime: tokio::runtime::Runtime,
-    data_dir: PathBuf,
-}
-
-const SERVER_THREAD: &str = "memds-srv";
 
 pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     ensure!(
@@ -108,35 +100,9 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let (embedded, addrs, tls_dir) = if args.servers.is_empty() {
-        let data_dir =
-            std::env::temp_dir().join(format!("memds-bench-server-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&data_dir);
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name(SERVER_THREAD)
-            .enable_all()
-            .build()?;
-        let config = memds_server::ServerConfig::new(
-            SocketAddr::from(([127, 0, 0, 1], 0)),
-            data_dir.clone(),
-        );
-        let server = runtime
-            .block_on(memds_server::start(config))
-            .context("starting the embedded server")?;
-        let addr = server.quic_addr;
-        let tls = server
-            .tls_dir
-            .clone()
-            .context("the embedded server uses a development PKI")?;
-        (
-            Some(Embedded {
-                server,
-                runtime,
-                data_dir,
-            }),
-            vec![addr],
-            tls,
-        )
+        let e = Embedded::start(2)?;
+        let (addr, tls) = (e.addr(), e.tls_dir());
+        (Some(e), vec![addr], tls)
     } else {
         let tls = args
             .tls_dir
@@ -146,9 +112,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     };
     let result = client_rt.block_on(drive(args, &addrs, &tls_dir, embedded.is_some()));
     if let Some(e) = embedded {
-        e.runtime.block_on(e.server.shutdown());
-        e.runtime.shutdown_timeout(Duration::from_secs(5));
-        let _ = std::fs::remove_dir_all(&e.data_dir);
+        e.stop();
     }
     let mut report = result?;
     if args.redis {
@@ -311,32 +275,6 @@ async fn server_counters(
         cpu = threads_cpu_seconds(SERVER_THREAD)?;
     }
     Ok((lookups, cpu))
-}
-
-/// CPU seconds used by this process's threads whose name starts with `prefix`.
-fn threads_cpu_seconds(prefix: &str) -> anyhow::Result<f64> {
-    let mut ticks = 0u64;
-    for entry in std::fs::read_dir("/proc/self/task").context("listing threads")? {
-        let path = entry?.path();
-        let Ok(comm) = std::fs::read_to_string(path.join("comm")) else {
-            continue;
-        };
-        if !comm.trim_end().starts_with(prefix) {
-            continue;
-        }
-        let Ok(stat) = std::fs::read_to_string(path.join("stat")) else {
-            continue;
-        };
-        ticks += stat_ticks(&stat).context("parsing a thread's stat")?;
-    }
-    Ok(ticks as f64 / 100.0)
-}
-
-/// utime + stime of a `/proc/.../stat` line, in USER_HZ ticks (100 per second on Linux).
-fn stat_ticks(stat: &str) -> Option<u64> {
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
 }
 
 /// (GETs per second, redis-server CPU seconds, GETs per redis-server CPU-second).

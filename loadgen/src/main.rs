@@ -8,11 +8,16 @@
 //!   encoding against the naive design and zstd, measured in one run.
 //! - `bench_server`: `loadgen bench-server`, lookups per server CPU-second over QUIC against
 //!   Redis GET pipelined 16 deep, both measured in the same run.
+//! - `bench_cache`: `loadgen bench-cache`, the router cache's hit path against moka and
+//!   quick_cache gets, in one run.
+//! - `embedded`: a real server started in-process on its own named threads.
 //! - `alloc`: the counting global allocator the memory figures come from.
 
 mod alloc;
+mod bench_cache;
 mod bench_map;
 mod bench_server;
+mod embedded;
 mod histogram;
 
 use clap::{Parser, Subcommand};
@@ -36,6 +41,9 @@ enum Command {
     /// Lookups per server CPU-second over QUIC (embedded or external servers), with Redis GET
     /// pipelined 16 deep as the baseline measured in the same run.
     BenchServer(bench_server::Args),
+    /// Hit-path latency of the router cache (ConstantWork, enqueue included) next to moka and
+    /// quick_cache gets on the same keys, in one run.
+    BenchCache(bench_cache::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -43,5 +51,6 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::BenchMap(args) => bench_map::run(&args),
         Command::BenchServer(args) => bench_server::run(&args),
+        Command::BenchCache(args) => bench_cache::run(&args),
     }
 }

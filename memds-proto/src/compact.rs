@@ -62,6 +62,7 @@ use std::sync::Arc;
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::bits::{self, BitWriter};
+use crate::radix::RadixIndex;
 use crate::model::{
     Epoch, MAX_REPLICAS, NodeId, NodeSpec, Partition, PartitionId, Replicas, Route, RouteReplica,
     StorageNode, TableMap, TableName, TableVersion,
@@ -158,10 +159,8 @@ pub struct CompactTable {
     node_width: u32,
     block_starts: Box<[u64]>,
     block_offsets: Box<[u64]>,
-    /// `radix[k]` is the block holding hash `k << (64 - radix_bits)`; a hash in bucket `k` lies in
-    /// a block between `radix[k]` and `radix[k + 1]`.
-    radix: Box<[u32]>,
-    radix_bits: u32,
+    /// Floor lookups over `block_starts`.
+    radix: RadixIndex,
     data: Box<[u64]>,
     nodes_digest: u64,
     checksum: u64,
@@ -223,7 +222,7 @@ impl CompactTable {
             block_offsets.push((w.bit_len() / 64) as u64);
             encode_block(&mut w, chunk, node_width, &slot_of);
         }
-        let (radix, radix_bits) = radix_index(&block_starts);
+        let radix = RadixIndex::new(&block_starts);
         let mut table = Self {
             name: map.name().clone(),
             version: map.version(),
@@ -233,7 +232,6 @@ impl CompactTable {
             block_starts: block_starts.into_boxed_slice(),
             block_offsets: block_offsets.into_boxed_slice(),
             radix,
-            radix_bits,
             data: w.finish(),
             nodes_digest: 0,
             checksum: 0,
@@ -375,7 +373,7 @@ impl CompactTable {
             + self.nodes.len() * size_of::<NodeEntry>()
             + self.block_starts.len() * size_of::<u64>()
             + self.block_offsets.len() * size_of::<u64>()
-            + self.radix.len() * size_of::<u32>()
+            + self.radix.heap_bytes()
             + self.data.len() * size_of::<u64>()
             + 6 * ALLOC_OVERHEAD
     }
@@ -442,10 +440,7 @@ impl CompactTable {
         for words in [&self.block_starts, &self.block_offsets, &self.data] {
             hash_words(&mut h, words);
         }
-        h.update(&self.radix_bits.to_le_bytes());
-        for r in self.radix.iter() {
-            h.update(&r.to_le_bytes());
-        }
+        self.radix.hash_into(&mut h);
         h.digest()
     }
 
@@ -453,14 +448,9 @@ impl CompactTable {
     /// hash's bucket, then a binary search finishes it.
     #[inline]
     fn floor_block(&self, hash: u64) -> usize {
-        let k = if self.radix_bits == 0 {
-            0
-        } else {
-            (hash >> (64 - self.radix_bits)) as usize
-        };
-        let (lo, hi) = (self.radix[k] as usize, self.radix[k + 1] as usize);
-        // block_starts[lo] <= the bucket's first hash <= hash, so the search finds at least one.
-        lo + self.block_starts[lo..=hi].partition_point(|&s| s <= hash) - 1
+        self.radix
+            .floor(&self.block_starts, hash)
+            .expect("the first block starts at 0, so every hash has a floor")
     }
 
     fn block(&self, b: usize) -> Block {
@@ -694,30 +684,6 @@ fn encode_block(
             w.push(v, node_width);
         }
     }
-}
-
-/// The radix index over block starts: `2^bits + 1` entries for the smallest `bits` with
-/// `2^bits >= blocks` (at most 24), so a uniformly hashed lookup finds its block among one or two
-/// candidates instead of binary-searching every block start.
-fn radix_index(block_starts: &[u64]) -> (Box<[u32]>, u32) {
-    let blocks = block_starts.len();
-    let bits = (usize::BITS - (blocks.max(1) - 1).leading_zeros()).min(24);
-    let buckets = 1usize << bits;
-    let mut radix = Vec::with_capacity(buckets + 1);
-    let mut b = 0usize;
-    for k in 0..buckets {
-        let first_hash = if bits == 0 {
-            0
-        } else {
-            (k as u64) << (64 - bits)
-        };
-        while b + 1 < blocks && block_starts[b + 1] <= first_hash {
-            b += 1;
-        }
-        radix.push(u32::try_from(b).expect("fewer than 2^32 blocks"));
-    }
-    radix.push(u32::try_from(blocks - 1).expect("fewer than 2^32 blocks"));
-    (radix.into_boxed_slice(), bits)
 }
 
 fn hash_words(h: &mut Xxh3, words: &[u64]) {

@@ -12,6 +12,8 @@
 //! - [`compact`]: the resident encoding the server keeps in memory: a table's partitions
 //!   bit-packed in blocks of 64 with a node dictionary, answering floor lookups and range scans
 //!   in O(log n) without decompressing anything.
+//! - [`radix`]: a radix index over sorted starts, the floor lookup both the compact encoding and
+//!   the router cache use.
 //! - [`snapshot`]: the whole-table snapshot format (rkyv archive, zstd-compressed, checksummed)
 //!   that validates everything on decode.
 //! - [`synth`]: the deterministic, seeded generator of realistic partition maps (grown by uneven
@@ -22,6 +24,7 @@
 
 pub mod compact;
 pub mod model;
+pub mod radix;
 pub mod snapshot;
 pub mod synth;
 pub mod wire;

@@ -225,8 +225,8 @@ struct TableState {
 struct Job {
     table: Arc<TableState>,
     hash: u64,
-    waiter: Option<Waiter>,
-    deadline: Instant,
+    /// A waiting miss and its deadline; `None` for a refresh.
+    waiter: Option<(Waiter, Instant)>,
 }
 
 struct Inner {
@@ -357,14 +357,25 @@ impl RouterCache {
         }
     }
 
-    /// Waits until every queued and in-flight lookup has been answered or given up.
+    /// Waits until every queued and in-flight lookup has been answered or given up, then
+    /// brings the hit snapshots up to date.
     pub async fn drain(&self) {
         loop {
             let notified = self.inner.idle.notified();
             if self.inner.counters.outstanding.load(Ordering::SeqCst) == 0 {
-                return;
+                break;
             }
             let _ = tokio::time::timeout(Duration::from_millis(20), notified).await;
+        }
+        self.refresh_snapshots();
+    }
+
+    /// Rebuilds every table's hit snapshot that lags its routes (the metrics task does this
+    /// once a second; answers do it as they arrive).
+    pub fn refresh_snapshots(&self) {
+        let now = self.inner.now();
+        for t in self.inner.tables.load().values() {
+            t.routes.maybe_rebuild(now, true);
         }
     }
 
@@ -442,7 +453,6 @@ impl Inner {
             table,
             hash,
             waiter: None,
-            deadline: Instant::now() + self.request_timeout,
         };
         add(&self.counters.outstanding, 1);
         if self.queue.try_send(job).is_err() {
@@ -468,8 +478,7 @@ impl Inner {
         let job = Job {
             table: t,
             hash,
-            waiter: Some(tx),
-            deadline: Instant::now() + self.request_timeout,
+            waiter: Some((tx, Instant::now() + self.request_timeout)),
         };
         add(&self.counters.outstanding, 1);
         // A miss waits for room behind queued refreshes (the dispatcher empties the queue in
@@ -572,7 +581,7 @@ async fn dispatch(
     // Fail what is still queued.
     rx.close();
     while let Ok(job) = rx.try_recv() {
-        if let Some(w) = job.waiter {
+        if let Some((w, _)) = job.waiter {
             let _ = w.send(Err(CacheError::Shutdown));
         }
         inner.job_done(1);
@@ -608,17 +617,18 @@ impl Batch {
 }
 
 fn send_batch(inner: &Arc<Inner>, table: Arc<TableState>, jobs: Vec<Job>) {
-    let deadline = jobs
-        .iter()
-        .map(|j| j.deadline)
-        .min()
-        .unwrap_or_else(Instant::now);
+    let mut deadline: Option<Instant> = None;
     let mut hashes = Vec::with_capacity(jobs.len());
     let mut waiters = Vec::with_capacity(jobs.len());
     for j in jobs {
         hashes.push(j.hash);
-        waiters.push(j.waiter);
+        waiters.push(j.waiter.map(|(w, d)| {
+            deadline = Some(deadline.map_or(d, |x| x.min(d)));
+            w
+        }));
     }
+    // A batch of refreshes only has no deadline to keep: it is not retried.
+    let deadline = deadline.unwrap_or_else(Instant::now);
     let refreshes = waiters.iter().filter(|w| w.is_none()).count() as u64;
     let batch = Arc::new(Batch {
         table,
@@ -787,6 +797,7 @@ async fn apply(
     }
     add(&inner.counters.changed, changed);
     inner.enforce_capacity(t);
+    t.routes.maybe_rebuild(inner.now(), false);
 }
 
 /// The table's node list with the given digest, fetched from `server` if the cached one differs

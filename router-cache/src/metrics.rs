@@ -67,6 +67,7 @@ pub(crate) fn round_trip(d: Duration) {
 /// Publishes the cache's counters every second until shutdown.
 pub(crate) async fn publish_loop(cache: RouterCache, mut shutdown: watch::Receiver<bool>) {
     loop {
+        cache.refresh_snapshots();
         let s = cache.stats();
         metrics::counter!("memds_router_requests_total", "result" => "hit").absolute(s.hits);
         metrics::counter!("memds_router_requests_total", "result" => "miss").absolute(s.misses);

@@ -2,11 +2,15 @@
 //! that decide whether an answer from the fleet replaces what is cached. No IO and no clock:
 //! the caller passes `now` in.
 //!
-//! Routes are kept in a `BTreeMap` by partition start under a `RwLock`. A hit takes the read lock
-//! for one floor lookup and clones an `Arc`; confirming an unchanged route also needs only the
-//! read lock (its bookkeeping is atomic), so in steady state, where refreshes confirm what is
-//! cached, readers and the refresher never wait for each other. The write lock is taken only to
-//! insert or remove routes.
+//! Routes are kept in a `BTreeMap` by partition start under a `RwLock`: the authoritative copy,
+//! which answers work in place (confirming an unchanged route is atomic bookkeeping under the
+//! read lock; the write lock is taken only to insert or remove routes). Hits read a snapshot
+//! instead: the cached starts in one sorted array with a radix index, published through an
+//! `ArcSwap`, so a hit takes no lock at all and finds its route in a probe or two. Removing or
+//! replacing a route withdraws the snapshot before the write lock is released, so a hit never
+//! sees a route the map no longer has; a route the snapshot lacks is looked up in the map. The
+//! snapshot is rebuilt off the hit path, at most every 50 ms unless an eighth of the table
+//! changed.
 //!
 //! Staleness rules (DESIGN.md): a cached route is never replaced by an older one. For the same
 //! partition id the epoch decides; for overlapping routes of different partitions the table
@@ -15,9 +19,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use arc_swap::ArcSwapOption;
 use memds_proto::Route;
+use memds_proto::radix::RadixIndex;
 use memds_proto::wire::WireRoute;
 
 /// A cached route and its bookkeeping.
@@ -40,7 +47,23 @@ struct Routes {
 #[derive(Debug, Default)]
 pub struct TableRoutes {
     routes: RwLock<Routes>,
+    snapshot: ArcSwapOption<Snapshot>,
+    /// The map has routes the snapshot lacks (or the snapshot was withdrawn).
+    dirty: AtomicBool,
+    changes: AtomicU64,
+    rebuilt_at: AtomicU64,
 }
+
+/// An immutable copy of the cached routes for lock-free hits.
+#[derive(Debug)]
+struct Snapshot {
+    starts: Vec<u64>,
+    routes: Vec<Arc<Route>>,
+    index: RadixIndex,
+}
+
+/// How long a snapshot may lag the map when few routes changed, in nanoseconds.
+const REBUILD_INTERVAL_NS: u64 = 50_000_000;
 
 /// What applying an answer did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,10 +89,63 @@ pub enum Check {
 
 impl TableRoutes {
     /// The cached route holding `hash`, if any.
+    #[inline]
     pub fn get(&self, hash: u64) -> Option<Arc<Route>> {
+        if let Some(snap) = &*self.snapshot.load()
+            && let Some(i) = snap.index.floor(&snap.starts, hash)
+        {
+            let r = &snap.routes[i];
+            if hash <= r.end_inclusive {
+                return Some(Arc::clone(r));
+            }
+        }
+        self.get_slow(hash)
+    }
+
+    #[cold]
+    fn get_slow(&self, hash: u64) -> Option<Arc<Route>> {
         let routes = self.read();
         let (_, e) = routes.by_start.range(..=hash).next_back()?;
-        (hash <= e.route.end_inclusive).then(|| Arc::clone(&e.route))
+        let found = (hash <= e.route.end_inclusive).then(|| Arc::clone(&e.route));
+        if found.is_some() {
+            self.dirty.store(true, Ordering::Relaxed);
+        }
+        found
+    }
+
+    /// Rebuilds the hit snapshot if the map changed, unless it was rebuilt less than 50 ms ago
+    /// and under an eighth of the routes changed since (or `force`).
+    pub fn maybe_rebuild(&self, now: u64, force: bool) {
+        if !self.dirty.load(Ordering::Relaxed) {
+            return;
+        }
+        let routes = self.read();
+        let len = routes.by_start.len() as u64;
+        let recent = now.saturating_sub(self.rebuilt_at.load(Ordering::Relaxed)) < REBUILD_INTERVAL_NS;
+        if !force && recent && self.changes.load(Ordering::Relaxed) * 8 < len {
+            return;
+        }
+        self.dirty.store(false, Ordering::Relaxed);
+        self.changes.store(0, Ordering::Relaxed);
+        self.rebuilt_at.store(now, Ordering::Relaxed);
+        let starts: Vec<u64> = routes.by_start.keys().copied().collect();
+        let list: Vec<Arc<Route>> = routes.by_start.values().map(|e| Arc::clone(&e.route)).collect();
+        let index = RadixIndex::new(&starts);
+        self.snapshot.store(Some(Arc::new(Snapshot {
+            starts,
+            routes: list,
+            index,
+        })));
+    }
+
+    /// Marks the map changed; `withdraw` also takes the snapshot away at once (a route it holds
+    /// was removed or replaced). Called with the write lock held.
+    fn changed(&self, withdraw: bool) {
+        if withdraw {
+            self.snapshot.store(None);
+        }
+        self.changes.fetch_add(1, Ordering::Relaxed);
+        self.dirty.store(true, Ordering::Relaxed);
     }
 
     /// How many routes are cached.
@@ -134,6 +210,7 @@ impl TableRoutes {
             e.confirmed_at.fetch_max(now, Ordering::Relaxed);
             return Applied::Confirmed;
         }
+        self.changed(!overlap.is_empty());
         for (s, id, _) in overlap {
             routes.by_start.remove(&s);
             if routes.start_of_id.get(&id) == Some(&s) {
@@ -163,6 +240,7 @@ impl TableRoutes {
             return false;
         }
         let id = e.route.partition.get();
+        self.changed(true);
         routes.by_start.remove(&start);
         routes.start_of_id.remove(&id);
         true
@@ -179,6 +257,7 @@ impl TableRoutes {
             .get(&start)
             .is_some_and(|e| e.route.epoch.get() <= observed_epoch);
         if stale {
+            self.changed(true);
             routes.by_start.remove(&start);
             routes.start_of_id.remove(&id);
         }
@@ -188,6 +267,7 @@ impl TableRoutes {
     /// Removes every route.
     pub fn clear(&self) {
         let mut routes = self.write();
+        self.changed(true);
         routes.by_start.clear();
         routes.start_of_id.clear();
     }
@@ -204,6 +284,7 @@ impl TableRoutes {
             .map(|(&s, e)| (s, e.route.partition.get()));
         match victim {
             Some((s, id)) => {
+                self.changed(true);
                 routes.by_start.remove(&s);
                 routes.start_of_id.remove(&id);
                 true
@@ -303,6 +384,16 @@ mod tests {
         assert_eq!(t.get(99).map(|r| r.partition.get()), Some(1));
         assert!(t.get(100).is_none(), "a gap in the cache is a miss");
         assert_eq!(t.get(u64::MAX).map(|r| r.partition.get()), Some(3));
+        // The same answers from the snapshot.
+        t.maybe_rebuild(1, true);
+        assert!(t.snapshot.load().is_some());
+        assert_eq!(t.get(99).map(|r| r.partition.get()), Some(1));
+        assert!(t.get(100).is_none());
+        assert_eq!(t.get(u64::MAX).map(|r| r.partition.get()), Some(3));
+        // Replacing a route withdraws the snapshot at once: no stale hit.
+        t.insert(route(1, 0, 99, 2, 2), 2);
+        assert!(t.snapshot.load().is_none());
+        assert_eq!(t.get(5).map(|r| r.epoch.get()), Some(2));
     }
 
     #[test]
@@ -349,8 +440,9 @@ mod tests {
             !t.invalidate_hash(50, 2),
             "the cached route is newer than what was observed"
         );
+        t.maybe_rebuild(0, true);
         assert!(t.invalidate_hash(50, 3));
-        assert!(t.get(50).is_none());
+        assert!(t.get(50).is_none(), "an invalidated route is gone from the snapshot too");
         assert!(!t.invalidate_partition(2, 1));
         assert!(t.invalidate_partition(2, 7));
         assert!(t.is_empty());

@@ -1,0 +1,183 @@
+//! `loadgen bench-cache`: the router cache's hit path against two well-kept caches, in one run.
+//!
+//! A real embedded server holds a table of `--entries` partitions; a ConstantWork
+//! [`RouterCache`] is warmed with a route for every partition. Then, in rounds, the same random
+//! hashes go through `route_hash` (a hit: a floor lookup plus the enqueue of its refresh
+//! lookup), through moka's `sync::Cache::get` and through quick_cache's `sync::Cache::get`,
+//! those two keyed by the partition start the hash falls in (they cannot do floor lookups, so
+//! they get the easier exact-key job). Each call is timed alone; the clock's own cost, measured
+//! in the same run, is subtracted. Between rounds the cache's queue is drained so refreshes are
+//! never dropped; the client runtime is single-threaded, so no background work runs during a
+//! timed call.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context as _, ensure};
+use memds_client::{ClientTls, ConnectOptions, Connector, Role};
+use memds_proto::Route;
+use memds_proto::synth::{self, SynthConfig};
+use rand::{Rng, SeedableRng};
+use router_cache::{Mode, RouterCache};
+use serde::Serialize;
+
+use crate::embedded::Embedded;
+use crate::histogram;
+
+/// Options of `bench-cache`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Routes cached (partitions of the table).
+    #[arg(long, default_value_t = 100_000)]
+    entries: usize,
+    /// Timed calls per cache.
+    #[arg(long, default_value_t = 1_000_000)]
+    calls: usize,
+    /// Rounds the calls are split into (the queue is drained between rounds).
+    #[arg(long, default_value_t = 20)]
+    rounds: usize,
+    /// Seed of the map and the hashes.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    entries: usize,
+    calls: u64,
+    hit_ns_p50: f64,
+    hit_ns_p99: f64,
+    moka_get_ns_p50: f64,
+    moka_get_ns_p99: f64,
+    quick_cache_get_ns_p50: f64,
+    quick_cache_get_ns_p99: f64,
+    hit_vs_quick_cache_p50: f64,
+    refresh_lookups_sent: u64,
+    refreshes_dropped: u64,
+    timer_overhead_ns: f64,
+}
+
+pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
+    ensure!(args.entries >= 1 && args.rounds >= 1 && args.calls >= args.rounds, "--entries, --rounds and --calls must be positive, --calls at least --rounds");
+    let server = Embedded::start(1)?;
+    let client_rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let result = client_rt.block_on(measure(args, &server));
+    drop(client_rt);
+    server.stop();
+    let report = result?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("{} cached routes, {} timed calls per cache", report.entries, report.calls);
+        println!("{:<34} {:>8} {:>8}", "ns per call", "p50", "p99");
+        println!("{:<34} {:>8.0} {:>8.0}", "router-cache route_hash (hit)", report.hit_ns_p50, report.hit_ns_p99);
+        println!("{:<34} {:>8.0} {:>8.0}", "moka sync get", report.moka_get_ns_p50, report.moka_get_ns_p99);
+        println!("{:<34} {:>8.0} {:>8.0}", "quick_cache get", report.quick_cache_get_ns_p50, report.quick_cache_get_ns_p99);
+        println!(
+            "hit / quick_cache get = {:.2}; {} refresh lookups sent, {} dropped (timer overhead {:.0} ns subtracted)",
+            report.hit_vs_quick_cache_p50, report.refresh_lookups_sent, report.refreshes_dropped, report.timer_overhead_ns
+        );
+    }
+    Ok(())
+}
+
+async fn measure(args: &Args, server: &Embedded) -> anyhow::Result<Report> {
+    let map = synth::generate_table(
+        &SynthConfig {
+            partitions: args.entries,
+            seed: args.seed,
+            ..SynthConfig::default()
+        },
+        0,
+    );
+    let table = map.name().as_str().to_owned();
+    let tls_dir = server.tls_dir();
+    let admin = Connector::new(&ClientTls::from_dir(&tls_dir, Role::Admin)?, ConnectOptions::default())?
+        .connect(server.addr())
+        .await
+        .context("connecting as admin")?;
+    admin.put_table(&map).await.context("loading the table")?;
+    let per_round = args.calls / args.rounds;
+    let cache = RouterCache::builder(vec![server.addr()], ClientTls::from_dir(&tls_dir, Role::Router)?)
+        .mode(Mode::ConstantWork)
+        .queue_bound(per_round + 1024)
+        .build()
+        .await
+        .context("starting the router cache")?;
+
+    // Warm: one miss per partition.
+    let mut routes: Vec<Arc<Route>> = Vec::with_capacity(args.entries);
+    for p in map.partitions() {
+        routes.push(cache.route_hash(&table, p.start).await.context("warming the cache")?);
+    }
+    cache.drain().await;
+    ensure!(cache.stats().entries as usize == args.entries, "the cache holds {} routes, not {}", cache.stats().entries, args.entries);
+    let moka: moka::sync::Cache<u64, Arc<Route>> = moka::sync::Cache::new(2 * args.entries as u64);
+    let quick: quick_cache::sync::Cache<u64, Arc<Route>> = quick_cache::sync::Cache::new(2 * args.entries);
+    for r in &routes {
+        moka.insert(r.start, Arc::clone(r));
+        quick.insert(r.start, Arc::clone(r));
+    }
+
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(args.seed ^ 0xCACE);
+    let timer = histogram::timer_overhead_ns();
+    let (mut h_hit, mut h_moka, mut h_quick) = (histogram::latency(), histogram::latency(), histogram::latency());
+    let record = |h: &mut hdrhistogram::Histogram<u64>, ns: u128| {
+        h.saturating_record((ns as f64 - timer).max(1.0) as u64);
+    };
+    let sent_before = cache.stats().lookups_sent;
+    let mut calls = 0u64;
+    for _ in 0..args.rounds {
+        let probes: Vec<(u64, u64)> = (0..per_round)
+            .map(|_| {
+                let h: u64 = rng.random();
+                (h, map.partitions()[map.floor_index(h)].start)
+            })
+            .collect();
+        for &(h, _) in &probes {
+            let t = Instant::now();
+            let r = cache.route_hash(&table, h).await;
+            let ns = t.elapsed().as_nanos();
+            black_box(r?);
+            record(&mut h_hit, ns);
+        }
+        for &(_, key) in &probes {
+            let t = Instant::now();
+            let r = moka.get(&key);
+            let ns = t.elapsed().as_nanos();
+            black_box(r.context("moka lost an entry")?);
+            record(&mut h_moka, ns);
+        }
+        for &(_, key) in &probes {
+            let t = Instant::now();
+            let r = quick.get(&key);
+            let ns = t.elapsed().as_nanos();
+            black_box(r.context("quick_cache lost an entry")?);
+            record(&mut h_quick, ns);
+        }
+        calls += probes.len() as u64;
+        cache.drain().await;
+    }
+    let st = cache.stats();
+    ensure!(st.misses as usize == args.entries, "timed calls missed the cache: {st:?}");
+    cache.shutdown();
+    let p = |h: &hdrhistogram::Histogram<u64>, q: f64| h.value_at_quantile(q) as f64;
+    Ok(Report {
+        entries: args.entries,
+        calls,
+        hit_ns_p50: p(&h_hit, 0.5),
+        hit_ns_p99: p(&h_hit, 0.99),
+        moka_get_ns_p50: p(&h_moka, 0.5),
+        moka_get_ns_p99: p(&h_moka, 0.99),
+        quick_cache_get_ns_p50: p(&h_quick, 0.5),
+        quick_cache_get_ns_p99: p(&h_quick, 0.99),
+        hit_vs_quick_cache_p50: p(&h_hit, 0.5) / p(&h_quick, 0.5).max(1.0),
+        refresh_lookups_sent: st.lookups_sent - sent_before,
+        refreshes_dropped: st.dropped,
+        timer_overhead_ns: timer,
+    })
+}
