@@ -87,7 +87,6 @@ struct Report {
     vs_redis: Option<f64>,
 }
 
-
 pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     ensure!(
         args.concurrency >= 1 && args.batch >= 1 && args.connections >= 1,

@@ -33,7 +33,10 @@ impl Embedded {
             .enable_all()
             .build()
             .context("starting the server runtime")?;
-        let config = memds_server::ServerConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)), data_dir.clone());
+        let config = memds_server::ServerConfig::new(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir.clone(),
+        );
         let server = runtime
             .block_on(memds_server::start(config))
             .context("starting the embedded server")?;

@@ -34,6 +34,7 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::enum_variant_names)] // The subcommands are named bench-*; experiments join them later.
 enum Command {
     /// Memory per partition and lookup latency of the compact map encoding, against a naive
     /// Vec of structs and against zstd, in one run.

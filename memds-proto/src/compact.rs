@@ -62,11 +62,11 @@ use std::sync::Arc;
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::bits::{self, BitWriter};
-use crate::radix::RadixIndex;
 use crate::model::{
     Epoch, MAX_REPLICAS, NodeId, NodeSpec, Partition, PartitionId, Replicas, Route, RouteReplica,
     StorageNode, TableMap, TableName, TableVersion,
 };
+use crate::radix::RadixIndex;
 
 /// Partitions per block.
 pub const BLOCK_LEN: usize = 64;

@@ -14,15 +14,27 @@ pub struct RadixIndex {
 }
 
 impl RadixIndex {
-    /// Builds the index over `starts`, which must be sorted ascending (fewer than 2^32).
+    /// Builds the index over `starts`, which must be sorted ascending (fewer than 2^32), with
+    /// about one start per bucket.
     pub fn new(starts: &[u64]) -> Self {
+        Self::with_density(starts, 1)
+    }
+
+    /// Like [`RadixIndex::new`] with about `per_bucket` starts per bucket (a power of two): a
+    /// smaller index that stays in cache, for a slightly longer search inside a bucket.
+    pub fn with_density(starts: &[u64], per_bucket: usize) -> Self {
         let n = starts.len();
-        let bits = (usize::BITS - n.max(1).saturating_sub(1).leading_zeros()).min(24);
+        let buckets_wanted = n.div_ceil(per_bucket.max(1));
+        let bits = (usize::BITS - buckets_wanted.max(1).saturating_sub(1).leading_zeros()).min(24);
         let buckets = 1usize << bits;
         let mut first = Vec::with_capacity(buckets + 1);
         let mut b = 0usize;
         for k in 0..buckets {
-            let first_value = if bits == 0 { 0 } else { (k as u64) << (64 - bits) };
+            let first_value = if bits == 0 {
+                0
+            } else {
+                (k as u64) << (64 - bits)
+            };
             while b + 1 < n && starts[b + 1] <= first_value {
                 b += 1;
             }
@@ -39,7 +51,19 @@ impl RadixIndex {
     /// index was built over.
     #[inline]
     pub fn floor(&self, starts: &[u64], value: u64) -> Option<usize> {
-        if starts.is_empty() {
+        self.floor_by(starts.len(), value, |i| starts[i])
+    }
+
+    /// Like [`RadixIndex::floor`] over `len` starts read through `start_at`, for starts stored
+    /// inside larger records.
+    #[inline]
+    pub fn floor_by(
+        &self,
+        len: usize,
+        value: u64,
+        start_at: impl Fn(usize) -> u64,
+    ) -> Option<usize> {
+        if len == 0 {
             return None;
         }
         let k = if self.bits == 0 {
@@ -47,9 +71,19 @@ impl RadixIndex {
         } else {
             (value >> (64 - self.bits)) as usize
         };
-        let (lo, hi) = (self.first[k] as usize, self.first[k + 1] as usize);
-        let below = starts[lo..=hi].partition_point(|&s| s <= value);
-        (below > 0).then(|| lo + below - 1)
+        let (mut lo, mut hi) = (self.first[k] as usize, self.first[k + 1] as usize + 1);
+        // Invariant: the answer is below `hi`, and everything below `lo` is at most `value`.
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if start_at(mid) <= value {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        // Starts before `first[k]` are at most the bucket's first value, so `lo` only stays at
+        // `first[k]` when that is 0 and every start is above `value`.
+        lo.checked_sub(1)
     }
 
     /// Heap bytes of the index.
@@ -87,12 +121,14 @@ mod tests {
             starts.sort_unstable();
             starts.dedup();
             let index = RadixIndex::new(&starts);
+            let sparse = RadixIndex::with_density(&starts, 4);
             let mut all = probes;
             all.extend([0, u64::MAX]);
             all.extend(starts.iter().flat_map(|&s| [s, s.wrapping_sub(1), s.saturating_add(1)]));
             for v in all {
                 let want = starts.partition_point(|&s| s <= v).checked_sub(1);
                 prop_assert_eq!(index.floor(&starts, v), want, "value {}", v);
+                prop_assert_eq!(sparse.floor(&starts, v), want, "value {} (sparse)", v);
             }
         }
     }

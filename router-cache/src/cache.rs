@@ -15,10 +15,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use crossbeam_queue::ArrayQueue;
 use memds_client::{ClientError, ClientTls, ConnectOptions, Connector};
 use memds_proto::wire::{self, ErrorReply, NodeList, Request, Response, Routes};
 use memds_proto::{Route, TableName, key_hash};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Notify, oneshot, watch};
+use xxhash_rust::xxh3::Xxh3Builder;
 
 use crate::fleet::{Fleet, Server};
 use crate::table::{Applied, Check, TableRoutes};
@@ -211,9 +213,14 @@ fn add(c: &AtomicU64, n: u64) {
 
 type Waiter = oneshot::Sender<Result<Arc<Route>, CacheError>>;
 
+/// Tables by name, hashed with XXH3 (table names are short; SipHash would dominate a hit).
+type Tables = HashMap<Box<str>, Arc<TableState>, Xxh3Builder>;
+
 /// A cached table: its routes and its node list.
 #[derive(Debug)]
 struct TableState {
+    /// Position in `Inner::by_id`; queued jobs name their table by it.
+    id: u32,
     name: TableName,
     routes: TableRoutes,
     nodes: ArcSwap<NodeList>,
@@ -223,7 +230,7 @@ struct TableState {
 
 /// One queued lookup.
 struct Job {
-    table: Arc<TableState>,
+    table: u32,
     hash: u64,
     /// A waiting miss and its deadline; `None` for a refresh.
     waiter: Option<(Waiter, Instant)>,
@@ -235,9 +242,14 @@ struct Inner {
     request_timeout: Duration,
     hedge_delay: Duration,
     max_batch: usize,
-    tables: ArcSwap<HashMap<Box<str>, Arc<TableState>>>,
+    tables: ArcSwap<Tables>,
+    by_id: ArcSwap<Vec<Arc<TableState>>>,
     new_table: Mutex<()>,
-    queue: mpsc::Sender<Job>,
+    /// Lookups for the fleet: a lock-free bounded queue, so a hit's enqueue is one
+    /// compare-and-swap; the dispatcher is woken only when it sleeps.
+    queue: ArrayQueue<Job>,
+    dispatcher_asleep: AtomicBool,
+    wake: Notify,
     fleet: Fleet,
     counters: Counters,
     started: Instant,
@@ -284,23 +296,25 @@ impl RouterCache {
             config.reconnect_max,
             shutdown_rx.clone(),
         );
-        let (queue, rx) = mpsc::channel(config.queue_bound.max(1));
         let inner = Arc::new(Inner {
             mode: config.mode,
             capacity: config.capacity.max(1),
             request_timeout: config.request_timeout,
             hedge_delay: config.hedge_delay,
             max_batch: config.max_batch.clamp(1, wire::DEFAULT_MAX_BATCH),
-            tables: ArcSwap::from_pointee(HashMap::new()),
+            tables: ArcSwap::from_pointee(Tables::default()),
+            by_id: ArcSwap::from_pointee(Vec::new()),
             new_table: Mutex::new(()),
-            queue,
+            queue: ArrayQueue::new(config.queue_bound.max(1)),
+            dispatcher_asleep: AtomicBool::new(false),
+            wake: Notify::new(),
             fleet,
             counters: Counters::default(),
             started: Instant::now(),
             shutdown,
             idle: tokio::sync::Notify::new(),
         });
-        tokio::spawn(dispatch(Arc::clone(&inner), rx, shutdown_rx.clone()));
+        tokio::spawn(dispatch(Arc::clone(&inner), shutdown_rx.clone()));
         let cache = Self { inner };
         tokio::spawn(crate::metrics::publish_loop(cache.clone(), shutdown_rx));
         Ok(cache)
@@ -315,12 +329,14 @@ impl RouterCache {
     /// refresh lookup); a miss waits for the fleet.
     pub async fn route_hash(&self, table: &str, hash: u64) -> Result<Arc<Route>, CacheError> {
         let inner = &self.inner;
+        // The hit path: no lock, no allocation, no reference count on the table.
+        if let Some(t) = inner.tables.load().get(table)
+            && let Some(route) = inner.hit(t, hash)
+        {
+            return Ok(route);
+        }
         let t = inner.table(table);
-        if let Some(route) = t.routes.get(hash) {
-            add(&inner.counters.hits, 1);
-            if inner.mode == Mode::ConstantWork {
-                inner.enqueue_refresh(t, hash);
-            }
+        if let Some(route) = inner.hit(&t, hash) {
             return Ok(route);
         }
         add(&inner.counters.misses, 1);
@@ -435,29 +451,55 @@ impl Inner {
         // fleet answers with its error.
         let table_name =
             TableName::new(name).unwrap_or_else(|_| TableName::new("?").expect("valid"));
+        let mut by_id = (**self.by_id.load()).clone();
         let t = Arc::new(TableState {
+            id: u32::try_from(by_id.len()).expect("fewer than 2^32 tables"),
             name: table_name,
             routes: TableRoutes::default(),
             nodes: ArcSwap::from_pointee(NodeList::default()),
             nodes_fetch: tokio::sync::Mutex::new(()),
             downloaded: AtomicBool::new(false),
         });
+        by_id.push(Arc::clone(&t));
+        self.by_id.store(Arc::new(by_id));
         let mut next = (*current).clone();
         next.insert(name.into(), Arc::clone(&t));
         self.tables.store(Arc::new(next));
         t
     }
 
-    fn enqueue_refresh(&self, table: Arc<TableState>, hash: u64) {
+    #[inline]
+    fn hit(&self, t: &TableState, hash: u64) -> Option<Arc<Route>> {
+        let route = t.routes.get(hash)?;
+        add(&self.counters.hits, 1);
+        if self.mode == Mode::ConstantWork {
+            self.enqueue_refresh(t.id, hash);
+        }
+        Some(route)
+    }
+
+    fn enqueue_refresh(&self, table: u32, hash: u64) {
         let job = Job {
             table,
             hash,
             waiter: None,
         };
         add(&self.counters.outstanding, 1);
-        if self.queue.try_send(job).is_err() {
-            self.job_done(1);
-            add(&self.counters.dropped, 1);
+        match self.queue.push(job) {
+            Ok(()) => self.wake_dispatcher(),
+            Err(_) => {
+                self.job_done(1);
+                add(&self.counters.dropped, 1);
+            }
+        }
+    }
+
+    #[inline]
+    fn wake_dispatcher(&self) {
+        if self.dispatcher_asleep.load(Ordering::SeqCst)
+            && self.dispatcher_asleep.swap(false, Ordering::AcqRel)
+        {
+            self.wake.notify_one();
         }
     }
 
@@ -476,7 +518,7 @@ impl Inner {
         }
         let (tx, rx) = oneshot::channel();
         let job = Job {
-            table: t,
+            table: t.id,
             hash,
             waiter: Some((tx, Instant::now() + self.request_timeout)),
         };
@@ -484,10 +526,22 @@ impl Inner {
         // A miss waits for room behind queued refreshes (the dispatcher empties the queue in
         // bulk), within its own timeout; only refreshes are ever dropped.
         let waited = async {
-            if self.queue.send(job).await.is_err() {
-                self.job_done(1);
-                return Err(CacheError::Shutdown);
+            let mut job = job;
+            loop {
+                match self.queue.push(job) {
+                    Ok(()) => break,
+                    Err(back) => {
+                        if *self.shutdown.borrow() {
+                            self.job_done(1);
+                            return Err(CacheError::Shutdown);
+                        }
+                        job = back;
+                        self.wake_dispatcher();
+                        tokio::time::sleep(Duration::from_micros(200)).await;
+                    }
+                }
             }
+            self.wake_dispatcher();
             rx.await.unwrap_or(Err(CacheError::Shutdown))
         };
         match tokio::time::timeout(self.request_timeout, waited).await {
@@ -549,38 +603,55 @@ impl Inner {
 }
 
 /// Takes queued jobs, groups them by table and sends batch frames.
-async fn dispatch(
-    inner: Arc<Inner>,
-    mut rx: mpsc::Receiver<Job>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut buf = Vec::with_capacity(4096);
+async fn dispatch(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
+    const MAX_TAKE: usize = 4096;
+    let mut buf = Vec::with_capacity(MAX_TAKE);
     loop {
-        let n = tokio::select! {
-            _ = shutdown.wait_for(|s| *s) => break,
-            n = rx.recv_many(&mut buf, 4096) => n,
-        };
-        if n == 0 {
-            break;
-        }
-        let mut groups: Vec<(Arc<TableState>, Vec<Job>)> = Vec::new();
-        for job in buf.drain(..) {
-            match groups.iter_mut().find(|(t, _)| Arc::ptr_eq(t, &job.table)) {
-                Some((_, jobs)) => jobs.push(job),
-                None => groups.push((Arc::clone(&job.table), vec![job])),
+        while buf.len() < MAX_TAKE {
+            match inner.queue.pop() {
+                Some(job) => buf.push(job),
+                None => break,
             }
         }
-        for (table, mut jobs) in groups {
+        if buf.is_empty() {
+            // Announce the sleep, then look once more: a producer that pushed before seeing the
+            // flag is caught here, one that pushes after it notifies (and a notification sent
+            // before the wait starts is kept by `Notify`).
+            inner.dispatcher_asleep.store(true, Ordering::SeqCst);
+            if inner.queue.is_empty() {
+                tokio::select! {
+                    _ = shutdown.wait_for(|s| *s) => break,
+                    () = inner.wake.notified() => {}
+                }
+            }
+            inner.dispatcher_asleep.store(false, Ordering::SeqCst);
+            continue;
+        }
+        let mut groups: Vec<(u32, Vec<Job>)> = Vec::new();
+        for job in buf.drain(..) {
+            match groups.iter_mut().find(|(t, _)| *t == job.table) {
+                Some((_, jobs)) => jobs.push(job),
+                None => groups.push((job.table, vec![job])),
+            }
+        }
+        let by_id = inner.by_id.load();
+        for (id, mut jobs) in groups {
+            let table = &by_id[id as usize];
             while !jobs.is_empty() {
                 let rest = jobs.split_off(jobs.len().min(inner.max_batch));
-                send_batch(&inner, Arc::clone(&table), jobs);
+                send_batch(&inner, Arc::clone(table), jobs);
                 jobs = rest;
             }
         }
+        drop(by_id);
+        if *shutdown.borrow() {
+            break;
+        }
+        // Let answers and callers run between takes.
+        tokio::task::yield_now().await;
     }
     // Fail what is still queued.
-    rx.close();
-    while let Ok(job) = rx.try_recv() {
+    while let Some(job) = inner.queue.pop() {
         if let Some((w, _)) = job.waiter {
             let _ = w.send(Err(CacheError::Shutdown));
         }
