@@ -20,6 +20,24 @@ pub(crate) struct Embedded {
 impl Embedded {
     /// Starts a server on 127.0.0.1:0 with a fresh data directory and the development PKI.
     pub(crate) fn start(worker_threads: usize) -> anyhow::Result<Self> {
+        Self::start_inner(worker_threads, None)
+    }
+
+    /// Like [`Embedded::start`], using the PKI of another server's TLS directory (a fleet).
+    pub(crate) fn start_with_tls(
+        worker_threads: usize,
+        tls_dir: &std::path::Path,
+    ) -> anyhow::Result<Self> {
+        Self::start_inner(
+            worker_threads,
+            Some(memds_server::tls::TlsPaths::in_dir(tls_dir)),
+        )
+    }
+
+    fn start_inner(
+        worker_threads: usize,
+        tls: Option<memds_server::tls::TlsPaths>,
+    ) -> anyhow::Result<Self> {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let data_dir = std::env::temp_dir().join(format!(
             "memds-loadgen-{}-{}",
@@ -33,10 +51,11 @@ impl Embedded {
             .enable_all()
             .build()
             .context("starting the server runtime")?;
-        let config = memds_server::ServerConfig::new(
+        let mut config = memds_server::ServerConfig::new(
             SocketAddr::from(([127, 0, 0, 1], 0)),
             data_dir.clone(),
         );
+        config.tls = tls;
         let server = runtime
             .block_on(memds_server::start(config))
             .context("starting the embedded server")?;
@@ -52,12 +71,12 @@ impl Embedded {
         self.server.quic_addr
     }
 
-    /// Its development TLS directory.
+    /// Its development TLS directory (for a server sharing another's PKI, that one's).
     pub(crate) fn tls_dir(&self) -> PathBuf {
         self.server
             .tls_dir
             .clone()
-            .expect("an embedded server always uses the development PKI")
+            .unwrap_or_else(|| self.data_dir.join("tls"))
     }
 
     /// Stops the server and removes its data directory.

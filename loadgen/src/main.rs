@@ -4,6 +4,9 @@
 //!
 //! # Layout
 //!
+//! - `experiment`: `loadgen experiment`, the main job: constant-work vs classic caching under
+//!   failures, open-loop load from real router caches against a real fleet.
+//! - `report`: its outputs: results.json, PNG and SVG plots, report.html, the terminal table.
 //! - `bench_map`: `loadgen bench-map`, memory and lookup cost of the compact partition-map
 //!   encoding against the naive design and zstd, measured in one run.
 //! - `bench_server`: `loadgen bench-server`, lookups per server CPU-second over QUIC against
@@ -18,7 +21,9 @@ mod bench_cache;
 mod bench_map;
 mod bench_server;
 mod embedded;
+mod experiment;
 mod histogram;
+mod report;
 
 use clap::{Parser, Subcommand};
 
@@ -34,8 +39,10 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-#[allow(clippy::enum_variant_names)] // The subcommands are named bench-*; experiments join them later.
 enum Command {
+    /// The bimodality experiment: constant-work vs classic caching under cache flushes,
+    /// scale-outs, invalidation storms and server loss, with a report and plots.
+    Experiment(experiment::Args),
     /// Memory per partition and lookup latency of the compact map encoding, against a naive
     /// Vec of structs and against zstd, in one run.
     BenchMap(bench_map::Args),
@@ -50,6 +57,7 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Experiment(args) => experiment::run(&args),
         Command::BenchMap(args) => bench_map::run(&args),
         Command::BenchServer(args) => bench_server::run(&args),
         Command::BenchCache(args) => bench_cache::run(&args),

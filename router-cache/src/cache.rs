@@ -328,23 +328,34 @@ impl RouterCache {
     /// The route for a hash. A hit answers at once (and, in ConstantWork mode, queues one
     /// refresh lookup); a miss waits for the fleet.
     pub async fn route_hash(&self, table: &str, hash: u64) -> Result<Arc<Route>, CacheError> {
+        self.route_hash_traced(table, hash)
+            .await
+            .map(|(route, _)| route)
+    }
+
+    /// Like [`RouterCache::route_hash`], also saying whether the cache answered (a hit).
+    pub async fn route_hash_traced(
+        &self,
+        table: &str,
+        hash: u64,
+    ) -> Result<(Arc<Route>, bool), CacheError> {
         let inner = &self.inner;
         // The hit path: no lock, no allocation, no reference count on the table.
         if let Some(t) = inner.tables.load().get(table)
             && let Some(route) = inner.hit(t, hash)
         {
-            return Ok(route);
+            return Ok((route, true));
         }
         let t = inner.table(table);
         if let Some(route) = inner.hit(&t, hash) {
-            return Ok(route);
+            return Ok((route, true));
         }
         add(&inner.counters.misses, 1);
         let result = inner.miss(t, hash).await;
         if result.is_err() {
             add(&inner.counters.errors, 1);
         }
-        result
+        result.map(|route| (route, false))
     }
 
     /// Drops a route a storage node reported wrong (its epoch at most `observed_epoch`); the next

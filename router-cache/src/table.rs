@@ -9,8 +9,7 @@
 //! `ArcSwap`, so a hit takes no lock at all and finds its route in a probe or two. Removing or
 //! replacing a route withdraws the snapshot before the write lock is released, so a hit never
 //! sees a route the map no longer has; a route the snapshot lacks is looked up in the map. The
-//! snapshot is rebuilt off the hit path, at most every 50 ms unless an eighth of the table
-//! changed.
+//! snapshot is rebuilt off the hit path, at most every 50 ms while the map changes.
 //!
 //! Staleness rules (DESIGN.md): a cached route is never replaced by an older one. For the same
 //! partition id the epoch decides; for overlapping routes of different partitions the table
@@ -50,7 +49,6 @@ pub struct TableRoutes {
     snapshot: ArcSwapOption<Snapshot>,
     /// The map has routes the snapshot lacks (or the snapshot was withdrawn).
     dirty: AtomicBool,
-    changes: AtomicU64,
     rebuilt_at: AtomicU64,
 }
 
@@ -62,7 +60,7 @@ struct Snapshot {
     index: RadixIndex,
 }
 
-/// How long a snapshot may lag the map when few routes changed, in nanoseconds.
+/// The shortest time between two rebuilds of a snapshot that are not forced, in nanoseconds.
 const REBUILD_INTERVAL_NS: u64 = 50_000_000;
 
 /// What applying an answer did.
@@ -116,20 +114,20 @@ impl TableRoutes {
     }
 
     /// Rebuilds the hit snapshot if the map changed, unless it was rebuilt less than 50 ms ago
-    /// and under an eighth of the routes changed since (or `force`).
+    /// (`force` rebuilds anyway).
     pub fn maybe_rebuild(&self, now: u64, force: bool) {
         if !self.dirty.load(Ordering::Relaxed) {
             return;
         }
-        let routes = self.read();
-        let len = routes.by_start.len() as u64;
-        let recent =
-            now.saturating_sub(self.rebuilt_at.load(Ordering::Relaxed)) < REBUILD_INTERVAL_NS;
-        if !force && recent && self.changes.load(Ordering::Relaxed) * 8 < len {
+        // At most one rebuild per interval: after a flush every answer changes the map, and
+        // rebuilding for each would cost O(routes) per answer; meanwhile hits the snapshot
+        // lacks are served from the map.
+        let since = now.saturating_sub(self.rebuilt_at.load(Ordering::Relaxed));
+        if !force && since < REBUILD_INTERVAL_NS {
             return;
         }
+        let routes = self.read();
         self.dirty.store(false, Ordering::Relaxed);
-        self.changes.store(0, Ordering::Relaxed);
         self.rebuilt_at.store(now, Ordering::Relaxed);
         let starts: Vec<u64> = routes.by_start.keys().copied().collect();
         // About four routes per bucket: a radix array a quarter the size stays in cache, and the
@@ -150,7 +148,6 @@ impl TableRoutes {
         if withdraw {
             self.snapshot.store(None);
         }
-        self.changes.fetch_add(1, Ordering::Relaxed);
         self.dirty.store(true, Ordering::Relaxed);
     }
 
@@ -270,12 +267,15 @@ impl TableRoutes {
         stale
     }
 
-    /// Removes every route.
+    /// Removes every route. The routes are freed after the lock is released, so readers wait
+    /// only for the swap, not for the freeing.
     pub fn clear(&self) {
-        let mut routes = self.write();
-        self.changed(true);
-        routes.by_start.clear();
-        routes.start_of_id.clear();
+        let taken = {
+            let mut routes = self.write();
+            self.changed(true);
+            std::mem::take(&mut *routes)
+        };
+        drop(taken);
     }
 
     /// Evicts the route whose start is the floor of `hash` (a pseudo-random victim when `hash` is
