@@ -682,6 +682,10 @@ async fn run_one(
         let total = fleet.lookups(&mut last).await;
         let now = Instant::now();
         let secs = now.duration_since(prev_t).as_secs_f64().max(1e-6);
+        if now >= end && secs < 0.9 * interval.as_secs_f64() {
+            // A last, short interval as the load stops would read as a drop in load.
+            break;
+        }
         let iv = std::mem::take(&mut meter.lock().unwrap_or_else(|p| p.into_inner()).interval);
         samples.push(Sample {
             t: started.elapsed().as_secs_f64(),
@@ -886,11 +890,18 @@ fn summarize(
         .iter()
         .find(|s| s.fleet_lookups_per_s == peak)
         .map_or(trigger_s, |s| s.t);
-    let recover = after
-        .iter()
-        .filter(|s| s.t >= peak_at)
-        .find(|s| s.fleet_lookups_per_s <= 1.5 * steady_mean.max(1.0))
-        .map(|s| (s.t - trigger_s).max(0.0));
+    // Recovered: back within 1.5x of steady load; 0 if the trigger never took it beyond, `None`
+    // if it was still beyond when the run ended.
+    let bound = 1.5 * steady_mean.max(1.0);
+    let recover = if peak <= bound {
+        Some(0.0)
+    } else {
+        after
+            .iter()
+            .filter(|s| s.t >= peak_at)
+            .find(|s| s.fleet_lookups_per_s <= bound)
+            .map(|s| (s.t - trigger_s).max(0.0))
+    };
     let pct = |p: &Phase| Percentiles {
         p50: p.latency.value_at_quantile(0.5) as f64 / 1000.0,
         p99: p.latency.value_at_quantile(0.99) as f64 / 1000.0,
