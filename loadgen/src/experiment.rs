@@ -360,6 +360,9 @@ struct Authority {
     /// as real ones do while the change propagates.
     map: RwLock<(Arc<TableMap>, Arc<TableMap>)>,
     next_id: Mutex<u64>,
+    /// One change at a time: a change is read, pushed to every server and made current as
+    /// one step, so the servers and the authority never diverge.
+    changing: tokio::sync::Mutex<()>,
 }
 
 impl Authority {
@@ -520,6 +523,7 @@ async fn run_one(
     let authority = Arc::new(Authority {
         map: RwLock::new((Arc::clone(&map), map)),
         next_id: Mutex::new(max_id + 1),
+        changing: tokio::sync::Mutex::new(()),
     });
 
     let (fleet_addrs, fleet_tls) = (fleet.addrs.clone(), fleet.tls_dir.clone());
@@ -642,6 +646,7 @@ async fn run_one(
             tick.tick().await;
             while Instant::now() < end {
                 tick.tick().await;
+                let _change = authority.changing.lock().await;
                 let current = authority.current();
                 let rank = dist.sample(&mut rng) as u64;
                 let i = current.floor_index(key_hash(format!("key-{rank}").as_bytes()));
@@ -793,6 +798,7 @@ where
                 .extend(cold);
         }
         Scenario::InvalidationStorm => {
+            let _change = authority.changing.lock().await;
             let current = authority.current();
             let n = current.partitions().len();
             let every = ((1.0 / args.storm.clamp(1e-6, 1.0)).round() as usize).max(1);
