@@ -1,32 +1,20 @@
 //! Runs the real `loadgen bench-cache` binary briefly and checks its report.
 
-use std::process::Command;
+mod common;
 
 #[test]
 fn bench_cache_reports_hits_next_to_moka_and_quick_cache() {
-    let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args([
-            "bench-cache",
-            "--entries",
-            "2000",
-            "--calls",
-            "20000",
-            "--rounds",
-            "4",
-            "--json",
-        ])
-        .output()
-        .expect("loadgen runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
-    let num = |k: &str| {
-        r[k].as_f64()
-            .unwrap_or_else(|| panic!("{k} missing from {r}"))
-    };
+    let r = common::run_json(&[
+        "bench-cache",
+        "--entries",
+        "2000",
+        "--calls",
+        "20000",
+        "--rounds",
+        "4",
+        "--json",
+    ]);
+    let num = |k: &str| common::num(&r, k);
     for k in [
         "hit_ns_p50",
         "hit_ns_p99",

@@ -1,34 +1,22 @@
 //! Runs the real `loadgen bench-map` binary on a small map and checks its report.
 
+mod common;
+
 use std::process::Command;
 
 #[test]
 fn bench_map_json_has_every_figure_and_consistent_values() {
-    let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args([
-            "bench-map",
-            "--partitions",
-            "20000",
-            "--tables",
-            "2",
-            "--lookups",
-            "20000",
-            "--json",
-        ])
-        .output()
-        .expect("loadgen runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value =
-        serde_json::from_slice(&out.stdout).expect("stdout is one JSON object");
-    let num = |k: &str| {
-        report[k]
-            .as_f64()
-            .unwrap_or_else(|| panic!("{k} missing from {report}"))
-    };
+    let report = common::run_json(&[
+        "bench-map",
+        "--partitions",
+        "20000",
+        "--tables",
+        "2",
+        "--lookups",
+        "20000",
+        "--json",
+    ]);
+    let num = |k: &str| common::num(&report, k);
     assert_eq!(num("partitions"), 20_000.0);
     assert_eq!(num("tables"), 2.0);
     for k in [

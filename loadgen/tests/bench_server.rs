@@ -1,35 +1,23 @@
 //! Runs the real `loadgen bench-server` binary (embedded server, real QUIC) briefly and checks
 //! its report.
 
-use std::process::Command;
+mod common;
 
 #[test]
 fn bench_server_reports_server_counted_lookups_per_cpu_second() {
-    let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args([
-            "bench-server",
-            "--partitions",
-            "5000",
-            "--duration",
-            "1",
-            "--concurrency",
-            "4",
-            "--batch",
-            "64",
-            "--json",
-        ])
-        .output()
-        .expect("loadgen runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
-    let num = |k: &str| {
-        r[k].as_f64()
-            .unwrap_or_else(|| panic!("{k} missing from {r}"))
-    };
+    let r = common::run_json(&[
+        "bench-server",
+        "--partitions",
+        "5000",
+        "--duration",
+        "1",
+        "--concurrency",
+        "4",
+        "--batch",
+        "64",
+        "--json",
+    ]);
+    let num = |k: &str| common::num(&r, k);
     for k in [
         "lookups_per_s",
         "server_cpu_seconds",
