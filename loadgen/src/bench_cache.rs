@@ -63,6 +63,8 @@ struct Report {
     moka_get_ns_mean: f64,
     quick_cache_get_ns_mean: f64,
     hit_vs_quick_cache_mean: f64,
+    /// The route structure alone (floor lookup and `Arc` clone, no registry, no enqueue).
+    structure_get_ns_mean: f64,
     refresh_lookups_sent: u64,
     refreshes_dropped: u64,
     timer_overhead_ns: f64,
@@ -180,6 +182,13 @@ async fn measure(args: &Args, server: &Embedded) -> anyhow::Result<Report> {
 
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(args.seed ^ 0xCACE);
     let timer = histogram::timer_overhead_ns();
+    // The cache's route structure on its own, holding the same routes.
+    let structure = router_cache::table::TableRoutes::default();
+    for r in &routes {
+        structure.insert(Arc::clone(r), 0);
+    }
+    structure.maybe_rebuild(1, true);
+    let mut mean_structure = Vec::new();
     let (mut h_hit, mut h_moka, mut h_quick) = (
         histogram::latency(),
         histogram::latency(),
@@ -238,6 +247,11 @@ async fn measure(args: &Args, server: &Embedded) -> anyhow::Result<Report> {
             black_box(quick.get(&key));
         }
         mean_quick.push(t.elapsed().as_nanos() as f64 / probes.len() as f64);
+        let t = Instant::now();
+        for &(h, _) in &probes {
+            black_box(structure.get(h));
+        }
+        mean_structure.push(t.elapsed().as_nanos() as f64 / probes.len() as f64);
     }
     let st = cache.stats();
     let median = |v: &mut Vec<f64>| {
@@ -269,6 +283,7 @@ async fn measure(args: &Args, server: &Embedded) -> anyhow::Result<Report> {
         moka_get_ns_mean: moka_mean,
         quick_cache_get_ns_mean: quick_mean,
         hit_vs_quick_cache_mean: hit_mean / quick_mean.max(1.0),
+        structure_get_ns_mean: median(&mut mean_structure),
         refresh_lookups_sent: st.lookups_sent - sent_before,
         refreshes_dropped: st.dropped,
         timer_overhead_ns: timer,

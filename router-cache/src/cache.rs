@@ -20,7 +20,7 @@ use memds_client::{ClientError, ClientTls, ConnectOptions, Connector};
 use memds_proto::wire::{self, ErrorReply, NodeList, Request, Response, Routes};
 use memds_proto::{Route, TableName, key_hash};
 use tokio::sync::{Notify, oneshot, watch};
-use xxhash_rust::xxh3::Xxh3Builder;
+use rustc_hash::FxBuildHasher;
 
 use crate::fleet::{Fleet, Server};
 use crate::table::{Applied, Check, TableRoutes};
@@ -213,8 +213,9 @@ fn add(c: &AtomicU64, n: u64) {
 
 type Waiter = oneshot::Sender<Result<Arc<Route>, CacheError>>;
 
-/// Tables by name, hashed with XXH3 (table names are short; SipHash would dominate a hit).
-type Tables = HashMap<Box<str>, Arc<TableState>, Xxh3Builder>;
+/// Tables by name, with FxHash: table names are short and trusted (the router's own), and a
+/// keyed or streaming hasher would cost more than the rest of a hit.
+type Tables = HashMap<Box<str>, Arc<TableState>, FxBuildHasher>;
 
 /// A cached table: its routes and its node list.
 #[derive(Debug)]
