@@ -195,6 +195,9 @@ pub struct CacheStats {
     pub oldest_unconfirmed_seconds: Option<f64>,
 }
 
+/// The cache's counters. Jobs in the queue or in flight are not counted directly (that would
+/// cost a hit a second atomic operation): they are what was enqueued less what finished, where
+/// in ConstantWork every hit enqueued one refresh.
 #[derive(Debug, Default)]
 struct Counters {
     hits: AtomicU64,
@@ -203,8 +206,14 @@ struct Counters {
     lookups_sent: AtomicU64,
     hedged: AtomicU64,
     changed: AtomicU64,
+    /// Refreshes dropped after they were queued (no server to send them to).
     dropped: AtomicU64,
-    outstanding: AtomicU64,
+    /// Refreshes that found the queue full.
+    refused: AtomicU64,
+    /// Misses queued.
+    miss_jobs: AtomicU64,
+    /// Jobs taken off the queue and finished.
+    finished: AtomicU64,
 }
 
 fn add(c: &AtomicU64, n: u64) {
@@ -390,7 +399,7 @@ impl RouterCache {
     pub async fn drain(&self) {
         loop {
             let notified = self.inner.idle.notified();
-            if self.inner.counters.outstanding.load(Ordering::SeqCst) == 0 {
+            if self.inner.outstanding() == 0 {
                 break;
             }
             let _ = tokio::time::timeout(Duration::from_millis(20), notified).await;
@@ -424,8 +433,8 @@ impl RouterCache {
             lookups_sent: c.lookups_sent.load(Ordering::Relaxed),
             hedged: c.hedged.load(Ordering::Relaxed),
             refreshes_changed: c.changed.load(Ordering::Relaxed),
-            dropped: c.dropped.load(Ordering::Relaxed),
-            queue_depth: c.outstanding.load(Ordering::Relaxed),
+            dropped: c.dropped.load(Ordering::Relaxed) + c.refused.load(Ordering::Relaxed),
+            queue_depth: self.inner.outstanding(),
             entries,
             servers_up: self.inner.fleet.up() as u64,
             oldest_unconfirmed_seconds: oldest.map(|t| now.saturating_sub(t) as f64 / 1e9),
@@ -496,13 +505,9 @@ impl Inner {
             hash,
             waiter: None,
         };
-        add(&self.counters.outstanding, 1);
         match self.queue.push(job) {
             Ok(()) => self.wake_dispatcher(),
-            Err(_) => {
-                self.job_done(1);
-                add(&self.counters.dropped, 1);
-            }
+            Err(_) => add(&self.counters.refused, 1),
         }
     }
 
@@ -534,7 +539,7 @@ impl Inner {
             hash,
             waiter: Some((tx, Instant::now() + self.request_timeout)),
         };
-        add(&self.counters.outstanding, 1);
+        add(&self.counters.miss_jobs, 1);
         // A miss waits for room behind queued refreshes (the dispatcher empties the queue in
         // bulk), within its own timeout; only refreshes are ever dropped.
         let waited = async {
@@ -598,9 +603,24 @@ impl Inner {
     }
 
     fn job_done(&self, n: u64) {
-        if self.counters.outstanding.fetch_sub(n, Ordering::SeqCst) == n {
+        self.counters.finished.fetch_add(n, Ordering::SeqCst);
+        if self.outstanding() == 0 {
             self.idle.notify_waiters();
         }
+    }
+
+    /// Jobs queued or in flight: enqueued less refused less finished. `finished` is read first:
+    /// every finished job was enqueued before, so the difference never goes below zero.
+    fn outstanding(&self) -> u64 {
+        let c = &self.counters;
+        let finished = c.finished.load(Ordering::SeqCst);
+        let refreshes = match self.mode {
+            Mode::ConstantWork => c.hits.load(Ordering::SeqCst),
+            Mode::Classic { .. } => 0,
+        };
+        (refreshes + c.miss_jobs.load(Ordering::SeqCst))
+            .saturating_sub(c.refused.load(Ordering::SeqCst))
+            .saturating_sub(finished)
     }
 
     fn enforce_capacity(&self, t: &TableState) {
