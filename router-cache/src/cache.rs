@@ -19,8 +19,8 @@ use crossbeam_queue::ArrayQueue;
 use memds_client::{ClientError, ClientTls, ConnectOptions, Connector};
 use memds_proto::wire::{self, ErrorReply, NodeList, Request, Response, Routes};
 use memds_proto::{Route, TableName, key_hash};
-use tokio::sync::{Notify, oneshot, watch};
 use rustc_hash::FxBuildHasher;
+use tokio::sync::{Notify, oneshot, watch};
 
 use crate::fleet::{Fleet, Server};
 use crate::table::{Applied, Check, TableRoutes};
