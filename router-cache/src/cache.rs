@@ -1,20 +1,23 @@
 //! The router cache: hit path, miss path, the dispatcher that batches lookups to the fleet, and
 //! the application of answers.
 //!
-//! Every `route` call in ConstantWork mode puts exactly one job on a bounded queue: a refresh
-//! (hit) or a waiting lookup (miss). The dispatcher takes whatever is queued, groups it by
-//! table, and sends batch frames to servers picked by power of two choices on in-flight
+//! Every `route` call in ConstantWork mode queues exactly one lookup: a hit puts a refresh on
+//! its thread's bounded ring (`ring`), a miss puts a waiting lookup on the shared bounded queue.
+//! The dispatcher takes whatever is queued, groups it by table, and sends batch frames to servers picked by power of two choices on in-flight
 //! requests. Answers refresh the cache (confirming unchanged routes in place) and complete
 //! waiting misses. A miss still unanswered after the hedge delay is sent to a second server as
 //! well; the first answer wins.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
+use arc_swap::cache::Cache;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use crossbeam_queue::ArrayQueue;
 use memds_client::{ClientError, ClientTls, ConnectOptions, Connector};
 use memds_proto::wire::{self, ErrorReply, NodeList, Request, Response, Routes};
@@ -23,7 +26,8 @@ use rustc_hash::FxBuildHasher;
 use tokio::sync::{Notify, oneshot, watch};
 
 use crate::fleet::{Fleet, Server};
-use crate::table::{Applied, Check, TableRoutes};
+use crate::ring::RefreshRing;
+use crate::table::{Applied, Check, Snapshot, TableRoutes};
 
 /// How the cache uses the fleet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,8 +56,11 @@ pub struct Config {
     pub mode: Mode,
     /// Most routes cached per table; past it a pseudo-random route is evicted.
     pub capacity: usize,
-    /// Most jobs queued for the fleet; past it refreshes are dropped (and counted) and misses
-    /// wait for room (within their timeout).
+    /// Most lookups queued for the fleet per calling thread (rounded up to a power of two):
+    /// each thread that calls the cache queues its refreshes on a ring of its own, so a hit's
+    /// enqueue shares no cache line with other threads; past the bound that thread's refreshes
+    /// are dropped (and counted). Misses wait for room in one shared queue of the same bound
+    /// (within their timeout). Memory: 16 bytes per slot per calling thread.
     pub queue_bound: usize,
     /// How long a miss waits for the fleet before failing.
     pub request_timeout: Duration,
@@ -80,7 +87,7 @@ impl Config {
             },
             mode: Mode::ConstantWork,
             capacity: 1 << 20,
-            queue_bound: 1 << 16,
+            queue_bound: 1 << 14,
             request_timeout: Duration::from_secs(2),
             hedge_delay: Duration::from_millis(50),
             max_batch: 1024,
@@ -195,12 +202,12 @@ pub struct CacheStats {
     pub oldest_unconfirmed_seconds: Option<f64>,
 }
 
-/// The cache's counters. Jobs in the queue or in flight are not counted directly (that would
-/// cost a hit a second atomic operation): they are what was enqueued less what finished, where
-/// in ConstantWork every hit enqueued one refresh.
+/// The cache's shared counters (hits and refused refreshes are counted per thread, in
+/// [`PerThread`]). Jobs queued or in flight are not counted directly (that would cost a hit
+/// another write): they are what was enqueued less what finished, where in ConstantWork every
+/// hit enqueued one refresh.
 #[derive(Debug, Default)]
 struct Counters {
-    hits: AtomicU64,
     misses: AtomicU64,
     errors: AtomicU64,
     lookups_sent: AtomicU64,
@@ -208,8 +215,6 @@ struct Counters {
     changed: AtomicU64,
     /// Refreshes dropped after they were queued (no server to send them to).
     dropped: AtomicU64,
-    /// Refreshes that found the queue full.
-    refused: AtomicU64,
     /// Misses queued.
     miss_jobs: AtomicU64,
     /// Jobs taken off the queue and finished.
@@ -224,7 +229,53 @@ type Waiter = oneshot::Sender<Result<Arc<Route>, CacheError>>;
 
 /// Tables by name, with FxHash: table names are short and trusted (the router's own), and a
 /// keyed or streaming hasher would cost more than the rest of a hit.
-type Tables = HashMap<Box<str>, Arc<TableState>, FxBuildHasher>;
+type Tables<T = Arc<TableState>> = HashMap<Box<str>, T, FxBuildHasher>;
+
+/// What one calling thread shares with the dispatcher and the stats: its ring of refreshes and
+/// its counters. Only that thread writes them, with plain stores: a hit executes no locked
+/// instruction for its bookkeeping.
+#[derive(Debug)]
+struct PerThread {
+    ring: RefreshRing,
+    hits: AtomicU64,
+    /// Refreshes that found the ring full.
+    refused: AtomicU64,
+}
+
+/// Adds one to a counter only the calling thread writes.
+#[inline]
+fn bump(c: &AtomicU64) {
+    c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+}
+
+/// What one thread keeps for its hits: a handle on each table it has looked up, so a hit needs
+/// neither the shared registry nor a shared load of the table's snapshot. An `ArcSwap` load
+/// costs two locked instructions, and each of those waits for the cache misses before it; the
+/// cached handle checks the published pointer with a plain load and reloads only when it moved.
+/// Tables are never removed from the registry, so a handle never outlives its table's entry;
+/// a withdrawn snapshot is seen by the next hit on every thread (the pointer moved). A thread
+/// that stops calling keeps the last snapshot it used until it calls again or the cache is
+/// dropped.
+#[derive(Default)]
+struct LocalTables {
+    by_name: Tables<LocalTable>,
+}
+
+struct LocalTable {
+    id: u32,
+    snapshot: Cache<PublishedSnapshot, Option<Arc<Snapshot>>>,
+}
+
+/// A table's published hit snapshot, owned through the table (what a [`Cache`] watches).
+struct PublishedSnapshot(Arc<TableState>);
+
+impl Deref for PublishedSnapshot {
+    type Target = ArcSwapOption<Snapshot>;
+
+    fn deref(&self) -> &Self::Target {
+        self.0.routes.published()
+    }
+}
 
 /// A cached table: its routes and its node list.
 #[derive(Debug)]
@@ -253,10 +304,15 @@ struct Inner {
     hedge_delay: Duration,
     max_batch: usize,
     tables: ArcSwap<Tables>,
+    /// Each thread's handles on the tables it used: the hit path.
+    local: thread_local::ThreadLocal<RefCell<LocalTables>>,
+    /// Each calling thread's refresh ring and counters.
+    threads: thread_local::ThreadLocal<PerThread>,
+    queue_bound: usize,
     by_id: ArcSwap<Vec<Arc<TableState>>>,
     new_table: Mutex<()>,
-    /// Lookups for the fleet: a lock-free bounded queue, so a hit's enqueue is one
-    /// compare-and-swap; the dispatcher is woken only when it sleeps.
+    /// Misses for the fleet: a lock-free bounded queue; the dispatcher is woken only when it
+    /// sleeps.
     queue: ArrayQueue<Job>,
     dispatcher_asleep: AtomicBool,
     wake: Notify,
@@ -313,6 +369,9 @@ impl RouterCache {
             hedge_delay: config.hedge_delay,
             max_batch: config.max_batch.clamp(1, wire::DEFAULT_MAX_BATCH),
             tables: ArcSwap::from_pointee(Tables::default()),
+            local: thread_local::ThreadLocal::new(),
+            threads: thread_local::ThreadLocal::new(),
+            queue_bound: config.queue_bound.max(1),
             by_id: ArcSwap::from_pointee(Vec::new()),
             new_table: Mutex::new(()),
             queue: ArrayQueue::new(config.queue_bound.max(1)),
@@ -350,13 +409,11 @@ impl RouterCache {
         hash: u64,
     ) -> Result<(Arc<Route>, bool), CacheError> {
         let inner = &self.inner;
-        // The hit path: no lock, no allocation, no reference count on the table.
-        if let Some(t) = inner.tables.load().get(table)
-            && let Some(route) = inner.hit(t, hash)
-        {
+        if let Some(route) = inner.local_hit(table, hash) {
             return Ok((route, true));
         }
         let t = inner.table(table);
+        inner.remember(table, &t);
         if let Some(route) = inner.hit(&t, hash) {
             return Ok((route, true));
         }
@@ -427,13 +484,13 @@ impl RouterCache {
             .filter_map(|t| t.routes.oldest_confirmation())
             .min();
         CacheStats {
-            hits: c.hits.load(Ordering::Relaxed),
+            hits: self.inner.per_thread_sum(|t| &t.hits),
             misses: c.misses.load(Ordering::Relaxed),
             errors: c.errors.load(Ordering::Relaxed),
             lookups_sent: c.lookups_sent.load(Ordering::Relaxed),
             hedged: c.hedged.load(Ordering::Relaxed),
             refreshes_changed: c.changed.load(Ordering::Relaxed),
-            dropped: c.dropped.load(Ordering::Relaxed) + c.refused.load(Ordering::Relaxed),
+            dropped: c.dropped.load(Ordering::Relaxed) + self.inner.per_thread_sum(|t| &t.refused),
             queue_depth: self.inner.outstanding(),
             entries,
             servers_up: self.inner.fleet.up() as u64,
@@ -489,29 +546,82 @@ impl Inner {
         t
     }
 
+    /// The hit path: this thread's handle on the table's snapshot, no lock, no shared load, no
+    /// allocation. `None` when this thread has not used the table yet or the snapshot lacks
+    /// the route (the caller then takes the slow path).
     #[inline]
-    fn hit(&self, t: &TableState, hash: u64) -> Option<Arc<Route>> {
-        let route = t.routes.get(hash)?;
-        add(&self.counters.hits, 1);
-        if self.mode == Mode::ConstantWork {
-            self.enqueue_refresh(t.id, hash);
-        }
+    fn local_hit(&self, table: &str, hash: u64) -> Option<Arc<Route>> {
+        let mut local = self.local.get_or_default().borrow_mut();
+        let t = local.by_name.get_mut(table)?;
+        let id = t.id;
+        let route = Arc::clone(t.snapshot.load().as_ref()?.get(hash)?);
+        drop(local);
+        self.counted_hit(id, hash);
         Some(route)
     }
 
-    fn enqueue_refresh(&self, table: u32, hash: u64) {
-        let job = Job {
-            table,
-            hash,
-            waiter: None,
-        };
-        match self.queue.push(job) {
-            Ok(()) => self.wake_dispatcher(),
-            Err(_) => add(&self.counters.refused, 1),
+    /// Gives this thread a handle on a table, for its next hits.
+    #[cold]
+    fn remember(&self, table: &str, t: &Arc<TableState>) {
+        let mut local = self.local.get_or_default().borrow_mut();
+        if !local.by_name.contains_key(table) {
+            local.by_name.insert(
+                table.into(),
+                LocalTable {
+                    id: t.id,
+                    snapshot: Cache::new(PublishedSnapshot(Arc::clone(t))),
+                },
+            );
         }
     }
 
+    /// A hit from the table's own structure (its snapshot, or its map while the snapshot lags).
+    fn hit(&self, t: &TableState, hash: u64) -> Option<Arc<Route>> {
+        let route = t.routes.get(hash)?;
+        self.counted_hit(t.id, hash);
+        Some(route)
+    }
+
+    /// Counts a hit and, in ConstantWork mode, queues its refresh on this thread's ring.
     #[inline]
+    fn counted_hit(&self, table: u32, hash: u64) {
+        let mine = self.threads.get_or(|| self.new_thread());
+        bump(&mine.hits);
+        if self.mode == Mode::ConstantWork {
+            if mine.ring.push(table, hash) {
+                // A plain load: the ring's release store and this load may pass each other, so
+                // a dispatcher going to sleep at that moment can miss this refresh; it wakes
+                // on its own after `DISPATCH_BACKSTOP` (a full barrier here would cost every
+                // hit what the ring saves).
+                if self.dispatcher_asleep.load(Ordering::Relaxed) {
+                    self.wake_dispatcher();
+                }
+            } else {
+                bump(&mine.refused);
+            }
+        }
+    }
+
+    #[cold]
+    fn new_thread(&self) -> PerThread {
+        PerThread {
+            ring: RefreshRing::new(match self.mode {
+                Mode::ConstantWork => self.queue_bound,
+                Mode::Classic { .. } => 1,
+            }),
+            hits: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+        }
+    }
+
+    /// A per-thread counter summed over the threads.
+    fn per_thread_sum(&self, counter: impl Fn(&PerThread) -> &AtomicU64) -> u64 {
+        self.threads
+            .iter()
+            .map(|t| counter(t).load(Ordering::Relaxed))
+            .sum()
+    }
+
     fn wake_dispatcher(&self) {
         if self.dispatcher_asleep.load(Ordering::SeqCst)
             && self.dispatcher_asleep.swap(false, Ordering::AcqRel)
@@ -540,8 +650,8 @@ impl Inner {
             waiter: Some((tx, Instant::now() + self.request_timeout)),
         };
         add(&self.counters.miss_jobs, 1);
-        // A miss waits for room behind queued refreshes (the dispatcher empties the queue in
-        // bulk), within its own timeout; only refreshes are ever dropped.
+        // A miss waits for room (the dispatcher empties the queue in bulk), within its own
+        // timeout; only refreshes are ever dropped.
         let waited = async {
             let mut job = job;
             loop {
@@ -610,16 +720,17 @@ impl Inner {
     }
 
     /// Jobs queued or in flight: enqueued less refused less finished. `finished` is read first:
-    /// every finished job was enqueued before, so the difference never goes below zero.
+    /// every finished job was enqueued before (and its thread counted it before queueing it),
+    /// so the difference never goes below zero.
     fn outstanding(&self) -> u64 {
         let c = &self.counters;
         let finished = c.finished.load(Ordering::SeqCst);
         let refreshes = match self.mode {
-            Mode::ConstantWork => c.hits.load(Ordering::SeqCst),
+            Mode::ConstantWork => self.per_thread_sum(|t| &t.hits),
             Mode::Classic { .. } => 0,
         };
         (refreshes + c.miss_jobs.load(Ordering::SeqCst))
-            .saturating_sub(c.refused.load(Ordering::SeqCst))
+            .saturating_sub(self.per_thread_sum(|t| &t.refused))
             .saturating_sub(finished)
     }
 
@@ -634,26 +745,27 @@ impl Inner {
     }
 }
 
+/// The longest a sleeping dispatcher waits without being woken: it covers a refresh queued
+/// just as the dispatcher went to sleep (see [`Inner::counted_hit`]).
+const DISPATCH_BACKSTOP: Duration = Duration::from_millis(5);
+
 /// Takes queued jobs, groups them by table and sends batch frames.
 async fn dispatch(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
+    // Most jobs taken from the miss queue, and from each thread's ring, per round.
     const MAX_TAKE: usize = 4096;
     let mut buf = Vec::with_capacity(MAX_TAKE);
     loop {
-        while buf.len() < MAX_TAKE {
-            match inner.queue.pop() {
-                Some(job) => buf.push(job),
-                None => break,
-            }
-        }
+        take(&inner, &mut buf, MAX_TAKE);
         if buf.is_empty() {
-            // Announce the sleep, then look once more: a producer that pushed before seeing the
-            // flag is caught here, one that pushes after it notifies (and a notification sent
-            // before the wait starts is kept by `Notify`).
+            // Announce the sleep, then look once more: a miss queued before the flag was seen
+            // is caught here, one queued after it notifies (and a notification sent before the
+            // wait starts is kept by `Notify`); a refresh is caught by the backstop at worst.
             inner.dispatcher_asleep.store(true, Ordering::SeqCst);
-            if inner.queue.is_empty() {
+            if inner.queue.is_empty() && inner.threads.iter().all(|t| t.ring.is_empty()) {
                 tokio::select! {
                     _ = shutdown.wait_for(|s| *s) => break,
                     () = inner.wake.notified() => {}
+                    () = tokio::time::sleep(DISPATCH_BACKSTOP) => {}
                 }
             }
             inner.dispatcher_asleep.store(false, Ordering::SeqCst);
@@ -683,11 +795,37 @@ async fn dispatch(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
         tokio::task::yield_now().await;
     }
     // Fail what is still queued.
-    while let Some(job) = inner.queue.pop() {
-        if let Some((w, _)) = job.waiter {
-            let _ = w.send(Err(CacheError::Shutdown));
+    loop {
+        take(&inner, &mut buf, usize::MAX);
+        if buf.is_empty() {
+            break;
         }
-        inner.job_done(1);
+        for job in buf.drain(..) {
+            if let Some((w, _)) = job.waiter {
+                let _ = w.send(Err(CacheError::Shutdown));
+            }
+            inner.job_done(1);
+        }
+    }
+}
+
+/// Moves up to `max` jobs from the miss queue and up to `max` from each thread's ring into
+/// `buf`: every ring gets its turn each round.
+fn take(inner: &Inner, buf: &mut Vec<Job>, max: usize) {
+    while buf.len() < max {
+        match inner.queue.pop() {
+            Some(job) => buf.push(job),
+            None => break,
+        }
+    }
+    for t in inner.threads.iter() {
+        t.ring.pop_into(max, |table, hash| {
+            buf.push(Job {
+                table,
+                hash,
+                waiter: None,
+            });
+        });
     }
 }
 

@@ -27,12 +27,15 @@
 //!   pure data structure, no IO, no clock.
 //! - [`cache`]: [`RouterCache`], its builder and config, the hit and miss paths, the dispatcher
 //!   that batches lookups, hedging, and applying answers.
+//! - `ring`: the per-thread ring a hit queues its refresh lookup on (single producer, single
+//!   consumer, no locked instruction for the producer).
 //! - `fleet`: one connection per server with jittered reconnects; power of two choices.
 //! - `metrics`: the `memds_router_*` metrics.
 
 pub mod cache;
 mod fleet;
 mod metrics;
+mod ring;
 pub mod table;
 
 pub use cache::{Builder, CacheError, CacheStats, Config, Invalidate, Mode, RouterCache};

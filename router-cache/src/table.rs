@@ -54,10 +54,22 @@ pub struct TableRoutes {
 
 /// An immutable copy of the cached routes for lock-free hits.
 #[derive(Debug)]
-struct Snapshot {
+pub(crate) struct Snapshot {
     /// Start and route side by side: the floor search ends on the record it returns.
     entries: Vec<(u64, Arc<Route>)>,
     index: RadixIndex,
+}
+
+impl Snapshot {
+    /// The route holding `hash`, if the snapshot has it.
+    #[inline]
+    pub(crate) fn get(&self, hash: u64) -> Option<&Arc<Route>> {
+        let i = self
+            .index
+            .floor_by(self.entries.len(), hash, |i| self.entries[i].0)?;
+        let r = &self.entries[i].1;
+        (hash <= r.end_inclusive).then_some(r)
+    }
 }
 
 /// The shortest time between two rebuilds of a snapshot that are not forced, in nanoseconds.
@@ -90,16 +102,18 @@ impl TableRoutes {
     #[inline]
     pub fn get(&self, hash: u64) -> Option<Arc<Route>> {
         if let Some(snap) = &*self.snapshot.load()
-            && let Some(i) = snap
-                .index
-                .floor_by(snap.entries.len(), hash, |i| snap.entries[i].0)
+            && let Some(r) = snap.get(hash)
         {
-            let r = &snap.entries[i].1;
-            if hash <= r.end_inclusive {
-                return Some(Arc::clone(r));
-            }
+            return Some(Arc::clone(r));
         }
         self.get_slow(hash)
+    }
+
+    /// Where the hit snapshot is published, for a caller that caches its own handle on it
+    /// (`arc_swap::cache::Cache`): `None` while the map has changed in a way the last snapshot
+    /// does not show.
+    pub(crate) fn published(&self) -> &ArcSwapOption<Snapshot> {
+        &self.snapshot
     }
 
     #[cold]

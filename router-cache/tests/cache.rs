@@ -8,13 +8,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use memds_client::{Client, ClientTls, ConnectOptions, Connector, Role};
-use memds_proto::TableMap;
 use memds_proto::model::PartitionSpec;
 use memds_proto::synth::{self, SynthConfig};
 use memds_proto::wire::PartitionUpdate;
+use memds_proto::{Epoch, TableMap};
 use memds_server::tls::TlsPaths;
 use memds_server::{RunningServer, ServerConfig};
 use router_cache::{CacheError, Invalidate, Mode, RouterCache};
+use tokio::runtime::Handle;
 
 fn temp_dir(name: &str) -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
@@ -117,13 +118,45 @@ async fn constant_work_server_lookups_equal_route_calls_at_any_hit_rate() {
             "phase {i}: the server counted {counted} lookups for {calls} calls"
         );
     }
+    // Four more threads at once, each queueing its refreshes on its own ring.
+    let per_thread = on_threads(4, |i, rt| {
+        let hs = hashes(i as u64 % 2, 300);
+        for &h in &hs {
+            let r = rt.block_on(c.route_hash(name, h)).expect("route");
+            assert_eq!(*r, m.route(h));
+        }
+        hs.len() as u64
+    });
+    calls += per_thread.iter().sum::<u64>();
+    c.drain().await;
+    let counted = server_lookups(&admin).await - before;
+    assert_eq!(
+        counted, calls,
+        "four threads: the server counted {counted} lookups for {calls} calls"
+    );
     let st = c.stats();
     assert_eq!(st.hits + st.misses, calls);
     assert!(st.hits > 0 && st.misses > 0, "{st:?}");
     assert_eq!(st.dropped, 0);
     assert_eq!(st.lookups_sent, calls);
+    assert_eq!(st.queue_depth, 0);
     c.shutdown();
     s.shutdown().await;
+}
+
+/// Runs `f` on `n` threads of their own (each with its own hit handles and refresh ring), giving
+/// it the thread's index and the test's runtime to block on, and collects what they return.
+fn on_threads<T: Send>(n: usize, f: impl Fn(usize, &Handle) -> T + Sync) -> Vec<T> {
+    let (f, rt) = (&f, &Handle::current());
+    tokio::task::block_in_place(|| {
+        std::thread::scope(|s| {
+            let threads: Vec<_> = (0..n).map(|i| s.spawn(move || f(i, rt))).collect();
+            threads
+                .into_iter()
+                .map(|t| t.join().expect("the thread finished"))
+                .collect()
+        })
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -241,6 +274,57 @@ async fn a_split_reaches_the_cache_within_one_request_and_old_answers_never_win(
     assert!(c.invalidate(name, Invalidate::Hash(mid), now.epoch.get()));
     c.route_hash(name, mid).await.expect("miss");
     assert_eq!(c.stats().misses, misses + 1);
+    c.shutdown();
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_thread_serves_a_replaced_or_invalidated_route_once_the_change_returns() {
+    let dir = temp_dir("threads");
+    let s = server(dir.clone(), None, "127.0.0.1:0".parse().expect("addr")).await;
+    let tls = dir.join("tls");
+    admin(&tls, s.quic_addr)
+        .await
+        .put_table(&map(100))
+        .await
+        .expect("put");
+    let m = map(100);
+    let name = m.name().as_str();
+    let c = cache(vec![s.quic_addr], &tls, Mode::ConstantWork).await;
+    for &h in &hashes(7, 100) {
+        c.route_hash(name, h).await.expect("warm");
+    }
+    c.drain().await;
+    let h = hashes(7, 1)[0];
+    let old = m.route(h);
+    // Four threads each hold a handle on the table's hit snapshot, taken by a hit.
+    let first = on_threads(4, |_, rt| {
+        rt.block_on(c.route_hash_traced(name, h)).expect("route")
+    });
+    for (r, hit) in &first {
+        assert!(hit, "warm routes are hits");
+        assert_eq!(**r, old);
+    }
+    // A storage node hands back a corrected route (next epoch, leader moved): once
+    // `apply_route` returns, no thread answers the old one.
+    let mut newer = old.clone();
+    newer.epoch = Epoch::new(old.epoch.get() + 1);
+    newer.leader = (old.leader + 1) % old.replicas.len() as u8;
+    assert!(c.apply_route(newer.clone()));
+    for r in on_threads(4, |_, rt| {
+        rt.block_on(c.route_hash(name, h)).expect("route")
+    }) {
+        assert_eq!(*r, newer, "a thread answered a replaced route");
+    }
+    // The route is invalidated: no thread answers it again (the fleet still has the old
+    // epoch, which the misses bring back).
+    c.drain().await;
+    assert!(c.invalidate(name, Invalidate::Hash(h), newer.epoch.get()));
+    for r in on_threads(4, |_, rt| {
+        rt.block_on(c.route_hash(name, h)).expect("route")
+    }) {
+        assert_eq!(*r, old, "a thread answered an invalidated route");
+    }
     c.shutdown();
     s.shutdown().await;
 }
