@@ -3,10 +3,10 @@
 //!
 //! Every `route` call in ConstantWork mode queues exactly one lookup: a hit puts a refresh on
 //! its thread's bounded ring (`ring`), a miss puts a waiting lookup on the shared bounded queue.
-//! The dispatcher takes whatever is queued, groups it by table, and sends batch frames to servers picked by power of two choices on in-flight
-//! requests. Answers refresh the cache (confirming unchanged routes in place) and complete
-//! waiting misses. A miss still unanswered after the hedge delay is sent to a second server as
-//! well; the first answer wins.
+//! The dispatcher takes whatever is queued, groups it by table, and sends batch frames to
+//! servers picked by power of two choices on in-flight requests. Answers refresh the cache
+//! (confirming unchanged routes in place) and complete waiting misses. A miss still unanswered
+//! after the hedge delay is sent to a second server as well; the first answer wins.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
