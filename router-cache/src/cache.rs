@@ -591,8 +591,8 @@ impl Inner {
             if mine.ring.push(table, hash) {
                 // A plain load: the ring's release store and this load may pass each other, so
                 // a dispatcher going to sleep at that moment can miss this refresh; it wakes
-                // on its own after `DISPATCH_BACKSTOP` (a full barrier here would cost every
-                // hit what the ring saves).
+                // on its own within its backstop (`DISPATCH_BACKSTOP`; a full barrier here
+                // would cost every hit what the ring saves).
                 if self.dispatcher_asleep.load(Ordering::Relaxed) {
                     self.wake_dispatcher();
                 }
@@ -745,15 +745,19 @@ impl Inner {
     }
 }
 
-/// The longest a sleeping dispatcher waits without being woken: it covers a refresh queued
-/// just as the dispatcher went to sleep (see [`Inner::counted_hit`]).
+/// The longest a sleeping dispatcher waits without being woken right after it had work: it
+/// covers a refresh queued just as the dispatcher went to sleep (see [`Inner::counted_hit`]).
+/// Each wake that finds nothing doubles it, up to [`DISPATCH_BACKSTOP_IDLE`], so an idle cache
+/// wakes about ten times a second rather than two hundred.
 const DISPATCH_BACKSTOP: Duration = Duration::from_millis(5);
+const DISPATCH_BACKSTOP_IDLE: Duration = Duration::from_millis(100);
 
 /// Takes queued jobs, groups them by table and sends batch frames.
 async fn dispatch(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
     // Most jobs taken from the miss queue, and from each thread's ring, per round.
     const MAX_TAKE: usize = 4096;
     let mut buf = Vec::with_capacity(MAX_TAKE);
+    let mut backstop = DISPATCH_BACKSTOP;
     loop {
         take(&inner, &mut buf, MAX_TAKE);
         if buf.is_empty() {
@@ -765,12 +769,15 @@ async fn dispatch(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
                 tokio::select! {
                     _ = shutdown.wait_for(|s| *s) => break,
                     () = inner.wake.notified() => {}
-                    () = tokio::time::sleep(DISPATCH_BACKSTOP) => {}
+                    () = tokio::time::sleep(backstop) => {
+                        backstop = (backstop * 2).min(DISPATCH_BACKSTOP_IDLE);
+                    }
                 }
             }
             inner.dispatcher_asleep.store(false, Ordering::SeqCst);
             continue;
         }
+        backstop = DISPATCH_BACKSTOP;
         let mut groups: Vec<(u32, Vec<Job>)> = Vec::new();
         for job in buf.drain(..) {
             match groups.iter_mut().find(|(t, _)| *t == job.table) {
