@@ -21,7 +21,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use crossbeam_queue::ArrayQueue;
 use memds_client::{ClientError, ClientTls, ConnectOptions, Connector};
 use memds_proto::wire::{self, ErrorReply, NodeList, Request, Response, Routes};
-use memds_proto::{Route, TableName, key_hash};
+use memds_proto::{MapError, Route, TableName, key_hash};
 use rustc_hash::FxBuildHasher;
 use tokio::sync::{Notify, oneshot, watch};
 
@@ -164,6 +164,10 @@ pub enum CacheError {
     /// The cache was shut down.
     #[error("the cache is shut down")]
     Shutdown,
+    /// The name cannot name a table (empty, or longer than a table name may be): nothing was
+    /// sent to the fleet and nothing was cached.
+    #[error("invalid table name: {0}")]
+    InvalidTable(MapError),
 }
 
 /// What a storage node said is wrong.
@@ -412,7 +416,16 @@ impl RouterCache {
         if let Some(route) = inner.local_hit(table, hash) {
             return Ok((route, true));
         }
-        let t = inner.table(table);
+        let t = match inner.find(table) {
+            Some(t) => t,
+            None => match TableName::new(table) {
+                Ok(name) => inner.table(&name),
+                Err(e) => {
+                    add(&inner.counters.errors, 1);
+                    return Err(CacheError::InvalidTable(e));
+                }
+            },
+        };
         inner.remember(table, &t);
         if let Some(route) = inner.hit(&t, hash) {
             return Ok((route, true));
@@ -428,7 +441,9 @@ impl RouterCache {
     /// Drops a route a storage node reported wrong (its epoch at most `observed_epoch`); the next
     /// call for that range is a miss. Answers whether a route was removed.
     pub fn invalidate(&self, table: &str, what: Invalidate, observed_epoch: u64) -> bool {
-        let t = self.inner.table(table);
+        let Some(t) = self.inner.find(table) else {
+            return false;
+        };
         match what {
             Invalidate::Hash(h) => t.routes.invalidate_hash(h, observed_epoch),
             Invalidate::Partition(id) => t.routes.invalidate_partition(id, observed_epoch),
@@ -437,7 +452,7 @@ impl RouterCache {
 
     /// Applies a corrected route a storage node returned; ignored if older than what is cached.
     pub fn apply_route(&self, route: Route) -> bool {
-        let t = self.inner.table(route.table.as_str());
+        let t = self.inner.table(&route.table);
         let applied = t.routes.insert(Arc::new(route), self.inner.now());
         self.inner.enforce_capacity(&t);
         applied == Applied::Changed
@@ -511,28 +526,28 @@ impl Inner {
         self.started.elapsed().as_nanos() as u64
     }
 
-    fn table(&self, name: &str) -> Arc<TableState> {
-        if let Some(t) = self.tables.load().get(name) {
-            return Arc::clone(t);
-        }
-        self.new_table(name)
+    /// The table's state, if the cache has seen the table.
+    fn find(&self, name: &str) -> Option<Arc<TableState>> {
+        self.tables.load().get(name).cloned()
+    }
+
+    /// The table's state, created on first use.
+    fn table(&self, name: &TableName) -> Arc<TableState> {
+        self.find(name.as_str())
+            .unwrap_or_else(|| self.new_table(name))
     }
 
     #[cold]
-    fn new_table(&self, name: &str) -> Arc<TableState> {
+    fn new_table(&self, name: &TableName) -> Arc<TableState> {
         let _guard = self.new_table.lock().unwrap_or_else(|p| p.into_inner());
         let current = self.tables.load_full();
-        if let Some(t) = current.get(name) {
+        if let Some(t) = current.get(name.as_str()) {
             return Arc::clone(t);
         }
-        // An invalid name cannot be in the fleet: give it a placeholder state whose misses the
-        // fleet answers with its error.
-        let table_name =
-            TableName::new(name).unwrap_or_else(|_| TableName::new("?").expect("valid"));
         let mut by_id = (**self.by_id.load()).clone();
         let t = Arc::new(TableState {
             id: u32::try_from(by_id.len()).expect("fewer than 2^32 tables"),
-            name: table_name,
+            name: name.clone(),
             routes: TableRoutes::default(),
             nodes: ArcSwap::from_pointee(NodeList::default()),
             nodes_fetch: tokio::sync::Mutex::new(()),
@@ -541,7 +556,7 @@ impl Inner {
         by_id.push(Arc::clone(&t));
         self.by_id.store(Arc::new(by_id));
         let mut next = (*current).clone();
-        next.insert(name.into(), Arc::clone(&t));
+        next.insert(name.as_str().into(), Arc::clone(&t));
         self.tables.store(Arc::new(next));
         t
     }

@@ -269,6 +269,21 @@ async fn a_split_reaches_the_cache_within_one_request_and_old_answers_never_win(
         c.route_hash(name, mid).await.expect("hit").partition.get(),
         424_242
     );
+    // A name that cannot be a table fails at once with a typed error: nothing is sent, nothing
+    // cached, nothing to invalidate.
+    c.drain().await;
+    let before = c.stats();
+    for bad in [String::new(), "t".repeat(256)] {
+        let r = c.route_hash(&bad, mid).await;
+        assert!(matches!(r, Err(CacheError::InvalidTable(_))), "{r:?}");
+        assert!(!c.invalidate(&bad, Invalidate::Hash(mid), u64::MAX));
+    }
+    c.drain().await;
+    let after = c.stats();
+    assert_eq!(after.lookups_sent, before.lookups_sent);
+    assert_eq!(after.entries, before.entries);
+    assert_eq!(after.errors, before.errors + 2);
+    assert!(!c.invalidate("no-such-table", Invalidate::Partition(1), u64::MAX));
     // Invalidation: a storage node says the route is wrong; the next call is a miss.
     let misses = c.stats().misses;
     assert!(c.invalidate(name, Invalidate::Hash(mid), now.epoch.get()));
