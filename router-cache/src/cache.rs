@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::cache::Cache;
@@ -235,6 +235,14 @@ type Waiter = oneshot::Sender<Result<Arc<Route>, CacheError>>;
 /// keyed or streaming hasher would cost more than the rest of a hit.
 type Tables<T = Arc<TableState>> = HashMap<Box<str>, T, FxBuildHasher>;
 
+/// The registry of tables.
+#[derive(Default)]
+struct Registry {
+    by_name: Tables,
+    /// By id, in order of creation; queued jobs name their table by its position here.
+    by_id: Vec<Arc<TableState>>,
+}
+
 /// What one calling thread shares with the dispatcher and the stats: its ring of refreshes and
 /// its counters. Only that thread writes them, with plain stores: a hit executes no locked
 /// instruction for its bookkeeping.
@@ -284,7 +292,7 @@ impl Deref for PublishedSnapshot {
 /// A cached table: its routes and its node list.
 #[derive(Debug)]
 struct TableState {
-    /// Position in `Inner::by_id`; queued jobs name their table by it.
+    /// Position in the registry's `by_id`; queued jobs name their table by it.
     id: u32,
     name: TableName,
     routes: TableRoutes,
@@ -307,14 +315,14 @@ struct Inner {
     request_timeout: Duration,
     hedge_delay: Duration,
     max_batch: usize,
-    tables: ArcSwap<Tables>,
+    /// Every table the cache has seen, by name and by id: the slow path's registry (hits use
+    /// each thread's own handles). Tables are never removed.
+    registry: RwLock<Registry>,
     /// Each thread's handles on the tables it used: the hit path.
     local: thread_local::ThreadLocal<RefCell<LocalTables>>,
     /// Each calling thread's refresh ring and counters.
     threads: thread_local::ThreadLocal<PerThread>,
     queue_bound: usize,
-    by_id: ArcSwap<Vec<Arc<TableState>>>,
-    new_table: Mutex<()>,
     /// Misses for the fleet: a lock-free bounded queue; the dispatcher is woken only when it
     /// sleeps.
     queue: ArrayQueue<Job>,
@@ -372,12 +380,10 @@ impl RouterCache {
             request_timeout: config.request_timeout,
             hedge_delay: config.hedge_delay,
             max_batch: config.max_batch.clamp(1, wire::DEFAULT_MAX_BATCH),
-            tables: ArcSwap::from_pointee(Tables::default()),
+            registry: RwLock::new(Registry::default()),
             local: thread_local::ThreadLocal::new(),
             threads: thread_local::ThreadLocal::new(),
             queue_bound: config.queue_bound.max(1),
-            by_id: ArcSwap::from_pointee(Vec::new()),
-            new_table: Mutex::new(()),
             queue: ArrayQueue::new(config.queue_bound.max(1)),
             dispatcher_asleep: AtomicBool::new(false),
             wake: Notify::new(),
@@ -460,7 +466,7 @@ impl RouterCache {
 
     /// Forgets every cached route (what a router restart does to a cache).
     pub fn clear(&self) {
-        for t in self.inner.tables.load().values() {
+        for t in self.inner.all_tables() {
             t.routes.clear();
             t.downloaded.store(false, Ordering::SeqCst);
         }
@@ -483,7 +489,7 @@ impl RouterCache {
     /// once a second; answers do it as they arrive).
     pub fn refresh_snapshots(&self) {
         let now = self.inner.now();
-        for t in self.inner.tables.load().values() {
+        for t in self.inner.all_tables() {
             t.routes.maybe_rebuild(now, true);
         }
     }
@@ -492,10 +498,10 @@ impl RouterCache {
     pub fn stats(&self) -> CacheStats {
         let c = &self.inner.counters;
         let now = self.inner.now();
-        let tables = self.inner.tables.load();
-        let entries = tables.values().map(|t| t.routes.len() as u64).sum();
+        let tables = self.inner.all_tables();
+        let entries = tables.iter().map(|t| t.routes.len() as u64).sum();
         let oldest = tables
-            .values()
+            .iter()
             .filter_map(|t| t.routes.oldest_confirmation())
             .min();
         CacheStats {
@@ -528,7 +534,23 @@ impl Inner {
 
     /// The table's state, if the cache has seen the table.
     fn find(&self, name: &str) -> Option<Arc<TableState>> {
-        self.tables.load().get(name).cloned()
+        self.registry().by_name.get(name).cloned()
+    }
+
+    /// The table with this id (ids come from the registry, which never shrinks).
+    fn by_id(&self, id: u32) -> Arc<TableState> {
+        Arc::clone(&self.registry().by_id[id as usize])
+    }
+
+    /// Every table the cache has seen (a copy: no lock is held while the caller works).
+    fn all_tables(&self) -> Vec<Arc<TableState>> {
+        self.registry().by_id.clone()
+    }
+
+    fn registry(&self) -> std::sync::RwLockReadGuard<'_, Registry> {
+        // Every change to the registry is one insert into each map, done before anything can
+        // panic, so a poisoned lock holds a consistent registry.
+        self.registry.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The table's state, created on first use.
@@ -539,25 +561,22 @@ impl Inner {
 
     #[cold]
     fn new_table(&self, name: &TableName) -> Arc<TableState> {
-        let _guard = self.new_table.lock().unwrap_or_else(|p| p.into_inner());
-        let current = self.tables.load_full();
-        if let Some(t) = current.get(name.as_str()) {
+        let mut registry = self.registry.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = registry.by_name.get(name.as_str()) {
             return Arc::clone(t);
         }
-        let mut by_id = (**self.by_id.load()).clone();
         let t = Arc::new(TableState {
-            id: u32::try_from(by_id.len()).expect("fewer than 2^32 tables"),
+            id: u32::try_from(registry.by_id.len()).expect("fewer than 2^32 tables"),
             name: name.clone(),
             routes: TableRoutes::default(),
             nodes: ArcSwap::from_pointee(NodeList::default()),
             nodes_fetch: tokio::sync::Mutex::new(()),
             downloaded: AtomicBool::new(false),
         });
-        by_id.push(Arc::clone(&t));
-        self.by_id.store(Arc::new(by_id));
-        let mut next = (*current).clone();
-        next.insert(name.as_str().into(), Arc::clone(&t));
-        self.tables.store(Arc::new(next));
+        registry.by_id.push(Arc::clone(&t));
+        registry
+            .by_name
+            .insert(name.as_str().into(), Arc::clone(&t));
         t
     }
 
@@ -793,23 +812,20 @@ async fn dispatch(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
             continue;
         }
         backstop = DISPATCH_BACKSTOP;
-        let mut groups: Vec<(u32, Vec<Job>)> = Vec::new();
-        for job in buf.drain(..) {
-            match groups.iter_mut().find(|(t, _)| *t == job.table) {
-                Some((_, jobs)) => jobs.push(job),
-                None => groups.push((job.table, vec![job])),
-            }
-        }
-        let by_id = inner.by_id.load();
-        for (id, mut jobs) in groups {
-            let table = &by_id[id as usize];
+        // Group by table (a stable sort keeps each table's jobs in queue order), then send each
+        // group in batches of at most `max_batch`.
+        buf.sort_by_key(|j| j.table);
+        while !buf.is_empty() {
+            let id = buf[buf.len() - 1].table;
+            let first = buf.partition_point(|j| j.table < id);
+            let mut jobs = buf.split_off(first);
+            let table = inner.by_id(id);
             while !jobs.is_empty() {
                 let rest = jobs.split_off(jobs.len().min(inner.max_batch));
-                send_batch(&inner, Arc::clone(table), jobs);
+                send_batch(&inner, Arc::clone(&table), jobs);
                 jobs = rest;
             }
         }
-        drop(by_id);
         if *shutdown.borrow() {
             break;
         }
