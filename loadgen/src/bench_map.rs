@@ -12,6 +12,10 @@
 //! overhead included), not estimates. Lookup figures are per-lookup timings over the same random
 //! (table, hash) sequence for both designs, interleaved in rounds so machine noise hits both
 //! alike; the clock's own cost (measured in the same run) is subtracted from each sample.
+//!
+//! Writes: a one-partition split of the largest table planned the way the server plans an
+//! `update-partitions` (`memds_server::store::plan`: decode, splice, validate, re-encode), timed
+//! beside the build of the same table from its map in the same run.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -74,6 +78,11 @@ pub(crate) struct Report {
     timer_overhead_ns: f64,
     generate_seconds: f64,
     build_seconds: f64,
+    /// Median over three one-partition splits of the largest table, planned as the server does.
+    split_update_seconds: f64,
+    /// Building that table's compact encoding from its map, in the same run.
+    table_build_seconds: f64,
+    split_vs_build: f64,
 }
 
 /// The naive design: plain structs, every replica with its own strings.
@@ -180,6 +189,8 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     let timer = histogram::timer_overhead_ns();
     let (compact_hist, naive_hist) = time_lookups(args, &probes, &compact, &naive, timer)?;
     let (batch_ns, baseline_batch_ns) = time_batches(&probes, &compact, &naive);
+    drop(naive);
+    let (split_update_seconds, table_build_seconds) = time_split(&compact, &mut interner)?;
 
     let per = |bytes: f64| bytes / n as f64;
     let report = Report {
@@ -205,6 +216,9 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         timer_overhead_ns: timer,
         generate_seconds,
         build_seconds,
+        split_update_seconds,
+        table_build_seconds,
+        split_vs_build: split_update_seconds / table_build_seconds.max(1e-9),
     };
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -212,6 +226,61 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         print_table(&report);
     }
     Ok(())
+}
+
+/// Times a one-partition split of the largest table, planned by the server's own rules, three
+/// times (median), and the build of that table's encoding from its map.
+fn time_split(compact: &[CompactTable], interner: &mut NodeInterner) -> anyhow::Result<(f64, f64)> {
+    let table = compact
+        .iter()
+        .max_by_key(|t| t.len())
+        .context("no tables")?;
+    let map = table.to_map();
+    let t = Instant::now();
+    black_box(CompactTable::new(&map, interner));
+    let build = t.elapsed().as_secs_f64();
+    let mut tables = memds_server::store::Tables::new();
+    tables.insert(
+        map.name().as_str().to_owned(),
+        std::sync::Arc::new(CompactTable::new(&map, interner)),
+    );
+    let mut times = Vec::new();
+    for k in 1..=3 {
+        let index = map.partitions().len() * k / 4;
+        let p = map.partitions()[index];
+        let end = map.end_inclusive(index);
+        if end - p.start < 2 {
+            continue;
+        }
+        let mid = p.start + (end - p.start) / 2;
+        let replicas: Vec<u32> = p.replicas.as_slice().iter().map(|r| r.get()).collect();
+        let split = |id: u64, start: u64| memds_proto::model::PartitionSpec {
+            id,
+            start,
+            epoch: p.epoch.get() + 1,
+            replicas: replicas.clone(),
+            leader: u64::from(p.leader),
+        };
+        let update = memds_proto::wire::PartitionUpdate {
+            table: map.name().as_str().to_owned(),
+            base_version: map.version().get(),
+            version: map.version().get() + 1,
+            end_inclusive: end,
+            nodes: vec![],
+            partitions: vec![split(p.id.get(), p.start), split(u64::MAX - k as u64, mid)],
+        };
+        let write = memds_server::store::Write::Update(update);
+        let t = Instant::now();
+        let plan = memds_server::store::plan(&tables, &write, interner)
+            .map_err(|e| anyhow::anyhow!("planning the split: {}", e.message))?;
+        times.push(t.elapsed().as_secs_f64());
+        ensure!(
+            matches!(plan, memds_server::store::Plan::Install(ref t) if t.len() == map.partitions().len() + 1),
+            "the split did not add one partition"
+        );
+    }
+    ensure!(!times.is_empty(), "no partition wide enough to split");
+    Ok((median(&mut times), build))
 }
 
 /// Size of the plain records of every table, archived with rkyv and zstd-compressed as one blob.
@@ -337,5 +406,9 @@ fn print_table(r: &Report) {
     println!(
         "compact / zstd = {:.3}, compact / baseline = {:.3}, lookup p50 compact / baseline = {:.2} (timer overhead {:.0} ns subtracted)",
         r.bytes_vs_zstd, r.bytes_vs_baseline, r.lookup_vs_baseline_p50, r.timer_overhead_ns
+    );
+    println!(
+        "one-partition split of the largest table: {:.3} s (its build from the map: {:.3} s, {:.2}x)",
+        r.split_update_seconds, r.table_build_seconds, r.split_vs_build
     );
 }

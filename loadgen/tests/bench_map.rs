@@ -26,6 +26,9 @@ fn bench_map_json_has_every_figure_and_consistent_values() {
         "lookup_ns_p50",
         "lookup_ns_p99",
         "baseline_lookup_ns_p50",
+        "split_update_seconds",
+        "table_build_seconds",
+        "split_vs_build",
     ] {
         assert!(num(k) > 0.0, "{k} = {}", num(k));
     }

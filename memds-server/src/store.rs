@@ -10,9 +10,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
-use memds_proto::model::{NodeSpec, PartitionSpec, TableSpec};
+use memds_proto::model::{NodeSpec, PartitionSpec};
 use memds_proto::wire::{ErrorCode, ErrorReply, PartitionUpdate};
-use memds_proto::{CompactTable, NodeInterner, TableMap, snapshot};
+use memds_proto::{
+    CompactTable, NodeInterner, Partition, StorageNode, TableMap, TableVersion, snapshot,
+};
 
 /// Every table, by name.
 pub type Tables = HashMap<String, Arc<CompactTable>>;
@@ -249,30 +251,30 @@ fn plan_update(
         )));
     }
 
-    let old = TableSpec::from(&current.to_map());
-    let mut nodes = old.nodes;
+    // Splice the new partitions into the current ones (the current map is valid; only the
+    // result is checked, once), indexes in errors being positions in the result.
+    let (name, _, mut nodes, old) = current.to_map().into_parts();
     for n in &u.nodes {
+        let n = StorageNode::from(n.clone());
         match nodes.iter_mut().find(|m| m.id == n.id) {
-            Some(m) => *m = n.clone(),
-            None => nodes.push(n.clone()),
+            Some(m) => *m = n,
+            None => nodes.push(n),
         }
     }
-    let mut partitions: Vec<PartitionSpec> =
-        Vec::with_capacity(old.partitions.len() + u.partitions.len());
-    partitions.extend(old.partitions.iter().filter(|p| p.start < from).cloned());
-    partitions.extend(u.partitions.iter().cloned());
-    partitions.extend(
-        old.partitions
-            .into_iter()
-            .filter(|p| p.start > u.end_inclusive),
-    );
-    let spec = TableSpec {
-        table: u.table.clone(),
-        version: u.version,
-        nodes,
-        partitions,
-    };
-    let map = TableMap::try_from(spec).map_err(|e| invalid(e.to_string()))?;
+    let cut = old.partition_point(|p| p.start < from);
+    let resume = old.partition_point(|p| p.start <= u.end_inclusive);
+    let mut partitions: Vec<Partition> =
+        Vec::with_capacity(cut + u.partitions.len() + (old.len() - resume));
+    partitions.extend_from_slice(&old[..cut]);
+    for (i, p) in u.partitions.iter().enumerate() {
+        partitions.push(
+            p.to_partition(cut + i)
+                .map_err(|e| invalid(e.to_string()))?,
+        );
+    }
+    partitions.extend_from_slice(&old[resume..]);
+    let map = TableMap::new(name, TableVersion::new(u.version), nodes, partitions)
+        .map_err(|e| invalid(e.to_string()))?;
     Ok(Plan::Install(CompactTable::new(&map, interner)))
 }
 
@@ -311,6 +313,7 @@ fn versioned(code: ErrorCode, message: String, current_version: u64) -> ErrorRep
 #[cfg(test)]
 mod tests {
     use super::*;
+    use memds_proto::model::TableSpec;
     use memds_proto::synth::{self, SynthConfig};
 
     fn map(partitions: usize, version: u64) -> TableMap {
