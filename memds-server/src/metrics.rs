@@ -26,6 +26,20 @@ use tokio::net::TcpListener;
 /// Lookup operations, as metric labels.
 pub const LOOKUP_OPS: [&str; 3] = ["lookup", "batch_lookup", "range"];
 
+/// Why a connection is refused, as metric labels.
+pub const REFUSAL_REASONS: [&str; 3] = ["connection_limit", "handshake", "no_certificate"];
+
+/// Kinds of request frames counted in `memds_requests_total`, as metric labels.
+pub const REQUEST_KINDS: [&str; 4] = ["read", "write", "stats", "malformed"];
+
+/// Client roles, as metric labels.
+pub const ROLES: [&str; 2] = ["router", "admin"];
+
+/// Write operations and their results, as metric labels.
+pub const WRITE_OPS: [&str; 3] = ["put_table", "update_partitions", "drop_table"];
+/// See [`WRITE_OPS`].
+pub const WRITE_RESULTS: [&str; 3] = ["applied", "unchanged", "error"];
+
 /// The process's Prometheus handle, installing the recorder on first use.
 pub fn handle() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -171,6 +185,7 @@ impl Metrics {
     pub fn new() -> Self {
         handle();
         metrics::gauge!("memds_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+        register_bounded_series();
         Self {
             lookups_ok: LOOKUP_OPS
                 .map(|op| metrics::counter!("memds_lookups_total", "op" => op, "result" => "ok")),
@@ -206,12 +221,37 @@ pub fn error(code: ErrorCode) {
     metrics::counter!("memds_errors_total", "code" => code.as_str()).increment(1);
 }
 
-/// Counts a refused connection by reason.
+/// Creates every series whose labels come from a fixed set, at zero (adding nothing to one
+/// that exists): a rate or an alert over them then reads 0 from the start instead of nothing.
+fn register_bounded_series() {
+    for reason in REFUSAL_REASONS {
+        metrics::counter!("memds_connections_refused_total", "reason" => reason).increment(0);
+    }
+    for kind in REQUEST_KINDS {
+        metrics::counter!("memds_requests_total", "kind" => kind).increment(0);
+    }
+    for role in ROLES {
+        metrics::counter!("memds_connections_total", "role" => role).increment(0);
+        metrics::gauge!("memds_connections", "role" => role).increment(0.0);
+    }
+    for op in WRITE_OPS {
+        for result in WRITE_RESULTS {
+            metrics::counter!("memds_writes_total", "op" => op, "result" => result).increment(0);
+        }
+    }
+    for code in ErrorCode::ALL {
+        metrics::counter!("memds_errors_total", "code" => code.as_str()).increment(0);
+    }
+    metrics::counter!("memds_compactions_total").increment(0);
+    metrics::gauge!("memds_wal_bytes").increment(0.0);
+}
+
+/// Counts a refused connection by reason (one of [`REFUSAL_REASONS`]).
 pub fn counter_refused(reason: &'static str) {
     metrics::counter!("memds_connections_refused_total", "reason" => reason).increment(1);
 }
 
-/// Counts a request frame by kind.
+/// Counts a request frame by kind (one of [`REQUEST_KINDS`]).
 pub fn request(kind: &'static str) {
     metrics::counter!("memds_requests_total", "kind" => kind).increment(1);
 }

@@ -1,0 +1,340 @@
+//! The dashboards and rules against the real thing: promtool's checks and the alert unit tests,
+//! then a real server and router cache, scraped by a real Prometheus running these rules, where
+//! every dashboard query must evaluate, every metric a query names must exist, every metric the
+//! system exports must be on a dashboard, and every rule must evaluate cleanly.
+//!
+//! Needs `prometheus` and `promtool` on the PATH (Debian's `prometheus` package; CI installs
+//! it).
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use memds_client::{ClientTls, ConnectOptions, Connector, Role};
+use memds_dashboards::{base_metric, dashboard_queries, metric_names};
+use memds_proto::synth::{self, SynthConfig};
+use memds_server::ServerConfig;
+use router_cache::RouterCache;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const DASHBOARDS: [(&str, &str); 2] = [
+    ("memds-fleet", include_str!("../grafana/memds-fleet.json")),
+    (
+        "memds-routers",
+        include_str!("../grafana/memds-routers.json"),
+    ),
+];
+
+fn prometheus_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("prometheus")
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("memds-dashboards-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("creating a temporary directory");
+    d
+}
+
+/// Runs promtool in the rules' directory and answers its output; fails the test if it fails.
+fn promtool(args: &[&str]) -> String {
+    let out = Command::new("promtool")
+        .args(args)
+        .current_dir(prometheus_dir())
+        .output()
+        .expect("promtool runs (install Debian's prometheus package)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "promtool {args:?} failed:\n{text}");
+    text
+}
+
+#[test]
+fn promtool_accepts_the_config_and_rules_and_the_alert_tests_pass() {
+    promtool(&["check", "config", "prometheus.yml"]);
+    let rules = promtool(&["check", "rules", "memds.rules.yml"]);
+    assert!(rules.contains("SUCCESS: 18 rules found"), "{rules}");
+    let tests = promtool(&["test", "rules", "memds.rules.test.yml"]);
+    assert!(tests.contains("SUCCESS"), "{tests}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_dashboard_query_and_rule_evaluates_against_a_real_fleet() {
+    let dir = temp_dir("live");
+    let mut config = ServerConfig::new("127.0.0.1:0".parse().expect("addr"), dir.join("data"));
+    config.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
+    let server = memds_server::start(config)
+        .await
+        .expect("the server starts");
+    let metrics = server.metrics_addr.expect("the metrics listener is bound");
+    let tls = server.tls_dir.clone().expect("the development PKI");
+
+    // Writes, lookups and typed errors, so every server metric has a series.
+    let admin = Connector::new(
+        &ClientTls::from_dir(&tls, Role::Admin).expect("admin TLS"),
+        ConnectOptions::default(),
+    )
+    .expect("endpoint")
+    .connect(server.quic_addr)
+    .await
+    .expect("connecting as admin");
+    let map = synth::generate_table(
+        &SynthConfig {
+            partitions: 1000,
+            ..SynthConfig::default()
+        },
+        0,
+    );
+    let table = map.name().as_str().to_owned();
+    admin.put_table(&map).await.expect("put");
+    admin.put_table(&map).await.expect("an unchanged put");
+    assert!(admin.lookup("no-such-table", 1).await.is_err());
+    admin.stats().await.expect("stats");
+
+    // A router cache under steady load (hits and misses) until the checks are done.
+    let cache = RouterCache::builder(
+        vec![server.quic_addr],
+        ClientTls::from_dir(&tls, Role::Router).expect("router TLS"),
+    )
+    .build()
+    .await
+    .expect("the cache starts");
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn({
+        let (cache, stop, table) = (cache.clone(), Arc::clone(&stop), table.clone());
+        async move {
+            let mut h = 1u64;
+            while !stop.load(Ordering::Relaxed) {
+                h = h.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(1);
+                cache.route_hash(&table, h).await.expect("route");
+                if h.is_multiple_of(50) {
+                    cache.clear();
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+    });
+
+    let prom = Prometheus::start(&dir.join("prometheus"), metrics);
+    // Both jobs up, and the recording rules have rates to record.
+    prom.wait_for("both scrape jobs up", "sum(up)", |v| v == 2.0)
+        .await;
+    prom.wait_for(
+        "the fleet-load recording rule",
+        "memds:fleet_lookups:rate1m",
+        |v| v > 0.0,
+    )
+    .await;
+    prom.wait_for(
+        "the routers' recording rule",
+        "memds:router_lookups_per_request:rate5m",
+        |v| v > 0.0,
+    )
+    .await;
+
+    let exported: BTreeSet<String> = prom
+        .get("/api/v1/label/__name__/values")
+        .await
+        .data_array()
+        .iter()
+        .filter_map(Value::as_str)
+        .filter(|n| n.starts_with("memds_"))
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        exported.contains("memds_lookups_total") && exported.contains("memds_router_entries"),
+        "{exported:?}"
+    );
+
+    let mut used = BTreeSet::new();
+    for (file, json) in DASHBOARDS {
+        for q in dashboard_queries(json).expect("the dashboard parses") {
+            let expr = q.expr.replace("$instance", ".*");
+            let answer = prom.query(&expr).await;
+            assert_eq!(
+                answer.0["status"], "success",
+                "{file} / {}: {expr} failed: {}",
+                q.panel, answer.0
+            );
+            for name in metric_names(&expr) {
+                assert!(
+                    exported.contains(&name),
+                    "{file} / {}: {name} is not a metric the fleet exports",
+                    q.panel
+                );
+                used.insert(base_metric(&name).to_owned());
+            }
+        }
+    }
+    for name in &exported {
+        assert!(
+            used.contains(base_metric(name)),
+            "{name} is exported but on no dashboard"
+        );
+    }
+
+    // The rules: every one loaded, evaluated, healthy.
+    let rules = prom.get("/api/v1/rules").await;
+    let mut checked = 0;
+    for group in rules.0["data"]["groups"].as_array().expect("rule groups") {
+        for rule in group["rules"].as_array().expect("rules") {
+            assert_eq!(rule["health"], "ok", "{rule}");
+            assert_eq!(rule["lastError"].as_str().unwrap_or_default(), "", "{rule}");
+            for name in metric_names(rule["query"].as_str().expect("query")) {
+                assert!(
+                    exported.contains(&name),
+                    "rule {}: {name} is not exported",
+                    rule["name"]
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 18, "every rule of memds.rules.yml is loaded");
+    // Nothing is wrong with this fleet, so no alert fires.
+    let firing = prom.query("ALERTS{alertstate=\"firing\"}").await;
+    assert_eq!(
+        firing.0["data"]["result"],
+        serde_json::json!([]),
+        "{}",
+        firing.0
+    );
+
+    stop.store(true, Ordering::Relaxed);
+    load.await.expect("the load task ends");
+    cache.shutdown();
+    drop(prom);
+    server.shutdown().await;
+}
+
+/// A Prometheus process scraping one metrics endpoint as both jobs, with the shipped rules
+/// evaluated every second. Killed when dropped.
+struct Prometheus {
+    child: Child,
+    addr: SocketAddr,
+    log: PathBuf,
+}
+
+/// A Prometheus API answer.
+struct Answer(Value);
+
+impl Answer {
+    fn first_value(&self) -> Option<f64> {
+        self.0["data"]["result"][0]["value"][1]
+            .as_str()
+            .and_then(|v| v.parse().ok())
+    }
+
+    fn data_array(&self) -> Vec<Value> {
+        self.0["data"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+impl Prometheus {
+    fn start(dir: &Path, target: SocketAddr) -> Self {
+        std::fs::create_dir_all(dir).expect("creating Prometheus's directory");
+        let rules = std::fs::read_to_string(prometheus_dir().join("memds.rules.yml"))
+            .expect("reading the rules");
+        std::fs::write(
+            dir.join("memds.rules.yml"),
+            rules.replace("interval: 15s", "interval: 1s"),
+        )
+        .expect("writing the rules");
+        std::fs::write(
+            dir.join("prometheus.yml"),
+            format!(
+                "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
+                 rule_files: [memds.rules.yml]\n\
+                 scrape_configs:\n\
+                 \x20 - job_name: memds\n\
+                 \x20   static_configs: [{{targets: ['{target}']}}]\n\
+                 \x20 - job_name: memds-routers\n\
+                 \x20   static_configs: [{{targets: ['{target}']}}]\n"
+            ),
+        )
+        .expect("writing the configuration");
+        // Prometheus cannot report a port it chose, so take a free one and hand it over.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port");
+        let log = dir.join("prometheus.log");
+        let child = Command::new("prometheus")
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("creating the log"))
+            .current_dir(dir)
+            .spawn()
+            .expect("prometheus runs (install Debian's prometheus package)");
+        Self { child, addr, log }
+    }
+
+    /// Polls `expr` until its first value passes `check` (90 s at most).
+    async fn wait_for(&self, what: &str, expr: &str, check: impl Fn(f64) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while !self.query(expr).await.first_value().is_some_and(&check) {
+            assert!(
+                Instant::now() < deadline,
+                "waited 90 s for {what}; Prometheus said:\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    async fn query(&self, expr: &str) -> Answer {
+        self.get(&format!("/api/v1/query?query={}", percent_encode(expr)))
+            .await
+    }
+
+    /// One GET over HTTP/1.0 (so the body ends with the connection, never chunked); a server
+    /// not up yet answers as an empty object.
+    async fn get(&self, path: &str) -> Answer {
+        let Ok(mut stream) = tokio::net::TcpStream::connect(self.addr).await else {
+            return Answer(Value::Null);
+        };
+        let request = format!("GET {path} HTTP/1.0\r\nHost: {}\r\n\r\n", self.addr);
+        let mut response = Vec::new();
+        if stream.write_all(request.as_bytes()).await.is_err()
+            || stream.read_to_end(&mut response).await.is_err()
+        {
+            return Answer(Value::Null);
+        }
+        let text = String::from_utf8_lossy(&response);
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        Answer(serde_json::from_str(body).unwrap_or(Value::Null))
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
