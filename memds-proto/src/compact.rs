@@ -416,6 +416,25 @@ impl CompactTable {
         self.compute_checksum() == self.checksum
     }
 
+    /// Bytes [`CompactTable::verify`] reads: what a scrub of this table costs.
+    pub fn verified_bytes(&self) -> usize {
+        (self.block_starts.len() + self.block_offsets.len() + self.data.len()) * size_of::<u64>()
+            + self.radix.heap_bytes()
+    }
+
+    /// A copy with one bit of the packed partition data flipped (`bit` modulo the data's
+    /// length), as a memory fault would leave it: for tests of the scrubbing that must catch it.
+    #[cfg(feature = "testing")]
+    pub fn damaged_copy(&self, bit: usize) -> Self {
+        let mut copy = self.clone();
+        let bits = copy.data.len() * 64;
+        if bits > 0 {
+            let bit = bit % bits;
+            copy.data[bit / 64] ^= 1 << (bit % 64);
+        }
+        copy
+    }
+
     fn compute_nodes_digest(&self) -> u64 {
         let mut h = Xxh3::new();
         self.hash_nodes(&mut h);

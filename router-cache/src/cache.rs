@@ -25,7 +25,7 @@ use memds_proto::{MapError, Route, TableName, key_hash};
 use rustc_hash::FxBuildHasher;
 use tokio::sync::{Notify, oneshot, watch};
 
-use crate::fleet::{Fleet, Server};
+use crate::fleet::{Fleet, InFlight, Server};
 use crate::ring::RefreshRing;
 use crate::table::{Applied, Check, Snapshot, TableRoutes};
 
@@ -254,10 +254,11 @@ struct PerThread {
     refused: AtomicU64,
 }
 
-/// Adds one to a counter only the calling thread writes.
+/// Adds one to a counter only the calling thread writes. Release: a reader that sees a
+/// thread's `refused` (read with Acquire) also sees the `hits` that thread counted before it.
 #[inline]
 fn bump(c: &AtomicU64) {
-    c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    c.store(c.load(Ordering::Relaxed) + 1, Ordering::Release);
 }
 
 /// What one thread keeps for its hits: a handle on each table it has looked up, so a hit needs
@@ -311,6 +312,9 @@ struct Job {
 
 struct Inner {
     mode: Mode,
+    /// Set by `shutdown`: misses fail at once and refreshes are refused (nothing would send
+    /// them).
+    closed: AtomicBool,
     capacity: usize,
     request_timeout: Duration,
     hedge_delay: Duration,
@@ -376,6 +380,7 @@ impl RouterCache {
         );
         let inner = Arc::new(Inner {
             mode: config.mode,
+            closed: AtomicBool::new(false),
             capacity: config.capacity.max(1),
             request_timeout: config.request_timeout,
             hedge_delay: config.hedge_delay,
@@ -473,11 +478,11 @@ impl RouterCache {
     }
 
     /// Waits until every queued and in-flight lookup has been answered or given up, then
-    /// brings the hit snapshots up to date.
+    /// brings the hit snapshots up to date. After `shutdown` it returns at once.
     pub async fn drain(&self) {
         loop {
             let notified = self.inner.idle.notified();
-            if self.inner.outstanding() == 0 {
+            if self.inner.outstanding() == 0 || self.inner.closed.load(Ordering::SeqCst) {
                 break;
             }
             let _ = tokio::time::timeout(Duration::from_millis(20), notified).await;
@@ -522,6 +527,7 @@ impl RouterCache {
     /// Stops the dispatcher and the connections. Pending misses fail with
     /// [`CacheError::Shutdown`].
     pub fn shutdown(&self) {
+        self.inner.closed.store(true, Ordering::SeqCst);
         let _ = self.inner.shutdown.send(true);
         self.inner.fleet.close();
     }
@@ -622,7 +628,7 @@ impl Inner {
         let mine = self.threads.get_or(|| self.new_thread());
         bump(&mine.hits);
         if self.mode == Mode::ConstantWork {
-            if mine.ring.push(table, hash) {
+            if !self.closed.load(Ordering::Relaxed) && mine.ring.push(table, hash) {
                 // A plain load: the ring's release store and this load may pass each other, so
                 // a dispatcher going to sleep at that moment can miss this refresh; it wakes
                 // on its own within its backstop (`DISPATCH_BACKSTOP`; a full barrier here
@@ -652,7 +658,7 @@ impl Inner {
     fn per_thread_sum(&self, counter: impl Fn(&PerThread) -> &AtomicU64) -> u64 {
         self.threads
             .iter()
-            .map(|t| counter(t).load(Ordering::Relaxed))
+            .map(|t| counter(t).load(Ordering::Acquire))
             .sum()
     }
 
@@ -677,6 +683,9 @@ impl Inner {
                 return Ok(route);
             }
         }
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(CacheError::Shutdown);
+        }
         let (tx, rx) = oneshot::channel();
         let job = Job {
             table: t.id,
@@ -684,16 +693,24 @@ impl Inner {
             waiter: Some((tx, Instant::now() + self.request_timeout)),
         };
         add(&self.counters.miss_jobs, 1);
+        // Counted from here; if it never reaches the queue (timed out, cancelled, shut down)
+        // the guard counts it finished.
+        let mut unqueued = Unqueued {
+            inner: self,
+            queued: false,
+        };
         // A miss waits for room (the dispatcher empties the queue in bulk), within its own
         // timeout; only refreshes are ever dropped.
         let waited = async {
             let mut job = job;
             loop {
                 match self.queue.push(job) {
-                    Ok(()) => break,
+                    Ok(()) => {
+                        unqueued.queued = true;
+                        break;
+                    }
                     Err(back) => {
-                        if *self.shutdown.borrow() {
-                            self.job_done(1);
+                        if self.closed.load(Ordering::SeqCst) {
                             return Err(CacheError::Shutdown);
                         }
                         job = back;
@@ -759,12 +776,15 @@ impl Inner {
     fn outstanding(&self) -> u64 {
         let c = &self.counters;
         let finished = c.finished.load(Ordering::SeqCst);
+        // Refused before hits: a refusal seen implies its hit is seen (see `bump`), so the
+        // difference never counts a refusal whose hit it missed.
+        let refused = self.per_thread_sum(|t| &t.refused);
         let refreshes = match self.mode {
             Mode::ConstantWork => self.per_thread_sum(|t| &t.hits),
             Mode::Classic { .. } => 0,
         };
         (refreshes + c.miss_jobs.load(Ordering::SeqCst))
-            .saturating_sub(self.per_thread_sum(|t| &t.refused))
+            .saturating_sub(refused)
             .saturating_sub(finished)
     }
 
@@ -775,6 +795,21 @@ impl Inner {
             if !t.routes.evict_near(salt) {
                 break;
             }
+        }
+    }
+}
+
+/// A miss counted in `miss_jobs` that has not reached the queue: if it never does, it counts
+/// as finished when dropped, so `outstanding` stays exact.
+struct Unqueued<'a> {
+    inner: &'a Inner,
+    queued: bool,
+}
+
+impl Drop for Unqueued<'_> {
+    fn drop(&mut self) {
+        if !self.queued {
+            self.inner.job_done(1);
         }
     }
 }
@@ -935,7 +970,7 @@ async fn run_batch(inner: Arc<Inner>, batch: Arc<Batch>) {
         };
         tried = Some(server.index);
         let sent = Instant::now();
-        let rx = server
+        let (in_flight, rx) = server
             .send(&inner, batch.table.name.as_str(), batch.hashes.clone())
             .await;
         let hedge = (!batch.pending_misses().is_empty()).then(|| {
@@ -951,7 +986,7 @@ async fn run_batch(inner: Arc<Inner>, batch: Arc<Batch>) {
                 .unwrap_or_else(|_| Err(ClientError::Closed("dropped".into()))),
             None => Err(ClientError::Closed("not connected".into())),
         };
-        server.done();
+        drop(in_flight);
         if let Some(h) = hedge {
             h.abort();
         }
@@ -1008,12 +1043,12 @@ async fn hedge_later(inner: Arc<Inner>, batch: Arc<Batch>, first: usize) {
     }
     add(&inner.counters.hedged, misses.len() as u64);
     let hashes: Vec<u64> = misses.iter().map(|&i| batch.hashes[i]).collect();
-    let Some(rx) = server.send(&inner, batch.table.name.as_str(), hashes).await else {
-        server.done();
+    let (in_flight, rx) = server.send(&inner, batch.table.name.as_str(), hashes).await;
+    let Some(rx) = rx else {
         return;
     };
     let answer = rx.await;
-    server.done();
+    drop(in_flight);
     if let Ok(Ok(Response::Routes(routes))) = answer {
         apply(&inner, &batch, &server, routes, Some(&misses)).await;
     }
@@ -1097,14 +1132,18 @@ async fn nodes_for(t: &TableState, server: &Server, digest: u64) -> Option<Arc<N
 }
 
 impl Server {
-    /// Sends a batch lookup; `None` if the connection is gone.
+    /// Sends a batch lookup; `None` if the connection is gone. The request counts as in flight
+    /// to this server while the returned guard lives.
     async fn send(
         &self,
         inner: &Inner,
         table: &str,
         hashes: Vec<u64>,
-    ) -> Option<oneshot::Receiver<Result<Response, ClientError>>> {
-        self.begin();
+    ) -> (
+        InFlight,
+        Option<oneshot::Receiver<Result<Response, ClientError>>>,
+    ) {
+        let in_flight = self.begin();
         let count = hashes.len() as u64;
         let request = if hashes.len() == 1 {
             Request::Lookup {
@@ -1117,12 +1156,13 @@ impl Server {
                 hashes,
             }
         };
-        match self.client.send(&request).await {
+        let rx = match self.client.send(&request).await {
             Ok(rx) => {
                 add(&inner.counters.lookups_sent, count);
                 Some(rx)
             }
             Err(_) => None,
-        }
+        };
+        (in_flight, rx)
     }
 }

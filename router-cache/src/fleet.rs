@@ -38,14 +38,21 @@ pub(crate) struct Server {
 }
 
 impl Server {
-    /// Counts a request in flight to this server.
-    pub(crate) fn begin(&self) {
+    /// Counts a request in flight to this server until the guard is dropped (also when the
+    /// task awaiting the answer is cancelled, as a hedge is once the first answer wins).
+    pub(crate) fn begin(&self) -> InFlight {
         self.slot.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(Arc::clone(&self.slot))
     }
+}
 
-    /// Counts a request to this server as finished.
-    pub(crate) fn done(&self) {
-        self.slot.in_flight.fetch_sub(1, Ordering::Relaxed);
+/// A request in flight to a server, counted for power of two choices while it lives.
+#[derive(Debug)]
+pub(crate) struct InFlight(Arc<Slot>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

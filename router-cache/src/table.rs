@@ -40,6 +40,34 @@ struct Entry {
 struct Routes {
     by_start: BTreeMap<u64, Entry>,
     start_of_id: HashMap<u64, u64>,
+    /// Partitions a storage node called wrong, with the highest epoch it called wrong: an
+    /// answer at that epoch or below (one the fleet produced before it learned of the change,
+    /// arriving late) must not bring the route back. Bounded by [`MAX_INVALIDATED`].
+    invalidated: HashMap<u64, u64>,
+}
+
+/// The most invalidated partitions remembered per table; past it an arbitrary one is forgotten
+/// (at worst a late answer then re-caches a route a storage node will reject again).
+const MAX_INVALIDATED: usize = 4096;
+
+impl Routes {
+    /// Whether a storage node called this epoch of the partition wrong.
+    fn called_wrong(&self, partition: u64, epoch: u64) -> bool {
+        self.invalidated
+            .get(&partition)
+            .is_some_and(|&e| epoch <= e)
+    }
+
+    fn remember_invalidated(&mut self, partition: u64, epoch: u64) {
+        if !self.invalidated.contains_key(&partition)
+            && self.invalidated.len() >= MAX_INVALIDATED
+            && let Some(&forget) = self.invalidated.keys().next()
+        {
+            self.invalidated.remove(&forget);
+        }
+        let e = self.invalidated.entry(partition).or_insert(epoch);
+        *e = (*e).max(epoch);
+    }
 }
 
 /// The cached routes of one table.
@@ -195,8 +223,9 @@ impl TableRoutes {
                 return Check::Confirmed;
             }
         }
-        if overlapping(&routes, r.start, r.end_inclusive)
-            .any(|(_, e)| newer_than(e, version, r.partition, r.epoch))
+        if routes.called_wrong(r.partition, r.epoch)
+            || overlapping(&routes, r.start, r.end_inclusive)
+                .any(|(_, e)| newer_than(e, version, r.partition, r.epoch))
         {
             return Check::Stale;
         }
@@ -217,9 +246,12 @@ impl TableRoutes {
                 )
             })
             .collect();
-        if overlap.iter().any(|&(_, _, newer)| newer) {
+        if overlap.iter().any(|&(_, _, newer)| newer)
+            || routes.called_wrong(route.partition.get(), route.epoch.get())
+        {
             return Applied::Stale;
         }
+        routes.invalidated.remove(&route.partition.get());
         if let Some(e) = routes.by_start.get(&start)
             && *e.route == *route
         {
@@ -260,6 +292,7 @@ impl TableRoutes {
         self.changed(true);
         routes.by_start.remove(&start);
         routes.start_of_id.remove(&id);
+        routes.remember_invalidated(id, observed_epoch);
         true
     }
 
@@ -277,6 +310,7 @@ impl TableRoutes {
             self.changed(true);
             routes.by_start.remove(&start);
             routes.start_of_id.remove(&id);
+            routes.remember_invalidated(id, observed_epoch);
         }
         stale
     }
@@ -469,6 +503,31 @@ mod tests {
         assert!(!t.invalidate_partition(2, 1));
         assert!(t.invalidate_partition(2, 7));
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn a_late_answer_does_not_bring_back_an_invalidated_route() {
+        let t = TableRoutes::default();
+        let r = route(4, 0, u64::MAX, 6, 10);
+        t.insert(r.clone(), 0);
+        assert!(t.invalidate_partition(4, 6));
+        // The fleet's answer was produced before it learned of the change: same epoch.
+        assert_eq!(t.check(11, &wire(&r), &ids(&r), 1), Check::Stale);
+        assert_eq!(t.insert(r.clone(), 1), Applied::Stale);
+        assert!(t.get(5).is_none());
+        // The next epoch is the fix, and clears the memory of the invalidation.
+        let fixed = route(4, 0, u64::MAX, 7, 11);
+        assert_eq!(t.check(11, &wire(&fixed), &ids(&fixed), 2), Check::Insert);
+        assert_eq!(t.insert(fixed, 2), Applied::Changed);
+        assert!(t.invalidate_hash(5, 7));
+        assert_eq!(t.insert(route(4, 0, u64::MAX, 7, 11), 3), Applied::Stale);
+        assert_eq!(t.insert(route(4, 0, u64::MAX, 8, 12), 3), Applied::Changed);
+        // Remembered invalidations are bounded.
+        for id in 0..(MAX_INVALIDATED as u64 + 100) {
+            t.insert(route(1000 + id, 0, u64::MAX, 1, 20 + id), 4);
+            assert!(t.invalidate_partition(1000 + id, 1));
+        }
+        assert_eq!(t.read().invalidated.len(), MAX_INVALIDATED);
     }
 
     #[test]

@@ -478,5 +478,27 @@ async fn losing_servers_fails_no_hit_and_the_queue_bound_holds() {
         "the miss failed only after {:?}",
         started.elapsed()
     );
+    // Waiting for the queue ends even though misses timed out against no fleet.
+    tokio::time::timeout(Duration::from_secs(5), c.drain())
+        .await
+        .expect("drain returns once the timed-out misses are given up");
+    assert_eq!(c.stats().queue_depth, 0);
+
+    // Once shut down: a miss fails at once, a hit still answers (its refresh is refused and
+    // counted), and waiting for the queue returns.
+    assert!(
+        c.apply_route(m.route(warm[0])),
+        "a corrected route, with no fleet"
+    );
     c.shutdown();
+    let dropped = c.stats().dropped;
+    assert!(matches!(
+        c.route_hash(name, 4242).await,
+        Err(CacheError::Shutdown)
+    ));
+    assert!(c.route_hash(name, warm[0]).await.is_ok());
+    assert_eq!(c.stats().dropped, dropped + 1);
+    tokio::time::timeout(Duration::from_secs(1), c.drain())
+        .await
+        .expect("drain returns after shutdown");
 }
