@@ -21,7 +21,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use serde::Deserialize;
 
-use crate::server::{Limits, ServerConfig};
+use crate::server::{DEFAULT_SCRUB_INTERVAL, Limits, ServerConfig};
 use crate::tls::TlsPaths;
 
 /// MemDS server: routing metadata in memory, served over QUIC.
@@ -77,6 +77,10 @@ pub struct Args {
     /// Log size in bytes past which it is compacted into a checkpoint [default: 67108864].
     #[arg(long)]
     pub compact_wal_bytes: Option<u64>,
+    /// Seconds between scrubbing passes over the resident tables; 0 turns scrubbing off
+    /// [default: 60].
+    #[arg(long)]
+    pub scrub_interval_secs: Option<u64>,
 }
 
 impl Args {
@@ -133,6 +137,11 @@ impl Args {
             tls,
             limits,
             compact_wal_bytes: pick!(compact_wal_bytes).unwrap_or(64 << 20),
+            scrub_interval: match pick!(scrub_interval_secs) {
+                Some(0) => None,
+                Some(secs) => Some(Duration::from_secs(secs)),
+                None => Some(DEFAULT_SCRUB_INTERVAL),
+            },
         })
     }
 }

@@ -122,30 +122,17 @@ impl Durable {
                 fs::remove_file(&p).map_err(io_err("removing", &p))?;
             }
         }
-        let mut recovered = Recovered::default();
-        let state_path = dir.join(STATE_FILE);
-        let (covers, state_bytes) = if state_path.exists() {
-            let bytes = fs::read(&state_path).map_err(io_err("reading", &state_path))?;
-            let covers = read_state(&state_path, &bytes, &mut recovered.tables)?;
-            (covers, bytes.len() as u64)
-        } else {
-            (0, 0)
-        };
-
+        let OnDisk {
+            recovered,
+            covers,
+            state_bytes,
+            wal: on_disk_wal,
+        } = read_on_disk(dir)?;
         let wal_path = dir.join(WAL_FILE);
-        let mut generation = covers + 1;
-        let mut wal_bytes = HEADER_LEN as u64;
-        let mut replayable = false;
-        if wal_path.exists() {
-            let bytes = fs::read(&wal_path).map_err(io_err("reading", &wal_path))?;
-            if let Some(g) = parse_header(&bytes, WAL_MAGIC).filter(|&g| g > covers) {
-                generation = g;
-                replayable = true;
-                let valid = read_wal(&bytes, &mut recovered.records);
-                recovered.truncated_bytes = (bytes.len() - valid) as u64;
-                wal_bytes = valid as u64;
-            }
-        }
+        let (generation, wal_bytes, replayable) = match on_disk_wal {
+            Some((generation, valid)) => (generation, valid, true),
+            None => (covers + 1, HEADER_LEN as u64, false),
+        };
         let wal = if replayable {
             let f = OpenOptions::new()
                 .write(true)
@@ -172,6 +159,12 @@ impl Durable {
         };
         durable.seek_end()?;
         Ok((durable, recovered))
+    }
+
+    /// Reads back what the data directory holds (the checkpoint's tables and the log's records
+    /// after it), changing nothing: the source a damaged resident table is rebuilt from.
+    pub fn read_back(&self) -> Result<Recovered, DurableError> {
+        read_on_disk(&self.dir).map(|d| d.recovered)
     }
 
     /// Appends records and syncs them to disk. On failure the log is cut back to where it was,
@@ -239,6 +232,46 @@ impl Durable {
             .map(|_| ())
             .map_err(io_err("seeking", &self.dir.join(WAL_FILE)))
     }
+}
+
+/// What the data directory holds.
+struct OnDisk {
+    recovered: Recovered,
+    /// The log generation the checkpoint covers (0: no checkpoint).
+    covers: u64,
+    state_bytes: u64,
+    /// The log's generation and valid length, when it holds records the checkpoint lacks.
+    wal: Option<(u64, u64)>,
+}
+
+/// Reads the checkpoint and the log (the log's valid prefix, if its generation is newer than
+/// the checkpoint's), changing nothing.
+fn read_on_disk(dir: &Path) -> Result<OnDisk, DurableError> {
+    let mut recovered = Recovered::default();
+    let state_path = dir.join(STATE_FILE);
+    let (covers, state_bytes) = if state_path.exists() {
+        let bytes = fs::read(&state_path).map_err(io_err("reading", &state_path))?;
+        let covers = read_state(&state_path, &bytes, &mut recovered.tables)?;
+        (covers, bytes.len() as u64)
+    } else {
+        (0, 0)
+    };
+    let wal_path = dir.join(WAL_FILE);
+    let mut wal = None;
+    if wal_path.exists() {
+        let bytes = fs::read(&wal_path).map_err(io_err("reading", &wal_path))?;
+        if let Some(g) = parse_header(&bytes, WAL_MAGIC).filter(|&g| g > covers) {
+            let valid = read_wal(&bytes, &mut recovered.records);
+            recovered.truncated_bytes = (bytes.len() - valid) as u64;
+            wal = Some((g, valid as u64));
+        }
+    }
+    Ok(OnDisk {
+        recovered,
+        covers,
+        state_bytes,
+        wal,
+    })
 }
 
 fn frame(payload: &[u8], out: &mut Vec<u8>) {

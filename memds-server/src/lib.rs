@@ -13,6 +13,7 @@
 //! - [`store`]: the published tables and the pure rules that decide what a write does.
 //! - [`writer`]: the thread that applies writes in order with group commit.
 //! - [`durable`]: the write-ahead log, checkpoints, recovery and compaction.
+//! - [`scrub`]: the background verification of resident tables, and their repair from disk.
 //! - [`tls`]: the development PKI, the rustls/quinn server configuration, router vs admin.
 //! - [`metrics`]: every metric, described once, and the `/metrics` endpoint.
 //! - [`config`]: the command line and TOML configuration of the binary.
@@ -20,6 +21,7 @@
 pub mod config;
 pub mod durable;
 pub mod metrics;
+pub mod scrub;
 pub mod server;
 pub mod service;
 pub mod store;

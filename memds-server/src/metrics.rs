@@ -140,6 +140,26 @@ fn describe() {
         Unit::Count,
         "Checkpoints written (log compactions)."
     );
+    describe_counter!(
+        "memds_scrub_passes_total",
+        Unit::Count,
+        "Scrubbing passes over the resident tables."
+    );
+    describe_counter!(
+        "memds_scrub_bytes_total",
+        Unit::Bytes,
+        "Resident bytes whose checksums scrubbing recomputed."
+    );
+    describe_counter!(
+        "memds_scrub_damaged_total",
+        Unit::Count,
+        "Resident tables found failing their checksum."
+    );
+    describe_counter!(
+        "memds_scrub_repairs_total",
+        Unit::Count,
+        "Damaged tables reinstalled from the data directory, by result (repaired, failed)."
+    );
     describe_gauge!(
         "memds_build_info",
         Unit::Count,
@@ -243,6 +263,12 @@ fn register_bounded_series() {
         metrics::counter!("memds_errors_total", "code" => code.as_str()).increment(0);
     }
     metrics::counter!("memds_compactions_total").increment(0);
+    metrics::counter!("memds_scrub_passes_total").increment(0);
+    metrics::counter!("memds_scrub_bytes_total").increment(0);
+    metrics::counter!("memds_scrub_damaged_total").increment(0);
+    for result in ["repaired", "failed"] {
+        metrics::counter!("memds_scrub_repairs_total", "result" => result).increment(0);
+    }
     metrics::gauge!("memds_wal_bytes").increment(0.0);
 }
 

@@ -6,13 +6,17 @@
 //! commit), and only then publishes the new state and answers. A write that fails its checks
 //! answers its error and changes nothing; if the log append fails, no write of the batch is
 //! published or acknowledged.
+//!
+//! The thread also reinstalls a table whose resident copy the scrubber found damaged: it
+//! rebuilds the table from what the data directory holds (which is exactly what was
+//! acknowledged) and publishes that, between write batches.
 
 use std::sync::Arc;
 use std::thread;
 use std::time::Instant;
 
-use memds_proto::NodeInterner;
 use memds_proto::wire::{ErrorCode, ErrorReply, Response, WriteAck};
+use memds_proto::{CompactTable, NodeInterner};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::durable::{Durable, WalRecord};
@@ -29,10 +33,42 @@ pub struct WriteJob {
     pub arrived: Instant,
 }
 
+/// What the writer thread is asked to do.
+#[derive(Debug)]
+pub enum Job {
+    /// Apply a client's write.
+    Write(WriteJob),
+    /// Reinstall a damaged table from the data directory.
+    Repair(RepairJob),
+}
+
+/// A request to reinstall a table from the data directory.
+#[derive(Debug)]
+pub struct RepairJob {
+    /// The table.
+    pub table: String,
+    /// The outcome.
+    pub reply: oneshot::Sender<Repaired>,
+}
+
+/// What a repair did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Repaired {
+    /// The resident table verifies (or is gone): nothing to do.
+    Intact,
+    /// The table was rebuilt from the data directory and published.
+    Reinstalled {
+        /// Its version.
+        version: u64,
+    },
+    /// The table could not be rebuilt; the damaged copy is still served.
+    Failed(String),
+}
+
 /// Handle to the writer thread.
 #[derive(Debug)]
 pub struct Writer {
-    jobs: mpsc::Sender<WriteJob>,
+    jobs: mpsc::Sender<Job>,
     thread: thread::JoinHandle<()>,
 }
 
@@ -53,7 +89,7 @@ impl Writer {
     }
 
     /// The queue's sending side.
-    pub fn sender(&self) -> mpsc::Sender<WriteJob> {
+    pub fn sender(&self) -> mpsc::Sender<Job> {
         self.jobs.clone()
     }
 
@@ -71,23 +107,49 @@ fn run(
     mut interner: NodeInterner,
     store: Arc<Store>,
     counters: Arc<crate::metrics::Counters>,
-    mut rx: mpsc::Receiver<WriteJob>,
+    mut rx: mpsc::Receiver<Job>,
 ) {
     const MAX_BATCH: usize = 256;
     while let Some(first) = rx.blocking_recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
+        // A batch of writes, ended early by a repair, which runs after it.
+        let mut batch = Vec::new();
+        let mut repair = None;
+        match first {
+            Job::Write(w) => batch.push(w),
+            Job::Repair(r) => repair = Some(r),
+        }
+        while repair.is_none() && !batch.is_empty() && batch.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(job) => batch.push(job),
+                Ok(Job::Write(w)) => batch.push(w),
+                Ok(Job::Repair(r)) => repair = Some(r),
                 Err(_) => break,
             }
         }
+        if !batch.is_empty() {
+            write_batch(batch, &mut durable, &mut interner, &store, &counters);
+        }
+        if let Some(r) = repair {
+            let outcome = reinstall(&durable, &mut interner, &store, &r.table);
+            let _ = r.reply.send(outcome);
+        }
+    }
+}
+
+/// Plans, logs (one sync), publishes and answers a batch of writes.
+fn write_batch(
+    batch: Vec<WriteJob>,
+    durable: &mut Durable,
+    interner: &mut NodeInterner,
+    store: &Store,
+    counters: &crate::metrics::Counters,
+) {
+    {
         let mut working: Tables = (*store.tables()).clone();
         let mut records = Vec::new();
         let mut answers: Vec<(WriteJob, Result<Response, ErrorReply>, &'static str)> =
             Vec::with_capacity(batch.len());
         for job in batch {
-            let outcome = plan(&working, &job.write, &mut interner);
+            let outcome = plan(&working, &job.write, interner);
             let answer = match outcome {
                 Ok(Plan::Install(table)) => {
                     let ack = WriteAck {
@@ -124,10 +186,10 @@ fn run(
         match &durable_result {
             Ok(()) => {
                 if !records.is_empty() {
-                    store.publish(working, &interner);
+                    store.publish(working, interner);
                     interner.purge();
                     Counters::add(&counters.writes, records.len() as u64);
-                    crate::server::publish_table_gauges(&store);
+                    crate::server::publish_table_gauges(store);
                     metrics::gauge!("memds_wal_bytes").set(durable.wal_bytes() as f64);
                 }
             }
@@ -167,6 +229,45 @@ fn run(
 }
 
 use crate::metrics::Counters;
+
+/// Rebuilds `name` from the data directory and publishes it, if its resident copy fails its
+/// checksum. The directory holds every acknowledged write, and the resident tables are those
+/// writes applied in order, so the rebuilt table is what the damaged one should hold.
+fn reinstall(
+    durable: &Durable,
+    interner: &mut NodeInterner,
+    store: &Store,
+    name: &str,
+) -> Repaired {
+    match store.table(name) {
+        Some(resident) if !resident.verify() => {}
+        _ => return Repaired::Intact,
+    }
+    let recovered = match durable.read_back() {
+        Ok(r) => r,
+        Err(e) => return Repaired::Failed(format!("reading the data directory: {e}")),
+    };
+    let mut tables = Tables::new();
+    for map in &recovered.tables {
+        let t = CompactTable::new(map, interner);
+        tables.insert(t.name().as_str().to_owned(), Arc::new(t));
+    }
+    replay(&mut tables, recovered.records, interner);
+    let outcome = match tables.remove(name) {
+        Some(t) if t.verify() => {
+            let version = t.version().get();
+            let mut next = (*store.tables()).clone();
+            next.insert(name.to_owned(), t);
+            store.publish(next, interner);
+            Repaired::Reinstalled { version }
+        }
+        Some(_) => Repaired::Failed("the table rebuilt from disk fails its checksum".into()),
+        None => Repaired::Failed("the data directory does not hold the table".into()),
+    };
+    drop(tables);
+    interner.purge();
+    outcome
+}
 
 fn record_of(write: &Write) -> WalRecord {
     match write {

@@ -1,0 +1,265 @@
+//! Continuous verification: a background thread recomputes every resident table's checksum on
+//! a schedule, and has the writer reinstall a damaged table from the data directory.
+//!
+//! A table's checksum is computed when the table is built and covers everything a lookup reads
+//! (see `memds_proto::compact`), so a flipped bit anywhere in a resident table is found by the
+//! next pass. A damaged table is reported (log and `memds_scrub_damaged_total`) and rebuilt from
+//! the data directory, which holds exactly what was acknowledged; if that fails the damaged copy
+//! stays in service and `memds_scrub_repairs_total{result="failed"}` says so (the alert
+//! `MemDSResidentRepairFailed` pages).
+
+use std::sync::Arc;
+use std::sync::mpsc as std_mpsc;
+use std::thread;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::store::Store;
+use crate::writer::{Job, RepairJob, Repaired};
+
+/// Handle to the scrubbing thread.
+#[derive(Debug)]
+pub struct Scrubber {
+    stop: std_mpsc::Sender<()>,
+    thread: thread::JoinHandle<()>,
+}
+
+impl Scrubber {
+    /// Starts a thread that runs a pass every `every`, the first one `every` after the start.
+    pub fn start(
+        store: Arc<Store>,
+        jobs: mpsc::Sender<Job>,
+        every: Duration,
+    ) -> std::io::Result<Self> {
+        let (stop, stopped) = std_mpsc::channel::<()>();
+        let thread = thread::Builder::new()
+            .name("memds-scrub".into())
+            .spawn(move || {
+                while let Err(std_mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
+                    let report = scrub_pass(&store, &jobs);
+                    tracing::debug!(?report, "scrubbed the resident tables");
+                }
+            })?;
+        Ok(Self { stop, thread })
+    }
+
+    /// Stops the thread (after the pass in progress, if any) and waits for it.
+    pub fn shutdown(self) {
+        drop(self.stop);
+        if self.thread.join().is_err() {
+            tracing::error!("the scrubbing thread panicked");
+        }
+    }
+}
+
+/// What one pass found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PassReport {
+    /// Tables verified.
+    pub tables: u64,
+    /// Bytes the checksums covered.
+    pub bytes: u64,
+    /// Tables whose resident copy failed its checksum.
+    pub damaged: u64,
+    /// Damaged tables reinstalled from the data directory.
+    pub repaired: u64,
+    /// Damaged tables that could not be reinstalled.
+    pub failed: u64,
+}
+
+/// Verifies every resident table once, asking the writer (through `jobs`) to reinstall each
+/// damaged one. Blocks on the writer's answers: call it off the async runtime.
+pub fn scrub_pass(store: &Store, jobs: &mpsc::Sender<Job>) -> PassReport {
+    let mut report = PassReport::default();
+    for (name, table) in store.tables().iter() {
+        report.tables += 1;
+        report.bytes += table.verified_bytes() as u64;
+        if table.verify() {
+            continue;
+        }
+        report.damaged += 1;
+        metrics::counter!("memds_scrub_damaged_total").increment(1);
+        tracing::error!(
+            table = %name,
+            version = table.version().get(),
+            "the resident table fails its checksum; reinstalling it from the data directory"
+        );
+        let (reply, answer) = oneshot::channel();
+        let outcome = jobs
+            .blocking_send(Job::Repair(RepairJob {
+                table: name.clone(),
+                reply,
+            }))
+            .map_err(|_| "the writer has stopped".to_owned())
+            .and_then(|()| {
+                answer
+                    .blocking_recv()
+                    .map_err(|_| "the writer has stopped".to_owned())
+            });
+        match outcome {
+            Ok(Repaired::Reinstalled { version }) => {
+                report.repaired += 1;
+                metrics::counter!("memds_scrub_repairs_total", "result" => "repaired").increment(1);
+                tracing::warn!(table = %name, version, "reinstalled the table from the data directory");
+            }
+            // Replaced or dropped by a write meanwhile: the damaged copy is gone.
+            Ok(Repaired::Intact) => report.repaired += 1,
+            Ok(Repaired::Failed(reason)) | Err(reason) => {
+                report.failed += 1;
+                metrics::counter!("memds_scrub_repairs_total", "result" => "failed").increment(1);
+                tracing::error!(table = %name, %reason, "could not reinstall the damaged table; it stays in service");
+            }
+        }
+    }
+    metrics::counter!("memds_scrub_passes_total").increment(1);
+    metrics::counter!("memds_scrub_bytes_total").increment(report.bytes);
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::durable::Durable;
+    use crate::store::{Tables, Write};
+    use crate::writer::{WriteJob, Writer};
+    use memds_proto::synth::{self, SynthConfig};
+    use memds_proto::wire::Response;
+    use memds_proto::{NodeInterner, TableMap, snapshot};
+    use std::time::Instant;
+
+    struct Fixture {
+        dir: std::path::PathBuf,
+        store: Arc<Store>,
+        writer: Writer,
+        map: TableMap,
+    }
+
+    /// A writer over a fresh data directory holding one acknowledged table.
+    fn fixture(name: &str) -> Fixture {
+        let dir = std::env::temp_dir().join(format!("memds-scrub-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (durable, _) = Durable::open(&dir, 64 << 20).expect("data directory");
+        let store = Arc::new(Store::default());
+        let writer = Writer::start(
+            durable,
+            NodeInterner::default(),
+            Arc::clone(&store),
+            Arc::new(crate::metrics::Counters::default()),
+            16,
+        )
+        .expect("writer");
+        let map = synth::generate_table(
+            &SynthConfig {
+                partitions: 5000,
+                ..SynthConfig::default()
+            },
+            0,
+        );
+        let (reply, answer) = oneshot::channel();
+        writer
+            .sender()
+            .blocking_send(Job::Write(WriteJob {
+                write: Write::Put {
+                    snapshot: snapshot::encode(&map),
+                },
+                reply,
+                arrived: Instant::now(),
+            }))
+            .expect("queued");
+        assert!(matches!(
+            answer.blocking_recv().expect("answered"),
+            Response::Written(_)
+        ));
+        Fixture {
+            dir,
+            store,
+            writer,
+            map,
+        }
+    }
+
+    /// Publishes a copy of the table with one bit flipped, as a memory fault would leave it.
+    fn damage(f: &Fixture, bit: usize) {
+        let name = f.map.name().as_str();
+        let mut tables: Tables = (*f.store.tables()).clone();
+        let damaged = tables[name].damaged_copy(bit);
+        assert!(!damaged.verify());
+        tables.insert(name.to_owned(), Arc::new(damaged));
+        f.store.publish(tables, &NodeInterner::default());
+    }
+
+    #[test]
+    fn a_damaged_table_is_found_and_reinstalled_from_the_data_directory() {
+        let f = fixture("repair");
+        let name = f.map.name().as_str();
+        let jobs = f.writer.sender();
+        let clean = scrub_pass(&f.store, &jobs);
+        assert_eq!((clean.tables, clean.damaged), (1, 0));
+        assert!(clean.bytes > 5000, "{clean:?}");
+        let checksum = f.store.table(name).expect("held").checksum();
+
+        for bit in [0, 12_345, 99_999] {
+            damage(&f, bit);
+            let report = scrub_pass(&f.store, &jobs);
+            assert_eq!(
+                (report.damaged, report.repaired, report.failed),
+                (1, 1, 0),
+                "bit {bit}: {report:?}"
+            );
+            let t = f.store.table(name).expect("still held");
+            assert!(t.verify());
+            assert_eq!(t.checksum(), checksum);
+            assert_eq!(
+                t.to_map(),
+                f.map,
+                "the reinstalled table is the acknowledged one"
+            );
+        }
+        assert_eq!(scrub_pass(&f.store, &jobs).damaged, 0);
+        drop(jobs);
+        f.writer.shutdown();
+    }
+
+    #[test]
+    fn damage_the_data_directory_cannot_repair_is_reported_and_the_table_stays() {
+        let f = fixture("unrepairable");
+        let name = f.map.name().as_str();
+        let jobs = f.writer.sender();
+        damage(&f, 7);
+        // The directory lost the table (an operator wiped it, a disk failed).
+        std::fs::remove_file(f.dir.join("wal.log")).expect("removing the log");
+        let report = scrub_pass(&f.store, &jobs);
+        assert_eq!(
+            (report.damaged, report.repaired, report.failed),
+            (1, 0, 1),
+            "{report:?}"
+        );
+        assert!(
+            f.store.table(name).is_some_and(|t| !t.verify()),
+            "a table that cannot be rebuilt is reported, not dropped"
+        );
+        drop(jobs);
+        f.writer.shutdown();
+    }
+
+    #[test]
+    fn the_thread_runs_passes_and_stops() {
+        let f = fixture("thread");
+        damage(&f, 3);
+        let s = Scrubber::start(
+            Arc::clone(&f.store),
+            f.writer.sender(),
+            Duration::from_millis(20),
+        )
+        .expect("thread");
+        let name = f.map.name().as_str();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !f.store.table(name).is_some_and(|t| t.verify()) {
+            assert!(Instant::now() < deadline, "no pass repaired the table");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        s.shutdown();
+        f.writer.shutdown();
+    }
+}
