@@ -83,6 +83,11 @@ pub(crate) struct Report {
     /// Building that table's compact encoding from its map, in the same run.
     table_build_seconds: f64,
     split_vs_build: f64,
+    /// Verifying every table's checksum once (a scrubbing pass), in seconds, and the bytes it
+    /// read.
+    scrub_seconds: f64,
+    scrub_bytes: u64,
+    scrub_ms_per_100_mb: f64,
 }
 
 /// The naive design: plain structs, every replica with its own strings.
@@ -191,6 +196,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     let (batch_ns, baseline_batch_ns) = time_batches(&probes, &compact, &naive);
     drop(naive);
     let (split_update_seconds, table_build_seconds) = time_split(&compact, &mut interner)?;
+    let (scrub_seconds, scrub_bytes) = time_scrub(&compact)?;
 
     let per = |bytes: f64| bytes / n as f64;
     let report = Report {
@@ -219,6 +225,9 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         split_update_seconds,
         table_build_seconds,
         split_vs_build: split_update_seconds / table_build_seconds.max(1e-9),
+        scrub_seconds,
+        scrub_bytes,
+        scrub_ms_per_100_mb: scrub_seconds * 1e3 / (scrub_bytes as f64 / 1e8).max(1e-9),
     };
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -281,6 +290,22 @@ fn time_split(compact: &[CompactTable], interner: &mut NodeInterner) -> anyhow::
     }
     ensure!(!times.is_empty(), "no partition wide enough to split");
     Ok((median(&mut times), build))
+}
+
+/// Times a scrubbing pass (every table's `verify`) three times; answers the median seconds and
+/// the bytes a pass reads.
+fn time_scrub(compact: &[CompactTable]) -> anyhow::Result<(f64, u64)> {
+    let bytes = compact.iter().map(|t| t.verified_bytes() as u64).sum();
+    let mut times = Vec::new();
+    for _ in 0..3 {
+        let t = Instant::now();
+        ensure!(
+            compact.iter().all(|t| black_box(t).verify()),
+            "a freshly built table fails its checksum"
+        );
+        times.push(t.elapsed().as_secs_f64());
+    }
+    Ok((median(&mut times), bytes))
 }
 
 /// Size of the plain records of every table, archived with rkyv and zstd-compressed as one blob.
@@ -410,5 +435,9 @@ fn print_table(r: &Report) {
     println!(
         "one-partition split of the largest table: {:.3} s (its build from the map: {:.3} s, {:.2}x)",
         r.split_update_seconds, r.table_build_seconds, r.split_vs_build
+    );
+    println!(
+        "scrubbing pass (verify every table): {:.4} s over {} bytes, {:.1} ms per 100 MB",
+        r.scrub_seconds, r.scrub_bytes, r.scrub_ms_per_100_mb
     );
 }

@@ -29,6 +29,9 @@ fn bench_map_json_has_every_figure_and_consistent_values() {
         "split_update_seconds",
         "table_build_seconds",
         "split_vs_build",
+        "scrub_seconds",
+        "scrub_bytes",
+        "scrub_ms_per_100_mb",
     ] {
         assert!(num(k) > 0.0, "{k} = {}", num(k));
     }
