@@ -256,28 +256,10 @@ fn time_split(compact: &[CompactTable], interner: &mut NodeInterner) -> anyhow::
     let mut times = Vec::new();
     for k in 1..=3 {
         let index = map.partitions().len() * k / 4;
-        let p = map.partitions()[index];
-        let end = map.end_inclusive(index);
-        if end - p.start < 2 {
+        if map.end_inclusive(index) - map.partitions()[index].start < 2 {
             continue;
         }
-        let mid = p.start + (end - p.start) / 2;
-        let replicas: Vec<u32> = p.replicas.as_slice().iter().map(|r| r.get()).collect();
-        let split = |id: u64, start: u64| memds_proto::model::PartitionSpec {
-            id,
-            start,
-            epoch: p.epoch.get() + 1,
-            replicas: replicas.clone(),
-            leader: u64::from(p.leader),
-        };
-        let update = memds_proto::wire::PartitionUpdate {
-            table: map.name().as_str().to_owned(),
-            base_version: map.version().get(),
-            version: map.version().get() + 1,
-            end_inclusive: end,
-            nodes: vec![],
-            partitions: vec![split(p.id.get(), p.start), split(u64::MAX - k as u64, mid)],
-        };
+        let update = synth::split_update(&map, index, u64::MAX - k as u64);
         let write = memds_server::store::Write::Update(update);
         let t = Instant::now();
         let plan = memds_server::store::plan(&tables, &write, interner)

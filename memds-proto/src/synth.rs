@@ -29,9 +29,10 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::model::{
-    Epoch, MAX_REPLICAS, NodeId, Partition, PartitionId, Replicas, StorageNode, TableMap,
-    TableName, TableVersion,
+    Epoch, MAX_REPLICAS, NodeId, Partition, PartitionId, PartitionSpec, Replicas, StorageNode,
+    TableMap, TableName, TableVersion,
 };
+use crate::wire::PartitionUpdate;
 
 /// The knobs of the generator. `Default` gives a small fleet-like map.
 #[derive(Clone, Debug, PartialEq)]
@@ -315,6 +316,31 @@ fn pool_node(cfg: &SynthConfig, g: usize) -> StorageNode {
         id: NodeId::new(g as u32 + 1),
         addr: format!("10.{}.{}.{}:8100", az, n / 256, n % 256),
         az: format!("az-{}", (b'a' + (az % 26) as u8) as char),
+    }
+}
+
+/// The update that splits partition `index` of `map` at the middle of its range, as the
+/// authority would send it: the left half keeps the id, the right half gets `new_id`, both at
+/// the next epoch on the parent's replicas and leader, and the table moves to the next version.
+/// The partition's range must hold at least three hashes (so the halves are not empty).
+pub fn split_update(map: &TableMap, index: usize, new_id: u64) -> PartitionUpdate {
+    let p = map.partitions()[index];
+    let end = map.end_inclusive(index);
+    let mid = p.start + (end - p.start) / 2;
+    let half = |id: u64, start: u64| PartitionSpec {
+        id,
+        start,
+        epoch: p.epoch.get() + 1,
+        replicas: p.replicas.as_slice().iter().map(|r| r.get()).collect(),
+        leader: u64::from(p.leader),
+    };
+    PartitionUpdate {
+        table: map.name().as_str().into(),
+        base_version: map.version().get(),
+        version: map.version().get() + 1,
+        end_inclusive: end,
+        nodes: vec![],
+        partitions: vec![half(p.id.get(), p.start), half(new_id, mid)],
     }
 }
 

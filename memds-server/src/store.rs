@@ -376,24 +376,7 @@ mod tests {
     }
 
     fn split_update(m: &TableMap, index: usize) -> PartitionUpdate {
-        let p = m.partitions()[index];
-        let end = m.end_inclusive(index);
-        let mid = p.start + (end - p.start) / 2;
-        let spec = |id: u64, start: u64| PartitionSpec {
-            id,
-            start,
-            epoch: p.epoch.get() + 1,
-            replicas: p.replicas.as_slice().iter().map(|r| r.get()).collect(),
-            leader: u64::from(p.leader),
-        };
-        PartitionUpdate {
-            table: m.name().as_str().into(),
-            base_version: m.version().get(),
-            version: m.version().get() + 1,
-            end_inclusive: end,
-            nodes: vec![],
-            partitions: vec![spec(p.id.get(), p.start), spec(1_000_000, mid)],
-        }
+        synth::split_update(m, index, 1_000_000)
     }
 
     #[test]
