@@ -110,10 +110,16 @@ mod messages {
         },
         /// Replace the partitions covering a range (admin only).
         UpdatePartitions(/** The update. */ PartitionUpdate),
-        /// Remove a table (admin only).
+        /// Remove a table (admin only), leaving a tombstone: a later put of the name needs a
+        /// version above the one dropped.
         DropTable {
             /// Table name.
             table: String,
+            /// The version being dropped. `None` drops whatever version the server holds; a
+            /// version refuses the drop (`stale`) if the server holds a newer one, and records
+            /// the tombstone at that version even where the table is absent or older, so drops
+            /// and puts forwarded in any order end in the same state.
+            version: Option<u64>,
         },
     }
 
@@ -475,6 +481,9 @@ pub enum ErrorCode {
     Malformed,
     /// The server failed (for instance, the disk); nothing was changed.
     Internal,
+    /// The server cannot take the request now (for instance, writes while its log cannot be
+    /// written); nothing was changed. Retry later or on another server.
+    Unavailable,
 }
 
 impl ErrorCode {
@@ -490,11 +499,12 @@ impl ErrorCode {
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::Malformed => "malformed",
             ErrorCode::Internal => "internal",
+            ErrorCode::Unavailable => "unavailable",
         }
     }
 
     /// Every code, for describing metrics and tests.
-    pub const ALL: [ErrorCode; 9] = [
+    pub const ALL: [ErrorCode; 10] = [
         ErrorCode::UnknownTable,
         ErrorCode::Stale,
         ErrorCode::Conflict,
@@ -504,6 +514,7 @@ impl ErrorCode {
         ErrorCode::Overloaded,
         ErrorCode::Malformed,
         ErrorCode::Internal,
+        ErrorCode::Unavailable,
     ];
 }
 
@@ -567,21 +578,54 @@ pub enum WireError {
 pub fn encode_request(id: u64, request: &Request, out: &mut Vec<u8>) {
     let archive = rkyv::to_bytes::<rancor::Error>(request)
         .expect("serializing a request into memory cannot fail");
-    put_frame(id, &archive, out);
+    // A request over 4 GiB cannot be framed; every server limit is far below that, so sending
+    // nothing and letting the caller's request fail is the same outcome as the server's refusal.
+    let _ = put_frame(id, &archive, out);
 }
 
-/// Appends one response frame to `out`.
+/// Appends one response frame to `out`. A response whose archive cannot fit a frame (4 GiB)
+/// is answered by a `too_large` error under the same id instead.
 pub fn encode_response(id: u64, response: &Response, out: &mut Vec<u8>) {
-    let archive = rkyv::to_bytes::<rancor::Error>(response)
-        .expect("serializing a response into memory cannot fail");
-    put_frame(id, &archive, out);
+    let archive = archive_response(response);
+    if encode_archived_response(id, &archive, out).is_err() {
+        let refusal = Response::Error(ErrorReply::new(
+            ErrorCode::TooLarge,
+            format!(
+                "the answer is {} bytes, more than a frame can carry",
+                archive.len()
+            ),
+        ));
+        put_frame(id, &archive_response(&refusal), out)
+            .expect("an error reply is far below 4 GiB");
+    }
 }
 
-fn put_frame(id: u64, archive: &[u8], out: &mut Vec<u8>) {
-    let len = u32::try_from(8 + archive.len()).expect("frames are far below 4 GiB");
+/// The rkyv archive of a response, for answers encoded once and sent many times (a table's
+/// snapshot) with [`encode_archived_response`].
+pub fn archive_response(response: &Response) -> AlignedVec {
+    rkyv::to_bytes::<rancor::Error>(response)
+        .expect("serializing a response into memory cannot fail")
+}
+
+/// Appends one response frame whose archive [`archive_response`] made, or refuses an archive
+/// too long for a frame.
+pub fn encode_archived_response(
+    id: u64,
+    archive: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), WireError> {
+    put_frame(id, archive, out)
+}
+
+fn put_frame(id: u64, archive: &[u8], out: &mut Vec<u8>) -> Result<(), WireError> {
+    let len = u32::try_from(8 + archive.len()).map_err(|_| WireError::FrameTooLarge {
+        len: archive.len().saturating_add(8),
+        max: u32::MAX as usize,
+    })?;
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(&id.to_le_bytes());
     out.extend_from_slice(archive);
+    Ok(())
 }
 
 /// Validates a request archive and gives read access to it in place.
@@ -725,7 +769,10 @@ mod tests {
                     leader: 0,
                 }],
             }),
-            Request::DropTable { table: "t".into() },
+            Request::DropTable {
+                table: "t".into(),
+                version: Some(3),
+            },
         ]
     }
 

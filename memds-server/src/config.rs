@@ -12,6 +12,7 @@
 //! client_ca = "/etc/memds/routers-ca.pem"
 //! admin_ca = "/etc/memds/admin-ca.pem"
 //! max_connections = 4096
+//! wal_recovery = "strict"
 //! ```
 
 use std::net::SocketAddr;
@@ -21,6 +22,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use serde::Deserialize;
 
+use crate::durable::RecoveryMode;
 use crate::server::{DEFAULT_SCRUB_INTERVAL, Limits, ServerConfig};
 use crate::tls::TlsPaths;
 
@@ -81,6 +83,26 @@ pub struct Args {
     /// [default: 60].
     #[arg(long)]
     pub scrub_interval_secs: Option<u64>,
+    /// Largest uncompressed table a put may carry, in bytes (its snapshot's declared archive
+    /// size, checked before anything is allocated) [default: 1073741824].
+    #[arg(long)]
+    pub max_snapshot_bytes: Option<u64>,
+    /// What to do with a damaged data directory: `strict` cuts only a torn, unacknowledged tail
+    /// of the log and refuses to start on any other damage; `salvage` sets the damaged files
+    /// aside (never deleting them), starts from what precedes the damage and logs every write
+    /// it could not restore [default: strict].
+    #[arg(long, value_enum)]
+    pub wal_recovery: Option<WalRecovery>,
+}
+
+/// The `--wal-recovery` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WalRecovery {
+    /// Refuse to start on damage other than a torn tail.
+    Strict,
+    /// Set damaged files aside and start from what precedes the damage.
+    Salvage,
 }
 
 impl Args {
@@ -105,6 +127,7 @@ impl Args {
                 .map(Duration::from_secs)
                 .unwrap_or(defaults.idle_timeout),
             write_queue: pick!(write_queue).unwrap_or(defaults.write_queue),
+            max_snapshot_bytes: pick!(max_snapshot_bytes).unwrap_or(defaults.max_snapshot_bytes),
             ..defaults
         };
         if limits.max_batch == 0 || limits.max_connections == 0 || limits.max_frame_bytes < 64 {
@@ -141,6 +164,10 @@ impl Args {
                 Some(0) => None,
                 Some(secs) => Some(Duration::from_secs(secs)),
                 None => Some(DEFAULT_SCRUB_INTERVAL),
+            },
+            recovery: match pick!(wal_recovery) {
+                Some(WalRecovery::Salvage) => RecoveryMode::Salvage,
+                Some(WalRecovery::Strict) | None => RecoveryMode::Strict,
             },
         })
     }

@@ -1,43 +1,66 @@
-//! Durability: a write-ahead log and a checkpoint, in `--data-dir`.
+//! Durability: write-ahead logs and a checkpoint, in `--data-dir`.
 //!
 //! # Files
 //!
-//! - `wal.log`: header `MDSWAL01` + generation (u64 LE), then records
-//!   `[u32 len][u64 xxh3(payload)][payload]`, the payload an rkyv [`WalRecord`]. A write is
-//!   appended and `fdatasync`ed before it is acknowledged.
-//! - `state.db`: header `MDSSTATE` + the WAL generation it covers (u64 LE), then one record per
-//!   table (same framing), the payload a table snapshot.
+//! - `wal-<generation>.log` (the generation in 20 decimal digits): header `MDSWAL02` +
+//!   generation (u64 LE), then one frame per appended batch. A batch is written and
+//!   `fdatasync`ed before any of its writes is acknowledged. A clean shutdown appends a frame
+//!   holding [`WalRecord::Closed`].
+//! - `state.db`: header `MDSSTAT2` + the log generation it covers (u64 LE), then one frame per
+//!   table (a [`WalRecord::Put`]) and per tombstone (a [`WalRecord::Drop`]): a checkpoint is the
+//!   log compacted, read by the same code.
+//! - A frame: payload length (u64 LE), XXH3-64 of the payload, XXH3-64 (seeded) of those 16
+//!   bytes, the payload (an rkyv `Vec<WalRecord>`), zero padding to a multiple of 8. The header's
+//!   own check lets a reader test any 8-byte-aligned offset for a frame cheaply, which is how it
+//!   tells a torn tail from damage in the middle.
 //!
-//! # Recovery
+//! # Recovery (the rules ARCHITECTURE.md states as invariants)
 //!
-//! Load `state.db` (any damage there stops the server with the offset and reason: it holds
-//! acknowledged data that cannot be silently dropped), then replay `wal.log` if its generation is
-//! newer than the one the checkpoint covers. A record that is incomplete or fails its checksum
-//! ends the log: it is a write that was never acknowledged (the crash came before its sync), and
-//! the file is truncated there.
+//! Read `state.db` (any damage stops the server), then every log whose generation is above the
+//! one the checkpoint covers, in order; they must follow each other without a gap, starting at
+//! the next generation after the checkpoint's, and a log after generation 1 needs the checkpoint
+//! it follows. In the last log, a frame that is incomplete or fails a checksum, with no valid
+//! frame anywhere after it, is a torn write that was never acknowledged (the crash came before
+//! its sync): it is cut. Anything else (a bad frame followed by a valid one, a bad frame in an
+//! earlier log, a bad header, a frame whose checksums pass but whose records do not decode) is
+//! damage to acknowledged data: [`Durable::open`] refuses it with [`DurableError::Corrupt`],
+//! naming the file, the offset, what was found and how to proceed. In
+//! [`RecoveryMode::Salvage`] the damaged files are linked aside into `damaged-<unix time>/`
+//! (never deleted), recovery keeps what precedes the damage, lists every write it found after
+//! it as lost, and the caller writes a fresh checkpoint at once.
 //!
 //! # Compaction
 //!
-//! When the log outgrows its bound, every table is written to `state.db.tmp`, synced, renamed
-//! over `state.db` (directory synced), and a fresh `wal.log` of the next generation replaces the
-//! old one the same way. A crash between the two renames leaves a log whose generation the
-//! checkpoint already covers, which recovery ignores: disk use stays bounded and nothing is
-//! replayed twice.
+//! When the log outgrows its bound the writer checkpoints every table, in this order: (1) create
+//! the next log, empty, (2) write and sync `state.db.tmp`, covering the current log, (3) rename
+//! it over `state.db` and sync the directory, (4) switch appends to the next log, (5) delete the
+//! logs the checkpoint covers. A crash or an error at any step leaves files from which recovery
+//! restores every acknowledged write: before (3) the old checkpoint and every log are there
+//! (the new log is empty); after (3) the new checkpoint covers every write logged so far and the
+//! new log is already there to follow it. A failure before (3) keeps appending to the current
+//! log, which recovery reads.
+//!
+//! An append that fails is cut back from the log, so the failed batch is neither acknowledged
+//! nor replayed. If even the cut fails, the log's tail is unknown: the log is poisoned, every
+//! later append is refused ([`DurableError::Poisoned`]) until a compaction succeeds and starts a
+//! fresh log.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 
-use memds_proto::{TableMap, snapshot};
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
 
-const WAL_MAGIC: &[u8; 8] = b"MDSWAL01";
-const STATE_MAGIC: &[u8; 8] = b"MDSSTATE";
+const WAL_MAGIC: &[u8; 8] = b"MDSWAL02";
+const STATE_MAGIC: &[u8; 8] = b"MDSSTAT2";
 const HEADER_LEN: usize = 16;
-const RECORD_HEADER_LEN: usize = 12;
-const WAL_FILE: &str = "wal.log";
+const FRAME_HEADER_LEN: usize = 24;
+/// Seed of the frame header's own check, so a run of zeros or a copy of a payload checksum is
+/// not mistaken for a header.
+const FRAME_SEED: u64 = 0x4d44_5346_5241_4d45;
 const STATE_FILE: &str = "state.db";
+const STATE_TMP: &str = "state.db.tmp";
 
 pub use record::WalRecord;
 
@@ -46,7 +69,7 @@ pub use record::WalRecord;
 mod record {
     use memds_proto::wire::PartitionUpdate;
 
-    /// One logged write.
+    /// One logged write (or, in a checkpoint, one table or tombstone).
     #[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
     pub enum WalRecord {
         /// A whole table, as a snapshot.
@@ -56,12 +79,28 @@ mod record {
         },
         /// A partial update.
         Update(PartitionUpdate),
-        /// A table removal.
+        /// A table removal, or a tombstone: the name is dropped at this version, and only a
+        /// higher version may bring it back.
         Drop {
             /// The table.
             table: String,
+            /// The version dropped.
+            version: u64,
         },
+        /// The server shut down cleanly here: every frame before this one was complete, so
+        /// damage to any of them cannot pass for a torn tail.
+        Closed,
     }
+}
+
+/// How recovery treats damage to the data directory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RecoveryMode {
+    /// Cut a torn tail; refuse to start on any other damage.
+    #[default]
+    Strict,
+    /// Set damaged files aside, start from what precedes the damage, and report each write lost.
+    Salvage,
 }
 
 /// Why the data directory could not be used.
@@ -77,27 +116,77 @@ pub enum DurableError {
         /// The cause.
         source: io::Error,
     },
-    /// The checkpoint is damaged.
-    #[error("{path} is damaged at byte {offset}: {reason}")]
-    Damaged {
+    /// A file holding acknowledged writes is damaged.
+    #[error(
+        "{path} is damaged at byte {offset}: {found}. It holds acknowledged writes, so the server \
+         does not start without them: restore the data directory from a backup, or start with \
+         --wal-recovery salvage to set the damaged files aside (into the data directory's \
+         damaged-* folder) and start from what precedes the damage; the writes after it are lost \
+         on this server and are listed in its log"
+    )]
+    Corrupt {
         /// The file.
         path: PathBuf,
-        /// Where.
+        /// Where the damage starts.
         offset: u64,
-        /// What is wrong.
+        /// What was found there.
+        found: String,
+    },
+    /// The files do not form one history: a log or the checkpoint a log follows is missing.
+    #[error(
+        "{dir}: {found}. Acknowledged writes may be missing, so the server does not start: \
+         restore the missing file, or start with --wal-recovery salvage to keep what is there"
+    )]
+    Inconsistent {
+        /// The data directory.
+        dir: PathBuf,
+        /// What is missing or out of order.
+        found: String,
+    },
+    /// An earlier failure left the log's end unknown; writes wait for a compaction.
+    #[error("the write-ahead log is unusable after a failed write ({reason}); writes are refused until a compaction starts a new log")]
+    Poisoned {
+        /// The failure that poisoned it.
         reason: String,
     },
 }
 
-/// What recovery found: the checkpoint's tables, then the log's records to replay in order.
+/// Where a recovered record was read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Origin {
+    /// The file.
+    pub path: PathBuf,
+    /// The offset of the frame holding the record.
+    pub offset: u64,
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} at byte {}", self.path.display(), self.offset)
+    }
+}
+
+/// What recovery found: the records to replay in order (the checkpoint's, then the logs').
 #[derive(Debug, Default)]
 pub struct Recovered {
-    /// Tables of the checkpoint.
-    pub tables: Vec<TableMap>,
-    /// Log records after the checkpoint.
-    pub records: Vec<WalRecord>,
-    /// Bytes cut from the end of the log (an unacknowledged, torn write).
-    pub truncated_bytes: u64,
+    /// Each record and where it was read.
+    pub records: Vec<(Origin, WalRecord)>,
+    /// A torn, unacknowledged write cut from the end of the last log: where, and how many bytes.
+    pub truncated: Option<(Origin, u64)>,
+    /// Salvage only: what was set aside, and the writes it held that are not restored.
+    pub salvage: Option<Salvaged>,
+}
+
+/// What a salvaging recovery set aside.
+#[derive(Debug, Default)]
+pub struct Salvaged {
+    /// The folder the damaged files were linked into.
+    pub folder: PathBuf,
+    /// Each damage found.
+    pub damage: Vec<String>,
+    /// The writes found after the damage, which are not restored (`table version V`, or an
+    /// offset where nothing more could be read).
+    pub lost: Vec<String>,
 }
 
 /// The open log of a data directory.
@@ -109,79 +198,100 @@ pub struct Durable {
     wal_bytes: u64,
     state_bytes: u64,
     compact_min_bytes: u64,
+    poisoned: Option<String>,
 }
 
 impl Durable {
     /// Opens (creating if needed) the data directory and recovers its contents. The log is
-    /// compacted once its size passes both `compact_min_bytes` and the checkpoint's size.
-    pub fn open(dir: &Path, compact_min_bytes: u64) -> Result<(Self, Recovered), DurableError> {
+    /// compacted once its size passes both `compact_min_bytes` and the checkpoint's size. After
+    /// a salvage ([`Recovered::salvage`]) the caller must checkpoint the recovered tables with
+    /// [`Durable::compact`] before taking writes.
+    pub fn open(
+        dir: &Path,
+        compact_min_bytes: u64,
+        mode: RecoveryMode,
+    ) -> Result<(Self, Recovered), DurableError> {
         fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
-        for leftover in ["state.db.tmp", "wal.log.tmp"] {
-            let p = dir.join(leftover);
-            if p.exists() {
-                fs::remove_file(&p).map_err(io_err("removing", &p))?;
+        remove_leftovers(dir)?;
+        let history = read_history(dir, mode)?;
+        let mut recovered = history.recovered;
+        let (generation, wal, wal_bytes) = match history.last_log {
+            Some(last) => {
+                let path = log_path(dir, last.generation);
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(io_err("opening", &path))?;
+                if let Some(cut) = last.cut {
+                    f.set_len(last.valid)
+                        .map_err(io_err("truncating", &path))?;
+                    f.sync_all().map_err(io_err("syncing", &path))?;
+                    recovered.truncated = Some((
+                        Origin {
+                            path: path.clone(),
+                            offset: last.valid,
+                        },
+                        cut,
+                    ));
+                }
+                (last.generation, f, last.valid)
             }
-        }
-        let OnDisk {
-            recovered,
-            covers,
-            state_bytes,
-            wal: on_disk_wal,
-        } = read_on_disk(dir)?;
-        let wal_path = dir.join(WAL_FILE);
-        let (generation, wal_bytes, replayable) = match on_disk_wal {
-            Some((generation, valid)) => (generation, valid, true),
-            None => (covers + 1, HEADER_LEN as u64, false),
-        };
-        let wal = if replayable {
-            let f = OpenOptions::new()
-                .write(true)
-                .open(&wal_path)
-                .map_err(io_err("opening", &wal_path))?;
-            if recovered.truncated_bytes > 0 {
-                f.set_len(wal_bytes)
-                    .map_err(io_err("truncating", &wal_path))?;
-                f.sync_all().map_err(io_err("syncing", &wal_path))?;
+            None => {
+                let generation = history.covers + 1;
+                (
+                    generation,
+                    create_log(dir, generation)?,
+                    HEADER_LEN as u64,
+                )
             }
-            f
-        } else {
-            // No log, a log the checkpoint already covers, or a log whose header never made it
-            // to disk: start a fresh one.
-            create_wal(dir, generation)?
         };
         let mut durable = Self {
             dir: dir.to_owned(),
             wal,
             generation,
             wal_bytes,
-            state_bytes,
+            state_bytes: history.state_bytes,
             compact_min_bytes,
+            poisoned: None,
         };
         durable.seek_end()?;
         Ok((durable, recovered))
     }
 
-    /// Reads back what the data directory holds (the checkpoint's tables and the log's records
-    /// after it), changing nothing: the source a damaged resident table is rebuilt from.
+    /// Reads back what the data directory holds (every acknowledged write, in order), changing
+    /// nothing: the source a damaged resident table is rebuilt from. Damage is an error here
+    /// whatever the recovery mode: a repair must not install a guess.
     pub fn read_back(&self) -> Result<Recovered, DurableError> {
-        read_on_disk(&self.dir).map(|d| d.recovered)
+        read_history(&self.dir, RecoveryMode::Strict).map(|h| h.recovered)
     }
 
-    /// Appends records and syncs them to disk. On failure the log is cut back to where it was,
-    /// so a write that was not acknowledged is not replayed either.
-    pub fn append(&mut self, records: &[WalRecord]) -> Result<(), DurableError> {
-        let mut buf = Vec::new();
-        for r in records {
-            let payload = rkyv::to_bytes::<rancor::Error>(r)
-                .expect("serializing a log record into memory cannot fail");
-            frame(&payload, &mut buf);
+    /// Appends a batch of records as one frame and syncs it. On failure the log is cut back to
+    /// where it was, so a batch that was not acknowledged is not replayed either; if the cut
+    /// fails too, the log is poisoned until the next successful [`Durable::compact`].
+    pub fn append(&mut self, records: Vec<WalRecord>) -> Result<(), DurableError> {
+        if let Some(reason) = &self.poisoned {
+            return Err(DurableError::Poisoned {
+                reason: reason.clone(),
+            });
         }
-        let path = self.dir.join(WAL_FILE);
-        let result = self.wal.write_all(&buf).and_then(|()| self.wal.sync_data());
+        let mut buf = Vec::new();
+        write_frame(&serialize(records), &mut buf);
+        let path = log_path(&self.dir, self.generation);
+        let result = fail_io("wal-append").and_then(|()| {
+            self.wal.write_all(&buf)?;
+            fail_io("wal-sync")?;
+            self.wal.sync_data()
+        });
         if let Err(source) = result {
-            let _ = self.wal.set_len(self.wal_bytes);
-            let _ = self.wal.sync_all();
-            let _ = self.seek_end();
+            let cut = fail_io("wal-cut-back")
+                .and_then(|()| self.wal.set_len(self.wal_bytes))
+                .and_then(|()| self.wal.sync_all())
+                .map_err(DurableError::from_io("cutting back", &path))
+                .and_then(|()| self.seek_end());
+            if let Err(e) = cut {
+                tracing::error!(error = %e, "could not cut a failed write from the log; writes are refused until a compaction starts a new log");
+                self.poisoned = Some(format!("{source}; then {e}"));
+            }
             return Err(DurableError::Io {
                 op: "appending to",
                 path,
@@ -192,9 +302,19 @@ impl Durable {
         Ok(())
     }
 
-    /// Whether the log has outgrown its bound.
+    /// Marks a clean shutdown at the end of the log (see [`WalRecord::Closed`]).
+    pub fn close(&mut self) -> Result<(), DurableError> {
+        self.append(vec![WalRecord::Closed])
+    }
+
+    /// Why writes are refused, when the log is poisoned.
+    pub fn poisoned(&self) -> Option<&str> {
+        self.poisoned.as_deref()
+    }
+
+    /// Whether the log has outgrown its bound, or is poisoned and needs a new one.
     pub fn should_compact(&self) -> bool {
-        self.wal_bytes > self.compact_min_bytes.max(self.state_bytes)
+        self.poisoned.is_some() || self.wal_bytes > self.compact_min_bytes.max(self.state_bytes)
     }
 
     /// Current log size in bytes.
@@ -202,144 +322,585 @@ impl Durable {
         self.wal_bytes
     }
 
-    /// Writes a checkpoint of `tables` and starts a new log generation.
-    pub fn compact<'a>(
+    /// The current log's generation.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Writes a checkpoint of `records` (a [`WalRecord::Put`] per table and a
+    /// [`WalRecord::Drop`] per tombstone: the whole acknowledged state) and starts a new log
+    /// generation, in the order the module docs give. On error, appends go on to a log that
+    /// recovery reads.
+    pub fn compact(
         &mut self,
-        tables: impl Iterator<Item = &'a memds_proto::CompactTable>,
+        records: impl Iterator<Item = WalRecord>,
     ) -> Result<(), DurableError> {
-        let tmp = self.dir.join("state.db.tmp");
-        let path = self.dir.join(STATE_FILE);
+        let next = self.generation + 1;
+        // (1) The next log, empty. A failure leaves at most an empty log after the current
+        // one, which recovery reads as nothing.
+        let next_wal = create_log(&self.dir, next)?;
+        // (2) The checkpoint, under a temporary name.
+        let tmp = self.dir.join(STATE_TMP);
         let mut buf = Vec::new();
         buf.extend_from_slice(STATE_MAGIC);
         buf.extend_from_slice(&self.generation.to_le_bytes());
-        for t in tables {
-            frame(&snapshot::encode(&t.to_map()), &mut buf);
+        for r in records {
+            write_frame(&serialize(vec![r]), &mut buf);
         }
-        write_synced(&tmp, &buf)?;
-        fs::rename(&tmp, &path).map_err(io_err("renaming", &tmp))?;
-        sync_dir(&self.dir)?;
-        self.state_bytes = buf.len() as u64;
-        self.generation += 1;
-        self.wal = create_wal(&self.dir, self.generation)?;
+        if let Err(e) = fail_io("compact-write-state")
+            .map_err(DurableError::from_io("writing", &tmp))
+            .and_then(|()| write_synced(&tmp, &buf))
+        {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        // (3) The checkpoint replaces the old one. Once the rename is done, it covers the
+        // current log, so appends must move to the next log whatever happens after.
+        let path = self.dir.join(STATE_FILE);
+        if let Err(source) = fail_io("compact-rename-state").and_then(|()| fs::rename(&tmp, &path))
+        {
+            let _ = fs::remove_file(&tmp);
+            return Err(DurableError::Io {
+                op: "renaming",
+                path: tmp,
+                source,
+            });
+        }
+        let synced = fail_io("compact-sync-dir")
+            .map_err(DurableError::from_io("syncing", &self.dir))
+            .and_then(|()| sync_dir(&self.dir));
+        // (4) Switch.
+        let old = self.generation;
+        self.wal = next_wal;
+        self.generation = next;
         self.wal_bytes = HEADER_LEN as u64;
-        self.seek_end()
+        self.state_bytes = buf.len() as u64;
+        self.poisoned = None;
+        self.seek_end()?;
+        // (5) The covered logs go, once the checkpoint that covers them is surely on disk.
+        synced?;
+        for g in list_logs(&self.dir)?.into_iter().filter(|&g| g <= old) {
+            let p = log_path(&self.dir, g);
+            if let Err(e) = fail_io("compact-remove-old").and_then(|()| fs::remove_file(&p)) {
+                // Harmless: recovery skips logs the checkpoint covers, and the next start
+                // removes them.
+                tracing::warn!(path = %p.display(), error = %e, "removing a log the checkpoint covers");
+            }
+        }
+        Ok(())
     }
 
     fn seek_end(&mut self) -> Result<(), DurableError> {
         use std::io::{Seek, SeekFrom};
+        let path = log_path(&self.dir, self.generation);
         self.wal
             .seek(SeekFrom::Start(self.wal_bytes))
             .map(|_| ())
-            .map_err(io_err("seeking", &self.dir.join(WAL_FILE)))
+            .map_err(io_err("seeking", &path))
     }
 }
 
-/// What the data directory holds.
-struct OnDisk {
-    recovered: Recovered,
-    /// The log generation the checkpoint covers (0: no checkpoint).
-    covers: u64,
-    state_bytes: u64,
-    /// The log's generation and valid length, when it holds records the checkpoint lacks.
-    wal: Option<(u64, u64)>,
+impl DurableError {
+    fn from_io(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> DurableError {
+        io_err(op, path)
+    }
 }
 
-/// Reads the checkpoint and the log (the log's valid prefix, if its generation is newer than
-/// the checkpoint's), changing nothing.
-fn read_on_disk(dir: &Path) -> Result<OnDisk, DurableError> {
-    let mut recovered = Recovered::default();
-    let state_path = dir.join(STATE_FILE);
-    let (covers, state_bytes) = if state_path.exists() {
-        let bytes = fs::read(&state_path).map_err(io_err("reading", &state_path))?;
-        let covers = read_state(&state_path, &bytes, &mut recovered.tables)?;
-        (covers, bytes.len() as u64)
-    } else {
-        (0, 0)
-    };
-    let wal_path = dir.join(WAL_FILE);
-    let mut wal = None;
-    if wal_path.exists() {
-        let bytes = fs::read(&wal_path).map_err(io_err("reading", &wal_path))?;
-        if let Some(g) = parse_header(&bytes, WAL_MAGIC).filter(|&g| g > covers) {
-            let valid = read_wal(&bytes, &mut recovered.records);
-            recovered.truncated_bytes = (bytes.len() - valid) as u64;
-            wal = Some((g, valid as u64));
+/// The path of the log of a generation.
+pub fn log_path(dir: &Path, generation: u64) -> PathBuf {
+    dir.join(format!("wal-{generation:020}.log"))
+}
+
+/// The generations of the logs in `dir`, in order.
+fn list_logs(dir: &Path) -> Result<Vec<u64>, DurableError> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_err("listing", dir))? {
+        let entry = entry.map_err(io_err("listing", dir))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(g) = name
+            .strip_prefix("wal-")
+            .and_then(|r| r.strip_suffix(".log"))
+            .filter(|d| d.len() == 20 && d.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|d| d.parse::<u64>().ok())
+        {
+            out.push(g);
         }
     }
-    Ok(OnDisk {
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// Removes the temporary files an interrupted compaction leaves. Something else under their
+/// names (a directory) is left for the operator: compaction will fail and say so, while writes
+/// go on to the current log.
+fn remove_leftovers(dir: &Path) -> Result<(), DurableError> {
+    for entry in fs::read_dir(dir).map_err(io_err("listing", dir))? {
+        let entry = entry.map_err(io_err("listing", dir))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let leftover =
+            name == STATE_TMP || (name.starts_with("wal-") && name.ends_with(".log.tmp"));
+        if !leftover {
+            continue;
+        }
+        let path = entry.path();
+        if entry.file_type().is_ok_and(|t| t.is_file()) {
+            fs::remove_file(&path).map_err(io_err("removing", &path))?;
+        } else {
+            tracing::warn!(path = %path.display(), "a leftover name is not a file; compactions will fail until it is removed");
+        }
+    }
+    Ok(())
+}
+
+/// Everything read from the directory.
+struct History {
+    recovered: Recovered,
+    /// The generation the checkpoint covers (0: none).
+    covers: u64,
+    state_bytes: u64,
+    last_log: Option<LastLog>,
+}
+
+struct LastLog {
+    generation: u64,
+    /// Length of the valid prefix.
+    valid: u64,
+    /// Bytes of a torn tail to cut, if any.
+    cut: Option<u64>,
+}
+
+/// How a file's frames read.
+struct Scan {
+    records: Vec<(Origin, WalRecord)>,
+    /// End of the last good frame.
+    valid: usize,
+    /// The first bad frame: its offset, what is wrong, and whether a good frame follows it.
+    bad: Option<Bad>,
+}
+
+struct Bad {
+    offset: usize,
+    found: String,
+    /// Offset of a valid frame after the bad one.
+    followed_at: Option<usize>,
+}
+
+/// Reads the checkpoint and the logs after it, changing nothing on disk (salvage links damaged
+/// files aside, which changes no file recovery reads).
+fn read_history(dir: &Path, mode: RecoveryMode) -> Result<History, DurableError> {
+    let mut recovered = Recovered::default();
+    let mut salvaged = Salvaged::default();
+    let mut set_aside: Vec<PathBuf> = Vec::new();
+    let state_path = dir.join(STATE_FILE);
+    let (covers, state_bytes) = match fs::read(&state_path) {
+        Ok(bytes) => {
+            let covers = parse_header(&bytes, STATE_MAGIC).ok_or_else(|| DurableError::Corrupt {
+                path: state_path.clone(),
+                offset: 0,
+                found: "the file does not start with a checkpoint header".into(),
+            });
+            let covers = match (covers, mode) {
+                (Ok(c), _) => c,
+                (Err(e), RecoveryMode::Strict) => return Err(e),
+                (Err(e), RecoveryMode::Salvage) => {
+                    // Without its header nothing says which logs the checkpoint covers: keep
+                    // none of it, and replay every log there is.
+                    salvaged.damage.push(e.to_string());
+                    salvaged.lost.push(format!(
+                        "every table of {} (its header is damaged)",
+                        state_path.display()
+                    ));
+                    set_aside.push(state_path.clone());
+                    0
+                }
+            };
+            if covers > 0 || !set_aside.contains(&state_path) {
+                let scan = scan_frames(&state_path, &bytes);
+                recovered.records.extend(scan.records);
+                if let Some(bad) = scan.bad {
+                    let e = DurableError::Corrupt {
+                        path: state_path.clone(),
+                        offset: bad.offset as u64,
+                        found: bad.found,
+                    };
+                    match mode {
+                        RecoveryMode::Strict => return Err(e),
+                        RecoveryMode::Salvage => {
+                            salvaged.damage.push(e.to_string());
+                            salvaged.lost.push(format!(
+                                "the tables of {} from byte {} on",
+                                state_path.display(),
+                                bad.offset
+                            ));
+                            set_aside.push(state_path.clone());
+                        }
+                    }
+                }
+            }
+            (covers, bytes.len() as u64)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => (0, 0),
+        Err(e) => return Err(io_err("reading", &state_path)(e)),
+    };
+
+    let logs: Vec<u64> = list_logs(dir)?
+        .into_iter()
+        .filter(|&g| g > covers)
+        .collect();
+    let inconsistent = |found: String| DurableError::Inconsistent {
+        dir: dir.to_owned(),
+        found,
+    };
+    let problem = match logs.first() {
+        None if covers > 0 => Some(format!(
+            "{STATE_FILE} covers log generation {covers} but {} is missing",
+            log_path(dir, covers + 1).display()
+        )),
+        Some(&first) if first != covers + 1 => Some(if covers == 0 {
+            format!(
+                "the oldest log is generation {first}, which follows a checkpoint, but there is no {STATE_FILE}"
+            )
+        } else {
+            format!("{STATE_FILE} covers log generation {covers} but the next log is {first}")
+        }),
+        _ => logs
+            .windows(2)
+            .find(|w| w[1] != w[0] + 1)
+            .map(|w| format!("log generation {} follows {}", w[1], w[0])),
+    };
+    let mut usable = logs.clone();
+    if let Some(found) = problem {
+        match mode {
+            RecoveryMode::Strict => return Err(inconsistent(found)),
+            RecoveryMode::Salvage => {
+                salvaged.damage.push(found);
+                // Keep the run of logs that follows the checkpoint; the rest are set aside.
+                let run = logs
+                    .iter()
+                    .enumerate()
+                    .take_while(|&(i, &g)| g == covers + 1 + i as u64)
+                    .count();
+                for &g in &logs[run..] {
+                    let p = log_path(dir, g);
+                    note_lost_file(&p, &mut salvaged);
+                    set_aside.push(p);
+                }
+                usable.truncate(run);
+            }
+        }
+    }
+
+    let mut last_log = None;
+    for (i, &g) in usable.iter().enumerate() {
+        let path = log_path(dir, g);
+        let bytes = fs::read(&path).map_err(io_err("reading", &path))?;
+        let is_last = i + 1 == usable.len();
+        let header_ok = parse_header(&bytes, WAL_MAGIC) == Some(g);
+        let scan = if header_ok {
+            scan_frames(&path, &bytes)
+        } else {
+            Scan {
+                records: Vec::new(),
+                valid: 0,
+                bad: Some(Bad {
+                    offset: 0,
+                    found: format!("the file does not start with the header of log generation {g}"),
+                    followed_at: Some(0),
+                }),
+            }
+        };
+        recovered.records.extend(scan.records);
+        let torn = match &scan.bad {
+            None => None,
+            Some(bad) if is_last && header_ok && bad.followed_at.is_none() => {
+                Some((bytes.len() - bad.offset) as u64)
+            }
+            Some(bad) => {
+                let found = match bad.followed_at {
+                    Some(at) if header_ok => {
+                        format!("{}, with a valid frame after it at byte {at}", bad.found)
+                    }
+                    _ if !is_last => format!("{}, in a log that a later log follows", bad.found),
+                    _ => bad.found.clone(),
+                };
+                let e = DurableError::Corrupt {
+                    path: path.clone(),
+                    offset: bad.offset as u64,
+                    found,
+                };
+                match mode {
+                    RecoveryMode::Strict => return Err(e),
+                    RecoveryMode::Salvage => {
+                        salvaged.damage.push(e.to_string());
+                        if let Some(at) = bad.followed_at.filter(|_| header_ok) {
+                            note_lost_frames(&path, &bytes[at..], at, &mut salvaged);
+                        }
+                        set_aside.push(path.clone());
+                        for &later in &usable[i + 1..] {
+                            let p = log_path(dir, later);
+                            note_lost_file(&p, &mut salvaged);
+                            set_aside.push(p);
+                        }
+                        break;
+                    }
+                }
+            }
+        };
+        last_log = Some(LastLog {
+            generation: g,
+            valid: scan.valid.max(HEADER_LEN) as u64,
+            cut: torn,
+        });
+    }
+
+    if !set_aside.is_empty() {
+        salvaged.folder = link_aside(dir, &set_aside)?;
+        recovered.salvage = Some(salvaged);
+        // The damaged files stay where they are until the caller's checkpoint covers what was
+        // kept; appends go to a fresh log after every generation seen.
+        let next = logs.last().copied().unwrap_or(covers).max(covers) + 1;
+        last_log = None;
+        return Ok(History {
+            recovered,
+            covers: next - 1,
+            state_bytes: 0,
+            last_log,
+        });
+    }
+    Ok(History {
         recovered,
         covers,
         state_bytes,
-        wal,
+        last_log,
     })
 }
 
-fn frame(payload: &[u8], out: &mut Vec<u8>) {
-    let len = u32::try_from(payload.len()).expect("records are below 4 GiB");
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(payload).to_le_bytes());
-    out.extend_from_slice(payload);
+/// Reads frames from the start of `bytes` (after the 16-byte header) up to the end or the first
+/// bad frame, which it describes.
+fn scan_frames(path: &Path, bytes: &[u8]) -> Scan {
+    let mut scan = Scan {
+        records: Vec::new(),
+        valid: HEADER_LEN.min(bytes.len()),
+        bad: None,
+    };
+    let mut at = HEADER_LEN;
+    let mut aligned = AlignedVec::<16>::new();
+    while at < bytes.len() {
+        let (payload, next) = match frame_at(bytes, at) {
+            Ok(f) => f,
+            Err(found) => {
+                scan.bad = Some(Bad {
+                    offset: at,
+                    found: found.into(),
+                    followed_at: valid_frame_after(bytes, at),
+                });
+                return scan;
+            }
+        };
+        aligned.clear();
+        aligned.extend_from_slice(payload);
+        match rkyv::from_bytes::<Vec<WalRecord>, rancor::Error>(&aligned) {
+            Ok(records) => {
+                let origin = Origin {
+                    path: path.to_owned(),
+                    offset: at as u64,
+                };
+                scan.records.extend(
+                    records
+                        .into_iter()
+                        .filter(|r| !matches!(r, WalRecord::Closed))
+                        .map(|r| (origin.clone(), r)),
+                );
+            }
+            Err(e) => {
+                // The checksums passed, so these are the bytes that were written: not a torn
+                // write but records this code cannot read.
+                scan.bad = Some(Bad {
+                    offset: at,
+                    found: format!("a frame whose checksums pass holds records that do not decode ({e})"),
+                    followed_at: Some(at),
+                });
+                return scan;
+            }
+        }
+        at = next;
+        scan.valid = at;
+    }
+    scan
 }
 
-/// The next record at `at`: its payload and the offset after it, or `None` if what is there is
-/// incomplete or fails its checksum.
-fn next_record(bytes: &[u8], at: usize) -> Option<(&[u8], usize)> {
-    let header = bytes.get(at..at + RECORD_HEADER_LEN)?;
-    let len = u32::from_le_bytes(header[0..4].try_into().ok()?) as usize;
-    let sum = u64::from_le_bytes(header[4..12].try_into().ok()?);
-    let payload = bytes.get(at + RECORD_HEADER_LEN..at + RECORD_HEADER_LEN + len)?;
-    (xxhash_rust::xxh3::xxh3_64(payload) == sum).then_some((payload, at + RECORD_HEADER_LEN + len))
+/// The frame at `at`: its payload and the offset after it (padding included), or what is wrong.
+fn frame_at(bytes: &[u8], at: usize) -> Result<(&[u8], usize), &'static str> {
+    let header = bytes
+        .get(at..at + FRAME_HEADER_LEN)
+        .ok_or("an incomplete frame header")?;
+    let word = |i: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&header[i * 8..i * 8 + 8]);
+        u64::from_le_bytes(w)
+    };
+    if xxhash_rust::xxh3::xxh3_64_with_seed(&header[..16], FRAME_SEED) != word(2) {
+        return Err("a frame header that fails its checksum");
+    }
+    let start = at + FRAME_HEADER_LEN;
+    let end = usize::try_from(word(0))
+        .ok()
+        .and_then(|len| start.checked_add(len))
+        .filter(|&end| end <= bytes.len())
+        .ok_or("a frame that runs past the end of the file")?;
+    let payload = &bytes[start..end];
+    if xxhash_rust::xxh3::xxh3_64(payload) != word(1) {
+        return Err("a frame whose payload fails its checksum");
+    }
+    let next = end.next_multiple_of(8);
+    match bytes.get(end..next) {
+        None => return Err("a frame whose padding is incomplete"),
+        Some(pad) if pad.iter().any(|&b| b != 0) => return Err("a frame whose padding is not zero"),
+        Some(_) => {}
+    }
+    Ok((payload, next))
+}
+
+/// The offset of the first valid frame after `bad`, trying every 8-byte-aligned offset (the
+/// header's own check makes each try cheap).
+fn valid_frame_after(bytes: &[u8], bad: usize) -> Option<usize> {
+    let mut at = (bad + 1).next_multiple_of(8);
+    while at + FRAME_HEADER_LEN <= bytes.len() {
+        if frame_at(bytes, at).is_ok() {
+            return Some(at);
+        }
+        at += 8;
+    }
+    None
+}
+
+/// Lists the writes in the valid frames of `bytes` (which starts at offset `base` of `path`) as
+/// lost.
+fn note_lost_frames(path: &Path, bytes: &[u8], base: usize, salvaged: &mut Salvaged) {
+    let mut at = 0;
+    let mut aligned = AlignedVec::<16>::new();
+    while at + FRAME_HEADER_LEN <= bytes.len() {
+        let Ok((payload, next)) = frame_at(bytes, at) else {
+            at += 8;
+            continue;
+        };
+        aligned.clear();
+        aligned.extend_from_slice(payload);
+        match rkyv::from_bytes::<Vec<WalRecord>, rancor::Error>(&aligned) {
+            Ok(records) => salvaged
+                .lost
+                .extend(records.iter().filter_map(describe_record)),
+            Err(_) => salvaged.lost.push(format!(
+                "an unreadable frame in {} at byte {}",
+                path.display(),
+                base + at
+            )),
+        }
+        at = next;
+    }
+}
+
+fn note_lost_file(path: &Path, salvaged: &mut Salvaged) {
+    match fs::read(path) {
+        Ok(bytes) if bytes.len() >= HEADER_LEN => {
+            note_lost_frames(path, &bytes[HEADER_LEN..], HEADER_LEN, salvaged)
+        }
+        _ => salvaged
+            .lost
+            .push(format!("whatever {} held (unreadable)", path.display())),
+    }
+}
+
+/// "table T version V" for a logged write.
+fn describe_record(r: &WalRecord) -> Option<String> {
+    match r {
+        WalRecord::Put { snapshot } => Some(
+            match memds_proto::snapshot::decode(
+                snapshot,
+                memds_proto::snapshot::DEFAULT_MAX_ARCHIVE_BYTES,
+            ) {
+                Ok(map) => format!("put of table {} version {}", map.name(), map.version().get()),
+                Err(e) => format!("a put whose snapshot does not decode ({e})"),
+            },
+        ),
+        WalRecord::Update(u) => Some(format!(
+            "update of table {} to version {}",
+            u.table, u.version
+        )),
+        WalRecord::Drop { table, version } => {
+            Some(format!("drop of table {table} at version {version}"))
+        }
+        WalRecord::Closed => None,
+    }
+}
+
+/// Hard-links (or, across file systems, copies) the damaged files into a new folder of the data
+/// directory, so nothing is lost however recovery proceeds.
+fn link_aside(dir: &Path, files: &[PathBuf]) -> Result<PathBuf, DurableError> {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut folder = dir.join(format!("damaged-{stamp}"));
+    let mut n = 1;
+    while folder.exists() {
+        folder = dir.join(format!("damaged-{stamp}-{n}"));
+        n += 1;
+    }
+    fs::create_dir(&folder).map_err(io_err("creating", &folder))?;
+    for f in files {
+        let Some(name) = f.file_name() else { continue };
+        let to = folder.join(name);
+        if fs::hard_link(f, &to).is_err() {
+            fs::copy(f, &to).map_err(io_err("copying aside", f))?;
+        }
+    }
+    sync_dir(&folder)?;
+    sync_dir(dir)?;
+    Ok(folder)
+}
+
+fn serialize(records: Vec<WalRecord>) -> AlignedVec {
+    rkyv::to_bytes::<rancor::Error>(&records)
+        .expect("serializing log records into memory cannot fail")
+}
+
+fn write_frame(payload: &[u8], out: &mut Vec<u8>) {
+    let mut header = [0u8; FRAME_HEADER_LEN];
+    header[..8].copy_from_slice(&(payload.len() as u64).to_le_bytes());
+    header[8..16].copy_from_slice(&xxhash_rust::xxh3::xxh3_64(payload).to_le_bytes());
+    let check = xxhash_rust::xxh3::xxh3_64_with_seed(&header[..16], FRAME_SEED);
+    header[16..].copy_from_slice(&check.to_le_bytes());
+    out.extend_from_slice(&header);
+    out.extend_from_slice(payload);
+    out.resize(out.len().next_multiple_of(8), 0);
 }
 
 fn parse_header(bytes: &[u8], magic: &[u8; 8]) -> Option<u64> {
     let header = bytes.get(..HEADER_LEN)?;
-    (&header[..8] == magic)
-        .then(|| u64::from_le_bytes(header[8..16].try_into().unwrap_or_default()))
+    let mut g = [0u8; 8];
+    g.copy_from_slice(&header[8..16]);
+    (&header[..8] == magic).then_some(u64::from_le_bytes(g))
 }
 
-/// Reads log records up to the first invalid one; answers the length of the valid prefix.
-fn read_wal(bytes: &[u8], out: &mut Vec<WalRecord>) -> usize {
-    let mut at = HEADER_LEN;
-    let mut aligned = AlignedVec::<16>::new();
-    while let Some((payload, next)) = next_record(bytes, at) {
-        aligned.clear();
-        aligned.extend_from_slice(payload);
-        match rkyv::from_bytes::<WalRecord, rancor::Error>(&aligned) {
-            Ok(r) => out.push(r),
-            Err(_) => break,
-        }
-        at = next;
-    }
-    at
-}
-
-fn read_state(path: &Path, bytes: &[u8], out: &mut Vec<TableMap>) -> Result<u64, DurableError> {
-    let damaged = |offset: usize, reason: String| DurableError::Damaged {
-        path: path.to_owned(),
-        offset: offset as u64,
-        reason,
-    };
-    let covers = parse_header(bytes, STATE_MAGIC).ok_or_else(|| damaged(0, "bad header".into()))?;
-    let mut at = HEADER_LEN;
-    while at < bytes.len() {
-        let (payload, next) = next_record(bytes, at)
-            .ok_or_else(|| damaged(at, "record incomplete or checksum mismatch".into()))?;
-        let map = snapshot::decode(payload, u64::MAX).map_err(|e| damaged(at, e.to_string()))?;
-        out.push(map);
-        at = next;
-    }
-    Ok(covers)
-}
-
-fn create_wal(dir: &Path, generation: u64) -> Result<File, DurableError> {
-    let tmp = dir.join("wal.log.tmp");
-    let path = dir.join(WAL_FILE);
+/// Creates an empty log of `generation` atomically (a temporary file, synced, renamed, the
+/// directory synced) and opens it for appending.
+fn create_log(dir: &Path, generation: u64) -> Result<File, DurableError> {
+    let path = log_path(dir, generation);
+    let tmp = path.with_extension("log.tmp");
     let mut header = Vec::with_capacity(HEADER_LEN);
     header.extend_from_slice(WAL_MAGIC);
     header.extend_from_slice(&generation.to_le_bytes());
-    write_synced(&tmp, &header)?;
-    fs::rename(&tmp, &path).map_err(io_err("renaming", &tmp))?;
-    sync_dir(dir)?;
+    let created = fail_io("create-log")
+        .map_err(DurableError::from_io("creating", &tmp))
+        .and_then(|()| write_synced(&tmp, &header))
+        .and_then(|()| fs::rename(&tmp, &path).map_err(io_err("renaming", &tmp)))
+        .and_then(|()| sync_dir(dir));
+    if let Err(e) = created {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
     OpenOptions::new()
         .write(true)
         .open(&path)
@@ -363,17 +924,22 @@ fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> DurableErr
     move |source| DurableError::Io { op, path, source }
 }
 
+/// A failpoint that fails a file operation: inert unless a test configures it (`fail::cfg(name,
+/// "return")`), and compiled to nothing outside test builds.
+fn fail_io(name: &str) -> io::Result<()> {
+    fail::fail_point!(name, |_| Err(io::Error::other(format!(
+        "failpoint {name} injected an error"
+    ))));
+    let _ = name;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use memds_proto::NodeInterner;
+    use memds_proto::TableMap;
+    use memds_proto::snapshot;
     use memds_proto::synth::{self, SynthConfig};
-
-    fn tmpdir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("memds-durable-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
-        d
-    }
 
     fn table(index: usize) -> TableMap {
         synth::generate_table(
@@ -392,102 +958,299 @@ mod tests {
         }
     }
 
-    #[test]
-    fn appended_records_come_back_and_a_torn_tail_is_cut() {
-        let dir = tmpdir("torn");
-        let (mut d, rec) = Durable::open(&dir, 1 << 20).expect("open");
-        assert!(rec.tables.is_empty() && rec.records.is_empty());
-        d.append(&[put(&table(0))]).expect("append");
-        d.append(&[put(&table(1)), WalRecord::Drop { table: "x".into() }])
-            .expect("append");
-        let good_len = d.wal_bytes();
-        drop(d);
-        // A torn write: half a record at the end.
-        let mut f = OpenOptions::new()
-            .append(true)
-            .open(dir.join(WAL_FILE))
-            .expect("open");
-        f.write_all(&[200, 0, 0, 0, 1, 2, 3]).expect("write");
-        drop(f);
-        let (d, rec) = Durable::open(&dir, 1 << 20).expect("reopen");
-        assert_eq!(rec.records.len(), 3);
-        assert_eq!(rec.records[0], put(&table(0)));
-        assert_eq!(rec.truncated_bytes, 7);
-        assert_eq!(d.wal_bytes(), good_len);
-        assert_eq!(
-            fs::metadata(dir.join(WAL_FILE)).expect("stat").len(),
-            good_len
-        );
-        let _ = fs::remove_dir_all(&dir);
+    fn drop_of(name: &str, version: u64) -> WalRecord {
+        WalRecord::Drop {
+            table: name.into(),
+            version,
+        }
+    }
+
+    fn records(r: &Recovered) -> Vec<WalRecord> {
+        r.records.iter().map(|(_, r)| r.clone()).collect()
+    }
+
+    fn open(dir: &Path) -> Result<(Durable, Recovered), DurableError> {
+        Durable::open(dir, 1 << 20, RecoveryMode::Strict)
+    }
+
+    /// Offsets of every frame in a log file.
+    fn frame_offsets(bytes: &[u8]) -> Vec<usize> {
+        let mut at = HEADER_LEN;
+        let mut out = Vec::new();
+        while let Ok((_, next)) = frame_at(bytes, at) {
+            out.push(at);
+            at = next;
+        }
+        out
+    }
+
+    fn only_log(dir: &Path) -> PathBuf {
+        let logs = list_logs(dir).expect("list");
+        assert_eq!(logs.len(), 1, "{logs:?}");
+        log_path(dir, logs[0])
     }
 
     #[test]
-    fn compaction_bounds_the_log_and_keeps_every_table() {
-        let dir = tmpdir("compact");
-        let (mut d, _) = Durable::open(&dir, 1).expect("open");
-        let mut interner = NodeInterner::default();
+    fn appended_records_come_back_and_a_torn_tail_is_cut() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut d, rec) = open(dir.path()).expect("open");
+        assert!(rec.records.is_empty());
+        d.append(vec![put(&table(0))]).expect("append");
+        d.append(vec![put(&table(1)), drop_of("x", 3)]).expect("append");
+        let good_len = d.wal_bytes();
+        drop(d);
+        // A torn write: the start of a frame at the end.
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(only_log(dir.path()))
+            .expect("open");
+        f.write_all(&[200, 0, 0, 0, 1, 2, 3]).expect("write");
+        drop(f);
+        let (d, rec) = open(dir.path()).expect("reopen");
+        assert_eq!(
+            records(&rec),
+            vec![put(&table(0)), put(&table(1)), drop_of("x", 3)]
+        );
+        assert_eq!(rec.truncated.as_ref().map(|t| t.1), Some(7));
+        assert_eq!(d.wal_bytes(), good_len);
+        assert_eq!(
+            fs::metadata(only_log(dir.path())).expect("stat").len(),
+            good_len
+        );
+    }
+
+    #[test]
+    fn a_damaged_last_frame_with_nothing_after_it_is_a_torn_tail() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut d, _) = open(dir.path()).expect("open");
+        d.append(vec![put(&table(0))]).expect("append");
+        d.append(vec![put(&table(1))]).expect("append");
+        drop(d);
+        let path = only_log(dir.path());
+        let mut bytes = fs::read(&path).expect("read");
+        let last = *frame_offsets(&bytes).last().expect("frames");
+        // The pages of the last batch never reached the disk: zeros where its payload was.
+        let end = bytes.len();
+        bytes[last + 40..end - 8].fill(0);
+        fs::write(&path, &bytes).expect("write");
+        let (_, rec) = open(dir.path()).expect("reopen");
+        assert_eq!(records(&rec), vec![put(&table(0))]);
+        assert_eq!(rec.truncated.as_ref().map(|t| t.0.offset), Some(last as u64));
+    }
+
+    #[test]
+    fn a_damaged_frame_followed_by_a_valid_one_stops_recovery() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut d, _) = open(dir.path()).expect("open");
+        for i in 0..3 {
+            d.append(vec![put(&table(i))]).expect("append");
+        }
+        drop(d);
+        let path = only_log(dir.path());
+        let clean = fs::read(&path).expect("read");
+        let frames = frame_offsets(&clean);
+        // Every byte of the second frame, header and payload: each flip is refused.
+        for at in (frames[1]..frames[2]).step_by(97) {
+            let mut bytes = clean.clone();
+            bytes[at] ^= 0x20;
+            fs::write(&path, &bytes).expect("write");
+            match open(dir.path()) {
+                Err(DurableError::Corrupt { offset, found, .. }) => {
+                    assert_eq!(offset, frames[1] as u64, "{found}");
+                    assert!(found.contains("valid frame after it"), "{found}");
+                }
+                other => panic!("byte {at}: expected corruption, got {other:?}"),
+            }
+            // Nothing was cut: the file is as damaged as it was.
+            assert_eq!(fs::read(&path).expect("read"), bytes);
+        }
+    }
+
+    #[test]
+    fn after_a_clean_close_damage_to_the_last_write_is_not_a_torn_tail() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut d, _) = open(dir.path()).expect("open");
+        d.append(vec![put(&table(0))]).expect("append");
+        d.append(vec![put(&table(1))]).expect("append");
+        d.close().expect("close");
+        drop(d);
+        let path = only_log(dir.path());
+        let mut bytes = fs::read(&path).expect("read");
+        let frames = frame_offsets(&bytes);
+        bytes[frames[1] + 100] ^= 1;
+        fs::write(&path, &bytes).expect("write");
+        assert!(matches!(open(dir.path()), Err(DurableError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn a_damaged_log_header_stops_recovery() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut d, _) = open(dir.path()).expect("open");
+        d.append(vec![put(&table(0))]).expect("append");
+        drop(d);
+        let path = only_log(dir.path());
+        let mut bytes = fs::read(&path).expect("read");
+        bytes[2] ^= 0xFF;
+        fs::write(&path, &bytes).expect("write");
+        match open(dir.path()) {
+            Err(DurableError::Corrupt { offset, found, .. }) => {
+                assert_eq!(offset, 0);
+                assert!(found.contains("header"), "{found}");
+            }
+            other => panic!("expected corruption, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn records_that_pass_their_checksums_but_do_not_decode_stop_recovery() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (d, _) = open(dir.path()).expect("open");
+        drop(d);
+        let path = only_log(dir.path());
+        let mut bytes = fs::read(&path).expect("read");
+        write_frame(&[0xAB; 40], &mut bytes);
+        fs::write(&path, &bytes).expect("write");
+        match open(dir.path()) {
+            Err(DurableError::Corrupt { found, .. }) => {
+                assert!(found.contains("do not decode"), "{found}")
+            }
+            other => panic!("expected corruption, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn compaction_bounds_the_log_and_keeps_every_table_and_tombstone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut d, _) = Durable::open(dir.path(), 1, RecoveryMode::Strict).expect("open");
         let maps: Vec<TableMap> = (0..3).map(table).collect();
         for m in &maps {
-            d.append(&[put(m)]).expect("append");
+            d.append(vec![put(m)]).expect("append");
         }
         assert!(d.should_compact());
-        let tables: Vec<memds_proto::CompactTable> = maps
-            .iter()
-            .map(|m| memds_proto::CompactTable::new(m, &mut interner))
-            .collect();
-        d.compact(tables.iter()).expect("compact");
+        let mut state: Vec<WalRecord> = maps.iter().map(put).collect();
+        state.push(drop_of("gone", 9));
+        d.compact(state.clone().into_iter()).expect("compact");
         assert_eq!(d.wal_bytes(), HEADER_LEN as u64);
-        d.append(&[WalRecord::Drop {
-            table: "table-0001".into(),
-        }])
-        .expect("append");
+        assert_eq!(list_logs(dir.path()).expect("list"), vec![2]);
+        d.append(vec![drop_of("table-0001", 4)]).expect("append");
         drop(d);
-        let (_, rec) = Durable::open(&dir, 1).expect("reopen");
-        assert_eq!(rec.tables, maps);
-        assert_eq!(
-            rec.records,
-            vec![WalRecord::Drop {
-                table: "table-0001".into()
-            }]
-        );
-        let _ = fs::remove_dir_all(&dir);
+        let (_, rec) = Durable::open(dir.path(), 1, RecoveryMode::Strict).expect("reopen");
+        state.push(drop_of("table-0001", 4));
+        assert_eq!(records(&rec), state);
     }
 
     #[test]
     fn a_log_the_checkpoint_covers_is_not_replayed() {
-        let dir = tmpdir("covered");
-        let (mut d, _) = Durable::open(&dir, 1).expect("open");
-        d.append(&[put(&table(0))]).expect("append");
-        let old_log = fs::read(dir.join(WAL_FILE)).expect("read");
-        let mut interner = NodeInterner::default();
-        let t = memds_proto::CompactTable::new(&table(0), &mut interner);
-        d.compact(std::iter::once(&t)).expect("compact");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut d, _) = open(dir.path()).expect("open");
+        d.append(vec![put(&table(0))]).expect("append");
+        let old_log = fs::read(log_path(dir.path(), 1)).expect("read");
+        d.compact(std::iter::once(put(&table(0)))).expect("compact");
         drop(d);
-        // Simulate a crash between the checkpoint rename and the new log's rename.
-        fs::write(dir.join(WAL_FILE), &old_log).expect("restore old log");
-        let (_, rec) = Durable::open(&dir, 1).expect("reopen");
-        assert_eq!(rec.tables.len(), 1);
-        assert!(rec.records.is_empty(), "the covered log was replayed");
-        let _ = fs::remove_dir_all(&dir);
+        // As a crash between the checkpoint's rename and the old log's removal leaves it.
+        fs::write(log_path(dir.path(), 1), &old_log).expect("restore old log");
+        let (_, rec) = open(dir.path()).expect("reopen");
+        assert_eq!(records(&rec), vec![put(&table(0))], "the covered log was replayed");
+        assert_eq!(list_logs(dir.path()).expect("list"), vec![1, 2]);
+    }
+
+    #[test]
+    fn missing_files_and_generation_gaps_stop_recovery() {
+        // A log after generation 1 without the checkpoint it follows.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut d, _) = open(dir.path()).expect("open");
+        d.append(vec![put(&table(0))]).expect("append");
+        d.compact(std::iter::once(put(&table(0)))).expect("compact");
+        d.append(vec![put(&table(1))]).expect("append");
+        drop(d);
+        let state = fs::read(dir.path().join(STATE_FILE)).expect("read");
+        fs::remove_file(dir.path().join(STATE_FILE)).expect("rm");
+        match open(dir.path()) {
+            Err(DurableError::Inconsistent { found, .. }) => {
+                assert!(found.contains("no state.db"), "{found}")
+            }
+            other => panic!("expected a missing checkpoint, got {other:?}"),
+        }
+        fs::write(dir.path().join(STATE_FILE), &state).expect("restore");
+        // The log after the checkpoint is gone.
+        let log2 = fs::read(log_path(dir.path(), 2)).expect("read");
+        fs::remove_file(log_path(dir.path(), 2)).expect("rm");
+        match open(dir.path()) {
+            Err(DurableError::Inconsistent { found, .. }) => {
+                assert!(found.contains("is missing"), "{found}")
+            }
+            other => panic!("expected a missing log, got {other:?}"),
+        }
+        // A gap: generation 2 missing, 3 present.
+        let mut log3 = log2.clone();
+        log3[8..16].copy_from_slice(&3u64.to_le_bytes());
+        fs::write(log_path(dir.path(), 3), &log3).expect("write");
+        match open(dir.path()) {
+            Err(DurableError::Inconsistent { found, .. }) => {
+                assert!(found.contains("next log is 3"), "{found}")
+            }
+            other => panic!("expected a gap, got {other:?}"),
+        }
+        fs::write(log_path(dir.path(), 2), &log2).expect("restore");
+        fs::write(log_path(dir.path(), 3), &log3[..HEADER_LEN]).expect("write");
+        let (_, rec) = open(dir.path()).expect("a contiguous history opens");
+        assert_eq!(records(&rec), vec![put(&table(0)), put(&table(1))]);
     }
 
     #[test]
     fn a_damaged_checkpoint_stops_recovery_with_its_offset() {
-        let dir = tmpdir("damaged");
-        let (mut d, _) = Durable::open(&dir, 1).expect("open");
-        let mut interner = NodeInterner::default();
-        let t = memds_proto::CompactTable::new(&table(0), &mut interner);
-        d.compact(std::iter::once(&t)).expect("compact");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut d, _) = open(dir.path()).expect("open");
+        d.compact(std::iter::once(put(&table(0)))).expect("compact");
         drop(d);
-        let path = dir.join(STATE_FILE);
+        let path = dir.path().join(STATE_FILE);
         let mut bytes = fs::read(&path).expect("read");
         let at = bytes.len() / 2;
         bytes[at] ^= 0xFF;
         fs::write(&path, &bytes).expect("write");
-        match Durable::open(&dir, 1) {
-            Err(DurableError::Damaged { offset, .. }) => assert_eq!(offset, HEADER_LEN as u64),
+        match open(dir.path()) {
+            Err(DurableError::Corrupt { offset, .. }) => assert_eq!(offset, HEADER_LEN as u64),
             other => panic!("expected damage, got {other:?}"),
         }
-        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn salvage_keeps_the_prefix_sets_the_files_aside_and_lists_what_is_lost() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut d, _) = open(dir.path()).expect("open");
+        let maps: Vec<TableMap> = (0..3).map(table).collect();
+        for m in &maps {
+            d.append(vec![put(m)]).expect("append");
+        }
+        drop(d);
+        let path = only_log(dir.path());
+        let mut bytes = fs::read(&path).expect("read");
+        let frames = frame_offsets(&bytes);
+        bytes[frames[1] + 60] ^= 4;
+        fs::write(&path, &bytes).expect("write");
+        assert!(open(dir.path()).is_err());
+        let (mut d, rec) =
+            Durable::open(dir.path(), 1 << 20, RecoveryMode::Salvage).expect("salvage");
+        assert_eq!(records(&rec), vec![put(&maps[0])]);
+        let s = rec.salvage.expect("salvaged");
+        assert_eq!(
+            s.lost,
+            vec![format!(
+                "put of table {} version {}",
+                maps[2].name(),
+                maps[2].version().get()
+            )]
+        );
+        assert_eq!(
+            fs::read(s.folder.join(path.file_name().expect("name"))).expect("set aside"),
+            bytes,
+            "the damaged log is kept as it was"
+        );
+        // The caller checkpoints what was kept; then the directory opens strictly.
+        d.compact(std::iter::once(put(&maps[0]))).expect("compact");
+        d.append(vec![put(&maps[1])]).expect("append");
+        drop(d);
+        let (_, rec) = open(dir.path()).expect("strict open after salvage");
+        assert_eq!(records(&rec), vec![put(&maps[0]), put(&maps[1])]);
     }
 }

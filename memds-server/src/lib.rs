@@ -10,7 +10,9 @@
 //! - [`server`]: start-up, the QUIC endpoint, connections, streams and the request loop; the
 //!   limits; graceful shutdown.
 //! - [`service`]: answers to read requests, from the published tables (no IO).
-//! - [`store`]: the published tables and the pure rules that decide what a write does.
+//! - [`store`]: the published tables and tombstones, and the pure rules that decide what a
+//!   write does.
+//! - [`snapshots`]: get-table answers, encoded once per table version off the async workers.
 //! - [`writer`]: the thread that applies writes in order with group commit.
 //! - [`durable`]: the write-ahead log, checkpoints, recovery and compaction.
 //! - [`scrub`]: the background verification of resident tables, and their repair from disk.
@@ -24,6 +26,7 @@ pub mod metrics;
 pub mod scrub;
 pub mod server;
 pub mod service;
+pub mod snapshots;
 pub mod store;
 pub mod tls;
 pub mod writer;

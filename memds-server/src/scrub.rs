@@ -120,33 +120,36 @@ pub fn scrub_pass(store: &Store, jobs: &mpsc::Sender<Job>) -> PassReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::durable::Durable;
+    use crate::durable::{self, Durable, RecoveryMode};
     use crate::store::{Tables, Write};
-    use crate::writer::{WriteJob, Writer};
+    use crate::writer::{WriteJob, Writer, WriterConfig};
     use memds_proto::synth::{self, SynthConfig};
     use memds_proto::wire::Response;
     use memds_proto::{NodeInterner, TableMap, snapshot};
     use std::time::Instant;
 
     struct Fixture {
-        dir: std::path::PathBuf,
+        dir: tempfile::TempDir,
         store: Arc<Store>,
         writer: Writer,
         map: TableMap,
     }
 
     /// A writer over a fresh data directory holding one acknowledged table.
-    fn fixture(name: &str) -> Fixture {
-        let dir = std::env::temp_dir().join(format!("memds-scrub-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let (durable, _) = Durable::open(&dir, 64 << 20).expect("data directory");
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (durable, _) =
+            Durable::open(dir.path(), 64 << 20, RecoveryMode::Strict).expect("data directory");
         let store = Arc::new(Store::default());
         let writer = Writer::start(
             durable,
             NodeInterner::default(),
             Arc::clone(&store),
             Arc::new(crate::metrics::Counters::default()),
-            16,
+            WriterConfig {
+                queue: 16,
+                max_archive_bytes: memds_proto::snapshot::DEFAULT_MAX_ARCHIVE_BYTES,
+            },
         )
         .expect("writer");
         let map = synth::generate_table(
@@ -183,7 +186,7 @@ mod tests {
     fn damage(f: &Fixture, bit: usize) {
         let name = f.map.name().as_str();
         let mut tables: Tables = (*f.store.tables()).clone();
-        let damaged = tables[name].damaged_copy(bit);
+        let damaged = tables.get(name).expect("held").damaged_copy(bit);
         assert!(!damaged.verify());
         tables.insert(name.to_owned(), Arc::new(damaged));
         f.store.publish(tables, &NodeInterner::default());
@@ -191,7 +194,7 @@ mod tests {
 
     #[test]
     fn a_damaged_table_is_found_and_reinstalled_from_the_data_directory() {
-        let f = fixture("repair");
+        let f = fixture();
         let name = f.map.name().as_str();
         let jobs = f.writer.sender();
         let clean = scrub_pass(&f.store, &jobs);
@@ -223,12 +226,12 @@ mod tests {
 
     #[test]
     fn damage_the_data_directory_cannot_repair_is_reported_and_the_table_stays() {
-        let f = fixture("unrepairable");
+        let f = fixture();
         let name = f.map.name().as_str();
         let jobs = f.writer.sender();
         damage(&f, 7);
         // The directory lost the table (an operator wiped it, a disk failed).
-        std::fs::remove_file(f.dir.join("wal.log")).expect("removing the log");
+        std::fs::remove_file(durable::log_path(f.dir.path(), 1)).expect("removing the log");
         let report = scrub_pass(&f.store, &jobs);
         assert_eq!(
             (report.damaged, report.repaired, report.failed),
@@ -245,7 +248,7 @@ mod tests {
 
     #[test]
     fn the_thread_runs_passes_and_stops() {
-        let f = fixture("thread");
+        let f = fixture();
         damage(&f, 3);
         let s = Scrubber::start(
             Arc::clone(&f.store),

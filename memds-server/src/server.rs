@@ -28,13 +28,13 @@ use rustls_pki_types::CertificateDer;
 use tokio::sync::{Semaphore, oneshot, watch};
 use tokio::task::JoinSet;
 
-use crate::durable::Durable;
+use crate::durable::{Durable, RecoveryMode};
 use crate::metrics::{self, Counters, Metrics};
 use crate::scrub::Scrubber;
 use crate::service::{self, ReadLimits};
 use crate::store::{Store, Tables, Write};
 use crate::tls::{self, Authorizer, ClientRole, TlsPaths};
-use crate::writer::{self, Job, WriteJob, Writer};
+use crate::writer::{self, Job, WriteJob, Writer, WriterConfig};
 
 /// Everything a server needs to start.
 #[derive(Clone, Debug)]
@@ -54,6 +54,8 @@ pub struct ServerConfig {
     pub compact_wal_bytes: u64,
     /// Time between scrubbing passes over the resident tables; `None` turns scrubbing off.
     pub scrub_interval: Option<Duration>,
+    /// What recovery does with a damaged data directory.
+    pub recovery: RecoveryMode,
 }
 
 /// Time between scrubbing passes unless configured: a pass reads every resident byte once
@@ -71,6 +73,7 @@ impl ServerConfig {
             limits: Limits::default(),
             compact_wal_bytes: 64 << 20,
             scrub_interval: Some(DEFAULT_SCRUB_INTERVAL),
+            recovery: RecoveryMode::Strict,
         }
     }
 }
@@ -94,6 +97,9 @@ pub struct Limits {
     pub write_queue: usize,
     /// Bytes a client may send on a stream before the server has read them.
     pub stream_window: u32,
+    /// Largest uncompressed archive a put's snapshot may declare (checked before anything is
+    /// allocated for it).
+    pub max_snapshot_bytes: u64,
 }
 
 impl Default for Limits {
@@ -107,6 +113,7 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(60),
             write_queue: 1024,
             stream_window: 4 << 20,
+            max_snapshot_bytes: memds_proto::snapshot::DEFAULT_MAX_ARCHIVE_BYTES,
         }
     }
 }
@@ -186,26 +193,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
 
     let metrics = Metrics::new();
     let counters = Arc::new(Counters::default());
-    let (durable, recovered) = Durable::open(&config.data_dir, config.compact_wal_bytes)
-        .context("opening the data directory")?;
-    let mut interner = NodeInterner::default();
-    let mut tables = Tables::new();
-    for map in &recovered.tables {
-        let t = memds_proto::CompactTable::new(map, &mut interner);
-        tables.insert(t.name().as_str().to_owned(), Arc::new(t));
-    }
-    let replayed = writer::replay(&mut tables, recovered.records, &mut interner);
-    if recovered.truncated_bytes > 0 {
-        tracing::warn!(
-            bytes = recovered.truncated_bytes,
-            "cut a torn, unacknowledged write from the end of the log"
-        );
-    }
-    tracing::info!(
-        tables = tables.len(),
-        replayed,
-        "recovered the data directory"
-    );
+    let (durable, interner, tables) = recover(&config)?;
     let store = Arc::new(Store::default());
     store.publish(tables, &interner);
     publish_table_gauges(&store);
@@ -214,7 +202,10 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         interner,
         Arc::clone(&store),
         Arc::clone(&counters),
-        config.limits.write_queue,
+        WriterConfig {
+            queue: config.limits.write_queue,
+            max_archive_bytes: config.limits.max_snapshot_bytes,
+        },
     )
     .context("starting the writer thread")?;
     let scrubber = match config.scrub_interval {
@@ -262,6 +253,56 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         shutdown,
         task,
     })
+}
+
+/// Opens the data directory and rebuilds the tables it holds, following the recovery rules of
+/// [`crate::durable`]. After a salvage, what was kept is checkpointed at once, so the directory
+/// is whole again before any write is taken.
+fn recover(config: &ServerConfig) -> anyhow::Result<(Durable, NodeInterner, Tables)> {
+    let (mut durable, recovered) =
+        Durable::open(&config.data_dir, config.compact_wal_bytes, config.recovery)
+            .context("opening the data directory")?;
+    let mut interner = NodeInterner::default();
+    let replayed = writer::replay(recovered.records, &mut interner, config.recovery)
+        .map_err(anyhow::Error::msg)
+        .context(
+            "replaying the data directory (restore it from a backup, or start with \
+             --wal-recovery salvage to skip what does not apply)",
+        )?;
+    if let Some((at, bytes)) = &recovered.truncated {
+        tracing::warn!(
+            bytes,
+            at = %at,
+            "cut a torn, unacknowledged write from the end of the log"
+        );
+    }
+    let salvaged = recovered.salvage.is_some() || !replayed.lost.is_empty();
+    if let Some(s) = &recovered.salvage {
+        for d in &s.damage {
+            tracing::error!(damage = %d, "salvage: found damage");
+        }
+        tracing::error!(folder = %s.folder.display(), "salvage: the damaged files were set aside, unchanged");
+        for lost in &s.lost {
+            tracing::error!(%lost, "salvage: a logged write is not restored");
+        }
+    }
+    for lost in &replayed.lost {
+        tracing::error!(%lost, "salvage: a logged write is not restored");
+    }
+    if salvaged {
+        writer::checkpoint(&mut durable, &replayed.tables)
+            .map_err(anyhow::Error::msg)
+            .context("checkpointing the salvaged tables")?;
+        for t in replayed.tables.values() {
+            tracing::warn!(table = %t.name(), version = t.version().get(), "salvage: restored");
+        }
+    }
+    tracing::info!(
+        tables = replayed.tables.len(),
+        replayed = replayed.applied,
+        "recovered the data directory"
+    );
+    Ok((durable, interner, replayed.tables))
 }
 
 async fn accept_loop(
@@ -385,8 +426,20 @@ async fn serve_stream(
             match decoder.next_frame() {
                 Ok(Some((id, payload))) => {
                     ctx.metrics.in_flight.increment(1.0);
-                    let response = answer_frame(payload, role, &ctx).await;
-                    wire::encode_response(id, &response, &mut out);
+                    match answer_frame(payload, role, &ctx).await {
+                        Answer::Response(response) => {
+                            wire::encode_response(id, &response, &mut out)
+                        }
+                        Answer::Archived(archive) => {
+                            if let Err(e) = wire::encode_archived_response(id, &archive, &mut out) {
+                                wire::encode_response(
+                                    id,
+                                    &Response::Error(ErrorReply::new(ErrorCode::TooLarge, e.to_string())),
+                                    &mut out,
+                                );
+                            }
+                        }
+                    }
                     answered += 1;
                     if answered >= ctx.limits.max_in_flight || out.len() >= (1 << 20) {
                         if send.write_all(&out).await.is_err() {
@@ -433,7 +486,14 @@ async fn serve_stream(
     let _ = send.finish();
 }
 
-async fn answer_frame(payload: &[u8], role: ClientRole, ctx: &Ctx) -> Response {
+/// An answer to one request frame: a response to encode, or one encoded before (a cached
+/// get-table answer).
+enum Answer {
+    Response(Response),
+    Archived(Arc<rkyv::util::AlignedVec>),
+}
+
+async fn answer_frame(payload: &[u8], role: ClientRole, ctx: &Ctx) -> Answer {
     Counters::add(&ctx.counters.requests, 1);
     let response = match wire::access_request(payload) {
         Err(e) => {
@@ -454,6 +514,27 @@ async fn answer_frame(payload: &[u8], role: ClientRole, ctx: &Ctx) -> Response {
         Ok(ArchivedRequest::Stats) => {
             metrics::request("stats");
             Response::Stats(stats(ctx))
+        }
+        Ok(ArchivedRequest::GetTable {
+            table,
+            if_newer_than,
+        }) => {
+            metrics::request("read");
+            match ctx.store.table(table.as_str()) {
+                None => Response::Error(ErrorReply::new(
+                    ErrorCode::UnknownTable,
+                    format!("no table named {:?}", table.as_str()),
+                )),
+                Some(t) => match if_newer_than.as_ref() {
+                    Some(v) if t.version().get() <= v.to_native() => Response::NotModified {
+                        version: t.version().get(),
+                    },
+                    _ => match ctx.store.snapshots().answer(t).await {
+                        Ok(archive) => return Answer::Archived(archive),
+                        Err(e) => Response::Error(e),
+                    },
+                },
+            }
         }
         Ok(req) => {
             let started = Instant::now();
@@ -483,7 +564,7 @@ async fn answer_frame(payload: &[u8], role: ClientRole, ctx: &Ctx) -> Response {
         metrics::error(e.code);
         Counters::add(&ctx.counters.errors, 1);
     }
-    response
+    Answer::Response(response)
 }
 
 async fn submit_write(req: &ArchivedRequest, ctx: &Ctx) -> Response {
@@ -494,7 +575,7 @@ async fn submit_write(req: &ArchivedRequest, ctx: &Ctx) -> Response {
     let write = match owned {
         Request::PutTable { snapshot } => Write::Put { snapshot },
         Request::UpdatePartitions(u) => Write::Update(u),
-        Request::DropTable { table } => Write::Drop { table },
+        Request::DropTable { table, version } => Write::Drop { table, version },
         _ => return Response::Error(ErrorReply::new(ErrorCode::Internal, "not a write")),
     };
     let (reply, rx) = oneshot::channel();

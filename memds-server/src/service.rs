@@ -3,7 +3,6 @@
 
 use memds_proto::CompactTable;
 use memds_proto::model::MAX_REPLICAS;
-use memds_proto::snapshot;
 use memds_proto::wire::{
     ArchivedRequest, ErrorCode, ErrorReply, NodeList, Response, Routes, TableInfo, WireRoute,
 };
@@ -107,22 +106,6 @@ pub fn answer(store: &Store, req: &ArchivedRequest, limits: ReadLimits) -> (Resp
             }),
             none,
         ),
-        ArchivedRequest::GetTable {
-            table,
-            if_newer_than,
-        } => (
-            with_table(store, table, |t| {
-                let version = t.version().get();
-                match if_newer_than.as_ref() {
-                    Some(v) if version <= v.to_native() => Response::NotModified { version },
-                    _ => Response::Table {
-                        version,
-                        snapshot: snapshot::encode(&t.to_map()),
-                    },
-                }
-            }),
-            none,
-        ),
         ArchivedRequest::ListTables => {
             let tables = store.tables();
             let mut list: Vec<TableInfo> = tables
@@ -139,8 +122,9 @@ pub fn answer(store: &Store, req: &ArchivedRequest, limits: ReadLimits) -> (Resp
             list.sort_by(|a, b| a.name.cmp(&b.name));
             (Response::Tables(list), none)
         }
-        // Stats and writes are answered by the connection, which has the counters and the
-        // writer; reaching here is a caller's mistake, answered as such rather than a panic.
+        // Stats, get-table and writes are answered by the connection, which has the counters,
+        // the snapshot cache and the writer; reaching here is a caller's mistake, answered as
+        // such rather than a panic.
         _ => (
             Response::Error(ErrorReply::new(
                 ErrorCode::Internal,

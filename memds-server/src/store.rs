@@ -16,8 +16,75 @@ use memds_proto::{
     CompactTable, NodeInterner, Partition, StorageNode, TableMap, TableVersion, snapshot,
 };
 
-/// Every table, by name.
-pub type Tables = HashMap<String, Arc<CompactTable>>;
+use crate::snapshots::SnapshotCache;
+
+/// Every table by name, and the tombstones of dropped ones.
+///
+/// A tombstone keeps the version a table was dropped at, so a later put of that name needs a
+/// higher version and no router that saw the old table is ever served an older one. Tombstones
+/// live as long as the data directory (each costs its name and 8 bytes) and are checkpointed
+/// with the tables.
+#[derive(Clone, Debug, Default)]
+pub struct Tables {
+    tables: HashMap<String, Arc<CompactTable>>,
+    tombstones: HashMap<String, u64>,
+}
+
+impl Tables {
+    /// An empty state.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The table of that name.
+    pub fn get(&self, name: &str) -> Option<&Arc<CompactTable>> {
+        self.tables.get(name)
+    }
+
+    /// Installs a table (replacing any of that name); a newer table supersedes its tombstone.
+    pub fn insert(&mut self, name: String, table: Arc<CompactTable>) {
+        self.tombstones.remove(&name);
+        self.tables.insert(name, table);
+    }
+
+    /// Removes a table, leaving a tombstone at `version` (or the tombstone already there, if
+    /// higher).
+    pub fn remove(&mut self, name: &str, version: u64) -> Option<Arc<CompactTable>> {
+        let t = self.tombstones.entry(name.to_owned()).or_insert(version);
+        *t = (*t).max(version);
+        self.tables.remove(name)
+    }
+
+    /// The version a table of that name was dropped at, if it was.
+    pub fn tombstone(&self, name: &str) -> Option<u64> {
+        self.tombstones.get(name).copied()
+    }
+
+    /// Every tombstone: name and version dropped.
+    pub fn tombstones(&self) -> impl Iterator<Item = (&String, u64)> {
+        self.tombstones.iter().map(|(n, &v)| (n, v))
+    }
+
+    /// Every table, by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Arc<CompactTable>)> {
+        self.tables.iter()
+    }
+
+    /// Every table.
+    pub fn values(&self) -> impl Iterator<Item = &Arc<CompactTable>> {
+        self.tables.values()
+    }
+
+    /// How many tables.
+    pub fn len(&self) -> usize {
+        self.tables.len()
+    }
+
+    /// Whether there are no tables.
+    pub fn is_empty(&self) -> bool {
+        self.tables.is_empty()
+    }
+}
 
 /// The published state readers use.
 #[derive(Debug, Default)]
@@ -25,6 +92,7 @@ pub struct Store {
     tables: ArcSwap<Tables>,
     node_records: AtomicU64,
     node_record_bytes: AtomicU64,
+    snapshots: SnapshotCache,
 }
 
 impl Store {
@@ -40,11 +108,17 @@ impl Store {
 
     /// Publishes a new state (the writer does this after the state is durable).
     pub(crate) fn publish(&self, tables: Tables, interner: &NodeInterner) {
+        self.snapshots.retain_current(&tables);
         self.tables.store(Arc::new(tables));
         self.node_records
             .store(interner.len() as u64, Ordering::Relaxed);
         self.node_record_bytes
             .store(interner.resident_bytes() as u64, Ordering::Relaxed);
+    }
+
+    /// The encoded get-table answers.
+    pub fn snapshots(&self) -> &SnapshotCache {
+        &self.snapshots
     }
 
     /// Distinct node records held, and their bytes.
@@ -70,6 +144,8 @@ pub enum Write {
     Drop {
         /// The table.
         table: String,
+        /// The version dropped, if the writer named one.
+        version: Option<u64>,
     },
 }
 
@@ -89,11 +165,18 @@ impl Write {
 pub enum Plan {
     /// Install this table (new, or a newer version).
     Install(CompactTable),
-    /// Remove the table, which had this version.
+    /// Remove the table (if present) and leave a tombstone at this version.
     Remove {
         /// The table.
         table: String,
-        /// Its version.
+        /// The version dropped.
+        version: u64,
+    },
+    /// The table was dropped already, at this version: acknowledge, change nothing.
+    AlreadyDropped {
+        /// The table.
+        table: String,
+        /// The version it was dropped at.
         version: u64,
     },
     /// The same version with the same content is already there: acknowledge, change nothing.
@@ -105,29 +188,114 @@ pub enum Plan {
     },
 }
 
-/// The largest snapshot archive a put may declare.
-const MAX_PUT_ARCHIVE_BYTES: u64 = 4 << 30;
+/// A write with its snapshot (if any) decoded: what planning reads.
+#[derive(Debug)]
+pub enum Decoded<'a> {
+    /// A put's map.
+    Put(TableMap),
+    /// An update.
+    Update(&'a PartitionUpdate),
+    /// A drop.
+    Drop {
+        /// The table.
+        table: &'a str,
+        /// The version dropped, if named.
+        version: Option<u64>,
+    },
+}
 
-/// Decides what a write does to `tables`.
+impl Decoded<'_> {
+    /// The table the write is about.
+    pub fn table(&self) -> &str {
+        match self {
+            Decoded::Put(map) => map.name().as_str(),
+            Decoded::Update(u) => &u.table,
+            Decoded::Drop { table, .. } => table,
+        }
+    }
+}
+
+impl Write {
+    /// Decodes the write's snapshot, which may declare at most `max_archive_bytes` uncompressed
+    /// (checked before anything is allocated for it).
+    pub fn decode(&self, max_archive_bytes: u64) -> Result<Decoded<'_>, ErrorReply> {
+        Ok(match self {
+            Write::Put { snapshot } => {
+                Decoded::Put(snapshot::decode(snapshot, max_archive_bytes).map_err(|e| {
+                    let code = match e {
+                        snapshot::SnapshotError::TooLarge { .. } => ErrorCode::TooLarge,
+                        _ => ErrorCode::Invalid,
+                    };
+                    ErrorReply::new(code, format!("put-table: {e}"))
+                })?)
+            }
+            Write::Update(u) => Decoded::Update(u),
+            Write::Drop { table, version } => Decoded::Drop {
+                table,
+                version: *version,
+            },
+        })
+    }
+}
+
+/// Decides what a write does to `tables`: [`Write::decode`], then [`plan_decoded`].
 pub fn plan(
     tables: &Tables,
     write: &Write,
     interner: &mut NodeInterner,
+    max_archive_bytes: u64,
+) -> Result<Plan, ErrorReply> {
+    plan_decoded(tables, write.decode(max_archive_bytes)?, interner)
+}
+
+/// Decides what a decoded write does to `tables`. The tables it reads must be intact (the
+/// writer verifies them first): a damaged copy would decide wrongly.
+pub fn plan_decoded(
+    tables: &Tables,
+    write: Decoded<'_>,
+    interner: &mut NodeInterner,
 ) -> Result<Plan, ErrorReply> {
     match write {
-        Write::Put { snapshot } => {
-            let map = snapshot::decode(snapshot, MAX_PUT_ARCHIVE_BYTES)
-                .map_err(|e| ErrorReply::new(ErrorCode::Invalid, format!("put-table: {e}")))?;
-            plan_put(tables, map, interner)
-        }
-        Write::Update(update) => plan_update(tables, update, interner),
-        Write::Drop { table } => {
-            let current = tables.get(table.as_str()).ok_or_else(|| unknown(table))?;
-            Ok(Plan::Remove {
-                table: table.clone(),
-                version: current.version().get(),
-            })
-        }
+        Decoded::Put(map) => plan_put(tables, map, interner),
+        Decoded::Update(update) => plan_update(tables, update, interner),
+        Decoded::Drop { table, version } => plan_drop(tables, table, version),
+    }
+}
+
+fn plan_drop(tables: &Tables, table: &str, version: Option<u64>) -> Result<Plan, ErrorReply> {
+    let current = tables.get(table).map(|t| t.version().get());
+    let tombstone = tables.tombstone(table);
+    let remove = |version| {
+        Ok(Plan::Remove {
+            table: table.to_owned(),
+            version,
+        })
+    };
+    match (current, version) {
+        (Some(current), None) => remove(current),
+        (Some(current), Some(v)) if v >= current => remove(v),
+        (Some(current), Some(v)) => Err(versioned(
+            ErrorCode::Stale,
+            format!("table {table} is at version {current}, newer than the drop of version {v}"),
+            current,
+        )),
+        // Dropped already: a retry of the drop is answered as it was the first time.
+        (None, None) => match tombstone {
+            Some(t) => Ok(Plan::AlreadyDropped {
+                table: table.to_owned(),
+                version: t,
+            }),
+            None => Err(unknown(table)),
+        },
+        (None, Some(v)) => match tombstone {
+            Some(t) if t >= v => Ok(Plan::AlreadyDropped {
+                table: table.to_owned(),
+                version: t,
+            }),
+            // A drop that overtook the put it follows (forwarded in another order): the
+            // tombstone makes that put stale when it arrives.
+            _ => remove(v),
+        },
     }
 }
 
@@ -139,6 +307,15 @@ fn plan_put(
     let name = map.name().as_str().to_owned();
     let version = map.version().get();
     let Some(current) = tables.get(&name) else {
+        if let Some(dropped) = tables.tombstone(&name).filter(|&t| version <= t) {
+            return Err(versioned(
+                ErrorCode::Stale,
+                format!(
+                    "table {name} was dropped at version {dropped}; a new table of that name needs a higher version than {version}"
+                ),
+                dropped,
+            ));
+        }
         return Ok(Plan::Install(CompactTable::new(&map, interner)));
     };
     let current_version = current.version().get();
@@ -172,9 +349,14 @@ fn plan_update(
     u: &PartitionUpdate,
     interner: &mut NodeInterner,
 ) -> Result<Plan, ErrorReply> {
-    let current = tables
-        .get(u.table.as_str())
-        .ok_or_else(|| unknown(&u.table))?;
+    let current = tables.get(u.table.as_str()).ok_or_else(|| match tables.tombstone(&u.table) {
+        Some(dropped) => versioned(
+            ErrorCode::UnknownTable,
+            format!("table {} was dropped at version {dropped}", u.table),
+            dropped,
+        ),
+        None => unknown(&u.table),
+    })?;
     let current_version = current.version().get();
     let first = u.partitions.first().ok_or_else(|| {
         ErrorReply::new(ErrorCode::Invalid, "update-partitions: no partitions given")
@@ -329,6 +511,20 @@ mod tests {
         TableMap::try_from(spec).expect("valid")
     }
 
+    /// `super::plan` with the default snapshot bound.
+    fn plan(
+        tables: &Tables,
+        write: &Write,
+        interner: &mut NodeInterner,
+    ) -> Result<Plan, ErrorReply> {
+        super::plan(
+            tables,
+            write,
+            interner,
+            snapshot::DEFAULT_MAX_ARCHIVE_BYTES,
+        )
+    }
+
     fn install(tables: &mut Tables, write: &Write, interner: &mut NodeInterner) {
         match plan(tables, write, interner).expect("the write applies") {
             Plan::Install(t) => {
@@ -387,7 +583,7 @@ mod tests {
         install(&mut tables, &put(&m), &mut i);
         let u = split_update(&m, 10);
         install(&mut tables, &Write::Update(u.clone()), &mut i);
-        let t = &tables[m.name().as_str()];
+        let t = tables.get(m.name().as_str()).expect("installed");
         assert_eq!(t.len(), 51);
         assert_eq!(t.version().get(), 4);
         let right = t.lookup(u.partitions[1].start);
@@ -446,10 +642,108 @@ mod tests {
             &tables,
             &Write::Drop {
                 table: "nope".into(),
+                version: None,
             },
             &mut i,
         )
         .expect_err("unknown");
         assert_eq!(unknown.code, ErrorCode::UnknownTable);
+    }
+
+    fn drop_write(table: &str, version: Option<u64>) -> Write {
+        Write::Drop {
+            table: table.into(),
+            version,
+        }
+    }
+
+    fn apply(tables: &mut Tables, write: &Write, interner: &mut NodeInterner) -> Plan {
+        let p = plan(tables, write, interner).expect("the write applies");
+        match &p {
+            Plan::Install(t) => {
+                tables.insert(t.name().as_str().to_owned(), Arc::new(t.clone()));
+            }
+            Plan::Remove { table, version } => {
+                tables.remove(table, *version);
+            }
+            Plan::AlreadyDropped { .. } | Plan::Unchanged { .. } => {}
+        }
+        p
+    }
+
+    #[test]
+    fn a_drop_leaves_a_tombstone_that_only_a_higher_version_passes() {
+        let mut i = NodeInterner::default();
+        let mut tables = Tables::new();
+        let v9 = map(100, 9);
+        let name = v9.name().as_str().to_owned();
+        install(&mut tables, &put(&v9), &mut i);
+        assert!(matches!(
+            apply(&mut tables, &drop_write(&name, None), &mut i),
+            Plan::Remove { version: 9, .. }
+        ));
+        assert_eq!(tables.tombstone(&name), Some(9));
+        // Routers saw version 9: neither an older nor the same version comes back.
+        for v in [2, 9] {
+            let e = plan(&tables, &put(&map(100, v)), &mut i).expect_err("below the tombstone");
+            assert_eq!((e.code, e.current_version), (ErrorCode::Stale, 9), "{e}");
+        }
+        let update = plan(
+            &tables,
+            &Write::Update(split_update(&map(100, 9), 3)),
+            &mut i,
+        )
+        .expect_err("dropped");
+        assert_eq!(update.code, ErrorCode::UnknownTable);
+        // A retried drop is answered as the first one was.
+        assert!(matches!(
+            apply(&mut tables, &drop_write(&name, None), &mut i),
+            Plan::AlreadyDropped { version: 9, .. }
+        ));
+        install(&mut tables, &put(&map(100, 10)), &mut i);
+        assert_eq!(tables.tombstone(&name), None, "the new table supersedes it");
+    }
+
+    #[test]
+    fn versioned_drops_and_puts_end_the_same_in_any_order() {
+        let name = map(10, 1).name().as_str().to_owned();
+        let writes = [put(&map(10, 3)), drop_write(&name, Some(3)), put(&map(10, 2))];
+        let mut outcomes = Vec::new();
+        for order in [[0, 1, 2], [1, 0, 2], [2, 1, 0], [1, 2, 0], [2, 0, 1], [0, 2, 1]] {
+            let mut i = NodeInterner::default();
+            let mut tables = Tables::new();
+            for k in order {
+                // Some orders refuse some writes as stale; what matters is where they end.
+                if let Ok(p) = plan(&tables, &writes[k], &mut i) {
+                    match p {
+                        Plan::Install(t) => tables.insert(name.clone(), Arc::new(t)),
+                        Plan::Remove { table, version } => {
+                            tables.remove(&table, version);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            outcomes.push((tables.get(&name).map(|t| t.version().get()), tables.tombstone(&name)));
+        }
+        assert!(
+            outcomes.iter().all(|o| *o == (None, Some(3))),
+            "{outcomes:?}"
+        );
+        // A drop of an older version than the table holds is stale.
+        let mut i = NodeInterner::default();
+        let mut tables = Tables::new();
+        install(&mut tables, &put(&map(10, 5)), &mut i);
+        let e = plan(&tables, &drop_write(&name, Some(4)), &mut i).expect_err("older drop");
+        assert_eq!((e.code, e.current_version), (ErrorCode::Stale, 5));
+    }
+
+    #[test]
+    fn a_put_over_the_snapshot_bound_is_too_large_before_anything_is_decoded() {
+        let mut i = NodeInterner::default();
+        let bytes = snapshot::encode(&map(1000, 1));
+        let e = super::plan(&Tables::new(), &Write::Put { snapshot: bytes }, &mut i, 1024)
+            .expect_err("over the bound");
+        assert_eq!(e.code, ErrorCode::TooLarge, "{e}");
     }
 }

@@ -2,25 +2,30 @@
 //!
 //! Writes queue on a bounded channel (a full queue answers `overloaded`). The thread takes
 //! everything queued, plans each write against the state as the earlier writes of the batch
-//! leave it, appends the records of the applied ones to the log with one `fdatasync` (group
-//! commit), and only then publishes the new state and answers. A write that fails its checks
-//! answers its error and changes nothing; if the log append fails, no write of the batch is
-//! published or acknowledged.
+//! leave it, appends the records of the applied ones to the log as one frame with one
+//! `fdatasync` (group commit), and only then publishes the new state and answers. A write that
+//! fails its checks answers its error and changes nothing. If the append fails, nothing of the
+//! batch is published, and no answer that depended on it is given: the applied writes, and every
+//! other write planned against a table an earlier write of the batch changed, answer `internal`
+//! (or `unavailable` while the log is poisoned).
 //!
-//! The thread also reinstalls a table whose resident copy the scrubber found damaged: it
-//! rebuilds the table from what the data directory holds (which is exactly what was
-//! acknowledged) and publishes that, between write batches.
+//! Nothing damaged is planned from or persisted: before a write reads a resident table, and
+//! before a checkpoint encodes one, the table is verified against its checksum; a damaged one is
+//! rebuilt from the data directory (which holds exactly what was acknowledged, and never a
+//! damaged copy) and published first. The scrubber's repairs come here too, between batches.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::thread;
 use std::time::Instant;
 
 use memds_proto::wire::{ErrorCode, ErrorReply, Response, WriteAck};
-use memds_proto::{CompactTable, NodeInterner};
+use memds_proto::{CompactTable, NodeInterner, snapshot};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::durable::{Durable, WalRecord};
-use crate::store::{Plan, Store, Tables, Write, plan};
+use crate::durable::{Durable, DurableError, Origin, RecoveryMode, WalRecord};
+use crate::metrics::Counters;
+use crate::store::{Plan, Store, Tables, Write, plan, plan_decoded};
 
 /// A queued write and where its answer goes.
 #[derive(Debug)]
@@ -65,6 +70,15 @@ pub enum Repaired {
     Failed(String),
 }
 
+/// The writer's settings.
+#[derive(Clone, Copy, Debug)]
+pub struct WriterConfig {
+    /// Writes queued at most.
+    pub queue: usize,
+    /// The largest uncompressed archive a put's snapshot may declare.
+    pub max_archive_bytes: u64,
+}
+
 /// Handle to the writer thread.
 #[derive(Debug)]
 pub struct Writer {
@@ -78,13 +92,20 @@ impl Writer {
         durable: Durable,
         interner: NodeInterner,
         store: Arc<Store>,
-        counters: Arc<crate::metrics::Counters>,
-        queue: usize,
+        counters: Arc<Counters>,
+        config: WriterConfig,
     ) -> std::io::Result<Self> {
-        let (jobs, rx) = mpsc::channel(queue.max(1));
+        let (jobs, rx) = mpsc::channel(config.queue.max(1));
+        let mut state = State {
+            durable,
+            interner,
+            store,
+            counters,
+            max_archive_bytes: config.max_archive_bytes,
+        };
         let thread = thread::Builder::new()
             .name("memds-writer".into())
-            .spawn(move || run(durable, interner, store, counters, rx))?;
+            .spawn(move || state.run(rx))?;
         Ok(Self { jobs, thread })
     }
 
@@ -93,7 +114,8 @@ impl Writer {
         self.jobs.clone()
     }
 
-    /// Stops taking writes, finishes the queued ones, and waits for the thread.
+    /// Stops taking writes, finishes the queued ones, marks the clean shutdown in the log, and
+    /// waits for the thread.
     pub fn shutdown(self) {
         drop(self.jobs);
         if self.thread.join().is_err() {
@@ -102,64 +124,168 @@ impl Writer {
     }
 }
 
-fn run(
-    mut durable: Durable,
-    mut interner: NodeInterner,
-    store: Arc<Store>,
-    counters: Arc<crate::metrics::Counters>,
-    mut rx: mpsc::Receiver<Job>,
-) {
-    const MAX_BATCH: usize = 256;
-    while let Some(first) = rx.blocking_recv() {
-        // A batch of writes, ended early by a repair, which runs after it.
-        let mut batch = Vec::new();
-        let mut repair = None;
-        match first {
-            Job::Write(w) => batch.push(w),
-            Job::Repair(r) => repair = Some(r),
-        }
-        while repair.is_none() && !batch.is_empty() && batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(Job::Write(w)) => batch.push(w),
-                Ok(Job::Repair(r)) => repair = Some(r),
-                Err(_) => break,
+/// Rebuilds the tables from recovered records, as the writer applied them. Each record was
+/// applied when it was logged, so each must apply again: in [`RecoveryMode::Strict`] one that
+/// does not is an error naming where it was read; in [`RecoveryMode::Salvage`] it is skipped and
+/// listed in the report's `lost`.
+pub fn replay(
+    records: Vec<(Origin, WalRecord)>,
+    interner: &mut NodeInterner,
+    mode: RecoveryMode,
+) -> Result<Replayed, String> {
+    let mut out = Replayed::default();
+    for (origin, r) in records {
+        let write = match r {
+            WalRecord::Put { snapshot } => Write::Put { snapshot },
+            WalRecord::Update(u) => Write::Update(u),
+            WalRecord::Drop { table, version } => Write::Drop {
+                table,
+                version: Some(version),
+            },
+            WalRecord::Closed => continue,
+        };
+        // Logged snapshots passed the bound in force when they were written, and their frame
+        // checksums passed: a lower bound set since must not refuse them.
+        match plan(&out.tables, &write, interner, u64::MAX) {
+            Ok(p) => {
+                apply(&mut out.tables, p);
+                out.applied += 1;
+            }
+            Err(e) => {
+                let what = format!("the write logged in {origin} ({}) no longer applies: {e}", write.op());
+                match mode {
+                    RecoveryMode::Strict => return Err(what),
+                    RecoveryMode::Salvage => out.lost.push(what),
+                }
             }
         }
-        if !batch.is_empty() {
-            write_batch(batch, &mut durable, &mut interner, &store, &counters);
-        }
-        if let Some(r) = repair {
-            let outcome = reinstall(&durable, &mut interner, &store, &r.table);
-            let _ = r.reply.send(outcome);
-        }
     }
+    interner.purge();
+    Ok(out)
 }
 
-/// Plans, logs (one sync), publishes and answers a batch of writes.
-fn write_batch(
-    batch: Vec<WriteJob>,
-    durable: &mut Durable,
-    interner: &mut NodeInterner,
-    store: &Store,
-    counters: &crate::metrics::Counters,
-) {
-    {
-        let mut working: Tables = (*store.tables()).clone();
+/// What [`replay`] rebuilt.
+#[derive(Debug, Default)]
+pub struct Replayed {
+    /// The tables and tombstones.
+    pub tables: Tables,
+    /// Records applied.
+    pub applied: usize,
+    /// Salvage only: records that did not apply.
+    pub lost: Vec<String>,
+}
+
+/// The writer thread's state.
+struct State {
+    durable: Durable,
+    interner: NodeInterner,
+    store: Arc<Store>,
+    counters: Arc<Counters>,
+    max_archive_bytes: u64,
+}
+
+/// What planning one write of a batch gave.
+struct Answer {
+    job: WriteJob,
+    outcome: Result<Response, ErrorReply>,
+    applied: bool,
+    /// Planned against a table an earlier write of the batch changed: its answer holds only if
+    /// the batch is logged.
+    depends: bool,
+}
+
+impl State {
+    fn run(&mut self, mut rx: mpsc::Receiver<Job>) {
+        const MAX_BATCH: usize = 256;
+        while let Some(first) = rx.blocking_recv() {
+            // A batch of writes, ended early by a repair, which runs after it.
+            let mut batch = Vec::new();
+            let mut repair = None;
+            match first {
+                Job::Write(w) => batch.push(w),
+                Job::Repair(r) => repair = Some(r),
+            }
+            while repair.is_none() && !batch.is_empty() && batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(Job::Write(w)) => batch.push(w),
+                    Ok(Job::Repair(r)) => repair = Some(r),
+                    Err(_) => break,
+                }
+            }
+            if !batch.is_empty() {
+                if self.durable.poisoned().is_some() {
+                    // A new log is the only way writes can be taken again.
+                    self.compact();
+                }
+                self.write_batch(batch);
+            }
+            if let Some(r) = repair {
+                let outcome = self.reinstall(&r.table);
+                let _ = r.reply.send(outcome);
+            }
+        }
+        if let Err(e) = self.durable.close() {
+            tracing::warn!(error = %e, "marking the clean shutdown in the log");
+        }
+    }
+
+    /// Plans, logs (one sync), publishes and answers a batch of writes.
+    fn write_batch(&mut self, batch: Vec<WriteJob>) {
+        let mut working: Tables = (*self.store.tables()).clone();
+        let mut verified: HashSet<String> = HashSet::new();
+        let mut touched: HashSet<String> = HashSet::new();
         let mut records = Vec::new();
-        let mut answers: Vec<(WriteJob, Result<Response, ErrorReply>, &'static str)> =
-            Vec::with_capacity(batch.len());
-        for job in batch {
-            let outcome = plan(&working, &job.write, interner);
-            let answer = match outcome {
+        let mut answers: Vec<Answer> = Vec::with_capacity(batch.len());
+        for mut job in batch {
+            let decoded = match job.write.decode(self.max_archive_bytes) {
+                Ok(d) => d,
+                Err(e) => {
+                    answers.push(Answer {
+                        job,
+                        outcome: Err(e),
+                        applied: false,
+                        depends: false,
+                    });
+                    continue;
+                }
+            };
+            let name = decoded.table().to_owned();
+            let depends = touched.contains(&name);
+            if !depends && !verified.contains(&name) {
+                if let Err(e) = self.ensure_intact(&name, &mut working) {
+                    answers.push(Answer {
+                        job,
+                        outcome: Err(e),
+                        applied: false,
+                        depends,
+                    });
+                    continue;
+                }
+                verified.insert(name.clone());
+            }
+            let (outcome, applied) = match plan_decoded(&working, decoded, &mut self.interner) {
                 Ok(Plan::Install(table)) => {
                     let ack = WriteAck {
-                        table: table.name().as_str().to_owned(),
+                        table: name.clone(),
                         version: table.version().get(),
                         applied: true,
                     };
-                    records.push(record_of(&job.write));
-                    working.insert(ack.table.clone(), Arc::new(table));
-                    (Ok(Response::Written(ack)), "applied")
+                    records.push(record_of(&mut job.write));
+                    working.insert(name.clone(), Arc::new(table));
+                    touched.insert(name);
+                    (Ok(Response::Written(ack)), true)
+                }
+                Ok(Plan::Remove { table, version }) => {
+                    records.push(WalRecord::Drop {
+                        table: table.clone(),
+                        version,
+                    });
+                    working.remove(&table, version);
+                    touched.insert(name);
+                    (Ok(Response::Dropped { table, version }), true)
+                }
+                Ok(Plan::AlreadyDropped { table, version }) => {
+                    (Ok(Response::Dropped { table, version }), false)
                 }
                 Ok(Plan::Unchanged { table, version }) => (
                     Ok(Response::Written(WriteAck {
@@ -167,142 +293,208 @@ fn write_batch(
                         version,
                         applied: false,
                     })),
-                    "unchanged",
+                    false,
                 ),
-                Ok(Plan::Remove { table, version }) => {
-                    records.push(record_of(&job.write));
-                    working.remove(&table);
-                    (Ok(Response::Dropped { table, version }), "applied")
-                }
-                Err(e) => (Err(e), "error"),
+                Err(e) => (Err(e), false),
             };
-            answers.push((job, answer.0, answer.1));
+            answers.push(Answer {
+                job,
+                outcome,
+                applied,
+                depends,
+            });
         }
+        let logged = records.len() as u64;
         let durable_result = if records.is_empty() {
             Ok(())
         } else {
-            durable.append(&records)
+            self.durable.append(records)
         };
         match &durable_result {
-            Ok(()) => {
-                if !records.is_empty() {
-                    store.publish(working, interner);
-                    interner.purge();
-                    Counters::add(&counters.writes, records.len() as u64);
-                    crate::server::publish_table_gauges(store);
-                    metrics::gauge!("memds_wal_bytes").set(durable.wal_bytes() as f64);
-                }
+            Ok(()) if logged > 0 => {
+                self.store.publish(working, &self.interner);
+                self.interner.purge();
+                Counters::add(&self.counters.writes, logged);
+                crate::server::publish_table_gauges(&self.store);
+                metrics::gauge!("memds_wal_bytes").set(self.durable.wal_bytes() as f64);
             }
+            Ok(()) => drop(working),
             Err(e) => {
-                tracing::error!(error = %e, "appending to the write-ahead log; the batch is refused")
+                drop(working);
+                self.interner.purge();
+                tracing::error!(error = %e, "appending to the write-ahead log; the batch is refused");
             }
         }
-        for (job, answer, result) in answers {
-            let (response, result) = match (answer, &durable_result) {
-                (Ok(_), Err(e)) if result == "applied" => (
+        for a in answers {
+            let response = match (a.outcome, &durable_result) {
+                (Ok(_) | Err(_), Err(e)) if a.applied || a.depends => {
+                    let code = match e {
+                        DurableError::Poisoned { .. } => ErrorCode::Unavailable,
+                        _ => ErrorCode::Internal,
+                    };
                     Response::Error(ErrorReply::new(
-                        ErrorCode::Internal,
+                        code,
                         format!("the write could not be made durable: {e}"),
-                    )),
-                    "error",
-                ),
-                (Ok(r), _) => (r, result),
-                (Err(e), _) => (Response::Error(e), "error"),
+                    ))
+                }
+                (Ok(r), _) => r,
+                (Err(e), _) => Response::Error(e),
             };
-            metrics::counter!("memds_writes_total", "op" => job.write.op(), "result" => result)
+            let result = match &response {
+                Response::Error(_) => "error",
+                _ if a.applied => "applied",
+                _ => "unchanged",
+            };
+            metrics::counter!("memds_writes_total", "op" => a.job.write.op(), "result" => result)
                 .increment(1);
             metrics::histogram!("memds_write_duration_seconds")
-                .record(job.arrived.elapsed().as_secs_f64());
-            let _ = job.reply.send(response);
+                .record(a.job.arrived.elapsed().as_secs_f64());
+            let _ = a.job.reply.send(response);
         }
-        if durable_result.is_ok() && durable.should_compact() {
-            let tables = store.tables();
-            match durable.compact(tables.values().map(|t| &**t)) {
-                Ok(()) => {
-                    metrics::counter!("memds_compactions_total").increment(1);
-                    metrics::gauge!("memds_wal_bytes").set(durable.wal_bytes() as f64);
-                }
-                Err(e) => tracing::error!(error = %e, "compacting the write-ahead log"),
+        if durable_result.is_ok() && self.durable.should_compact() {
+            self.compact();
+        }
+    }
+
+    /// Checks the resident copy of `name` (in `working`, as published) against its checksum
+    /// and, if it is damaged, rebuilds it from the data directory and publishes the rebuilt
+    /// copy before anything is planned from it.
+    fn ensure_intact(&mut self, name: &str, working: &mut Tables) -> Result<(), ErrorReply> {
+        match working.get(name) {
+            Some(t) if !t.verify() => {}
+            _ => return Ok(()),
+        }
+        metrics::counter!("memds_scrub_damaged_total").increment(1);
+        tracing::error!(table = %name, "a write found the resident table damaged; rebuilding it from the data directory first");
+        match self.rebuild(name) {
+            Ok(t) => {
+                metrics::counter!("memds_scrub_repairs_total", "result" => "repaired").increment(1);
+                working.insert(name.to_owned(), Arc::clone(&t));
+                self.publish_one(name, t);
+                Ok(())
+            }
+            Err(reason) => {
+                metrics::counter!("memds_scrub_repairs_total", "result" => "failed").increment(1);
+                Err(ErrorReply::new(
+                    ErrorCode::Internal,
+                    format!("the resident copy of table {name} is damaged and could not be rebuilt ({reason}); the write is refused"),
+                ))
             }
         }
     }
-}
 
-use crate::metrics::Counters;
-
-/// Rebuilds `name` from the data directory and publishes it, if its resident copy fails its
-/// checksum. The directory holds every acknowledged write, and the resident tables are those
-/// writes applied in order, so the rebuilt table is what the damaged one should hold.
-fn reinstall(
-    durable: &Durable,
-    interner: &mut NodeInterner,
-    store: &Store,
-    name: &str,
-) -> Repaired {
-    match store.table(name) {
-        Some(resident) if !resident.verify() => {}
-        _ => return Repaired::Intact,
-    }
-    let recovered = match durable.read_back() {
-        Ok(r) => r,
-        Err(e) => return Repaired::Failed(format!("reading the data directory: {e}")),
-    };
-    let mut tables = Tables::new();
-    for map in &recovered.tables {
-        let t = CompactTable::new(map, interner);
-        tables.insert(t.name().as_str().to_owned(), Arc::new(t));
-    }
-    replay(&mut tables, recovered.records, interner);
-    let outcome = match tables.remove(name) {
-        Some(t) if t.verify() => {
-            let version = t.version().get();
-            let mut next = (*store.tables()).clone();
-            next.insert(name.to_owned(), t);
-            store.publish(next, interner);
-            Repaired::Reinstalled { version }
+    /// Rebuilds `name` from the data directory and publishes it, if its resident copy fails its
+    /// checksum. The directory holds every acknowledged write, and the resident tables are those
+    /// writes applied in order, so the rebuilt table is what the damaged one should hold.
+    fn reinstall(&mut self, name: &str) -> Repaired {
+        match self.store.table(name) {
+            Some(resident) if !resident.verify() => {}
+            _ => return Repaired::Intact,
         }
-        Some(_) => Repaired::Failed("the table rebuilt from disk fails its checksum".into()),
-        None => Repaired::Failed("the data directory does not hold the table".into()),
-    };
-    drop(tables);
-    interner.purge();
-    outcome
+        match self.rebuild(name) {
+            Ok(t) => {
+                let version = t.version().get();
+                self.publish_one(name, t);
+                Repaired::Reinstalled { version }
+            }
+            Err(reason) => Repaired::Failed(reason),
+        }
+    }
+
+    /// The table `name` as the data directory holds it, verified.
+    fn rebuild(&mut self, name: &str) -> Result<Arc<CompactTable>, String> {
+        let recovered = self
+            .durable
+            .read_back()
+            .map_err(|e| format!("reading the data directory: {e}"))?;
+        let mut replayed = replay(recovered.records, &mut self.interner, RecoveryMode::Strict)
+            .map_err(|e| format!("replaying the data directory: {e}"))?;
+        let outcome = match replayed.tables.get(name) {
+            Some(t) if t.verify() => Ok(Arc::clone(t)),
+            Some(_) => Err("the table rebuilt from disk fails its checksum".into()),
+            None => Err("the data directory does not hold the table".into()),
+        };
+        replayed.tables = Tables::new();
+        self.interner.purge();
+        outcome
+    }
+
+    /// Publishes the current state with `name` replaced by `table`.
+    fn publish_one(&mut self, name: &str, table: Arc<CompactTable>) {
+        let mut next = (*self.store.tables()).clone();
+        next.insert(name.to_owned(), table);
+        self.store.publish(next, &self.interner);
+        self.interner.purge();
+    }
+
+    /// Checkpoints every table and tombstone and starts a new log. Each table is verified
+    /// before and after it is encoded, and a damaged one is rebuilt from the data directory
+    /// first, so a checkpoint never holds a damaged copy. A failure leaves the log as it was.
+    fn compact(&mut self) {
+        let damaged: Vec<String> = self
+            .store
+            .tables()
+            .iter()
+            .filter(|(_, t)| !t.verify())
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in &damaged {
+            let mut working = (*self.store.tables()).clone();
+            if let Err(e) = self.ensure_intact(name, &mut working) {
+                tracing::error!(error = %e.message, "compaction postponed");
+                return;
+            }
+        }
+        match checkpoint(&mut self.durable, &self.store.tables()) {
+            Ok(()) => {
+                metrics::counter!("memds_compactions_total").increment(1);
+                metrics::gauge!("memds_wal_bytes").set(self.durable.wal_bytes() as f64);
+            }
+            Err(e) => tracing::error!(error = %e, "compacting the write-ahead log"),
+        }
+    }
 }
 
-fn record_of(write: &Write) -> WalRecord {
+/// Writes a checkpoint of `tables` (every table and tombstone) and starts a new log. Each
+/// table is verified after it is encoded (the writer verified it before), so a table damaged
+/// meanwhile is never persisted: the checkpoint is refused instead.
+pub fn checkpoint(durable: &mut Durable, tables: &Tables) -> Result<(), String> {
+    let mut records = Vec::with_capacity(tables.len());
+    for t in tables.values() {
+        let snapshot = snapshot::encode(&t.to_map());
+        if !t.verify() {
+            return Err(format!("table {} fails its checksum; not checkpointed", t.name()));
+        }
+        records.push(WalRecord::Put { snapshot });
+    }
+    records.extend(tables.tombstones().map(|(table, version)| WalRecord::Drop {
+        table: table.clone(),
+        version,
+    }));
+    durable
+        .compact(records.into_iter())
+        .map_err(|e| e.to_string())
+}
+
+/// Applies a plan to `tables` (a plan from [`plan`] against those same tables).
+pub fn apply(tables: &mut Tables, p: Plan) {
+    match p {
+        Plan::Install(t) => tables.insert(t.name().as_str().to_owned(), Arc::new(t)),
+        Plan::Remove { table, version } => {
+            tables.remove(&table, version);
+        }
+        Plan::AlreadyDropped { .. } | Plan::Unchanged { .. } => {}
+    }
+}
+
+/// The log record of an installing write. The put's snapshot moves into the record (the job
+/// keeps only what its metrics need), so a big put is not copied again.
+fn record_of(write: &mut Write) -> WalRecord {
     match write {
         Write::Put { snapshot } => WalRecord::Put {
-            snapshot: snapshot.clone(),
+            snapshot: std::mem::take(snapshot),
         },
         Write::Update(u) => WalRecord::Update(u.clone()),
-        Write::Drop { table } => WalRecord::Drop {
-            table: table.clone(),
-        },
+        Write::Drop { .. } => unreachable!("only puts and updates install a table"),
     }
-}
-
-/// Applies recovered records to the recovered tables, as the writer would have.
-pub fn replay(tables: &mut Tables, records: Vec<WalRecord>, interner: &mut NodeInterner) -> usize {
-    let mut applied = 0;
-    for r in records {
-        let write = match r {
-            WalRecord::Put { snapshot } => Write::Put { snapshot },
-            WalRecord::Update(u) => Write::Update(u),
-            WalRecord::Drop { table } => Write::Drop { table },
-        };
-        match plan(tables, &write, interner) {
-            Ok(Plan::Install(t)) => {
-                tables.insert(t.name().as_str().to_owned(), Arc::new(t));
-                applied += 1;
-            }
-            Ok(Plan::Remove { table, .. }) => {
-                tables.remove(&table);
-                applied += 1;
-            }
-            Ok(Plan::Unchanged { .. }) => {}
-            Err(e) => tracing::warn!(error = %e, "a logged write no longer applies; skipped"),
-        }
-    }
-    interner.purge();
-    applied
 }

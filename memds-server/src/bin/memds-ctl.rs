@@ -60,10 +60,14 @@ enum Command {
         /// The update's JSON.
         file: PathBuf,
     },
-    /// Remove a table.
+    /// Remove a table, leaving a tombstone: a later put of the name needs a higher version.
     DropTable {
         /// The table.
         table: String,
+        /// Drop this version (refused if the server holds a newer one; recorded as the
+        /// tombstone even where it holds an older one or none).
+        #[arg(long)]
+        version: Option<u64>,
     },
     /// Print a table in the JSON ingestion format.
     GetTable {
@@ -139,10 +143,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .context("update-partitions")?;
             writeln!(out, "{}", serde_json::to_string(&ack)?)?;
         }
-        Command::DropTable { table } => {
-            let version = with_timeout(timeout, client.drop_table(&table))
-                .await
-                .context("drop-table")?;
+        Command::DropTable { table, version } => {
+            let dropped = match version {
+                Some(v) => with_timeout(timeout, client.drop_table_at(&table, v)).await,
+                None => with_timeout(timeout, client.drop_table(&table)).await,
+            };
+            let version = dropped.context("drop-table")?;
             writeln!(
                 out,
                 "{}",
