@@ -140,6 +140,16 @@ fn describe() {
         Unit::Count,
         "Checkpoints written (log compactions)."
     );
+    describe_gauge!(
+        "memds_snapshot_cache_bytes",
+        Unit::Bytes,
+        "Encoded get-table answers held, at most one per table version asked for."
+    );
+    describe_counter!(
+        "memds_compaction_failures_total",
+        Unit::Count,
+        "Log compactions that failed (the log keeps growing, and writes wait if it is unusable)."
+    );
     describe_counter!(
         "memds_scrub_passes_total",
         Unit::Count,
@@ -263,6 +273,7 @@ fn register_bounded_series() {
         metrics::counter!("memds_errors_total", "code" => code.as_str()).increment(0);
     }
     metrics::counter!("memds_compactions_total").increment(0);
+    metrics::counter!("memds_compaction_failures_total").increment(0);
     metrics::counter!("memds_scrub_passes_total").increment(0);
     metrics::counter!("memds_scrub_bytes_total").increment(0);
     metrics::counter!("memds_scrub_damaged_total").increment(0);
@@ -270,6 +281,7 @@ fn register_bounded_series() {
         metrics::counter!("memds_scrub_repairs_total", "result" => result).increment(0);
     }
     metrics::gauge!("memds_wal_bytes").increment(0.0);
+    metrics::gauge!("memds_snapshot_cache_bytes").increment(0.0);
 }
 
 /// Counts a refused connection by reason (one of [`REFUSAL_REASONS`]).

@@ -194,8 +194,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     let metrics = Metrics::new();
     let counters = Arc::new(Counters::default());
     let (durable, interner, tables) = recover(&config)?;
-    let store = Arc::new(Store::default());
-    store.publish(tables, &interner);
+    let store = Arc::new(Store::with_tables(tables, &interner));
     publish_table_gauges(&store);
     let writer = Writer::start(
         durable,

@@ -96,6 +96,13 @@ pub struct Store {
 }
 
 impl Store {
+    /// A store holding `tables` (recovered from disk); from then on only the writer publishes.
+    pub fn with_tables(tables: Tables, interner: &NodeInterner) -> Self {
+        let store = Self::default();
+        store.publish(tables, interner);
+        store
+    }
+
     /// The current tables.
     pub fn tables(&self) -> Arc<Tables> {
         self.tables.load_full()

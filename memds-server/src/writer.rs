@@ -205,6 +205,8 @@ impl State {
                 Job::Write(w) => batch.push(w),
                 Job::Repair(r) => repair = Some(r),
             }
+            // Lets a test hold the writer here so the writes it queues meanwhile form one batch.
+            fail::fail_point!("writer-batch");
             while repair.is_none() && !batch.is_empty() && batch.len() < MAX_BATCH {
                 match rx.try_recv() {
                     Ok(Job::Write(w)) => batch.push(w),
@@ -441,6 +443,7 @@ impl State {
         for name in &damaged {
             let mut working = (*self.store.tables()).clone();
             if let Err(e) = self.ensure_intact(name, &mut working) {
+                metrics::counter!("memds_compaction_failures_total").increment(1);
                 tracing::error!(error = %e.message, "compaction postponed");
                 return;
             }
@@ -450,7 +453,10 @@ impl State {
                 metrics::counter!("memds_compactions_total").increment(1);
                 metrics::gauge!("memds_wal_bytes").set(self.durable.wal_bytes() as f64);
             }
-            Err(e) => tracing::error!(error = %e, "compacting the write-ahead log"),
+            Err(e) => {
+                metrics::counter!("memds_compaction_failures_total").increment(1);
+                tracing::error!(error = %e, "compacting the write-ahead log")
+            }
         }
     }
 }

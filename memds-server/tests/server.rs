@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::io::{Read as _, Write as _};
+use std::io::Write as _;
 use std::time::Duration;
 
 use common::{TestServer, connector, table, temp_dir};
@@ -426,18 +426,7 @@ async fn metrics_endpoint_serves_described_memds_metrics() {
     let map = table(3, 100, 1);
     admin.put_table(&map).await.expect("put");
     admin.lookup(map.name().as_str(), 42).await.expect("lookup");
-    let addr = s.metrics_addr();
-    let body = tokio::task::spawn_blocking(move || {
-        let mut stream = std::net::TcpStream::connect(addr).expect("connect");
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .expect("request");
-        let mut body = String::new();
-        stream.read_to_string(&mut body).expect("response");
-        body
-    })
-    .await
-    .expect("join");
+    let body = s.scrape().await;
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
     for needle in [
         "# HELP memds_lookups_total",

@@ -38,9 +38,17 @@ impl TestServer {
     }
 
     pub async fn start_with(data_dir: PathBuf, limits: Limits) -> Self {
+        Self::start_configured(data_dir, |c| c.limits = limits).await
+    }
+
+    /// A server on `data_dir` with the test defaults, then whatever `configure` changes.
+    pub async fn start_configured(
+        data_dir: PathBuf,
+        configure: impl FnOnce(&mut ServerConfig),
+    ) -> Self {
         let mut config = ServerConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)), data_dir.clone());
         config.metrics_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
-        config.limits = limits;
+        configure(&mut config);
         let server = memds_server::start(config)
             .await
             .expect("the server starts");
@@ -61,6 +69,23 @@ impl TestServer {
             .as_ref()
             .and_then(|s| s.metrics_addr)
             .expect("metrics are on")
+    }
+
+    /// The body of the server's `/metrics` page, with the status line and headers before it.
+    pub async fn scrape(&self) -> String {
+        let addr = self.metrics_addr();
+        tokio::task::spawn_blocking(move || {
+            use std::io::{Read as _, Write as _};
+            let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+            stream
+                .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .expect("request");
+            let mut body = String::new();
+            stream.read_to_string(&mut body).expect("response");
+            body
+        })
+        .await
+        .expect("join")
     }
 
     pub async fn client(&self, role: Role) -> Client {
@@ -100,4 +125,11 @@ pub fn table(index: usize, partitions: usize, version: u64) -> TableMap {
     let mut spec = TableSpec::from(&m);
     spec.version = version;
     TableMap::try_from(spec).expect("valid")
+}
+
+/// The value of an unlabelled series in a scraped `/metrics` page (0 if absent).
+pub fn metric(page: &str, name: &str) -> f64 {
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
 }

@@ -1,0 +1,371 @@
+//! Fault injection: file operations of the log and of compaction fail (through failpoints, and
+//! through real obstacles on disk), the writer is stopped dead in the middle of a compaction,
+//! and after each fault a restart must hold every acknowledged write and nothing that was
+//! refused.
+//!
+//! Failpoints are process-wide, so every test here holds `fail::FailScenario` (which serialises
+//! them) and this file is a test binary of its own, where no other test can trip them.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use common::{TestServer, metric, table, temp_dir};
+use memds_client::{ClientError, Role};
+use memds_proto::wire::{ErrorCode, Response};
+use memds_proto::{NodeInterner, TableMap, snapshot};
+use memds_server::durable::{Durable, DurableError, RecoveryMode, WalRecord};
+use memds_server::metrics::Counters;
+use memds_server::store::{Store, Write};
+use memds_server::writer::{Job, WriteJob, Writer, WriterConfig};
+use tokio::sync::oneshot;
+
+const PARTITIONS: usize = 100;
+
+/// Every step of compaction where a file operation can fail.
+const COMPACTION_STEPS: [&str; 5] = [
+    "create-log",
+    "compact-write-state",
+    "compact-rename-state",
+    "compact-sync-dir",
+    "compact-remove-old",
+];
+
+/// Puts `version` of table `t`; answers whether it was acknowledged.
+async fn put(admin: &memds_client::Client, t: usize, version: u64) -> bool {
+    admin.put_table(&table(t, PARTITIONS, version)).await.is_ok()
+}
+
+/// After a restart on `dir`: each table holds exactly its highest acknowledged version.
+async fn check_restart(dir: &Path, acked: &HashMap<usize, u64>, what: &str) {
+    let mut s = TestServer::start_configured(dir.to_owned(), |c| c.compact_wal_bytes = 1).await;
+    let admin = s.client(Role::Admin).await;
+    for (&t, &v) in acked {
+        let map = admin
+            .get_table(table(t, PARTITIONS, v).name().as_str(), None)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: table {t}: {e}"))
+            .unwrap_or_else(|| panic!("{what}: table {t} is gone"));
+        assert_eq!(
+            map,
+            table(t, PARTITIONS, v),
+            "{what}: table {t} should be at its last acknowledged version {v}"
+        );
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compaction_step_that_fails_loses_no_acknowledged_write() {
+    let _scenario = fail::FailScenario::setup();
+    for step in COMPACTION_STEPS {
+        let dir = temp_dir("compaction-error");
+        // A log bound of one byte: every batch is followed by a compaction.
+        let mut s = TestServer::start_configured(dir.clone(), |c| c.compact_wal_bytes = 1).await;
+        let admin = s.client(Role::Admin).await;
+        let mut acked = HashMap::new();
+        for t in 0..2 {
+            assert!(put(&admin, t, 1).await);
+            acked.insert(t, 1);
+        }
+        let failures_before = metric(&s.scrape().await, "memds_compaction_failures_total");
+        fail::cfg(step, "return").expect("failpoint");
+        for v in 2..=4 {
+            for t in 0..2 {
+                // A failed compaction does not fail the writes: they go to a log recovery reads.
+                assert!(put(&admin, t, v).await, "{step}: put {t} v{v}");
+                acked.insert(t, v);
+            }
+        }
+        fail::remove(step);
+        // The fault was met: the compaction failed, or (removing covered logs is only
+        // housekeeping) the logs it could not remove are still there.
+        if step == "compact-remove-old" {
+            let logs = std::fs::read_dir(&dir)
+                .expect("list")
+                .filter(|e| {
+                    e.as_ref()
+                        .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".log"))
+                })
+                .count();
+            assert!(logs > 1, "{step}: no covered log was left behind");
+        } else {
+            let failures = metric(&s.scrape().await, "memds_compaction_failures_total");
+            assert!(failures > failures_before, "{step}: no compaction failed");
+        }
+        check_restart_after(&mut s, &dir, &acked, step).await;
+        // And once the fault is gone, compaction works and the history stays whole.
+        let mut s = TestServer::start_configured(dir.clone(), |c| c.compact_wal_bytes = 1).await;
+        let admin = s.client(Role::Admin).await;
+        assert!(put(&admin, 0, 5).await);
+        acked.insert(0, 5);
+        s.stop().await;
+        check_restart(&dir, &acked, step).await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+async fn check_restart_after(
+    s: &mut TestServer,
+    dir: &Path,
+    acked: &HashMap<usize, u64>,
+    what: &str,
+) {
+    s.stop().await;
+    check_restart(dir, acked, what).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_stopped_dead_at_any_compaction_step_loses_no_acknowledged_write() {
+    let _scenario = fail::FailScenario::setup();
+    for step in COMPACTION_STEPS {
+        let dir = temp_dir("compaction-crash");
+        let mut s = TestServer::start_configured(dir.clone(), |c| c.compact_wal_bytes = 1).await;
+        let admin = s.client(Role::Admin).await;
+        let mut acked = HashMap::new();
+        for t in 0..2 {
+            assert!(put(&admin, t, 1).await);
+            acked.insert(t, 1);
+        }
+        // The writer thread dies at the step, as a crash there would leave the files. The
+        // write whose batch triggered the compaction was acknowledged just before; once the
+        // log outgrows the checkpoint, one does.
+        fail::cfg(step, "panic").expect("failpoint");
+        let mut died = false;
+        for v in 2..20 {
+            if put(&admin, 0, v).await {
+                acked.insert(0, v);
+            } else {
+                died = true;
+                break;
+            }
+        }
+        fail::remove(step);
+        assert!(died, "{step}: no compaction reached the step");
+        // Nothing more is acknowledged by a dead writer.
+        assert!(!put(&admin, 1, 2).await, "{step}: the dead writer acknowledged a write");
+        check_restart_after(&mut s, &dir, &acked, step).await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn obstacles_on_disk_fail_compaction_but_no_acknowledged_write() {
+    let _scenario = fail::FailScenario::setup();
+    // Real file-system errors, as an operator's mistake or a full disk gives them: the names
+    // compaction writes to are directories.
+    for obstacle in ["wal-00000000000000000002.log.tmp", "state.db.tmp"] {
+        let dir = temp_dir("obstacle");
+        std::fs::create_dir_all(dir.join(obstacle).join("x")).expect("obstacle");
+        let mut s = TestServer::start_configured(dir.clone(), |c| c.compact_wal_bytes = 1).await;
+        let admin = s.client(Role::Admin).await;
+        let mut acked = HashMap::new();
+        for v in 1..=3 {
+            assert!(put(&admin, 0, v).await, "{obstacle}: v{v}");
+            acked.insert(0, v);
+        }
+        check_restart_after(&mut s, &dir, &acked, obstacle).await;
+        std::fs::remove_dir_all(dir.join(obstacle)).expect("clearing the obstacle");
+        let mut s = TestServer::start_configured(dir.clone(), |c| c.compact_wal_bytes = 1).await;
+        let admin = s.client(Role::Admin).await;
+        assert!(put(&admin, 0, 4).await);
+        acked.insert(0, 4);
+        check_restart_after(&mut s, &dir, &acked, obstacle).await;
+        assert!(
+            dir.join("state.db").exists(),
+            "{obstacle}: compaction ran once the obstacle was gone"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// A writer over a fresh data directory, outside any server, so a test can queue writes
+/// directly and know they are queued.
+struct Harness {
+    dir: tempfile::TempDir,
+    store: Arc<Store>,
+    writer: Writer,
+}
+
+impl Harness {
+    fn start(dir: tempfile::TempDir) -> Self {
+        let (durable, recovered) =
+            Durable::open(dir.path(), 1 << 30, RecoveryMode::Strict).expect("data directory");
+        let mut interner = NodeInterner::default();
+        let replayed = memds_server::writer::replay(
+            recovered.records,
+            &mut interner,
+            RecoveryMode::Strict,
+        )
+        .expect("replay");
+        let store = Arc::new(Store::with_tables(replayed.tables, &interner));
+        let writer = Writer::start(
+            durable,
+            interner,
+            Arc::clone(&store),
+            Arc::new(Counters::default()),
+            WriterConfig {
+                queue: 64,
+                max_archive_bytes: snapshot::DEFAULT_MAX_ARCHIVE_BYTES,
+            },
+        )
+        .expect("writer");
+        Self { dir, store, writer }
+    }
+
+    /// Queues a write; the answer comes on the receiver.
+    fn queue(&self, write: Write) -> oneshot::Receiver<Response> {
+        let (reply, answer) = oneshot::channel();
+        self.writer
+            .sender()
+            .blocking_send(Job::Write(WriteJob {
+                write,
+                reply,
+                arrived: Instant::now(),
+            }))
+            .expect("queued");
+        answer
+    }
+
+    fn write(&self, write: Write) -> Response {
+        self.queue(write).blocking_recv().expect("answered")
+    }
+
+    fn restart(self) -> Self {
+        let Harness { dir, writer, .. } = self;
+        writer.shutdown();
+        Harness::start(dir)
+    }
+
+    fn version(&self, m: &TableMap) -> Option<u64> {
+        self.store
+            .table(m.name().as_str())
+            .map(|t| t.version().get())
+    }
+}
+
+fn put_of(m: &TableMap) -> Write {
+    Write::Put {
+        snapshot: snapshot::encode(m),
+    }
+}
+
+fn code(r: &Response) -> Option<ErrorCode> {
+    match r {
+        Response::Error(e) => Some(e.code),
+        _ => None,
+    }
+}
+
+#[test]
+fn a_duplicate_in_a_batch_whose_append_fails_is_not_acknowledged() {
+    let _scenario = fail::FailScenario::setup();
+    let h = Harness::start(tempfile::tempdir().expect("tempdir"));
+    let (a1, a2, d1) = (table(0, PARTITIONS, 1), table(0, PARTITIONS, 2), table(1, PARTITIONS, 1));
+    assert!(matches!(h.write(put_of(&a1)), Response::Written(_)));
+    assert!(matches!(h.write(put_of(&d1)), Response::Written(_)));
+    // Hold the writer so the next writes are planned in one batch, whose append then fails.
+    fail::cfg("writer-batch", "pause").expect("failpoint");
+    let first = h.queue(put_of(&a2));
+    let duplicate = h.queue(put_of(&a2));
+    let durable_duplicate = h.queue(put_of(&d1));
+    fail::cfg("wal-append", "return").expect("failpoint");
+    fail::remove("writer-batch");
+    let first = first.blocking_recv().expect("answered");
+    let duplicate = duplicate.blocking_recv().expect("answered");
+    let durable_duplicate = durable_duplicate.blocking_recv().expect("answered");
+    fail::remove("wal-append");
+    assert_eq!(code(&first), Some(ErrorCode::Internal), "{first:?}");
+    assert_eq!(
+        code(&duplicate),
+        Some(ErrorCode::Internal),
+        "a duplicate of a write that was not logged was acknowledged: {duplicate:?}"
+    );
+    // A duplicate of what the disk already holds does not depend on the failed batch.
+    assert!(
+        matches!(&durable_duplicate, Response::Written(a) if !a.applied),
+        "{durable_duplicate:?}"
+    );
+    assert_eq!(h.version(&a1), Some(1));
+    let h = h.restart();
+    assert_eq!(h.version(&a1), Some(1), "nothing of the failed batch came back");
+    assert!(matches!(h.write(put_of(&a2)), Response::Written(a) if a.applied));
+    h.writer.shutdown();
+}
+
+#[test]
+fn a_failed_append_is_cut_back_and_a_failed_cut_poisons_the_log_until_compaction() {
+    let _scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let put = |i: u64| WalRecord::Put {
+        snapshot: snapshot::encode(&table(0, PARTITIONS, i)),
+    };
+    let (mut d, _) = Durable::open(dir.path(), 1 << 20, RecoveryMode::Strict).expect("open");
+    d.append(vec![put(1)]).expect("append");
+    fail::cfg("wal-sync", "return").expect("failpoint");
+    assert!(d.append(vec![put(2)]).is_err());
+    fail::remove("wal-sync");
+    assert!(d.poisoned().is_none(), "the cut worked");
+    d.append(vec![put(3)]).expect("append after a cut");
+    fail::cfg("wal-sync", "return").expect("failpoint");
+    fail::cfg("wal-cut-back", "return").expect("failpoint");
+    assert!(d.append(vec![put(4)]).is_err());
+    fail::remove("wal-sync");
+    fail::remove("wal-cut-back");
+    assert!(d.poisoned().is_some());
+    assert!(matches!(
+        d.append(vec![put(5)]),
+        Err(DurableError::Poisoned { .. })
+    ));
+    assert!(d.should_compact());
+    d.compact([put(1), put(3)].into_iter()).expect("compact");
+    d.append(vec![put(6)]).expect("append after compaction");
+    drop(d);
+    let (_, rec) = Durable::open(dir.path(), 1 << 20, RecoveryMode::Strict).expect("reopen");
+    let got: Vec<WalRecord> = rec.records.into_iter().map(|(_, r)| r).collect();
+    assert_eq!(got, vec![put(1), put(3), put(6)]);
+}
+
+#[test]
+fn writes_are_refused_unavailable_while_the_log_is_poisoned_and_resume_after_compaction() {
+    let _scenario = fail::FailScenario::setup();
+    let h = Harness::start(tempfile::tempdir().expect("tempdir"));
+    let v = |i| table(0, PARTITIONS, i);
+    assert!(matches!(h.write(put_of(&v(1))), Response::Written(_)));
+    // The append fails and so does cutting it back: the log's end is unknown.
+    fail::cfg("wal-sync", "return").expect("failpoint");
+    fail::cfg("wal-cut-back", "return").expect("failpoint");
+    assert_eq!(code(&h.write(put_of(&v(2)))), Some(ErrorCode::Internal));
+    fail::remove("wal-sync");
+    fail::remove("wal-cut-back");
+    // While no new log can be started, writes are refused with a typed error.
+    fail::cfg("create-log", "return").expect("failpoint");
+    assert_eq!(code(&h.write(put_of(&v(3)))), Some(ErrorCode::Unavailable));
+    fail::remove("create-log");
+    // The next write compacts into a fresh log first, then is logged there.
+    assert!(matches!(h.write(put_of(&v(4))), Response::Written(a) if a.applied));
+    let h = h.restart();
+    assert_eq!(h.version(&v(1)), Some(4));
+    h.writer.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_write_over_quic_changes_nothing_after_a_restart() {
+    let _scenario = fail::FailScenario::setup();
+    let dir = temp_dir("refused");
+    let mut s = TestServer::start_configured(dir.clone(), |_| {}).await;
+    let admin = s.client(Role::Admin).await;
+    assert!(put(&admin, 0, 1).await);
+    fail::cfg("wal-append", "return").expect("failpoint");
+    match admin.put_table(&table(0, PARTITIONS, 2)).await {
+        Err(ClientError::Server(e)) => assert_eq!(e.code, ErrorCode::Internal, "{e}"),
+        other => panic!("expected internal, got {other:?}"),
+    }
+    fail::remove("wal-append");
+    let acked = HashMap::from([(0, 1)]);
+    check_restart_after(&mut s, &dir, &acked, "refused write").await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
