@@ -28,6 +28,7 @@ use crate::store::Tables;
 pub struct SnapshotCache {
     entries: Mutex<HashMap<String, Arc<Entry>>>,
     bytes: AtomicU64,
+    builds: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -64,6 +65,7 @@ impl SnapshotCache {
         let answer = entry
             .answer
             .get_or_try_init(|| async move {
+                self.builds.fetch_add(1, Ordering::Relaxed);
                 let built = tokio::task::spawn_blocking(move || build(&table))
                     .await
                     .map_err(|e| {
@@ -87,6 +89,11 @@ impl SnapshotCache {
         });
         drop(entries);
         self.account();
+    }
+
+    /// How many answers were encoded since the start.
+    pub fn builds(&self) -> u64 {
+        self.builds.load(Ordering::Relaxed)
     }
 
     /// Bytes of the cached answers.
@@ -129,4 +136,72 @@ fn build(table: &CompactTable) -> Result<AlignedVec, ErrorReply> {
         version: table.version().get(),
         snapshot,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use memds_proto::NodeInterner;
+    use memds_proto::synth::{self, SynthConfig};
+
+    fn table(seed: u64) -> Arc<CompactTable> {
+        let map = synth::generate_table(
+            &SynthConfig {
+                partitions: 20_000,
+                seed,
+                ..SynthConfig::default()
+            },
+            0,
+        );
+        Arc::new(CompactTable::new(&map, &mut NodeInterner::default()))
+    }
+
+    fn decoded(answer: &AlignedVec) -> memds_proto::TableMap {
+        match wire::decode_response(answer).expect("a valid answer") {
+            Response::Table { snapshot, .. } => {
+                snapshot::decode(&snapshot, u64::MAX).expect("a valid snapshot")
+            }
+            other => panic!("not a table: {other:?}"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_callers_share_one_build_per_version() {
+        let cache = Arc::new(SnapshotCache::default());
+        let t = table(1);
+        let callers: Vec<_> = (0..8)
+            .map(|_| {
+                let (cache, t) = (Arc::clone(&cache), Arc::clone(&t));
+                tokio::spawn(async move { cache.answer(t).await.expect("answer") })
+            })
+            .collect();
+        let mut answers = Vec::new();
+        for c in callers {
+            answers.push(c.await.expect("join"));
+        }
+        assert_eq!(cache.builds(), 1, "one encoding for eight callers");
+        assert!(answers.iter().all(|a| Arc::ptr_eq(a, &answers[0])));
+        assert_eq!(decoded(&answers[0]), t.to_map());
+        assert_eq!(cache.bytes(), answers[0].len() as u64);
+        // Later callers of the same version copy the cached answer.
+        cache.answer(Arc::clone(&t)).await.expect("answer");
+        assert_eq!(cache.builds(), 1);
+
+        // Another version of the table is built once and replaces the entry; publishing a state
+        // without the table empties the cache.
+        let newer = table(2);
+        assert_eq!(decoded(&cache.answer(Arc::clone(&newer)).await.expect("answer")), newer.to_map());
+        assert_eq!(cache.builds(), 2);
+        cache.retain_current(&Tables::new());
+        assert_eq!(cache.bytes(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_damaged_table_is_not_served() {
+        let cache = SnapshotCache::default();
+        let damaged = Arc::new(table(3).damaged_copy(1234));
+        let e = cache.answer(damaged).await.expect_err("damaged");
+        assert_eq!(e.code, ErrorCode::Internal, "{e}");
+        assert_eq!(cache.bytes(), 0);
+    }
 }

@@ -504,3 +504,109 @@ fn record_of(write: &mut Write) -> WalRecord {
         Write::Drop { .. } => unreachable!("only puts and updates install a table"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use memds_proto::TableMap;
+    use memds_proto::synth::{self, SynthConfig};
+
+    fn map(index: usize, version: u64) -> TableMap {
+        let m = synth::generate_table(
+            &SynthConfig {
+                // Table 1 is far bigger than table 0, so a log holding it outgrows a checkpoint
+                // holding table 0, and a checkpoint follows.
+                partitions: 4000 * (1 + 9 * index),
+                tables: 2,
+                ..SynthConfig::default()
+            },
+            index,
+        );
+        let mut spec = memds_proto::model::TableSpec::from(&m);
+        spec.version = version;
+        TableMap::try_from(spec).expect("valid")
+    }
+
+    fn start(dir: &std::path::Path) -> (Arc<Store>, Writer) {
+        let (durable, recovered) =
+            Durable::open(dir, 1, RecoveryMode::Strict).expect("data directory");
+        let mut interner = NodeInterner::default();
+        let replayed = replay(recovered.records, &mut interner, RecoveryMode::Strict).expect("replay");
+        let store = Arc::new(Store::with_tables(replayed.tables, &interner));
+        let writer = Writer::start(
+            durable,
+            interner,
+            Arc::clone(&store),
+            Arc::new(Counters::default()),
+            WriterConfig {
+                queue: 16,
+                max_archive_bytes: snapshot::DEFAULT_MAX_ARCHIVE_BYTES,
+            },
+        )
+        .expect("writer");
+        (store, writer)
+    }
+
+    fn write(writer: &Writer, write: Write) -> Response {
+        let (reply, answer) = oneshot::channel();
+        writer
+            .sender()
+            .blocking_send(Job::Write(WriteJob {
+                write,
+                reply,
+                arrived: Instant::now(),
+            }))
+            .expect("queued");
+        answer.blocking_recv().expect("answered")
+    }
+
+    /// Publishes a copy of `name` with one bit flipped, as a memory fault would leave it.
+    fn damage(store: &Store, name: &str, bit: usize) {
+        let mut tables = (*store.tables()).clone();
+        let damaged = tables.get(name).expect("held").damaged_copy(bit);
+        tables.insert(name.to_owned(), Arc::new(damaged));
+        store.publish(tables, &NodeInterner::default());
+    }
+
+    #[test]
+    fn a_damaged_resident_table_is_neither_checkpointed_nor_planned_from() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, writer) = start(dir.path());
+        let (a, b) = (map(0, 1), map(1, 1));
+        let name = a.name().as_str().to_owned();
+        let put = |m: &TableMap| Write::Put {
+            snapshot: snapshot::encode(m),
+        };
+        assert!(matches!(write(&writer, put(&a)), Response::Written(_)));
+        // The log bound is one byte: the next batch is followed by a checkpoint of every table,
+        // the damaged one included.
+        damage(&store, &name, 77_777);
+        assert!(matches!(write(&writer, put(&b)), Response::Written(_)));
+        assert!(
+            store.table(&name).is_some_and(|t| t.verify()),
+            "the checkpoint's verification repaired the resident copy"
+        );
+        // An update planned from a damaged copy would splice damaged partitions into the new
+        // version: the writer rebuilds the table first.
+        damage(&store, &name, 4_242);
+        let update = synth::split_update(&a, 100, 9_000_000);
+        let expected = {
+            let mut tables = Tables::new();
+            let mut i = NodeInterner::default();
+            let p = plan(&tables, &put(&a), &mut i, u64::MAX).expect("put");
+            apply(&mut tables, p);
+            let p = plan(&tables, &Write::Update(update.clone()), &mut i, u64::MAX).expect("update");
+            apply(&mut tables, p);
+            tables.get(&name).expect("updated").to_map()
+        };
+        assert!(matches!(write(&writer, Write::Update(update)), Response::Written(a) if a.applied));
+        assert_eq!(store.table(&name).expect("held").to_map(), expected);
+        writer.shutdown();
+
+        // What the directory holds (checkpoint and log) is the acknowledged state, undamaged.
+        let (store, writer) = start(dir.path());
+        assert_eq!(store.table(&name).expect("held").to_map(), expected);
+        assert_eq!(store.table(b.name().as_str()).expect("held").to_map(), b);
+        writer.shutdown();
+    }
+}

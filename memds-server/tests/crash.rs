@@ -6,10 +6,9 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,28 +30,8 @@ fn admin_connector(dir: &Path) -> memds_client::Connector {
 }
 
 fn spawn_server(dir: &Path) -> (Child, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_memds-server"))
-        .args(["--listen", "127.0.0.1:0", "--no-metrics", "--data-dir"])
-        .arg(dir)
-        // A small log bound, so compaction also happens under the kills.
-        .args(["--compact-wal-bytes", "200000"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("memds-server starts");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("the announcement line");
-    let v: serde_json::Value = serde_json::from_str(&line).expect("the first line is JSON");
-    let addr = v["quic"]
-        .as_str()
-        .expect("quic address")
-        .parse()
-        .expect("socket address");
-    (child, addr)
+    // A small log bound, so compaction also happens under the kills.
+    common::spawn_server(dir, &["--compact-wal-bytes", "200000"])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

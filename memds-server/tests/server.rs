@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::io::Write as _;
 use std::time::Duration;
 
 use common::{TestServer, connector, table, temp_dir};

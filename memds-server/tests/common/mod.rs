@@ -133,3 +133,37 @@ pub fn metric(page: &str, name: &str) -> f64 {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
         .unwrap_or(0.0)
 }
+
+/// Starts the real `memds-server` binary on 127.0.0.1:0 over `dir` with `args` added, and
+/// reads its announcement. Logs go to the test's stderr.
+pub fn spawn_server(dir: &Path, args: &[&str]) -> (std::process::Child, SocketAddr) {
+    use std::io::{BufRead as _, BufReader};
+    let mut child = server_command(dir, args)
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("memds-server starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("the announcement line");
+    let v: serde_json::Value = serde_json::from_str(&line)
+        .unwrap_or_else(|e| panic!("the first line is JSON ({e}): {line:?}"));
+    let addr = v["quic"]
+        .as_str()
+        .expect("quic address")
+        .parse()
+        .expect("socket address");
+    (child, addr)
+}
+
+/// The command that runs the real `memds-server` on 127.0.0.1:0 over `dir`, stdout piped.
+pub fn server_command(dir: &Path, args: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_memds-server"));
+    cmd.args(["--listen", "127.0.0.1:0", "--no-metrics", "--data-dir"])
+        .arg(dir)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped());
+    cmd
+}
