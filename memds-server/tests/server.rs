@@ -528,3 +528,123 @@ async fn a_full_write_queue_answers_overloaded_and_loses_nothing_acknowledged() 
     );
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_table_comes_back_only_at_a_higher_version_across_restarts_and_compaction() {
+    let dir = temp_dir("tombstone");
+    // A one-byte log bound: every batch is followed by a checkpoint, so the tombstone must
+    // survive compaction as well as the log.
+    let configure = |c: &mut memds_server::ServerConfig| c.compact_wal_bytes = 1;
+    let mut s = TestServer::start_configured(dir.clone(), configure).await;
+    let admin = s.client(Role::Admin).await;
+    let name = table(0, 200, 9).name().as_str().to_owned();
+    admin.put_table(&table(0, 200, 9)).await.expect("put v9");
+    assert_eq!(admin.drop_table(&name).await.expect("drop"), 9);
+    // A retry of the drop is answered as the first one was.
+    assert_eq!(admin.drop_table(&name).await.expect("drop again"), 9);
+    // An unrelated write, so a checkpoint is taken with the tombstone in it.
+    admin.put_table(&table(1, 200, 1)).await.expect("put");
+    s.stop().await;
+
+    for round in 0..2 {
+        let mut s = TestServer::start_configured(dir.clone(), configure).await;
+        let admin = s.client(Role::Admin).await;
+        // Routers saw version 9: versions 2 and 9 of a new table of that name are stale.
+        for v in [2, 9] {
+            let e = server_error(admin.put_table(&table(0, 200, v)).await);
+            assert_eq!(e, ErrorCode::Stale, "round {round}: v{v}");
+        }
+        assert_eq!(
+            server_error(admin.lookup(&name, 1).await),
+            ErrorCode::UnknownTable
+        );
+        admin.put_table(&table(1, 200, 2 + round)).await.expect("put");
+        s.stop().await;
+    }
+    let mut s = TestServer::start_configured(dir, configure).await;
+    let admin = s.client(Role::Admin).await;
+    let ack = admin.put_table(&table(0, 200, 10)).await.expect("v10");
+    assert_eq!((ack.version, ack.applied), (10, true));
+    // A drop naming an older version than the table holds is stale; one naming a newer
+    // version leaves the tombstone there even for a table the server never held.
+    assert_eq!(
+        server_error(admin.drop_table_at(&name, 8).await),
+        ErrorCode::Stale
+    );
+    assert_eq!(admin.drop_table_at("never-held", 4).await.expect("tombstone"), 4);
+    assert_eq!(
+        server_error(admin.put_table(&named(table(1, 50, 4), "never-held")).await),
+        ErrorCode::Stale
+    );
+    s.stop().await;
+}
+
+/// The map with another name.
+fn named(map: TableMap, name: &str) -> TableMap {
+    let mut spec = memds_proto::model::TableSpec::from(&map);
+    spec.table = name.into();
+    TableMap::try_from(spec).expect("valid")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_table_is_encoded_once_per_version_and_follows_updates() {
+    let mut s = TestServer::start("get-table").await;
+    let admin = s.client(Role::Admin).await;
+    let router = s.client(Role::Router).await;
+    let v1 = table(0, 3_000, 1);
+    let name = v1.name().as_str().to_owned();
+    admin.put_table(&v1).await.expect("put");
+    for _ in 0..3 {
+        assert_eq!(router.get_table(&name, None).await.expect("get"), Some(v1.clone()));
+    }
+    let page = s.scrape().await;
+    assert!(
+        common::metric(&page, "memds_snapshot_cache_bytes") > 0.0,
+        "the answer is cached"
+    );
+    // An update replaces the cached answer: callers see the new version, never the old one.
+    let update = memds_proto::synth::split_update(&v1, 10, 7_000_000);
+    admin.update_partitions(update).await.expect("update");
+    let v2 = router.get_table(&name, None).await.expect("get").expect("held");
+    assert_eq!(v2.version().get(), 2);
+    assert_eq!(v2.partitions().len(), v1.partitions().len() + 1);
+    assert_eq!(router.get_table(&name, Some(2)).await.expect("not newer"), None);
+    admin.drop_table(&name).await.expect("drop");
+    assert_eq!(
+        server_error(router.get_table(&name, None).await),
+        ErrorCode::UnknownTable
+    );
+    assert_eq!(
+        common::metric(&s.scrape().await, "memds_snapshot_cache_bytes"),
+        0.0,
+        "a dropped table's answer is released"
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_declaring_more_than_the_snapshot_bound_is_refused_before_decoding() {
+    let limits = Limits {
+        max_snapshot_bytes: 1 << 20,
+        ..Limits::default()
+    };
+    let mut s = TestServer::start_with(temp_dir("declared"), limits).await;
+    let admin = s.client(Role::Admin).await;
+    // A snapshot header that declares 4 GiB uncompressed over a few bytes of payload.
+    let mut forged = memds_proto::snapshot::encode(&table(0, 10, 1));
+    forged[8..16].copy_from_slice(&(4u64 << 30).to_le_bytes());
+    match admin.call(&Request::PutTable { snapshot: forged }).await {
+        Err(ClientError::Server(e)) => {
+            assert_eq!(e.code, ErrorCode::TooLarge, "{e}");
+            assert!(e.message.contains("4294967296"), "{e}");
+        }
+        other => panic!("expected too_large, got {other:?}"),
+    }
+    // Within the bound, puts work; past it, an honest big table is refused the same way.
+    admin.put_table(&table(0, 1_000, 1)).await.expect("small put");
+    assert_eq!(
+        server_error(admin.put_table(&table(1, 40_000, 1)).await),
+        ErrorCode::TooLarge
+    );
+    s.stop().await;
+}
