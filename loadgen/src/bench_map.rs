@@ -262,7 +262,7 @@ fn time_split(compact: &[CompactTable], interner: &mut NodeInterner) -> anyhow::
         let update = synth::split_update(&map, index, u64::MAX - k as u64);
         let write = memds_server::store::Write::Update(update);
         let t = Instant::now();
-        let plan = memds_server::store::plan(&tables, &write, interner)
+        let plan = memds_server::store::plan(&tables, &write, interner, u64::MAX)
             .map_err(|e| anyhow::anyhow!("planning the split: {}", e.message))?;
         times.push(t.elapsed().as_secs_f64());
         ensure!(
