@@ -41,6 +41,15 @@ fn temp_dir(name: &str) -> PathBuf {
     d
 }
 
+/// The recording and alerting rules memds.rules.yml declares.
+fn rule_count() -> usize {
+    let text = std::fs::read_to_string(prometheus_dir().join("memds.rules.yml")).expect("rules");
+    text.lines()
+        .map(str::trim_start)
+        .filter(|l| l.starts_with("- record:") || l.starts_with("- alert:"))
+        .count()
+}
+
 /// Runs promtool in the rules' directory and answers its output; fails the test if it fails.
 fn promtool(args: &[&str]) -> String {
     let out = Command::new("promtool")
@@ -61,7 +70,8 @@ fn promtool(args: &[&str]) -> String {
 fn promtool_accepts_the_config_and_rules_and_the_alert_tests_pass() {
     promtool(&["check", "config", "prometheus.yml"]);
     let rules = promtool(&["check", "rules", "memds.rules.yml"]);
-    assert!(rules.contains("SUCCESS: 20 rules found"), "{rules}");
+    let want = format!("SUCCESS: {} rules found", rule_count());
+    assert!(rules.contains(&want), "{rules}");
     let tests = promtool(&["test", "rules", "memds.rules.test.yml"]);
     assert!(tests.contains("SUCCESS"), "{tests}");
 }
@@ -198,7 +208,7 @@ async fn every_dashboard_query_and_rule_evaluates_against_a_real_fleet() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 20, "every rule of memds.rules.yml is loaded");
+    assert_eq!(checked, rule_count(), "every rule of memds.rules.yml is loaded");
     // Nothing is wrong with this fleet, so no alert fires.
     let firing = prom.query("ALERTS{alertstate=\"firing\"}").await;
     assert_eq!(
