@@ -208,7 +208,11 @@ async fn every_dashboard_query_and_rule_evaluates_against_a_real_fleet() {
             checked += 1;
         }
     }
-    assert_eq!(checked, rule_count(), "every rule of memds.rules.yml is loaded");
+    assert_eq!(
+        checked,
+        rule_count(),
+        "every rule of memds.rules.yml is loaded"
+    );
     // Nothing is wrong with this fleet, so no alert fires.
     let firing = prom.query("ALERTS{alertstate=\"firing\"}").await;
     assert_eq!(

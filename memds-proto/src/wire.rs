@@ -595,8 +595,7 @@ pub fn encode_response(id: u64, response: &Response, out: &mut Vec<u8>) {
                 archive.len()
             ),
         ));
-        put_frame(id, &archive_response(&refusal), out)
-            .expect("an error reply is far below 4 GiB");
+        put_frame(id, &archive_response(&refusal), out).expect("an error reply is far below 4 GiB");
     }
 }
 

@@ -144,7 +144,9 @@ pub enum DurableError {
         found: String,
     },
     /// An earlier failure left the log's end unknown; writes wait for a compaction.
-    #[error("the write-ahead log is unusable after a failed write ({reason}); writes are refused until a compaction starts a new log")]
+    #[error(
+        "the write-ahead log is unusable after a failed write ({reason}); writes are refused until a compaction starts a new log"
+    )]
     Poisoned {
         /// The failure that poisoned it.
         reason: String,
@@ -223,8 +225,7 @@ impl Durable {
                     .open(&path)
                     .map_err(io_err("opening", &path))?;
                 if let Some(cut) = last.cut {
-                    f.set_len(last.valid)
-                        .map_err(io_err("truncating", &path))?;
+                    f.set_len(last.valid).map_err(io_err("truncating", &path))?;
                     f.sync_all().map_err(io_err("syncing", &path))?;
                     recovered.truncated = Some((
                         Origin {
@@ -238,11 +239,7 @@ impl Durable {
             }
             None => {
                 let generation = history.covers + 1;
-                (
-                    generation,
-                    create_log(dir, generation)?,
-                    HEADER_LEN as u64,
-                )
+                (generation, create_log(dir, generation)?, HEADER_LEN as u64)
             }
         };
         let mut durable = Self {
@@ -719,7 +716,9 @@ fn scan_frames(path: &Path, bytes: &[u8]) -> Scan {
                 // write but records this code cannot read.
                 scan.bad = Some(Bad {
                     offset: at,
-                    found: format!("a frame whose checksums pass holds records that do not decode ({e})"),
+                    found: format!(
+                        "a frame whose checksums pass holds records that do not decode ({e})"
+                    ),
                     followed_at: Some(at),
                 });
                 return scan;
@@ -757,7 +756,9 @@ fn frame_at(bytes: &[u8], at: usize) -> Result<(&[u8], usize), &'static str> {
     let next = end.next_multiple_of(8);
     match bytes.get(end..next) {
         None => return Err("a frame whose padding is incomplete"),
-        Some(pad) if pad.iter().any(|&b| b != 0) => return Err("a frame whose padding is not zero"),
+        Some(pad) if pad.iter().any(|&b| b != 0) => {
+            return Err("a frame whose padding is not zero");
+        }
         Some(_) => {}
     }
     Ok((payload, next))
@@ -821,7 +822,11 @@ fn describe_record(r: &WalRecord) -> Option<String> {
                 snapshot,
                 memds_proto::snapshot::DEFAULT_MAX_ARCHIVE_BYTES,
             ) {
-                Ok(map) => format!("put of table {} version {}", map.name(), map.version().get()),
+                Ok(map) => format!(
+                    "put of table {} version {}",
+                    map.name(),
+                    map.version().get()
+                ),
                 Err(e) => format!("a put whose snapshot does not decode ({e})"),
             },
         ),
@@ -996,7 +1001,8 @@ mod tests {
         let (mut d, rec) = open(dir.path()).expect("open");
         assert!(rec.records.is_empty());
         d.append(vec![put(&table(0))]).expect("append");
-        d.append(vec![put(&table(1)), drop_of("x", 3)]).expect("append");
+        d.append(vec![put(&table(1)), drop_of("x", 3)])
+            .expect("append");
         let good_len = d.wal_bytes();
         drop(d);
         // A torn write: the start of a frame at the end.
@@ -1035,7 +1041,10 @@ mod tests {
         fs::write(&path, &bytes).expect("write");
         let (_, rec) = open(dir.path()).expect("reopen");
         assert_eq!(records(&rec), vec![put(&table(0))]);
-        assert_eq!(rec.truncated.as_ref().map(|t| t.0.offset), Some(last as u64));
+        assert_eq!(
+            rec.truncated.as_ref().map(|t| t.0.offset),
+            Some(last as u64)
+        );
     }
 
     #[test]
@@ -1079,7 +1088,10 @@ mod tests {
         let frames = frame_offsets(&bytes);
         bytes[frames[1] + 100] ^= 1;
         fs::write(&path, &bytes).expect("write");
-        assert!(matches!(open(dir.path()), Err(DurableError::Corrupt { .. })));
+        assert!(matches!(
+            open(dir.path()),
+            Err(DurableError::Corrupt { .. })
+        ));
     }
 
     #[test]
@@ -1150,7 +1162,11 @@ mod tests {
         // As a crash between the checkpoint's rename and the old log's removal leaves it.
         fs::write(log_path(dir.path(), 1), &old_log).expect("restore old log");
         let (_, rec) = open(dir.path()).expect("reopen");
-        assert_eq!(records(&rec), vec![put(&table(0))], "the covered log was replayed");
+        assert_eq!(
+            records(&rec),
+            vec![put(&table(0))],
+            "the covered log was replayed"
+        );
         assert_eq!(list_logs(dir.path()).expect("list"), vec![1, 2]);
     }
 

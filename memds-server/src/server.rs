@@ -433,7 +433,10 @@ async fn serve_stream(
                             if let Err(e) = wire::encode_archived_response(id, &archive, &mut out) {
                                 wire::encode_response(
                                     id,
-                                    &Response::Error(ErrorReply::new(ErrorCode::TooLarge, e.to_string())),
+                                    &Response::Error(ErrorReply::new(
+                                        ErrorCode::TooLarge,
+                                        e.to_string(),
+                                    )),
                                     &mut out,
                                 );
                             }

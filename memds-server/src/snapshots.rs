@@ -44,7 +44,10 @@ impl SnapshotCache {
     pub async fn answer(&self, table: Arc<CompactTable>) -> Result<Arc<AlignedVec>, ErrorReply> {
         let name = table.name().as_str().to_owned();
         let entry = {
-            let mut entries = self.entries.lock().expect("the cache lock is never poisoned");
+            let mut entries = self
+                .entries
+                .lock()
+                .expect("the cache lock is never poisoned");
             let current = entries
                 .get(&name)
                 .filter(|e| e.version == table.version().get() && e.checksum == table.checksum());
@@ -81,7 +84,10 @@ impl SnapshotCache {
     /// Drops the entries of tables that are gone or at another version (the writer calls this
     /// when it publishes).
     pub fn retain_current(&self, tables: &Tables) {
-        let mut entries = self.entries.lock().expect("the cache lock is never poisoned");
+        let mut entries = self
+            .entries
+            .lock()
+            .expect("the cache lock is never poisoned");
         entries.retain(|name, e| {
             tables
                 .get(name)
@@ -102,7 +108,10 @@ impl SnapshotCache {
     }
 
     fn account(&self) {
-        let entries = self.entries.lock().expect("the cache lock is never poisoned");
+        let entries = self
+            .entries
+            .lock()
+            .expect("the cache lock is never poisoned");
         let bytes: u64 = entries
             .values()
             .filter_map(|e| e.answer.get())
@@ -190,7 +199,10 @@ mod tests {
         // Another version of the table is built once and replaces the entry; publishing a state
         // without the table empties the cache.
         let newer = table(2);
-        assert_eq!(decoded(&cache.answer(Arc::clone(&newer)).await.expect("answer")), newer.to_map());
+        assert_eq!(
+            decoded(&cache.answer(Arc::clone(&newer)).await.expect("answer")),
+            newer.to_map()
+        );
         assert_eq!(cache.builds(), 2);
         cache.retain_current(&Tables::new());
         assert_eq!(cache.bytes(), 0);

@@ -356,14 +356,16 @@ fn plan_update(
     u: &PartitionUpdate,
     interner: &mut NodeInterner,
 ) -> Result<Plan, ErrorReply> {
-    let current = tables.get(u.table.as_str()).ok_or_else(|| match tables.tombstone(&u.table) {
-        Some(dropped) => versioned(
-            ErrorCode::UnknownTable,
-            format!("table {} was dropped at version {dropped}", u.table),
-            dropped,
-        ),
-        None => unknown(&u.table),
-    })?;
+    let current = tables
+        .get(u.table.as_str())
+        .ok_or_else(|| match tables.tombstone(&u.table) {
+            Some(dropped) => versioned(
+                ErrorCode::UnknownTable,
+                format!("table {} was dropped at version {dropped}", u.table),
+                dropped,
+            ),
+            None => unknown(&u.table),
+        })?;
     let current_version = current.version().get();
     let first = u.partitions.first().ok_or_else(|| {
         ErrorReply::new(ErrorCode::Invalid, "update-partitions: no partitions given")
@@ -524,12 +526,7 @@ mod tests {
         write: &Write,
         interner: &mut NodeInterner,
     ) -> Result<Plan, ErrorReply> {
-        super::plan(
-            tables,
-            write,
-            interner,
-            snapshot::DEFAULT_MAX_ARCHIVE_BYTES,
-        )
+        super::plan(tables, write, interner, snapshot::DEFAULT_MAX_ARCHIVE_BYTES)
     }
 
     fn install(tables: &mut Tables, write: &Write, interner: &mut NodeInterner) {
@@ -714,9 +711,20 @@ mod tests {
     #[test]
     fn versioned_drops_and_puts_end_the_same_in_any_order() {
         let name = map(10, 1).name().as_str().to_owned();
-        let writes = [put(&map(10, 3)), drop_write(&name, Some(3)), put(&map(10, 2))];
+        let writes = [
+            put(&map(10, 3)),
+            drop_write(&name, Some(3)),
+            put(&map(10, 2)),
+        ];
         let mut outcomes = Vec::new();
-        for order in [[0, 1, 2], [1, 0, 2], [2, 1, 0], [1, 2, 0], [2, 0, 1], [0, 2, 1]] {
+        for order in [
+            [0, 1, 2],
+            [1, 0, 2],
+            [2, 1, 0],
+            [1, 2, 0],
+            [2, 0, 1],
+            [0, 2, 1],
+        ] {
             let mut i = NodeInterner::default();
             let mut tables = Tables::new();
             for k in order {
@@ -731,7 +739,10 @@ mod tests {
                     }
                 }
             }
-            outcomes.push((tables.get(&name).map(|t| t.version().get()), tables.tombstone(&name)));
+            outcomes.push((
+                tables.get(&name).map(|t| t.version().get()),
+                tables.tombstone(&name),
+            ));
         }
         assert!(
             outcomes.iter().all(|o| *o == (None, Some(3))),
@@ -749,8 +760,13 @@ mod tests {
     fn a_put_over_the_snapshot_bound_is_too_large_before_anything_is_decoded() {
         let mut i = NodeInterner::default();
         let bytes = snapshot::encode(&map(1000, 1));
-        let e = super::plan(&Tables::new(), &Write::Put { snapshot: bytes }, &mut i, 1024)
-            .expect_err("over the bound");
+        let e = super::plan(
+            &Tables::new(),
+            &Write::Put { snapshot: bytes },
+            &mut i,
+            1024,
+        )
+        .expect_err("over the bound");
         assert_eq!(e.code, ErrorCode::TooLarge, "{e}");
     }
 }

@@ -152,7 +152,10 @@ pub fn replay(
                 out.applied += 1;
             }
             Err(e) => {
-                let what = format!("the write logged in {origin} ({}) no longer applies: {e}", write.op());
+                let what = format!(
+                    "the write logged in {origin} ({}) no longer applies: {e}",
+                    write.op()
+                );
                 match mode {
                     RecoveryMode::Strict => return Err(what),
                     RecoveryMode::Salvage => out.lost.push(what),
@@ -379,7 +382,9 @@ impl State {
                 metrics::counter!("memds_scrub_repairs_total", "result" => "failed").increment(1);
                 Err(ErrorReply::new(
                     ErrorCode::Internal,
-                    format!("the resident copy of table {name} is damaged and could not be rebuilt ({reason}); the write is refused"),
+                    format!(
+                        "the resident copy of table {name} is damaged and could not be rebuilt ({reason}); the write is refused"
+                    ),
                 ))
             }
         }
@@ -469,7 +474,10 @@ pub fn checkpoint(durable: &mut Durable, tables: &Tables) -> Result<(), String> 
     for t in tables.values() {
         let snapshot = snapshot::encode(&t.to_map());
         if !t.verify() {
-            return Err(format!("table {} fails its checksum; not checkpointed", t.name()));
+            return Err(format!(
+                "table {} fails its checksum; not checkpointed",
+                t.name()
+            ));
         }
         records.push(WalRecord::Put { snapshot });
     }
@@ -531,7 +539,8 @@ mod tests {
         let (durable, recovered) =
             Durable::open(dir, 1, RecoveryMode::Strict).expect("data directory");
         let mut interner = NodeInterner::default();
-        let replayed = replay(recovered.records, &mut interner, RecoveryMode::Strict).expect("replay");
+        let replayed =
+            replay(recovered.records, &mut interner, RecoveryMode::Strict).expect("replay");
         let store = Arc::new(Store::with_tables(replayed.tables, &interner));
         let writer = Writer::start(
             durable,
@@ -595,7 +604,8 @@ mod tests {
             let mut i = NodeInterner::default();
             let p = plan(&tables, &put(&a), &mut i, u64::MAX).expect("put");
             apply(&mut tables, p);
-            let p = plan(&tables, &Write::Update(update.clone()), &mut i, u64::MAX).expect("update");
+            let p =
+                plan(&tables, &Write::Update(update.clone()), &mut i, u64::MAX).expect("update");
             apply(&mut tables, p);
             tables.get(&name).expect("updated").to_map()
         };

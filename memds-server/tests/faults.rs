@@ -36,7 +36,10 @@ const COMPACTION_STEPS: [&str; 5] = [
 
 /// Puts `version` of table `t`; answers whether it was acknowledged.
 async fn put(admin: &memds_client::Client, t: usize, version: u64) -> bool {
-    admin.put_table(&table(t, PARTITIONS, version)).await.is_ok()
+    admin
+        .put_table(&table(t, PARTITIONS, version))
+        .await
+        .is_ok()
 }
 
 /// After a restart on `dir`: each table holds exactly its highest acknowledged version.
@@ -146,7 +149,10 @@ async fn a_writer_stopped_dead_at_any_compaction_step_loses_no_acknowledged_writ
         fail::remove(step);
         assert!(died, "{step}: no compaction reached the step");
         // Nothing more is acknowledged by a dead writer.
-        assert!(!put(&admin, 1, 2).await, "{step}: the dead writer acknowledged a write");
+        assert!(
+            !put(&admin, 1, 2).await,
+            "{step}: the dead writer acknowledged a write"
+        );
         check_restart_after(&mut s, &dir, &acked, step).await;
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -195,12 +201,9 @@ impl Harness {
         let (durable, recovered) =
             Durable::open(dir.path(), 1 << 30, RecoveryMode::Strict).expect("data directory");
         let mut interner = NodeInterner::default();
-        let replayed = memds_server::writer::replay(
-            recovered.records,
-            &mut interner,
-            RecoveryMode::Strict,
-        )
-        .expect("replay");
+        let replayed =
+            memds_server::writer::replay(recovered.records, &mut interner, RecoveryMode::Strict)
+                .expect("replay");
         let store = Arc::new(Store::with_tables(replayed.tables, &interner));
         let writer = Writer::start(
             durable,
@@ -264,7 +267,11 @@ fn code(r: &Response) -> Option<ErrorCode> {
 fn a_duplicate_in_a_batch_whose_append_fails_is_not_acknowledged() {
     let _scenario = fail::FailScenario::setup();
     let h = Harness::start(tempfile::tempdir().expect("tempdir"));
-    let (a1, a2, d1) = (table(0, PARTITIONS, 1), table(0, PARTITIONS, 2), table(1, PARTITIONS, 1));
+    let (a1, a2, d1) = (
+        table(0, PARTITIONS, 1),
+        table(0, PARTITIONS, 2),
+        table(1, PARTITIONS, 1),
+    );
     assert!(matches!(h.write(put_of(&a1)), Response::Written(_)));
     assert!(matches!(h.write(put_of(&d1)), Response::Written(_)));
     // Hold the writer so the next writes are planned in one batch, whose append then fails.
@@ -291,7 +298,11 @@ fn a_duplicate_in_a_batch_whose_append_fails_is_not_acknowledged() {
     );
     assert_eq!(h.version(&a1), Some(1));
     let h = h.restart();
-    assert_eq!(h.version(&a1), Some(1), "nothing of the failed batch came back");
+    assert_eq!(
+        h.version(&a1),
+        Some(1),
+        "nothing of the failed batch came back"
+    );
     assert!(matches!(h.write(put_of(&a2)), Response::Written(a) if a.applied));
     h.writer.shutdown();
 }

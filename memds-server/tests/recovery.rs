@@ -113,7 +113,10 @@ async fn served_version(dir: &Path, args: &[&str]) -> (u64, String) {
     assert_eq!(map, table(0, PARTITIONS, map.version().get()));
     child.kill().expect("kill");
     let out = child.wait_with_output().expect("reaped");
-    (map.version().get(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        map.version().get(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -131,14 +134,24 @@ async fn a_damaged_byte_inside_the_log_stops_the_server_and_salvage_keeps_the_pr
     std::fs::write(&log, &bytes).expect("damage");
 
     let stderr = refused_start(&dir, &[]);
-    let name = log.file_name().expect("name").to_string_lossy().into_owned();
+    let name = log
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
     assert!(stderr.contains(&name), "names the file: {stderr}");
     assert!(
         stderr.contains(&format!("damaged at byte {}", at[1])),
         "names the offset of the damaged frame: {stderr}"
     );
-    assert!(stderr.contains("valid frame after it"), "says what it found: {stderr}");
-    assert!(stderr.contains("--wal-recovery salvage"), "says how to proceed: {stderr}");
+    assert!(
+        stderr.contains("valid frame after it"),
+        "says what it found: {stderr}"
+    );
+    assert!(
+        stderr.contains("--wal-recovery salvage"),
+        "says how to proceed: {stderr}"
+    );
     // Refusing changed nothing on disk.
     assert_eq!(std::fs::read(&log).expect("read"), bytes);
 
@@ -146,14 +159,18 @@ async fn a_damaged_byte_inside_the_log_stops_the_server_and_salvage_keeps_the_pr
     // damaged log is kept, unchanged, in a damaged-* folder.
     let (version, stderr) = served_version(&dir, &["--wal-recovery", "salvage"]).await;
     assert_eq!(version, 1);
-    for lost in ["version 3"] {
-        assert!(stderr.contains(lost), "lists {lost} as lost: {stderr}");
-    }
+    assert!(
+        stderr.contains("version 3"),
+        "lists the write after the damage as lost: {stderr}"
+    );
     assert!(stderr.contains("not restored"), "{stderr}");
     let aside: Vec<PathBuf> = std::fs::read_dir(&dir)
         .expect("list")
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("damaged-")))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("damaged-"))
+        })
         .collect();
     assert_eq!(aside.len(), 1, "{aside:?}");
     assert_eq!(

@@ -558,7 +558,10 @@ async fn a_dropped_table_comes_back_only_at_a_higher_version_across_restarts_and
             server_error(admin.lookup(&name, 1).await),
             ErrorCode::UnknownTable
         );
-        admin.put_table(&table(1, 200, 2 + round)).await.expect("put");
+        admin
+            .put_table(&table(1, 200, 2 + round))
+            .await
+            .expect("put");
         s.stop().await;
     }
     let mut s = TestServer::start_configured(dir, configure).await;
@@ -571,7 +574,13 @@ async fn a_dropped_table_comes_back_only_at_a_higher_version_across_restarts_and
         server_error(admin.drop_table_at(&name, 8).await),
         ErrorCode::Stale
     );
-    assert_eq!(admin.drop_table_at("never-held", 4).await.expect("tombstone"), 4);
+    assert_eq!(
+        admin
+            .drop_table_at("never-held", 4)
+            .await
+            .expect("tombstone"),
+        4
+    );
     assert_eq!(
         server_error(admin.put_table(&named(table(1, 50, 4), "never-held")).await),
         ErrorCode::Stale
@@ -595,7 +604,10 @@ async fn get_table_is_encoded_once_per_version_and_follows_updates() {
     let name = v1.name().as_str().to_owned();
     admin.put_table(&v1).await.expect("put");
     for _ in 0..3 {
-        assert_eq!(router.get_table(&name, None).await.expect("get"), Some(v1.clone()));
+        assert_eq!(
+            router.get_table(&name, None).await.expect("get"),
+            Some(v1.clone())
+        );
     }
     let page = s.scrape().await;
     assert!(
@@ -605,10 +617,17 @@ async fn get_table_is_encoded_once_per_version_and_follows_updates() {
     // An update replaces the cached answer: callers see the new version, never the old one.
     let update = memds_proto::synth::split_update(&v1, 10, 7_000_000);
     admin.update_partitions(update).await.expect("update");
-    let v2 = router.get_table(&name, None).await.expect("get").expect("held");
+    let v2 = router
+        .get_table(&name, None)
+        .await
+        .expect("get")
+        .expect("held");
     assert_eq!(v2.version().get(), 2);
     assert_eq!(v2.partitions().len(), v1.partitions().len() + 1);
-    assert_eq!(router.get_table(&name, Some(2)).await.expect("not newer"), None);
+    assert_eq!(
+        router.get_table(&name, Some(2)).await.expect("not newer"),
+        None
+    );
     admin.drop_table(&name).await.expect("drop");
     assert_eq!(
         server_error(router.get_table(&name, None).await),
@@ -641,7 +660,10 @@ async fn a_put_declaring_more_than_the_snapshot_bound_is_refused_before_decoding
         other => panic!("expected too_large, got {other:?}"),
     }
     // Within the bound, puts work; past it, an honest big table is refused the same way.
-    admin.put_table(&table(0, 1_000, 1)).await.expect("small put");
+    admin
+        .put_table(&table(0, 1_000, 1))
+        .await
+        .expect("small put");
     assert_eq!(
         server_error(admin.put_table(&table(1, 40_000, 1)).await),
         ErrorCode::TooLarge
