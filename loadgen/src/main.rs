@@ -13,6 +13,8 @@
 //!   Redis GET pipelined 16 deep, both measured in the same run.
 //! - `bench_cache`: `loadgen bench-cache`, the router cache's hit path against moka and
 //!   quick_cache gets, in one run.
+//! - `bench_server_memory`: `loadgen bench-server-memory`, the RSS of a real `memds-server`
+//!   process while its tables are put again and again, against its own resident estimate.
 //! - `embedded`: a real server started in-process on its own named threads.
 //! - `alloc`: the counting global allocator the memory figures come from.
 
@@ -20,6 +22,7 @@ mod alloc;
 mod bench_cache;
 mod bench_map;
 mod bench_server;
+mod bench_server_memory;
 mod embedded;
 mod experiment;
 mod histogram;
@@ -52,6 +55,9 @@ enum Command {
     /// Hit-path latency of the router cache (ConstantWork, enqueue included) next to moka and
     /// quick_cache gets on the same keys, in one run.
     BenchCache(bench_cache::Args),
+    /// RSS of a real memds-server process after each round of puts of every table, beside its
+    /// memds_resident_bytes, and after a restart.
+    BenchServerMemory(bench_server_memory::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -61,5 +67,6 @@ fn main() -> anyhow::Result<()> {
         Command::BenchMap(args) => bench_map::run(&args),
         Command::BenchServer(args) => bench_server::run(&args),
         Command::BenchCache(args) => bench_cache::run(&args),
+        Command::BenchServerMemory(args) => bench_server_memory::run(&args),
     }
 }

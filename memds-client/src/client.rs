@@ -385,11 +385,27 @@ impl Client {
         expect_written(self.call(&Request::UpdatePartitions(update)).await?)
     }
 
-    /// Drops a table (admin certificate needed); answers the version it had.
+    /// Drops a table (admin certificate needed), leaving a tombstone; answers the version
+    /// dropped. See [`Client::drop_table_at`] to name the version.
     pub async fn drop_table(&self, table: &str) -> Result<u64, ClientError> {
+        self.drop_table_version(table, None).await
+    }
+
+    /// Drops version `version` of a table: refused `stale` if the server holds a newer one, and
+    /// recorded as a tombstone even where the server holds an older one or none.
+    pub async fn drop_table_at(&self, table: &str, version: u64) -> Result<u64, ClientError> {
+        self.drop_table_version(table, Some(version)).await
+    }
+
+    async fn drop_table_version(
+        &self,
+        table: &str,
+        version: Option<u64>,
+    ) -> Result<u64, ClientError> {
         match self
             .call(&Request::DropTable {
                 table: table.into(),
+                version,
             })
             .await?
         {

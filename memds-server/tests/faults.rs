@@ -61,19 +61,27 @@ async fn check_restart(dir: &Path, acked: &HashMap<usize, u64>, what: &str) {
     s.stop().await;
 }
 
+/// A server over `dir` whose log bound is one byte (every batch that outgrows the last
+/// checkpoint is followed by a compaction), holding version 1 of tables 0 and 1.
+async fn two_tables_compacting(
+    dir: &Path,
+) -> (TestServer, memds_client::Client, HashMap<usize, u64>) {
+    let s = TestServer::start_configured(dir.to_owned(), |c| c.compact_wal_bytes = 1).await;
+    let admin = s.client(Role::Admin).await;
+    let mut acked = HashMap::new();
+    for t in 0..2 {
+        assert!(put(&admin, t, 1).await);
+        acked.insert(t, 1);
+    }
+    (s, admin, acked)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compaction_step_that_fails_loses_no_acknowledged_write() {
     let _scenario = fail::FailScenario::setup();
     for step in COMPACTION_STEPS {
         let dir = temp_dir("compaction-error");
-        // A log bound of one byte: every batch is followed by a compaction.
-        let mut s = TestServer::start_configured(dir.clone(), |c| c.compact_wal_bytes = 1).await;
-        let admin = s.client(Role::Admin).await;
-        let mut acked = HashMap::new();
-        for t in 0..2 {
-            assert!(put(&admin, t, 1).await);
-            acked.insert(t, 1);
-        }
+        let (mut s, admin, mut acked) = two_tables_compacting(&dir).await;
         let failures_before = metric(&s.scrape().await, "memds_compaction_failures_total");
         fail::cfg(step, "return").expect("failpoint");
         for v in 2..=4 {
@@ -126,13 +134,7 @@ async fn a_writer_stopped_dead_at_any_compaction_step_loses_no_acknowledged_writ
     let _scenario = fail::FailScenario::setup();
     for step in COMPACTION_STEPS {
         let dir = temp_dir("compaction-crash");
-        let mut s = TestServer::start_configured(dir.clone(), |c| c.compact_wal_bytes = 1).await;
-        let admin = s.client(Role::Admin).await;
-        let mut acked = HashMap::new();
-        for t in 0..2 {
-            assert!(put(&admin, t, 1).await);
-            acked.insert(t, 1);
-        }
+        let (mut s, admin, mut acked) = two_tables_compacting(&dir).await;
         // The writer thread dies at the step, as a crash there would leave the files. The
         // write whose batch triggered the compaction was acknowledged just before; once the
         // log outgrows the checkpoint, one does.
