@@ -591,6 +591,16 @@ mod tests {
         // the damaged one included.
         damage(&store, &name, 77_777);
         assert!(matches!(write(&writer, put(&b)), Response::Written(_)));
+        // The checkpoint follows the batch's answers: a job queued now runs after it.
+        let (reply, done) = oneshot::channel();
+        writer
+            .sender()
+            .blocking_send(Job::Repair(RepairJob {
+                table: "no-such-table".into(),
+                reply,
+            }))
+            .expect("queued");
+        assert_eq!(done.blocking_recv().expect("answered"), Repaired::Intact);
         assert!(
             store.table(&name).is_some_and(|t| t.verify()),
             "the checkpoint's verification repaired the resident copy"
