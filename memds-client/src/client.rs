@@ -61,6 +61,9 @@ pub struct ConnectOptions {
     pub bind: SocketAddr,
     /// Largest frame accepted from the server.
     pub max_frame_bytes: usize,
+    /// Largest uncompressed table a get-table answer may declare; a snapshot declaring more is
+    /// refused before anything is allocated for it.
+    pub max_snapshot_bytes: u64,
     /// Close the connection after this long without traffic (keep-alives are sent at a third of
     /// it, so an idle but healthy connection stays open).
     pub idle_timeout: Duration,
@@ -72,6 +75,7 @@ impl Default for ConnectOptions {
             server_name: "localhost".into(),
             bind: SocketAddr::from(([0, 0, 0, 0], 0)),
             max_frame_bytes: wire::DEFAULT_MAX_FRAME_BYTES,
+            max_snapshot_bytes: snapshot::DEFAULT_MAX_ARCHIVE_BYTES,
             idle_timeout: Duration::from_secs(30),
         }
     }
@@ -116,12 +120,7 @@ impl Connector {
             .open_bi()
             .await
             .map_err(|e| connect_error(e.to_string()))?;
-        Ok(Client::start(
-            conn,
-            send,
-            recv,
-            self.options.max_frame_bytes,
-        ))
+        Ok(Client::start(conn, send, recv, &self.options))
     }
 
     /// Closes the endpoint and every connection made from it.
@@ -164,6 +163,7 @@ pub struct Client {
     conn: quinn::Connection,
     frames: mpsc::Sender<Vec<u8>>,
     shared: Arc<Shared>,
+    max_snapshot_bytes: u64,
 }
 
 impl std::fmt::Debug for Client {
@@ -179,7 +179,7 @@ impl Client {
         conn: quinn::Connection,
         send: quinn::SendStream,
         recv: quinn::RecvStream,
-        max_frame: usize,
+        options: &ConnectOptions,
     ) -> Self {
         let shared = Arc::new(Shared {
             pending: Mutex::new(HashMap::new()),
@@ -189,11 +189,16 @@ impl Client {
         });
         let (frames, rx) = mpsc::channel(4096);
         tokio::spawn(write_loop(send, rx, Arc::clone(&shared)));
-        tokio::spawn(read_loop(recv, max_frame, Arc::clone(&shared)));
+        tokio::spawn(read_loop(
+            recv,
+            options.max_frame_bytes,
+            Arc::clone(&shared),
+        ));
         Self {
             conn,
             frames,
             shared,
+            max_snapshot_bytes: options.max_snapshot_bytes,
         }
     }
 
@@ -330,7 +335,9 @@ impl Client {
         }
     }
 
-    /// The whole table, or `None` if it is not newer than `if_newer_than`.
+    /// The whole table, or `None` if it is not newer than `if_newer_than`. A snapshot that
+    /// declares more than [`ConnectOptions::max_snapshot_bytes`] uncompressed is refused
+    /// ([`ClientError::Protocol`]) before anything is allocated for it.
     pub async fn get_table(
         &self,
         table: &str,
@@ -343,9 +350,11 @@ impl Client {
             })
             .await?
         {
-            Response::Table { snapshot, .. } => snapshot::decode(&snapshot, u64::MAX)
-                .map(Some)
-                .map_err(|e| ClientError::Protocol(e.to_string())),
+            Response::Table { snapshot, .. } => {
+                snapshot::decode(&snapshot, self.max_snapshot_bytes)
+                    .map(Some)
+                    .map_err(|e| ClientError::Protocol(e.to_string()))
+            }
             Response::NotModified { .. } => Ok(None),
             other => Err(unexpected(&other)),
         }

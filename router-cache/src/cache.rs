@@ -20,6 +20,7 @@ use arc_swap::cache::Cache;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use crossbeam_queue::ArrayQueue;
 use memds_client::{ClientError, ClientTls, ConnectOptions, Connector};
+use memds_proto::model::MAX_REPLICAS;
 use memds_proto::wire::{self, ErrorReply, NodeList, Request, Response, Routes};
 use memds_proto::{MapError, Route, TableName, key_hash};
 use rustc_hash::FxBuildHasher;
@@ -196,6 +197,10 @@ pub struct CacheStats {
     pub refreshes_changed: u64,
     /// Refreshes dropped: queue full, or no server to send them to.
     pub dropped: u64,
+    /// Server answers refused whole as malformed (a route count other than the hashes asked, a
+    /// route that does not hold its hash, a bad replica list); each batch was retried on
+    /// another server.
+    pub protocol_errors: u64,
     /// Jobs queued or in flight.
     pub queue_depth: u64,
     /// Routes cached, over all tables.
@@ -219,6 +224,8 @@ struct Counters {
     changed: AtomicU64,
     /// Refreshes dropped after they were queued (no server to send them to).
     dropped: AtomicU64,
+    /// Server answers refused as malformed.
+    protocol_errors: AtomicU64,
     /// Misses queued.
     miss_jobs: AtomicU64,
     /// Jobs taken off the queue and finished.
@@ -517,6 +524,7 @@ impl RouterCache {
             hedged: c.hedged.load(Ordering::Relaxed),
             refreshes_changed: c.changed.load(Ordering::Relaxed),
             dropped: c.dropped.load(Ordering::Relaxed) + self.inner.per_thread_sum(|t| &t.refused),
+            protocol_errors: c.protocol_errors.load(Ordering::Relaxed),
             queue_depth: self.inner.outstanding(),
             entries,
             servers_up: self.inner.fleet.up() as u64,
@@ -968,6 +976,10 @@ async fn run_batch(inner: Arc<Inner>, batch: Arc<Batch>) {
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
+        if tried == Some(server.index) {
+            // The same server again (no other is up) after it failed: not in a tight loop.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         tried = Some(server.index);
         let sent = Instant::now();
         let (in_flight, rx) = server
@@ -993,9 +1005,16 @@ async fn run_batch(inner: Arc<Inner>, batch: Arc<Batch>) {
         match answer {
             Ok(Response::Routes(routes)) => {
                 crate::metrics::round_trip(sent.elapsed());
-                apply(&inner, &batch, &server, routes, None).await;
-                answered = true;
-                break;
+                match apply(&inner, &batch, &server, routes, None).await {
+                    Ok(()) => {
+                        answered = true;
+                        break;
+                    }
+                    // A malformed answer is a failed send: misses try another server.
+                    Err(()) if batch.pending_misses().is_empty() => break,
+                    Err(()) if Instant::now() >= batch.deadline => break,
+                    Err(()) => {}
+                }
             }
             Ok(Response::Error(e)) => {
                 for i in batch.pending_misses() {
@@ -1050,25 +1069,34 @@ async fn hedge_later(inner: Arc<Inner>, batch: Arc<Batch>, first: usize) {
     let answer = rx.await;
     drop(in_flight);
     if let Ok(Ok(Response::Routes(routes))) = answer {
-        apply(&inner, &batch, &server, routes, Some(&misses)).await;
+        // A malformed answer is counted by `apply`; the first server's answer still counts.
+        let _ = apply(&inner, &batch, &server, routes, Some(&misses)).await;
     }
 }
 
 /// Applies an answer: confirm or insert each route, complete the waiting misses. `subset` maps
-/// the answer's routes to batch indexes when the answer is a hedge's.
+/// the answer's routes to batch indexes when the answer is a hedge's. An answer that fails
+/// [`check_answer`] is refused whole before anything of it is used: counted, logged, and
+/// `Err(())` so the caller tries another server.
 async fn apply(
     inner: &Inner,
     batch: &Batch,
     server: &Server,
     routes: Routes,
     subset: Option<&[usize]>,
-) {
+) -> Result<(), ()> {
     let t = &batch.table;
     let now = inner.now();
-    let Some(ids) = routes.replica_slices() else {
-        return;
-    };
     let index_of = |k: usize| subset.map_or(k, |s| s[k]);
+    let asked = subset.map_or(batch.hashes.len(), <[usize]>::len);
+    let ids = match check_answer(&routes, asked, |k| batch.hashes[index_of(k)]) {
+        Ok(ids) => ids,
+        Err(reason) => {
+            add(&inner.counters.protocol_errors, 1);
+            tracing::warn!(server = %server.client.remote_address(), table = %t.name, %reason, "refused a malformed answer; the batch goes to another server");
+            return Err(());
+        }
+    };
     let mut to_insert = Vec::new();
     for (k, r) in routes.routes.iter().enumerate() {
         match t.routes.check(routes.table_version, r, ids[k], now) {
@@ -1084,10 +1112,10 @@ async fn apply(
         }
     }
     if to_insert.is_empty() {
-        return;
+        return Ok(());
     }
     let Some(nodes) = nodes_for(t, server, routes.nodes_digest).await else {
-        return;
+        return Ok(());
     };
     let mut changed = 0;
     for k in to_insert {
@@ -1112,6 +1140,44 @@ async fn apply(
     add(&inner.counters.changed, changed);
     inner.enforce_capacity(t);
     t.routes.maybe_rebuild(inner.now(), false);
+    Ok(())
+}
+
+/// Checks a server's answer to `asked` hashes (`hash(k)` is the k-th) before any of it is used:
+/// one route per hash, in order, each holding its hash, each with 1 to 7 replicas and a leader
+/// among them, and replica counts that add up. Answers the replica ids of each route.
+fn check_answer(
+    routes: &Routes,
+    asked: usize,
+    hash: impl Fn(usize) -> u64,
+) -> Result<Vec<&[u32]>, String> {
+    if routes.routes.len() != asked {
+        return Err(format!(
+            "{} routes for {asked} hashes asked",
+            routes.routes.len()
+        ));
+    }
+    let ids = routes
+        .replica_slices()
+        .ok_or("the replica counts do not add up to the replica list")?;
+    for (k, (r, ids)) in routes.routes.iter().zip(&ids).enumerate() {
+        let h = hash(k);
+        if !(r.start <= h && h <= r.end_inclusive) {
+            return Err(format!(
+                "the route of partition {} [{}, {}] does not hold hash {h}",
+                r.partition, r.start, r.end_inclusive
+            ));
+        }
+        if ids.is_empty() || ids.len() > MAX_REPLICAS || usize::from(r.leader) >= ids.len() {
+            return Err(format!(
+                "partition {}: leader {} of {} replicas",
+                r.partition,
+                r.leader,
+                ids.len()
+            ));
+        }
+    }
+    Ok(ids)
 }
 
 /// The table's node list with the given digest, fetched from `server` if the cached one differs

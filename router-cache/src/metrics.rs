@@ -36,6 +36,11 @@ pub(crate) fn describe() {
         Unit::Count,
         "Refresh lookups dropped: queue full or no server."
     );
+    describe_counter!(
+        "memds_router_protocol_errors_total",
+        Unit::Count,
+        "Server answers refused as malformed (each batch was retried on another server)."
+    );
     describe_gauge!(
         "memds_router_queue_depth",
         Unit::Count,
@@ -76,6 +81,7 @@ pub(crate) async fn publish_loop(cache: RouterCache, mut shutdown: watch::Receiv
         metrics::counter!("memds_router_hedged_total").absolute(s.hedged);
         metrics::counter!("memds_router_refreshes_changed_total").absolute(s.refreshes_changed);
         metrics::counter!("memds_router_dropped_total").absolute(s.dropped);
+        metrics::counter!("memds_router_protocol_errors_total").absolute(s.protocol_errors);
         metrics::gauge!("memds_router_queue_depth").set(s.queue_depth as f64);
         metrics::gauge!("memds_router_entries").set(s.entries as f64);
         metrics::gauge!("memds_router_servers_up").set(s.servers_up as f64);
