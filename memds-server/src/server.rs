@@ -193,20 +193,8 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
 
     let metrics = Metrics::new();
     let counters = Arc::new(Counters::default());
-    let (durable, interner, tables) = recover(&config)?;
-    let store = Arc::new(Store::with_tables(tables, &interner));
+    let (store, writer) = start_writer(&config, Arc::clone(&counters))?;
     publish_table_gauges(&store);
-    let writer = Writer::start(
-        durable,
-        interner,
-        Arc::clone(&store),
-        Arc::clone(&counters),
-        WriterConfig {
-            queue: config.limits.write_queue,
-            max_archive_bytes: config.limits.max_snapshot_bytes,
-        },
-    )
-    .context("starting the writer thread")?;
     let scrubber = match config.scrub_interval {
         Some(every) => Some(
             Scrubber::start(Arc::clone(&store), writer.sender(), every)
@@ -252,6 +240,28 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         shutdown,
         task,
     })
+}
+
+/// Recovers the data directory and starts the writer over it: the durable half of a server,
+/// without the network (tests use it alone).
+pub fn start_writer(
+    config: &ServerConfig,
+    counters: Arc<Counters>,
+) -> anyhow::Result<(Arc<Store>, Writer)> {
+    let (durable, interner, tables) = recover(config)?;
+    let store = Arc::new(Store::with_tables(tables, &interner));
+    let writer = Writer::start(
+        durable,
+        interner,
+        Arc::clone(&store),
+        counters,
+        WriterConfig {
+            queue: config.limits.write_queue,
+            max_archive_bytes: config.limits.max_snapshot_bytes,
+        },
+    )
+    .context("starting the writer thread")?;
+    Ok((store, writer))
 }
 
 /// Opens the data directory and rebuilds the tables it holds, following the recovery rules of

@@ -536,24 +536,13 @@ mod tests {
     }
 
     fn start(dir: &std::path::Path) -> (Arc<Store>, Writer) {
-        let (durable, recovered) =
-            Durable::open(dir, 1, RecoveryMode::Strict).expect("data directory");
-        let mut interner = NodeInterner::default();
-        let replayed =
-            replay(recovered.records, &mut interner, RecoveryMode::Strict).expect("replay");
-        let store = Arc::new(Store::with_tables(replayed.tables, &interner));
-        let writer = Writer::start(
-            durable,
-            interner,
-            Arc::clone(&store),
-            Arc::new(Counters::default()),
-            WriterConfig {
-                queue: 16,
-                max_archive_bytes: snapshot::DEFAULT_MAX_ARCHIVE_BYTES,
-            },
-        )
-        .expect("writer");
-        (store, writer)
+        let mut config = crate::ServerConfig::new(
+            std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            dir.to_owned(),
+        );
+        // A one-byte log bound: a checkpoint follows every batch that outgrows the last one.
+        config.compact_wal_bytes = 1;
+        crate::server::start_writer(&config, Arc::new(Counters::default())).expect("writer starts")
     }
 
     fn write(writer: &Writer, write: Write) -> Response {

@@ -9,6 +9,7 @@
 mod common;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,11 +17,12 @@ use std::time::Instant;
 use common::{TestServer, metric, table, temp_dir};
 use memds_client::{ClientError, Role};
 use memds_proto::wire::{ErrorCode, Response};
-use memds_proto::{NodeInterner, TableMap, snapshot};
+use memds_proto::{TableMap, snapshot};
+use memds_server::ServerConfig;
 use memds_server::durable::{Durable, DurableError, RecoveryMode, WalRecord};
 use memds_server::metrics::Counters;
 use memds_server::store::{Store, Write};
-use memds_server::writer::{Job, WriteJob, Writer, WriterConfig};
+use memds_server::writer::{Job, WriteJob, Writer};
 use tokio::sync::oneshot;
 
 const PARTITIONS: usize = 100;
@@ -200,24 +202,12 @@ struct Harness {
 
 impl Harness {
     fn start(dir: tempfile::TempDir) -> Self {
-        let (durable, recovered) =
-            Durable::open(dir.path(), 1 << 30, RecoveryMode::Strict).expect("data directory");
-        let mut interner = NodeInterner::default();
-        let replayed =
-            memds_server::writer::replay(recovered.records, &mut interner, RecoveryMode::Strict)
-                .expect("replay");
-        let store = Arc::new(Store::with_tables(replayed.tables, &interner));
-        let writer = Writer::start(
-            durable,
-            interner,
-            Arc::clone(&store),
-            Arc::new(Counters::default()),
-            WriterConfig {
-                queue: 64,
-                max_archive_bytes: snapshot::DEFAULT_MAX_ARCHIVE_BYTES,
-            },
-        )
-        .expect("writer");
+        let mut config =
+            ServerConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)), dir.path().into());
+        config.compact_wal_bytes = 1 << 30;
+        let (store, writer) =
+            memds_server::server::start_writer(&config, Arc::new(Counters::default()))
+                .expect("writer starts");
         Self { dir, store, writer }
     }
 
