@@ -7,12 +7,14 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use memds_proto::TableMap;
-use memds_proto::snapshot;
+use memds_proto::snapshot::{self, SnapshotError};
 use memds_proto::wire::{
     self, ErrorReply, FrameDecoder, NodeList, PartitionUpdate, Request, Response, Routes,
     ServerStats, TableInfo, WriteAck,
@@ -44,12 +46,32 @@ pub enum ClientError {
     /// The server answered with a typed error.
     #[error("server answered {}: {}", .0.code.as_str(), .0.message)]
     Server(ErrorReply),
-    /// The server's answer did not decode, or was of the wrong kind.
+    /// The server's answer did not decode, was of the wrong kind, or did not answer the
+    /// request (a get-table answered with another table).
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// A get-table answer's snapshot was refused: it declares more than
+    /// [`ConnectOptions::max_snapshot_bytes`] uncompressed (refused before anything is
+    /// allocated for it), or it is damaged or holds an invalid map.
+    #[error("refusing the server's snapshot: {0}")]
+    Snapshot(#[source] SnapshotError),
     /// No answer within the caller's timeout.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
+}
+
+impl ClientError {
+    /// The error for an answer of the wrong kind: [`ClientError::Protocol`] naming the
+    /// answer's kind.
+    pub fn unexpected(answer: &Response) -> Self {
+        // Only the variant's name is wanted: formatting the whole answer (a snapshot of tens of
+        // megabytes sent in reply to a lookup) would cost several times its size, so the text
+        // is cut off after its first bytes.
+        let mut kind = Bounded(String::new());
+        let _ = std::fmt::Write::write_fmt(&mut kind, format_args!("{answer:?}"));
+        let kind = kind.0.split(['(', ' ', '{']).next().unwrap_or_default();
+        ClientError::Protocol(format!("unexpected answer {kind}"))
+    }
 }
 
 /// Connection options.
@@ -59,10 +81,12 @@ pub struct ConnectOptions {
     pub server_name: String,
     /// The local address to bind the endpoint to.
     pub bind: SocketAddr,
-    /// Largest frame accepted from the server.
+    /// Largest frame accepted from the server: what one answer can make the client buffer
+    /// (a get-table answer's compressed snapshot included).
     pub max_frame_bytes: usize,
     /// Largest uncompressed table a get-table answer may declare; a snapshot declaring more is
-    /// refused before anything is allocated for it.
+    /// refused ([`ClientError::Snapshot`]) before anything is allocated for it. The default is
+    /// [`snapshot::DEFAULT_MAX_ARCHIVE_BYTES`].
     pub max_snapshot_bytes: u64,
     /// Close the connection after this long without traffic (keep-alives are sent at a third of
     /// it, so an idle but healthy connection stays open).
@@ -225,11 +249,9 @@ impl Client {
 
     /// Sends a request and waits for its answer. An error answer is [`ClientError::Server`].
     pub async fn call(&self, request: &Request) -> Result<Response, ClientError> {
-        let rx = self.send(request).await?;
-        match rx.await {
-            Ok(Ok(Response::Error(e))) => Err(ClientError::Server(e)),
-            Ok(other) => other,
-            Err(_) => Err(ClientError::Closed(self.close_reason())),
+        match self.send(request).await?.await {
+            Ok(Response::Error(e)) => Err(ClientError::Server(e)),
+            other => other,
         }
     }
 
@@ -244,8 +266,9 @@ impl Client {
             .map_err(|_| ClientError::Timeout(timeout))?
     }
 
-    /// Queues a request; the receiver completes with its answer.
-    pub async fn send(&self, request: &Request) -> Result<oneshot::Receiver<Reply>, ClientError> {
+    /// Queues a request; the [`PendingReply`] completes with its answer (an error answer is
+    /// `Ok(Response::Error(..))` here). Dropping it stops waiting and forgets the request.
+    pub async fn send(&self, request: &Request) -> Result<PendingReply, ClientError> {
         if self.is_closed() {
             return Err(ClientError::Closed(self.close_reason()));
         }
@@ -258,27 +281,23 @@ impl Client {
             .lock()
             .expect("pending lock is never poisoned")
             .insert(id, tx);
+        // From here the entry is the guard's: if this call is cancelled or the frame cannot be
+        // queued, dropping the guard removes it.
+        let pending = PendingReply {
+            id,
+            rx,
+            shared: Arc::clone(&self.shared),
+            conn: self.conn.clone(),
+            done: false,
+        };
         if self.frames.send(frame).await.is_err() {
-            self.shared
-                .pending
-                .lock()
-                .expect("pending lock is never poisoned")
-                .remove(&id);
             return Err(ClientError::Closed(self.close_reason()));
         }
-        Ok(rx)
+        Ok(pending)
     }
 
     fn close_reason(&self) -> String {
-        if let Some(r) = self.conn.close_reason() {
-            return r.to_string();
-        }
-        self.shared
-            .close_reason
-            .lock()
-            .expect("close_reason lock is never poisoned")
-            .clone()
-            .unwrap_or_else(|| "connection closed".into())
+        close_reason(&self.conn, &self.shared)
     }
 
     /// The route of one hash.
@@ -331,13 +350,14 @@ impl Client {
             .await?
         {
             Response::Nodes(n) => Ok(n),
-            other => Err(unexpected(&other)),
+            other => Err(ClientError::unexpected(&other)),
         }
     }
 
     /// The whole table, or `None` if it is not newer than `if_newer_than`. A snapshot that
     /// declares more than [`ConnectOptions::max_snapshot_bytes`] uncompressed is refused
-    /// ([`ClientError::Protocol`]) before anything is allocated for it.
+    /// ([`ClientError::Snapshot`]) before anything is allocated for it; a snapshot of another
+    /// table is [`ClientError::Protocol`].
     pub async fn get_table(
         &self,
         table: &str,
@@ -351,12 +371,20 @@ impl Client {
             .await?
         {
             Response::Table { snapshot, .. } => {
-                snapshot::decode(&snapshot, self.max_snapshot_bytes)
-                    .map(Some)
-                    .map_err(|e| ClientError::Protocol(e.to_string()))
+                let map = snapshot::decode(&snapshot, self.max_snapshot_bytes)
+                    .map_err(ClientError::Snapshot)?;
+                // Callers file the map under the name they asked for; another table's map
+                // would be cached as this one's.
+                if map.name().as_str() != table {
+                    return Err(ClientError::Protocol(format!(
+                        "asked for table {table:?}, the snapshot holds {:?}",
+                        map.name().as_str()
+                    )));
+                }
+                Ok(Some(map))
             }
             Response::NotModified { .. } => Ok(None),
-            other => Err(unexpected(&other)),
+            other => Err(ClientError::unexpected(&other)),
         }
     }
 
@@ -364,7 +392,7 @@ impl Client {
     pub async fn list_tables(&self) -> Result<Vec<TableInfo>, ClientError> {
         match self.call(&Request::ListTables).await? {
             Response::Tables(t) => Ok(t),
-            other => Err(unexpected(&other)),
+            other => Err(ClientError::unexpected(&other)),
         }
     }
 
@@ -372,7 +400,7 @@ impl Client {
     pub async fn stats(&self) -> Result<ServerStats, ClientError> {
         match self.call(&Request::Stats).await? {
             Response::Stats(s) => Ok(s),
-            other => Err(unexpected(&other)),
+            other => Err(ClientError::unexpected(&other)),
         }
     }
 
@@ -419,33 +447,108 @@ impl Client {
             .await?
         {
             Response::Dropped { version, .. } => Ok(version),
-            other => Err(unexpected(&other)),
+            other => Err(ClientError::unexpected(&other)),
         }
     }
+}
+
+/// The answer to a request queued with [`Client::send`], as a future. Dropped before the answer
+/// arrives (a caller's timeout, a hedge that lost), it forgets the request: a server that never
+/// answers leaves nothing behind for the requests its callers gave up on.
+#[must_use = "the answer is lost unless awaited"]
+pub struct PendingReply {
+    id: u64,
+    rx: oneshot::Receiver<Reply>,
+    shared: Arc<Shared>,
+    conn: quinn::Connection,
+    /// The answer was taken: the reader removed the entry when it sent it.
+    done: bool,
+}
+
+impl std::fmt::Debug for PendingReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingReply")
+            .field("id", &self.id)
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Future for PendingReply {
+    type Output = Reply;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Reply> {
+        let this = self.get_mut();
+        let reply = std::task::ready!(Pin::new(&mut this.rx).poll(cx));
+        this.done = true;
+        Poll::Ready(
+            reply.unwrap_or_else(|_| {
+                Err(ClientError::Closed(close_reason(&this.conn, &this.shared)))
+            }),
+        )
+    }
+}
+
+impl Drop for PendingReply {
+    fn drop(&mut self) {
+        if !self.done {
+            self.shared
+                .pending
+                .lock()
+                .expect("pending lock is never poisoned")
+                .remove(&self.id);
+        }
+    }
+}
+
+/// Why the connection is closed: quinn's reason if it has one, else the reader's or writer's.
+fn close_reason(conn: &quinn::Connection, shared: &Shared) -> String {
+    if let Some(r) = conn.close_reason() {
+        return r.to_string();
+    }
+    shared
+        .close_reason
+        .lock()
+        .expect("close_reason lock is never poisoned")
+        .clone()
+        .unwrap_or_else(|| "connection closed".into())
 }
 
 fn expect_routes(r: Response) -> Result<Routes, ClientError> {
     match r {
         Response::Routes(routes) => Ok(routes),
-        other => Err(unexpected(&other)),
+        other => Err(ClientError::unexpected(&other)),
     }
 }
 
 fn expect_written(r: Response) -> Result<WriteAck, ClientError> {
     match r {
         Response::Written(ack) => Ok(ack),
-        other => Err(unexpected(&other)),
+        other => Err(ClientError::unexpected(&other)),
     }
 }
 
-fn unexpected(r: &Response) -> ClientError {
-    let kind = format!("{r:?}");
-    let kind = kind
-        .split(['(', ' ', '{'])
-        .next()
-        .unwrap_or_default()
-        .to_owned();
-    ClientError::Protocol(format!("unexpected answer {kind}"))
+/// A string that refuses writes past [`Bounded::MAX`] bytes, ending the formatting there.
+struct Bounded(String);
+
+impl Bounded {
+    const MAX: usize = 64;
+}
+
+impl std::fmt::Write for Bounded {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let room = Self::MAX.saturating_sub(self.0.len());
+        if s.len() > room {
+            let mut end = room;
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            self.0.push_str(&s[..end]);
+            return Err(std::fmt::Error);
+        }
+        self.0.push_str(s);
+        Ok(())
+    }
 }
 
 async fn write_loop(
@@ -518,6 +621,28 @@ async fn read_loop(mut recv: quinn::RecvStream, max_frame: usize, shared: Arc<Sh
                     return;
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unexpected_answer_is_named_without_formatting_all_of_it() {
+        // Formatted whole, this answer would be about 50 MB of text.
+        let huge = Response::Table {
+            version: 1,
+            snapshot: vec![255; 10 << 20],
+        };
+        match ClientError::unexpected(&huge) {
+            ClientError::Protocol(reason) => assert_eq!(reason, "unexpected answer Table"),
+            other => panic!("expected a protocol error, got {other:?}"),
+        }
+        match ClientError::unexpected(&Response::Stats(ServerStats::default())) {
+            ClientError::Protocol(reason) => assert_eq!(reason, "unexpected answer Stats"),
+            other => panic!("expected a protocol error, got {other:?}"),
         }
     }
 }

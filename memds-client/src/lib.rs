@@ -10,10 +10,11 @@
 //!   directory, and building the QUIC client configuration (rustls with ring, TLS 1.3, ALPN
 //!   `memds/1`).
 //! - [`client`]: [`Connector`] (one QUIC endpoint, many connections) and [`Client`] (one
-//!   connection: requests are pipelined with ids, writes coalesced, answers matched by id).
+//!   connection: requests are pipelined with ids, writes coalesced, answers matched by id;
+//!   nothing the server sends is sized or trusted beyond [`ConnectOptions`]' bounds).
 
 pub mod client;
 pub mod tls;
 
-pub use client::{Client, ClientError, ConnectOptions, Connector};
+pub use client::{Client, ClientError, ConnectOptions, Connector, PendingReply};
 pub use tls::{ClientTls, Role, TlsError};

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use arc_swap::cache::Cache;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use crossbeam_queue::ArrayQueue;
-use memds_client::{ClientError, ClientTls, ConnectOptions, Connector};
+use memds_client::{ClientError, ClientTls, ConnectOptions, Connector, PendingReply};
 use memds_proto::model::MAX_REPLICAS;
 use memds_proto::wire::{self, ErrorReply, NodeList, Request, Response, Routes};
 use memds_proto::{MapError, Route, TableName, key_hash};
@@ -140,6 +140,15 @@ impl Builder {
         self.config.connect = options;
         self
     }
+    /// Sets the largest table a server's whole-table snapshot may declare, uncompressed
+    /// ([`ConnectOptions::max_snapshot_bytes`], 1 GiB by default). Only the Classic
+    /// whole-table mode downloads snapshots; one declaring more is refused before anything is
+    /// allocated for it, counted in [`CacheStats::protocol_errors`], and asked of another
+    /// server. Call after [`Builder::connect_options`], which replaces it.
+    pub fn max_snapshot_bytes(mut self, bytes: u64) -> Self {
+        self.config.connect.max_snapshot_bytes = bytes;
+        self
+    }
     /// The configuration so far.
     pub fn config(&self) -> &Config {
         &self.config
@@ -198,8 +207,10 @@ pub struct CacheStats {
     /// Refreshes dropped: queue full, or no server to send them to.
     pub dropped: u64,
     /// Server answers refused whole as malformed (a route count other than the hashes asked, a
-    /// route that does not hold its hash, a bad replica list); each batch was retried on
-    /// another server.
+    /// route that does not hold its hash, a bad replica list, a node list not sorted by id or
+    /// lacking a node its routes name, an answer of another kind or that does not decode, a
+    /// whole-table snapshot over the limit or invalid); each batch was retried on another
+    /// server.
     pub protocol_errors: u64,
     /// Jobs queued or in flight.
     pub queue_depth: u64,
@@ -743,13 +754,29 @@ impl Inner {
             return Ok(());
         }
         let deadline = Instant::now() + self.request_timeout;
+        let mut tried: Option<usize> = None;
         while Instant::now() < deadline {
-            let Some(server) = self.fleet.pick(None) else {
+            let Some(server) = self.fleet.pick(tried).or_else(|| self.fleet.pick(None)) else {
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             };
-            let left = deadline.saturating_duration_since(Instant::now());
-            match server.client.get_table(t.name.as_str(), None).await {
+            if tried == Some(server.index) {
+                // The same server again (no other is up) after it failed: not in a tight loop.
+                let left = deadline.saturating_duration_since(Instant::now());
+                tokio::time::sleep(left.min(Duration::from_millis(10))).await;
+            }
+            tried = Some(server.index);
+            // A server that never answers must not hold the download, and the lock every miss
+            // on the table waits for, past the deadline.
+            let Ok(answer) = tokio::time::timeout_at(
+                deadline.into(),
+                server.client.get_table(t.name.as_str(), None),
+            )
+            .await
+            else {
+                break;
+            };
+            match answer {
                 Ok(Some(map)) => {
                     let now = self.now();
                     let compact = memds_proto::CompactTable::new(
@@ -765,7 +792,12 @@ impl Inner {
                 }
                 Ok(None) => return Ok(()),
                 Err(ClientError::Server(e)) => return Err(CacheError::Server(e)),
-                Err(_) => tokio::time::sleep(left.min(Duration::from_millis(10))).await,
+                // A snapshot over the limit (or damaged, or of another table) is refused before
+                // it is used; another server may send one that is not.
+                Err(e @ (ClientError::Snapshot(_) | ClientError::Protocol(_))) => {
+                    refuse(self, &server, &t.name, &e.to_string());
+                }
+                Err(_) => {}
             }
         }
         Err(CacheError::Timeout(self.request_timeout, self.fleet.up()))
@@ -982,6 +1014,10 @@ async fn run_batch(inner: Arc<Inner>, batch: Arc<Batch>) {
         }
         tried = Some(server.index);
         let sent = Instant::now();
+        // No server is waited for longer than the request timeout, for its answer or for the
+        // node list the answer needs: one that never answers must not hold the batch, and the
+        // jobs `outstanding` counts, forever.
+        let until = sent + inner.request_timeout;
         let (in_flight, rx) = server
             .send(&inner, batch.table.name.as_str(), batch.hashes.clone())
             .await;
@@ -993,46 +1029,42 @@ async fn run_batch(inner: Arc<Inner>, batch: Arc<Batch>) {
             ))
         });
         let answer = match rx {
-            Some(rx) => rx
+            Some(rx) => tokio::time::timeout_at(until.into(), rx)
                 .await
-                .unwrap_or_else(|_| Err(ClientError::Closed("dropped".into()))),
+                .unwrap_or(Err(ClientError::Timeout(inner.request_timeout))),
             None => Err(ClientError::Closed("not connected".into())),
         };
         drop(in_flight);
         if let Some(h) = hedge {
             h.abort();
         }
-        match answer {
+        let outcome = match answer {
             Ok(Response::Routes(routes)) => {
                 crate::metrics::round_trip(sent.elapsed());
-                match apply(&inner, &batch, &server, routes, None).await {
-                    Ok(()) => {
-                        answered = true;
-                        break;
-                    }
-                    // A malformed answer is a failed send: misses try another server.
-                    Err(()) if batch.pending_misses().is_empty() => break,
-                    Err(()) if Instant::now() >= batch.deadline => break,
-                    Err(()) => {}
-                }
+                apply(&inner, &batch, &server, routes, None, until).await
             }
             Ok(Response::Error(e)) => {
                 for i in batch.pending_misses() {
                     batch.complete(i, Err(CacheError::Server(e.clone())));
                 }
+                Ok(())
+            }
+            Err(e) => Err(Unapplied::from(e)),
+            Ok(other) => Err(Unapplied::from(ClientError::unexpected(&other))),
+        };
+        match outcome {
+            Ok(()) => {
                 answered = true;
                 break;
             }
-            Ok(_) => {
-                answered = true;
-                break;
+            Err(Unapplied::Malformed(reason)) => {
+                refuse(&inner, &server, &batch.table.name, &reason);
             }
-            Err(_) => {
-                // The server failed: misses try another until their deadline; refreshes go.
-                if batch.pending_misses().is_empty() || Instant::now() >= batch.deadline {
-                    break;
-                }
-            }
+            Err(Unapplied::Failed) => {}
+        }
+        // The server failed or lied: misses try another until their deadline; refreshes go.
+        if batch.pending_misses().is_empty() || Instant::now() >= batch.deadline {
+            break;
         }
     }
     if !answered {
@@ -1062,41 +1094,80 @@ async fn hedge_later(inner: Arc<Inner>, batch: Arc<Batch>, first: usize) {
     }
     add(&inner.counters.hedged, misses.len() as u64);
     let hashes: Vec<u64> = misses.iter().map(|&i| batch.hashes[i]).collect();
+    let until = Instant::now() + inner.request_timeout;
     let (in_flight, rx) = server.send(&inner, batch.table.name.as_str(), hashes).await;
     let Some(rx) = rx else {
         return;
     };
+    // No timeout of its own: `run_batch` aborts the hedge when it is done with the batch.
     let answer = rx.await;
     drop(in_flight);
-    if let Ok(Ok(Response::Routes(routes))) = answer {
-        // A malformed answer is counted by `apply`; the first server's answer still counts.
-        let _ = apply(&inner, &batch, &server, routes, Some(&misses)).await;
+    let outcome = match answer {
+        Ok(Response::Routes(routes)) => {
+            apply(&inner, &batch, &server, routes, Some(&misses), until).await
+        }
+        // The first server's answer, or its retries, still completes the misses.
+        Ok(Response::Error(_)) => Ok(()),
+        Err(e) => Err(Unapplied::from(e)),
+        Ok(other) => Err(Unapplied::from(ClientError::unexpected(&other))),
+    };
+    if let Err(Unapplied::Malformed(reason)) = outcome {
+        refuse(&inner, &server, &batch.table.name, &reason);
+    }
+}
+
+/// Why an answer was not applied. Either way the batch's misses go to another server, as
+/// after a failed send.
+enum Unapplied {
+    /// The server broke the protocol: counted and logged by [`refuse`].
+    Malformed(String),
+    /// No answer in time, a connection lost, or no node list to resolve the answer with (the
+    /// server could not send it, or the table changed in the meantime).
+    Failed,
+}
+
+impl From<ClientError> for Unapplied {
+    fn from(e: ClientError) -> Self {
+        match e {
+            // An answer that did not decode, or of another kind than asked for.
+            ClientError::Protocol(reason) => Self::Malformed(reason),
+            _ => Self::Failed,
+        }
+    }
+}
+
+/// Counts a server answer refused as malformed, and logs it: at warn for the first refusal on
+/// the server's connection, at debug after that (a lying server would otherwise log once per
+/// batch; the counter keeps the rate).
+fn refuse(inner: &Inner, server: &Server, table: &TableName, reason: &str) {
+    add(&inner.counters.protocol_errors, 1);
+    let addr = server.client.remote_address();
+    if server.first_refusal() {
+        tracing::warn!(server = %addr, table = %table, %reason, "refused a malformed answer and asked another server; later ones from this connection are logged at debug");
+    } else {
+        tracing::debug!(server = %addr, table = %table, %reason, "refused a malformed answer");
     }
 }
 
 /// Applies an answer: confirm or insert each route, complete the waiting misses. `subset` maps
-/// the answer's routes to batch indexes when the answer is a hedge's. An answer that fails
-/// [`check_answer`] is refused whole before anything of it is used: counted, logged, and
-/// `Err(())` so the caller tries another server.
+/// the answer's routes to batch indexes when the answer is a hedge's; a node list it needs is
+/// fetched by `until`. An answer that fails [`check_answer`] is refused whole before anything
+/// of it is used, and one whose routes name nodes missing from its node list before any of its
+/// routes is inserted.
 async fn apply(
     inner: &Inner,
     batch: &Batch,
     server: &Server,
     routes: Routes,
     subset: Option<&[usize]>,
-) -> Result<(), ()> {
+    until: Instant,
+) -> Result<(), Unapplied> {
     let t = &batch.table;
     let now = inner.now();
     let index_of = |k: usize| subset.map_or(k, |s| s[k]);
     let asked = subset.map_or(batch.hashes.len(), <[usize]>::len);
-    let ids = match check_answer(&routes, asked, |k| batch.hashes[index_of(k)]) {
-        Ok(ids) => ids,
-        Err(reason) => {
-            add(&inner.counters.protocol_errors, 1);
-            tracing::warn!(server = %server.client.remote_address(), table = %t.name, %reason, "refused a malformed answer; the batch goes to another server");
-            return Err(());
-        }
-    };
+    let ids = check_answer(&routes, asked, |k| batch.hashes[index_of(k)])
+        .map_err(Unapplied::Malformed)?;
     let mut to_insert = Vec::new();
     for (k, r) in routes.routes.iter().enumerate() {
         match t.routes.check(routes.table_version, r, ids[k], now) {
@@ -1114,20 +1185,26 @@ async fn apply(
     if to_insert.is_empty() {
         return Ok(());
     }
-    let Some(nodes) = nodes_for(t, server, routes.nodes_digest).await else {
-        return Ok(());
-    };
-    let mut changed = 0;
+    let nodes = nodes_for(t, server, routes.nodes_digest, until).await?;
+    let mut resolved = Vec::with_capacity(to_insert.len());
     for k in to_insert {
-        let Some(route) = wire::resolve_route(
-            &t.name,
-            routes.table_version,
-            &routes.routes[k],
-            ids[k],
-            &nodes,
-        ) else {
-            continue;
+        let r = &routes.routes[k];
+        let Some(route) = wire::resolve_route(&t.name, routes.table_version, r, ids[k], &nodes)
+        else {
+            // The list carries the answer's digest yet lacks a node the answer names: the
+            // server of the answer or that of the list lied. The list is dropped so that the
+            // next answer fetches it afresh rather than failing against it too.
+            t.nodes
+                .compare_and_swap(&nodes, Arc::new(NodeList::default()));
+            return Err(Unapplied::Malformed(format!(
+                "partition {} names a node missing from the node list of digest {:#018x}",
+                r.partition, routes.nodes_digest
+            )));
         };
+        resolved.push((k, route));
+    }
+    let mut changed = 0;
+    for (k, route) in resolved {
         let route = Arc::new(route);
         if t.routes.insert(Arc::clone(&route), now) == Applied::Changed {
             changed += 1;
@@ -1144,8 +1221,8 @@ async fn apply(
 }
 
 /// Checks a server's answer to `asked` hashes (`hash(k)` is the k-th) before any of it is used:
-/// one route per hash, in order, each holding its hash, each with 1 to 7 replicas and a leader
-/// among them, and replica counts that add up. Answers the replica ids of each route.
+/// one route per hash, in order, each holding its hash, each with 1 to 7 distinct replicas and
+/// a leader among them, and replica counts that add up. Answers the replica ids of each route.
 fn check_answer(
     routes: &Routes,
     asked: usize,
@@ -1176,25 +1253,62 @@ fn check_answer(
                 ids.len()
             ));
         }
+        // At most 7 replicas: comparing pairs is cheaper than any set.
+        if let Some((i, id)) = ids
+            .iter()
+            .enumerate()
+            .find(|&(i, id)| ids[..i].contains(id))
+        {
+            return Err(format!(
+                "partition {}: node {id} is replica {i} and an earlier one",
+                r.partition
+            ));
+        }
     }
     Ok(ids)
 }
 
 /// The table's node list with the given digest, fetched from `server` if the cached one differs
-/// (one fetch at a time per table).
-async fn nodes_for(t: &TableState, server: &Server, digest: u64) -> Option<Arc<NodeList>> {
+/// (one fetch at a time per table), all by `until`: a server that never sends the list must not
+/// hold the fetch, which every answer on the table may wait for. A list not sorted by id
+/// without repeats is refused before it is stored: routes find their nodes in it by binary
+/// search, which on such a list misses nodes or finds an impostor.
+async fn nodes_for(
+    t: &TableState,
+    server: &Server,
+    digest: u64,
+    until: Instant,
+) -> Result<Arc<NodeList>, Unapplied> {
     let current = t.nodes.load_full();
     if current.digest == digest && !current.nodes.is_empty() {
-        return Some(current);
+        return Ok(current);
     }
-    let _guard = t.nodes_fetch.lock().await;
-    let current = t.nodes.load_full();
-    if current.digest == digest && !current.nodes.is_empty() {
-        return Some(current);
+    let fetch = async {
+        let _guard = t.nodes_fetch.lock().await;
+        let current = t.nodes.load_full();
+        if current.digest == digest && !current.nodes.is_empty() {
+            return Ok(current);
+        }
+        let fetched = server.client.get_nodes(t.name.as_str()).await?;
+        if let Some(w) = fetched.nodes.windows(2).find(|w| w[0].id >= w[1].id) {
+            return Err(Unapplied::Malformed(format!(
+                "node list not sorted by id without repeats: node {} before node {}",
+                w[0].id, w[1].id
+            )));
+        }
+        let fetched = Arc::new(fetched);
+        t.nodes.store(Arc::clone(&fetched));
+        Ok(fetched)
+    };
+    let nodes = tokio::time::timeout_at(until.into(), fetch)
+        .await
+        .unwrap_or(Err(Unapplied::Failed))?;
+    // Another digest: the table changed between the answer and the list.
+    if nodes.digest == digest {
+        Ok(nodes)
+    } else {
+        Err(Unapplied::Failed)
     }
-    let fetched = Arc::new(server.client.get_nodes(t.name.as_str()).await.ok()?);
-    t.nodes.store(Arc::clone(&fetched));
-    (fetched.digest == digest).then_some(fetched)
 }
 
 impl Server {
@@ -1205,10 +1319,7 @@ impl Server {
         inner: &Inner,
         table: &str,
         hashes: Vec<u64>,
-    ) -> (
-        InFlight,
-        Option<oneshot::Receiver<Result<Response, ClientError>>>,
-    ) {
+    ) -> (InFlight, Option<PendingReply>) {
         let in_flight = self.begin();
         let count = hashes.len() as u64;
         let request = if hashes.len() == 1 {
@@ -1230,5 +1341,76 @@ impl Server {
             Err(_) => None,
         };
         (in_flight, rx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use memds_proto::wire::WireRoute;
+
+    /// An answer of one route per `(start, end, replica ids, leader)`.
+    fn answer(routes: &[(u64, u64, &[u32], u8)]) -> Routes {
+        let mut out = Routes::default();
+        for &(start, end_inclusive, ids, leader) in routes {
+            out.routes.push(WireRoute {
+                partition: start,
+                start,
+                end_inclusive,
+                epoch: 1,
+                leader,
+                replica_count: ids.len() as u8,
+            });
+            out.replicas.extend_from_slice(ids);
+        }
+        out
+    }
+
+    #[test]
+    fn check_answer_refuses_whatever_does_not_answer_the_hashes_asked() {
+        let asked = [10u64, 20];
+        let hash = |k: usize| asked[k];
+        let good = answer(&[(0, 15, &[1, 2, 3], 0), (16, 99, &[2], 0)]);
+        assert_eq!(
+            check_answer(&good, 2, hash),
+            Ok(vec![&[1u32, 2, 3][..], &[2][..]])
+        );
+        let mut uneven = good.clone();
+        uneven.replicas.pop();
+        let cases = [
+            (
+                "a route more",
+                answer(&[(0, 15, &[1], 0), (16, 99, &[2], 0), (100, 200, &[3], 0)]),
+            ),
+            ("a route fewer", answer(&[(0, 15, &[1], 0)])),
+            ("replica counts that do not add up", uneven),
+            (
+                "a route that does not hold its hash",
+                answer(&[(0, 15, &[1], 0), (21, 99, &[2], 0)]),
+            ),
+            (
+                "a route that ends before it starts",
+                answer(&[(0, 15, &[1], 0), (30, 5, &[2], 0)]),
+            ),
+            ("no replicas", answer(&[(0, 15, &[], 0), (16, 99, &[2], 0)])),
+            (
+                "eight replicas",
+                answer(&[(0, 15, &[1, 2, 3, 4, 5, 6, 7, 8], 0), (16, 99, &[2], 0)]),
+            ),
+            (
+                "a leader past the replicas",
+                answer(&[(0, 15, &[1, 2], 2), (16, 99, &[2], 0)]),
+            ),
+            (
+                "a replica twice",
+                answer(&[(0, 15, &[1, 2, 1], 0), (16, 99, &[2], 0)]),
+            ),
+        ];
+        for (what, routes) in cases {
+            assert!(
+                check_answer(&routes, 2, hash).is_err(),
+                "{what} was accepted"
+            );
+        }
     }
 }

@@ -17,6 +17,9 @@ struct Slot {
     client: Mutex<Option<Client>>,
     in_flight: AtomicUsize,
     up: AtomicBool,
+    /// A malformed answer from the current connection was logged at warn (later ones are
+    /// logged at debug: a lying server would otherwise log once per batch).
+    warned: AtomicBool,
 }
 
 /// The servers of the fleet.
@@ -43,6 +46,11 @@ impl Server {
     pub(crate) fn begin(&self) -> InFlight {
         self.slot.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(Arc::clone(&self.slot))
+    }
+
+    /// Whether this is the first malformed answer refused from the server's current connection.
+    pub(crate) fn first_refusal(&self) -> bool {
+        !self.slot.warned.swap(true, Ordering::Relaxed)
     }
 }
 
@@ -73,6 +81,7 @@ impl Fleet {
                     client: Mutex::new(None),
                     in_flight: AtomicUsize::new(0),
                     up: AtomicBool::new(false),
+                    warned: AtomicBool::new(false),
                 })
             })
             .collect();
@@ -173,6 +182,7 @@ async fn keep_connected(
             Ok(Ok(client)) => {
                 backoff = min;
                 *slot.client.lock().unwrap_or_else(|p| p.into_inner()) = Some(client.clone());
+                slot.warned.store(false, Ordering::Relaxed);
                 slot.up.store(true, Ordering::Relaxed);
                 tracing::debug!(server = %slot.addr, "connected");
                 tokio::select! {

@@ -110,7 +110,8 @@ pub enum Applied {
     Confirmed,
     /// The route was inserted or replaced older routes.
     Changed,
-    /// The answer was older than what is cached; nothing changed.
+    /// The answer was older than what is cached, or its range is empty (start after end);
+    /// nothing changed.
     Stale,
 }
 
@@ -233,10 +234,16 @@ impl TableRoutes {
     }
 
     /// Inserts a route unless something newer overlaps it; older overlapping routes are removed.
+    /// A route whose start is after its end holds no hash and is not inserted.
     pub fn insert(&self, route: Arc<Route>, now: u64) -> Applied {
         let version = route.version.get();
-        let mut routes = self.write();
         let (start, end) = (route.start, route.end_inclusive);
+        // Routes come from outside (a storage node's correction through
+        // `RouterCache::apply_route`), and the overlap search of an inverted range would panic.
+        if start > end {
+            return Applied::Stale;
+        }
+        let mut routes = self.write();
         let overlap: Vec<(u64, u64, bool)> = overlapping(&routes, start, end)
             .map(|(s, e)| {
                 (
@@ -448,6 +455,15 @@ mod tests {
         t.insert(route(1, 0, 99, 2, 2), 2);
         assert!(t.snapshot.load().is_none());
         assert_eq!(t.get(5).map(|r| r.epoch.get()), Some(2));
+    }
+
+    #[test]
+    fn a_route_with_its_start_after_its_end_is_refused_not_a_panic() {
+        let t = TableRoutes::default();
+        t.insert(route(1, 0, 99, 1, 1), 0);
+        assert_eq!(t.insert(route(2, 500, 100, 9, 9), 1), Applied::Stale);
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.get(50).map(|r| r.partition.get()), Some(1));
     }
 
     #[test]
