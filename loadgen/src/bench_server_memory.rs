@@ -134,7 +134,10 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         "--tables, --partitions and --rounds must be at least 1"
     );
     ensure!(args.nodes >= 3, "--nodes must be at least 3 (one per zone)");
-    ensure!(args.settle_secs >= 0.0, "--settle-secs must not be negative");
+    ensure!(
+        args.settle_secs >= 0.0,
+        "--settle-secs must not be negative"
+    );
     let server_bin = match &args.server_bin {
         Some(path) => path.clone(),
         None => default_server_bin()?,
@@ -512,7 +515,10 @@ fn descendant_named(root: u32, name: &str) -> anyhow::Result<u32> {
     loop {
         let mut children: HashMap<u32, Vec<(u32, String)>> = HashMap::new();
         for entry in std::fs::read_dir("/proc")?.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok())
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
             else {
                 continue;
             };

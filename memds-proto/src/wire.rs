@@ -671,15 +671,22 @@ impl FrameDecoder {
 
     /// Appends bytes received from the stream.
     pub fn push(&mut self, bytes: &[u8]) {
-        if self.pos > 0 && self.pos == self.buf.len() {
-            self.buf.clear();
-            self.pos = 0;
-        } else if self.pos > 64 * 1024 && self.pos * 2 > self.buf.len() {
-            // Reclaim the consumed prefix once it dominates the buffer.
+        self.release_consumed();
+        if self.pos > Self::KEEP_BYTES && self.pos * 2 > self.buf.len() {
+            // Reclaim the consumed prefix once it dominates the buffer, and the room a large
+            // frame needed once what is left is small.
             self.buf.drain(..self.pos);
             self.pos = 0;
+            if self.buf.capacity() > Self::KEEP_BYTES && self.buf.len() < self.buf.capacity() / 4 {
+                self.buf.shrink_to(self.buf.len().max(Self::KEEP_BYTES));
+            }
         }
         self.buf.extend_from_slice(bytes);
+    }
+
+    /// Bytes the decoder holds allocated: the capacity of its receive and payload buffers.
+    pub fn allocated_bytes(&self) -> usize {
+        self.buf.capacity() + self.payload.capacity()
     }
 
     /// Bytes received but not yet returned as frames.
@@ -690,6 +697,13 @@ impl FrameDecoder {
     /// The next complete frame: its id and aligned payload. `Ok(None)` means more bytes are
     /// needed. After an error the stream cannot be resynchronised and should be closed.
     pub fn next_frame(&mut self) -> Result<Option<(u64, &[u8])>, WireError> {
+        // The payload returned last is no longer borrowed. A large one (a put of a big table)
+        // is released now rather than overwritten later, so a stream that goes idle after it
+        // does not hold its size for the rest of the connection.
+        if self.payload.capacity() > Self::KEEP_BYTES {
+            self.payload = AlignedVec::new();
+        }
+        self.release_consumed();
         let rest = &self.buf[self.pos..];
         let Some(len_bytes) = rest.first_chunk::<4>() else {
             return Ok(None);
@@ -710,9 +724,29 @@ impl FrameDecoder {
         let mut id = [0u8; 8];
         id.copy_from_slice(&rest[4..12]);
         self.payload.clear();
+        // Exactly the payload's size: growing by doubling would hold up to twice a large frame.
+        self.payload.reserve_exact(len - 8);
         self.payload.extend_from_slice(&rest[12..4 + len]);
         self.pos += 4 + len;
         Ok(Some((u64::from_le_bytes(id), &self.payload)))
+    }
+
+    /// Receive-buffer capacity kept between frames; larger buffers are released once their
+    /// bytes are taken. Requests are tens of bytes to a few kilobytes; only puts of whole
+    /// tables are large, and they are rare.
+    const KEEP_BYTES: usize = 64 * 1024;
+
+    /// Starts the receive buffer afresh once every byte in it was taken, releasing it if a
+    /// large frame grew it.
+    fn release_consumed(&mut self) {
+        if self.pos == self.buf.len() {
+            self.pos = 0;
+            if self.buf.capacity() > Self::KEEP_BYTES {
+                self.buf = Vec::new();
+            } else {
+                self.buf.clear();
+            }
+        }
     }
 }
 
@@ -842,6 +876,27 @@ mod tests {
             assert_eq!(id, 42);
             assert_eq!(&decode_response(payload).expect("valid"), want);
         }
+    }
+
+    #[test]
+    fn a_large_frame_is_not_kept_allocated_once_taken() {
+        let put = Request::PutTable {
+            snapshot: (0..3_000_000u32).map(|i| i as u8).collect(),
+        };
+        let mut stream = Vec::new();
+        encode_request(7, &put, &mut stream);
+        encode_request(8, &sample_requests()[0], &mut stream);
+        let mut d = FrameDecoder::new(DEFAULT_MAX_FRAME_BYTES);
+        let mut got = Vec::new();
+        for chunk in stream.chunks(64 * 1024) {
+            d.push(chunk);
+            while let Some((id, payload)) = d.next_frame().expect("valid frames") {
+                got.push((id, decode_request(payload).expect("valid archive")));
+            }
+        }
+        assert_eq!(got, vec![(7, put), (8, sample_requests()[0].clone())]);
+        // Everything was taken: the buffers the 3 MB frame needed are gone.
+        assert!(d.allocated_bytes() <= 128 * 1024, "{}", d.allocated_bytes());
     }
 
     #[test]
