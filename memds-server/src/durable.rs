@@ -283,7 +283,7 @@ impl Durable {
             let cut = fail_io("wal-cut-back")
                 .and_then(|()| self.wal.set_len(self.wal_bytes))
                 .and_then(|()| self.wal.sync_all())
-                .map_err(DurableError::from_io("cutting back", &path))
+                .map_err(io_err("cutting back", &path))
                 .and_then(|()| self.seek_end());
             if let Err(e) = cut {
                 tracing::error!(error = %e, "could not cut a failed write from the log; writes are refused until a compaction starts a new log");
@@ -345,7 +345,7 @@ impl Durable {
             write_frame(&serialize(vec![r]), &mut buf);
         }
         if let Err(e) = fail_io("compact-write-state")
-            .map_err(DurableError::from_io("writing", &tmp))
+            .map_err(io_err("writing", &tmp))
             .and_then(|()| write_synced(&tmp, &buf))
         {
             let _ = fs::remove_file(&tmp);
@@ -364,7 +364,7 @@ impl Durable {
             });
         }
         let synced = fail_io("compact-sync-dir")
-            .map_err(DurableError::from_io("syncing", &self.dir))
+            .map_err(io_err("syncing", &self.dir))
             .and_then(|()| sync_dir(&self.dir));
         // (4) Switch.
         let old = self.generation;
@@ -394,12 +394,6 @@ impl Durable {
             .seek(SeekFrom::Start(self.wal_bytes))
             .map(|_| ())
             .map_err(io_err("seeking", &path))
-    }
-}
-
-impl DurableError {
-    fn from_io(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> DurableError {
-        io_err(op, path)
     }
 }
 
@@ -898,7 +892,7 @@ fn create_log(dir: &Path, generation: u64) -> Result<File, DurableError> {
     header.extend_from_slice(WAL_MAGIC);
     header.extend_from_slice(&generation.to_le_bytes());
     let created = fail_io("create-log")
-        .map_err(DurableError::from_io("creating", &tmp))
+        .map_err(io_err("creating", &tmp))
         .and_then(|()| write_synced(&tmp, &header))
         .and_then(|()| fs::rename(&tmp, &path).map_err(io_err("renaming", &tmp)))
         .and_then(|()| sync_dir(dir));

@@ -414,14 +414,15 @@ impl State {
             .durable
             .read_back()
             .map_err(|e| format!("reading the data directory: {e}"))?;
-        let mut replayed = replay(recovered.records, &mut self.interner, RecoveryMode::Strict)
+        let replayed = replay(recovered.records, &mut self.interner, RecoveryMode::Strict)
             .map_err(|e| format!("replaying the data directory: {e}"))?;
         let outcome = match replayed.tables.get(name) {
             Some(t) if t.verify() => Ok(Arc::clone(t)),
             Some(_) => Err("the table rebuilt from disk fails its checksum".into()),
             None => Err("the data directory does not hold the table".into()),
         };
-        replayed.tables = Tables::new();
+        // The other rebuilt tables go before the purge, so their node records can go too.
+        drop(replayed);
         self.interner.purge();
         outcome
     }
