@@ -17,7 +17,7 @@ use memds_proto::TableMap;
 use memds_proto::snapshot::{self, SnapshotError};
 use memds_proto::wire::{
     self, ErrorReply, FrameDecoder, NodeList, PartitionUpdate, Request, Response, Routes,
-    ServerStats, TableInfo, WriteAck,
+    ServerStats, Summary, TableInfo, WriteAck,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -302,10 +302,22 @@ impl Client {
 
     /// The route of one hash.
     pub async fn lookup(&self, table: &str, hash: u64) -> Result<Routes, ClientError> {
+        self.lookup_at_least(table, hash, None).await
+    }
+
+    /// The route of one hash from a table at `min_version` or newer: a server holding an older
+    /// version answers [`ErrorCode::Behind`](memds_proto::wire::ErrorCode::Behind).
+    pub async fn lookup_at_least(
+        &self,
+        table: &str,
+        hash: u64,
+        min_version: Option<u64>,
+    ) -> Result<Routes, ClientError> {
         expect_routes(
             self.call(&Request::Lookup {
                 table: table.into(),
                 hash,
+                min_version,
             })
             .await?,
         )
@@ -313,13 +325,52 @@ impl Client {
 
     /// The routes of many hashes, in order.
     pub async fn batch_lookup(&self, table: &str, hashes: Vec<u64>) -> Result<Routes, ClientError> {
+        self.batch_lookup_at_least(table, hashes, None).await
+    }
+
+    /// The routes of many hashes from a table at `min_version` or newer.
+    pub async fn batch_lookup_at_least(
+        &self,
+        table: &str,
+        hashes: Vec<u64>,
+        min_version: Option<u64>,
+    ) -> Result<Routes, ClientError> {
         expect_routes(
             self.call(&Request::BatchLookup {
                 table: table.into(),
                 hashes,
+                min_version,
             })
             .await?,
         )
+    }
+
+    /// What the server holds: every table's version and digest and every tombstone.
+    pub async fn summary(&self) -> Result<Summary, ClientError> {
+        match self.call(&Request::Summary).await? {
+            Response::Summary(s) => Ok(s),
+            other => Err(ClientError::unexpected(&other)),
+        }
+    }
+
+    /// The whole table as the server sent it (its version and snapshot bytes, not decoded),
+    /// or `None` if it is not newer than `if_newer_than`: what a peer stores as it is.
+    pub async fn get_table_snapshot(
+        &self,
+        table: &str,
+        if_newer_than: Option<u64>,
+    ) -> Result<Option<(u64, Vec<u8>)>, ClientError> {
+        match self
+            .call(&Request::GetTable {
+                table: table.into(),
+                if_newer_than,
+            })
+            .await?
+        {
+            Response::Table { version, snapshot } => Ok(Some((version, snapshot))),
+            Response::NotModified { .. } => Ok(None),
+            other => Err(ClientError::unexpected(&other)),
+        }
     }
 
     /// The routes of the partitions overlapping `[from, to)`, at most `limit`.
@@ -336,6 +387,7 @@ impl Client {
                 from,
                 to,
                 limit,
+                min_version: None,
             })
             .await?,
         )

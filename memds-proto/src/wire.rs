@@ -55,7 +55,9 @@ pub use messages::{ArchivedRequest, ArchivedResponse, Request, Response};
 /// carry no docs; the allowance is scoped to this module so everything else stays checked.
 #[allow(missing_docs)]
 mod messages {
-    use super::{ErrorReply, NodeList, PartitionUpdate, Routes, ServerStats, TableInfo, WriteAck};
+    use super::{
+        ErrorReply, NodeList, PartitionUpdate, Routes, ServerStats, Summary, TableInfo, WriteAck,
+    };
 
     /// A request.
     #[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -67,6 +69,9 @@ mod messages {
             table: String,
             /// Key hash.
             hash: u64,
+            /// The lowest table version the client accepts (the newest it has seen): a server
+            /// holding an older one answers [`ErrorCode::Behind`](super::ErrorCode::Behind).
+            min_version: Option<u64>,
         },
         /// The routes for many hashes, answered in the same order.
         BatchLookup {
@@ -74,6 +79,8 @@ mod messages {
             table: String,
             /// Key hashes.
             hashes: Vec<u64>,
+            /// As for `Lookup`.
+            min_version: Option<u64>,
         },
         /// The routes of the partitions overlapping `[from, to)`, at most `limit` of them.
         Range {
@@ -85,6 +92,8 @@ mod messages {
             to: u64,
             /// Most routes to return (the server also applies its own bound).
             limit: u32,
+            /// As for `Lookup`.
+            min_version: Option<u64>,
         },
         /// The table's node list (addresses and zones of the ids routes carry).
         GetNodes {
@@ -103,6 +112,9 @@ mod messages {
         ListTables,
         /// The server's counters.
         Stats,
+        /// What the server holds, compactly: every table's version and digest and every
+        /// tombstone. Peers exchange it in anti-entropy rounds.
+        Summary,
         /// Store a whole table map (admin only); the snapshot format of [`crate::snapshot`].
         PutTable {
             /// The map, as a snapshot.
@@ -147,6 +159,8 @@ mod messages {
         Tables(/** The answer. */ Vec<TableInfo>),
         /// The server's counters.
         Stats(/** The answer. */ ServerStats),
+        /// What the server holds.
+        Summary(/** The answer. */ Summary),
         /// A put or update was applied (or was already there).
         Written(/** The answer. */ WriteAck),
         /// A table was dropped.
@@ -425,6 +439,53 @@ pub struct ServerStats {
     pub uptime_seconds: f64,
 }
 
+/// What a server holds, as peers exchange it: small (one entry per table and tombstone) and
+/// the same size however much changed.
+#[derive(
+    Clone,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+pub struct Summary {
+    /// A number the server drew at start: a server that reaches itself through a peer address
+    /// (a DNS name that also resolves to it) recognises its own answer.
+    pub instance: u64,
+    /// Whether the server is ready (it has caught up with a peer since it started).
+    pub ready: bool,
+    /// Every table and tombstone, sorted by name.
+    pub tables: Vec<TableSummary>,
+}
+
+/// One entry of a [`Summary`].
+#[derive(
+    Clone,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+pub struct TableSummary {
+    /// Table name.
+    pub name: String,
+    /// The table's version, or the version it was dropped at.
+    pub version: u64,
+    /// The table's checksum (equal maps have equal checksums); 0 for a tombstone.
+    pub digest: u64,
+    /// A tombstone: the table was dropped at `version`.
+    pub dropped: bool,
+}
+
 /// Acknowledgement of a durable write.
 #[derive(
     Clone,
@@ -482,8 +543,12 @@ pub enum ErrorCode {
     /// The server failed (for instance, the disk); nothing was changed.
     Internal,
     /// The server cannot take the request now (for instance, writes while its log cannot be
-    /// written); nothing was changed. Retry later or on another server.
+    /// written, or lookups before the server has caught up with its peers); nothing was
+    /// changed. Retry later or on another server.
     Unavailable,
+    /// The server holds an older version of the table than the request's `min_version`: it
+    /// is catching up. Ask another server.
+    Behind,
 }
 
 impl ErrorCode {
@@ -500,11 +565,12 @@ impl ErrorCode {
             ErrorCode::Malformed => "malformed",
             ErrorCode::Internal => "internal",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Behind => "behind",
         }
     }
 
     /// Every code, for describing metrics and tests.
-    pub const ALL: [ErrorCode; 10] = [
+    pub const ALL: [ErrorCode; 11] = [
         ErrorCode::UnknownTable,
         ErrorCode::Stale,
         ErrorCode::Conflict,
@@ -515,6 +581,7 @@ impl ErrorCode {
         ErrorCode::Malformed,
         ErrorCode::Internal,
         ErrorCode::Unavailable,
+        ErrorCode::Behind,
     ];
 }
 
@@ -759,16 +826,19 @@ mod tests {
             Request::Lookup {
                 table: "orders".into(),
                 hash: u64::MAX,
+                min_version: None,
             },
             Request::BatchLookup {
                 table: "orders".into(),
                 hashes: (0..100).collect(),
+                min_version: Some(3),
             },
             Request::Range {
                 table: "t".into(),
                 from: 5,
                 to: 10,
                 limit: 3,
+                min_version: None,
             },
             Request::GetNodes { table: "t".into() },
             Request::GetTable {
@@ -781,6 +851,7 @@ mod tests {
             },
             Request::ListTables,
             Request::Stats,
+            Request::Summary,
             Request::PutTable {
                 snapshot: vec![1, 2, 3],
             },

@@ -23,6 +23,8 @@ pub struct ReadOutcome {
     pub lookup_op: Option<usize>,
     /// Partition lookups performed.
     pub lookups: u64,
+    /// The request asked for a newer table version than this server holds: it is behind.
+    pub behind: bool,
 }
 
 /// Answers a read request.
@@ -30,24 +32,35 @@ pub fn answer(store: &Store, req: &ArchivedRequest, limits: ReadLimits) -> (Resp
     let none = ReadOutcome {
         lookup_op: None,
         lookups: 0,
+        behind: false,
     };
     match req {
-        ArchivedRequest::Lookup { table, hash } => {
-            let outcome = ReadOutcome {
+        ArchivedRequest::Lookup {
+            table,
+            hash,
+            min_version,
+        } => {
+            let mut outcome = ReadOutcome {
                 lookup_op: Some(0),
                 lookups: 1,
+                behind: false,
             };
-            let response = with_table(store, table, |t| {
+            let response = with_table_at(store, table, min_version, &mut outcome, |t| {
                 let mut routes = routes_for(t);
                 push_route(t, &mut routes, hash.to_native());
                 Response::Routes(routes)
             });
             (response, outcome)
         }
-        ArchivedRequest::BatchLookup { table, hashes } => {
-            let outcome = ReadOutcome {
+        ArchivedRequest::BatchLookup {
+            table,
+            hashes,
+            min_version,
+        } => {
+            let mut outcome = ReadOutcome {
                 lookup_op: Some(1),
                 lookups: hashes.len() as u64,
+                behind: false,
             };
             if hashes.len() > limits.max_batch {
                 return (
@@ -59,7 +72,7 @@ pub fn answer(store: &Store, req: &ArchivedRequest, limits: ReadLimits) -> (Resp
                     outcome,
                 );
             }
-            let response = with_table(store, table, |t| {
+            let response = with_table_at(store, table, min_version, &mut outcome, |t| {
                 let mut routes = routes_for(t);
                 routes.routes.reserve(hashes.len());
                 routes.replicas.reserve(hashes.len() * 3);
@@ -75,10 +88,16 @@ pub fn answer(store: &Store, req: &ArchivedRequest, limits: ReadLimits) -> (Resp
             from,
             to,
             limit,
+            min_version,
         } => {
             let limit = (limit.to_native() as usize).min(limits.max_batch);
             let mut found = 0u64;
-            let response = with_table(store, table, |t| {
+            let mut outcome = ReadOutcome {
+                lookup_op: Some(2),
+                lookups: 0,
+                behind: false,
+            };
+            let response = with_table_at(store, table, min_version, &mut outcome, |t| {
                 let mut routes = routes_for(t);
                 let mut iter = t.range(from.to_native(), to.to_native());
                 for e in iter.by_ref().take(limit) {
@@ -88,13 +107,8 @@ pub fn answer(store: &Store, req: &ArchivedRequest, limits: ReadLimits) -> (Resp
                 found = routes.routes.len() as u64;
                 Response::Routes(routes)
             });
-            (
-                response,
-                ReadOutcome {
-                    lookup_op: Some(2),
-                    lookups: found.max(1),
-                },
-            )
+            outcome.lookups = found.max(1);
+            (response, outcome)
         }
         ArchivedRequest::GetNodes { table } => (
             with_table(store, table, |t| {
@@ -147,6 +161,39 @@ fn with_table(
             format!("no table named {:?}", name.as_str()),
         )),
     }
+}
+
+/// Like [`with_table`], for requests that name the lowest version they accept: a table older
+/// than that, or missing while no tombstone explains it, is answered [`ErrorCode::Behind`].
+fn with_table_at(
+    store: &Store,
+    name: &rkyv::string::ArchivedString,
+    min_version: &rkyv::option::ArchivedOption<rkyv::rend::u64_le>,
+    outcome: &mut ReadOutcome,
+    f: impl FnOnce(&CompactTable) -> Response,
+) -> Response {
+    let Some(min) = min_version.as_ref().map(|v| v.to_native()) else {
+        return with_table(store, name, f);
+    };
+    let tables = store.tables();
+    let held = match tables.get(name.as_str()) {
+        Some(t) if t.version().get() >= min => return f(t),
+        Some(t) => t.version().get(),
+        // Dropped at or after the version asked for: the table is gone, not late.
+        None if tables.tombstone(name.as_str()).is_some_and(|v| v >= min) => {
+            return with_table(store, name, f);
+        }
+        None => 0,
+    };
+    outcome.behind = true;
+    Response::Error(ErrorReply::new(
+        ErrorCode::Behind,
+        format!(
+            "this server holds {:?} at version {held}, older than the {min} asked for; ask \
+             another server",
+            name.as_str()
+        ),
+    ))
 }
 
 fn too_large(message: String) -> Response {

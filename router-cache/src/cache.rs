@@ -1326,11 +1326,13 @@ impl Server {
             Request::Lookup {
                 table: table.into(),
                 hash: hashes[0],
+                min_version: None,
             }
         } else {
             Request::BatchLookup {
                 table: table.into(),
                 hashes,
+                min_version: None,
             }
         };
         let rx = match self.client.send(&request).await {
