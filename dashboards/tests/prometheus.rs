@@ -79,13 +79,31 @@ fn promtool_accepts_the_config_and_rules_and_the_alert_tests_pass() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_dashboard_query_and_rule_evaluates_against_a_real_fleet() {
     let dir = temp_dir("live");
-    let mut config = ServerConfig::new("127.0.0.1:0".parse().expect("addr"), dir.join("data"));
-    config.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
-    let server = memds_server::start(config)
+    // Two servers, peers of each other, sharing one development PKI. The first takes a table
+    // while the second is down (a forward fails), the second starts and pulls it (anti-entropy),
+    // and later writes are forwarded: every fleet series gets a value.
+    let tls = dir.join("pki");
+    let ports: Vec<u16> = (0..2)
+        .map(|_| {
+            std::net::UdpSocket::bind("127.0.0.1:0")
+                .and_then(|s| s.local_addr())
+                .expect("a free port")
+                .port()
+        })
+        .collect();
+    let config = |i: usize| {
+        let listen = SocketAddr::from(([127, 0, 0, 1], ports[i]));
+        let mut c = ServerConfig::new(listen, dir.join(format!("data-{i}")));
+        c.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
+        c.dev_tls_dir = Some(tls.clone());
+        c.fleet.peers = vec![format!("127.0.0.1:{}", ports[1 - i])];
+        c.fleet.anti_entropy = Duration::from_millis(300);
+        c
+    };
+    let server = memds_server::start(config(0))
         .await
         .expect("the server starts");
     let metrics = server.metrics_addr.expect("the metrics listener is bound");
-    let tls = server.tls_dir.clone().expect("the development PKI");
 
     // Writes, lookups and typed errors, so every server metric has a series.
     let admin = Connector::new(
@@ -106,12 +124,32 @@ async fn every_dashboard_query_and_rule_evaluates_against_a_real_fleet() {
     let table = map.name().as_str().to_owned();
     admin.put_table(&map).await.expect("put");
     admin.put_table(&map).await.expect("an unchanged put");
+    let peer = memds_server::start(config(1))
+        .await
+        .expect("the peer starts");
+    let peer_admin = Connector::new(
+        &ClientTls::from_dir(&tls, Role::Admin).expect("admin TLS"),
+        ConnectOptions::default(),
+    )
+    .expect("endpoint")
+    .connect(peer.quic_addr)
+    .await
+    .expect("connecting to the peer");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while peer_admin.list_tables().await.expect("tables").is_empty() {
+        assert!(Instant::now() < deadline, "the peer never pulled the table");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut next = serde_json::from_str::<Value>(&map.to_json()).expect("json");
+    next["version"] = (map.version().get() + 1).into();
+    let next = memds_proto::TableMap::from_json(&next.to_string()).expect("valid");
+    admin.put_table(&next).await.expect("a forwarded put");
     assert!(admin.lookup("no-such-table", 1).await.is_err());
     admin.stats().await.expect("stats");
 
     // A router cache under steady load (hits and misses) until the checks are done.
     let cache = RouterCache::builder(
-        vec![server.quic_addr],
+        vec![server.quic_addr, peer.quic_addr],
         ClientTls::from_dir(&tls, Role::Router).expect("router TLS"),
     )
     .build()
@@ -227,6 +265,7 @@ async fn every_dashboard_query_and_rule_evaluates_against_a_real_fleet() {
     cache.shutdown();
     drop(prom);
     server.shutdown().await;
+    peer.shutdown().await;
 }
 
 /// A Prometheus process scraping one metrics endpoint as both jobs, with the shipped rules

@@ -1,18 +1,27 @@
 //! TLS material for clients, and the layout of a development TLS directory.
 //!
+//! One cluster CA signs every certificate of a fleet: servers, routers, admins and peers. A
+//! client certificate says what it may do with exactly one role URI among its subject
+//! alternative names: `urn:memds:role:router` (reads), `urn:memds:role:admin` (reads and
+//! writes) or `urn:memds:role:peer` (another server of the fleet). A certificate with no role
+//! URI, several, or an unknown one is refused. Server certificates carry the peer role too
+//! (and may authenticate clients as well as servers), so a server dials its peers with its
+//! own certificate.
+//!
 //! A MemDS server started without explicit certificates creates a development PKI in
-//! `<data-dir>/tls/` (see `memds-server`), with these files:
+//! `<data-dir>/tls/` (see `memds-server`; `memds-ctl pki` issues the same files for a real
+//! fleet), with these files:
 //!
 //! | file | what |
 //! |---|---|
-//! | `ca.pem` | CA that signs the server's and the routers' certificates; clients trust it |
-//! | `server.pem`, `server.key` | the server's certificate (names `localhost`, `memds`, `127.0.0.1`, `::1`) |
-//! | `router.pem`, `router.key` | a router certificate: may read |
-//! | `admin-ca.pem` | CA that signs admin certificates: the only ones allowed to write |
-//! | `admin.pem`, `admin.key` | an admin certificate |
+//! | `ca.pem`, `ca.key` | the cluster CA: signs every certificate below; everyone trusts it |
+//! | `server.pem`, `server.key` | the server's certificate (names `localhost`, `memds`, `127.0.0.1`, `::1`; role peer) |
+//! | `router.pem`, `router.key` | a router certificate (role router): may read |
+//! | `admin.pem`, `admin.key` | an admin certificate (role admin): may read and write |
+//! | `peer.pem`, `peer.key` | a peer certificate (role peer): another server of the fleet |
 //!
-//! Routers and admins are told apart by which CA signed their certificate, so a router
-//! certificate can never write, whatever its names say.
+//! The role comes from the certificate the CA signed, never from which CA signed it, so a
+//! router certificate can never write, whatever CAs a server is given.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,14 +29,14 @@ use std::sync::Arc;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-/// The CA clients trust for the server (and that signs router certificates).
+/// The prefix of the subject-alternative-name URI that carries a client certificate's role:
+/// the role's name follows it (`urn:memds:role:router`, `…:admin`, `…:peer`).
+pub const ROLE_URI_PREFIX: &str = "urn:memds:role:";
+
+/// The cluster CA, which signs every certificate; clients and servers trust it.
 pub const CA_CERT: &str = "ca.pem";
-/// The CA's private key (kept so more router certificates can be issued).
+/// The CA's private key (kept so more certificates can be issued).
 pub const CA_KEY: &str = "ca.key";
-/// The CA that signs admin certificates.
-pub const ADMIN_CA_CERT: &str = "admin-ca.pem";
-/// The admin CA's private key.
-pub const ADMIN_CA_KEY: &str = "admin-ca.key";
 /// The server's certificate chain.
 pub const SERVER_CERT: &str = "server.pem";
 /// The server's private key.
@@ -40,6 +49,10 @@ pub const ROUTER_KEY: &str = "router.key";
 pub const ADMIN_CERT: &str = "admin.pem";
 /// The admin certificate's key.
 pub const ADMIN_KEY: &str = "admin.key";
+/// A peer certificate: what another server of the fleet presents.
+pub const PEER_CERT: &str = "peer.pem";
+/// The peer certificate's key.
+pub const PEER_KEY: &str = "peer.key";
 
 /// Which identity of a TLS directory a client presents.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,6 +61,28 @@ pub enum Role {
     Router,
     /// The admin certificate: reads and writes.
     Admin,
+    /// The peer certificate: another server of the fleet.
+    Peer,
+}
+
+impl Role {
+    /// The role's name, as in its certificate's role URI and in file names.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Router => "router",
+            Role::Admin => "admin",
+            Role::Peer => "peer",
+        }
+    }
+
+    /// The certificate and key files of this role in a development TLS directory.
+    pub fn files(self) -> (&'static str, &'static str) {
+        match self {
+            Role::Router => (ROUTER_CERT, ROUTER_KEY),
+            Role::Admin => (ADMIN_CERT, ADMIN_KEY),
+            Role::Peer => (PEER_CERT, PEER_KEY),
+        }
+    }
 }
 
 /// Why TLS material could not be loaded or used.
@@ -106,10 +141,7 @@ pub struct ClientTls {
 impl ClientTls {
     /// The material of a development TLS directory for `role`.
     pub fn from_dir(dir: &Path, role: Role) -> Result<Self, TlsError> {
-        let (cert, key) = match role {
-            Role::Router => (ROUTER_CERT, ROUTER_KEY),
-            Role::Admin => (ADMIN_CERT, ADMIN_KEY),
-        };
+        let (cert, key) = role.files();
         Self::from_files(&dir.join(CA_CERT), Some((&dir.join(cert), &dir.join(key))))
     }
 

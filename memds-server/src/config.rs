@@ -9,10 +9,11 @@
 //! data_dir = "/var/lib/memds"
 //! cert = "/etc/memds/server.pem"
 //! key = "/etc/memds/server.key"
-//! client_ca = "/etc/memds/routers-ca.pem"
-//! admin_ca = "/etc/memds/admin-ca.pem"
+//! client_ca = "/etc/memds/ca.pem"
 //! max_connections = 4096
 //! wal_recovery = "strict"
+//! peers = ["memds-peers.memds.svc.cluster.local:7400"]
+//! anti_entropy_secs = 3
 //! ```
 
 use std::net::SocketAddr;
@@ -23,6 +24,7 @@ use anyhow::{Context as _, bail};
 use serde::Deserialize;
 
 use crate::durable::RecoveryMode;
+use crate::fleet::{DEFAULT_ANTI_ENTROPY, FleetConfig};
 use crate::server::{DEFAULT_SCRUB_INTERVAL, Limits, ServerConfig};
 use crate::tls::TlsPaths;
 
@@ -48,19 +50,33 @@ pub struct Args {
     /// Data directory [default: ./memds-data].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Server certificate chain (PEM); with --key, --client-ca and --admin-ca instead of the
-    /// development PKI.
+    /// Server certificate chain (PEM; it also identifies the server to its peers, so it carries
+    /// the peer role); with --key and --client-ca instead of the development PKI.
     #[arg(long)]
     pub cert: Option<PathBuf>,
     /// Server private key (PEM).
     #[arg(long)]
     pub key: Option<PathBuf>,
-    /// CA of router (read-only) client certificates.
+    /// The cluster CA: client certificates (routers, admins, peers) must chain to it, and
+    /// peers' server certificates too. Each client's role is read from its certificate.
     #[arg(long)]
     pub client_ca: Option<PathBuf>,
-    /// CA of admin (read-write) client certificates.
+    /// Directory of the development PKI, created there if missing [default: <data-dir>/tls];
+    /// servers on one machine share one PKI by naming the same directory. Ignored with --cert.
     #[arg(long)]
-    pub admin_ca: Option<PathBuf>,
+    pub tls_dir: Option<PathBuf>,
+    /// A peer's address or `host:port` name (repeatable). A name may resolve to several
+    /// addresses (a Kubernetes headless service); it is resolved again every 10 s and this
+    /// server's own address is skipped.
+    #[arg(long = "peer", value_name = "ADDR")]
+    #[serde(default)]
+    pub peers: Vec<String>,
+    /// Seconds between anti-entropy rounds with a peer [default: 3].
+    #[arg(long)]
+    pub anti_entropy_secs: Option<f64>,
+    /// The name peers' certificates must carry [default: memds].
+    #[arg(long)]
+    pub peer_server_name: Option<String>,
     /// Most open connections [default: 4096].
     #[arg(long)]
     pub max_connections: Option<usize>,
@@ -135,18 +151,38 @@ impl Args {
                 "--max-batch and --max-connections must be positive and --max-frame-bytes at least 64"
             );
         }
-        let tls_files = [pick!(cert), pick!(key), pick!(client_ca), pick!(admin_ca)];
+        let tls_files = [pick!(cert), pick!(key), pick!(client_ca)];
         let tls = match tls_files {
-            [None, None, None, None] => None,
-            [Some(cert), Some(key), Some(client_ca), Some(admin_ca)] => Some(TlsPaths {
+            [None, None, None] => None,
+            [Some(cert), Some(key), Some(client_ca)] => Some(TlsPaths {
                 cert,
                 key,
                 client_ca,
-                admin_ca,
             }),
-            _ => bail!(
-                "--cert, --key, --client-ca and --admin-ca go together: give all four or none"
-            ),
+            _ => bail!("--cert, --key and --client-ca go together: give all three or none"),
+        };
+        let anti_entropy = match pick!(anti_entropy_secs) {
+            None => DEFAULT_ANTI_ENTROPY,
+            Some(secs) if secs.is_finite() && secs > 0.0 && secs <= 3600.0 => {
+                Duration::from_secs_f64(secs)
+            }
+            Some(secs) => bail!("--anti-entropy-secs must be above 0 and at most 3600, not {secs}"),
+        };
+        let peers = if cli.peers.is_empty() {
+            file.peers
+        } else {
+            cli.peers
+        };
+        for p in &peers {
+            if !p.contains(':') {
+                bail!("--peer {p:?} needs a port: HOST:PORT or ADDR:PORT");
+            }
+        }
+        let fleet = FleetConfig {
+            peers,
+            anti_entropy,
+            peer_server_name: pick!(peer_server_name)
+                .unwrap_or_else(|| FleetConfig::default().peer_server_name),
         };
         let metrics_listen = if cli.no_metrics || file.no_metrics {
             None
@@ -158,6 +194,8 @@ impl Args {
             metrics_listen,
             data_dir: pick!(data_dir).unwrap_or_else(|| PathBuf::from("memds-data")),
             tls,
+            dev_tls_dir: pick!(tls_dir),
+            fleet,
             limits,
             compact_wal_bytes: pick!(compact_wal_bytes).unwrap_or(64 << 20),
             scrub_interval: match pick!(scrub_interval_secs) {
@@ -222,6 +260,31 @@ mod tests {
             .resolve()
             .expect_err("partial TLS");
         assert!(err.to_string().contains("go together"));
+
+        std::fs::write(
+            &file,
+            "peers = [\"a:1\", \"b:2\"]\nanti_entropy_secs = 0.5\ntls_dir = \"/pki\"\n",
+        )
+        .expect("write");
+        let f = file.to_str().expect("utf-8");
+        let c = Args::parse_from(["memds-server", "--config", f])
+            .resolve()
+            .expect("valid");
+        assert_eq!(c.fleet.peers, ["a:1", "b:2"]);
+        assert_eq!(c.fleet.anti_entropy, Duration::from_millis(500));
+        assert_eq!(c.dev_tls_dir, Some(PathBuf::from("/pki")));
+        let c = Args::parse_from(["memds-server", "--config", f, "--peer", "c:3"])
+            .resolve()
+            .expect("valid");
+        assert_eq!(
+            c.fleet.peers,
+            ["c:3"],
+            "command-line peers replace the file's"
+        );
+        let err = Args::parse_from(["memds-server", "--peer", "nohost"])
+            .resolve()
+            .expect_err("no port");
+        assert!(err.to_string().contains("needs a port"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -22,6 +22,7 @@
 
 pub mod config;
 pub mod durable;
+pub mod fleet;
 pub mod metrics;
 pub mod scrub;
 pub mod server;

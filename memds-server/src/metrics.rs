@@ -9,8 +9,8 @@
 //! one process (as tests do) share it; the per-server counters that `stats` reports live in
 //! [`Counters`] instead.
 
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http_body_util::Full;
@@ -23,6 +23,8 @@ use metrics::{Counter, Gauge, Histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 
+use crate::fleet::Readiness;
+
 /// Lookup operations, as metric labels.
 pub const LOOKUP_OPS: [&str; 3] = ["lookup", "batch_lookup", "range"];
 
@@ -30,10 +32,10 @@ pub const LOOKUP_OPS: [&str; 3] = ["lookup", "batch_lookup", "range"];
 pub const REFUSAL_REASONS: [&str; 3] = ["connection_limit", "handshake", "no_certificate"];
 
 /// Kinds of request frames counted in `memds_requests_total`, as metric labels.
-pub const REQUEST_KINDS: [&str; 4] = ["read", "write", "stats", "malformed"];
+pub const REQUEST_KINDS: [&str; 5] = ["read", "write", "stats", "summary", "malformed"];
 
 /// Client roles, as metric labels.
-pub const ROLES: [&str; 2] = ["router", "admin"];
+pub const ROLES: [&str; 3] = ["router", "admin", "peer"];
 
 /// Write operations and their results, as metric labels.
 pub const WRITE_OPS: [&str; 3] = ["put_table", "update_partitions", "drop_table"];
@@ -171,6 +173,51 @@ fn describe() {
         "Damaged tables reinstalled from the data directory, by result (repaired, failed)."
     );
     describe_gauge!(
+        "memds_ready",
+        Unit::Count,
+        "1 once the server has caught up with its peers (it answers routers' lookups), else 0."
+    );
+    describe_gauge!(
+        "memds_peers",
+        Unit::Count,
+        "Peer addresses the peer names resolve to, this server excluded."
+    );
+    describe_gauge!(
+        "memds_peer_lag_versions",
+        Unit::Count,
+        "Table versions this server lacked at the start of its last anti-entropy round with each peer (summed over tables)."
+    );
+    describe_gauge!(
+        "memds_peer_lag_seconds",
+        Unit::Seconds,
+        "Seconds since this server last held everything each peer advertised (set at each round with that peer)."
+    );
+    describe_counter!(
+        "memds_anti_entropy_rounds_total",
+        Unit::Count,
+        "Anti-entropy rounds, by result (ok, failed)."
+    );
+    describe_counter!(
+        "memds_anti_entropy_tables_pulled_total",
+        Unit::Count,
+        "Tables and tombstones pulled from peers and applied."
+    );
+    describe_counter!(
+        "memds_anti_entropy_bytes_pulled_total",
+        Unit::Bytes,
+        "Snapshot bytes pulled from peers."
+    );
+    describe_counter!(
+        "memds_digest_mismatches_total",
+        Unit::Count,
+        "Tables a peer holds at the same version with other content."
+    );
+    describe_counter!(
+        "memds_forwards_total",
+        Unit::Count,
+        "Writes forwarded to peers, by peer and result (sent, failed) and reason of failure."
+    );
+    describe_gauge!(
         "memds_build_info",
         Unit::Count,
         "Always 1; the version label names the server build."
@@ -294,8 +341,14 @@ pub fn request(kind: &'static str) {
     metrics::counter!("memds_requests_total", "kind" => kind).increment(1);
 }
 
-/// Serves `/metrics` on `listener` until `shutdown` resolves.
-pub async fn serve(listener: TcpListener, shutdown: impl std::future::Future<Output = ()>) {
+/// Serves `/metrics`, `/ready` (200 once the server has caught up with its peers, else 503
+/// with the reason on one line) and `/health` (200 while the process serves) on `listener`
+/// until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    readiness: Arc<Readiness>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
     loop {
         let stream = tokio::select! {
@@ -308,16 +361,32 @@ pub async fn serve(listener: TcpListener, shutdown: impl std::future::Future<Out
                 }
             },
         };
+        let readiness = Arc::clone(&readiness);
         tokio::spawn(async move {
-            let service = service_fn(|req: Request<hyper::body::Incoming>| async move {
-                if req.uri().path() == "/metrics" {
-                    Response::builder()
-                        .header("content-type", "text/plain; version=0.0.4")
-                        .body(Full::new(Bytes::from(handle().render())))
-                } else {
-                    Response::builder()
-                        .status(StatusCode::NOT_FOUND)
-                        .body(Full::new(Bytes::from_static(b"not found; try /metrics\n")))
+            let service = service_fn(|req: Request<hyper::body::Incoming>| {
+                let readiness = Arc::clone(&readiness);
+                async move {
+                    let text = |status: StatusCode, body: String| {
+                        Response::builder()
+                            .status(status)
+                            .header("content-type", "text/plain")
+                            .body(Full::new(Bytes::from(body)))
+                    };
+                    match req.uri().path() {
+                        "/metrics" => Response::builder()
+                            .header("content-type", "text/plain; version=0.0.4")
+                            .body(Full::new(Bytes::from(handle().render()))),
+                        "/ready" if readiness.is_ready() => text(StatusCode::OK, "ready\n".into()),
+                        "/ready" => text(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("not ready: {}\n", readiness.reason()),
+                        ),
+                        "/health" => text(StatusCode::OK, "ok\n".into()),
+                        _ => text(
+                            StatusCode::NOT_FOUND,
+                            "not found; try /metrics, /ready or /health\n".into(),
+                        ),
+                    }
                 }
             });
             if let Err(e) = hyper::server::conn::http1::Builder::new()

@@ -6,7 +6,9 @@
 //! next pass. A damaged table is reported (log and `memds_scrub_damaged_total`) and rebuilt from
 //! the data directory, which holds exactly what was acknowledged; if that fails the damaged copy
 //! stays in service and `memds_scrub_repairs_total{result="failed"}` says so (the alert
-//! `MemDSResidentRepairFailed` pages).
+//! `MemDSResidentRepairFailed` pages). A server with peers then asks the fleet for a peer's copy
+//! of the same version (`crate::fleet`), installs it and checkpoints it
+//! (`memds_scrub_repairs_total{result="from_peer"}`).
 
 use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
@@ -27,17 +29,25 @@ pub struct Scrubber {
 
 impl Scrubber {
     /// Starts a thread that runs a pass every `every`, the first one `every` after the start.
+    /// Tables the data directory could not repair are sent to `from_peers`, if given.
     pub fn start(
         store: Arc<Store>,
         jobs: mpsc::Sender<Job>,
         every: Duration,
+        from_peers: Option<mpsc::Sender<String>>,
     ) -> std::io::Result<Self> {
         let (stop, stopped) = std_mpsc::channel::<()>();
         let thread = thread::Builder::new()
             .name("memds-scrub".into())
             .spawn(move || {
                 while let Err(std_mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
-                    let report = scrub_pass(&store, &jobs);
+                    let report = scrub_pass_with(&store, &jobs, |table| {
+                        if let Some(tx) = &from_peers
+                            && tx.try_send(table.to_owned()).is_err()
+                        {
+                            tracing::warn!(%table, "the fleet cannot take a repair request now");
+                        }
+                    });
                     tracing::debug!(?report, "scrubbed the resident tables");
                 }
             })?;
@@ -71,6 +81,15 @@ pub struct PassReport {
 /// Verifies every resident table once, asking the writer (through `jobs`) to reinstall each
 /// damaged one. Blocks on the writer's answers: call it off the async runtime.
 pub fn scrub_pass(store: &Store, jobs: &mpsc::Sender<Job>) -> PassReport {
+    scrub_pass_with(store, jobs, |_| {})
+}
+
+/// [`scrub_pass`], calling `unrepaired` with each table the data directory could not repair.
+pub fn scrub_pass_with(
+    store: &Store,
+    jobs: &mpsc::Sender<Job>,
+    mut unrepaired: impl FnMut(&str),
+) -> PassReport {
     let mut report = PassReport::default();
     for (name, table) in store.tables().iter() {
         report.tables += 1;
@@ -89,6 +108,7 @@ pub fn scrub_pass(store: &Store, jobs: &mpsc::Sender<Job>) -> PassReport {
         let outcome = jobs
             .blocking_send(Job::Repair(RepairJob {
                 table: name.clone(),
+                from_peer: None,
                 reply,
             }))
             .map_err(|_| "the writer has stopped".to_owned())
@@ -109,6 +129,7 @@ pub fn scrub_pass(store: &Store, jobs: &mpsc::Sender<Job>) -> PassReport {
                 report.failed += 1;
                 metrics::counter!("memds_scrub_repairs_total", "result" => "failed").increment(1);
                 tracing::error!(table = %name, %reason, "could not reinstall the damaged table; it stays in service");
+                unrepaired(name);
             }
         }
     }
@@ -247,6 +268,61 @@ mod tests {
     }
 
     #[test]
+    fn a_peer_copy_replaces_what_the_data_directory_cannot_and_is_checkpointed() {
+        let f = fixture();
+        let name = f.map.name().as_str().to_owned();
+        damage(&f, 7);
+        std::fs::remove_file(durable::log_path(f.dir.path(), 1)).expect("removing the log");
+        let mut unrepaired = Vec::new();
+        let jobs = f.writer.sender();
+        let report = scrub_pass_with(&f.store, &jobs, |t| unrepaired.push(t.to_owned()));
+        assert_eq!((report.damaged, report.failed), (1, 1), "{report:?}");
+        assert_eq!(unrepaired, vec![name.clone()]);
+
+        let repair = |snapshot: Vec<u8>| {
+            let (reply, answer) = oneshot::channel();
+            jobs.blocking_send(Job::Repair(RepairJob {
+                table: name.clone(),
+                from_peer: Some(snapshot),
+                reply,
+            }))
+            .expect("queued");
+            answer.blocking_recv().expect("answered")
+        };
+        // A peer copy of another version is refused: the damaged copy stays.
+        let mut json: serde_json::Value = serde_json::from_str(&f.map.to_json()).expect("json");
+        json["version"] = (f.map.version().get() + 1).into();
+        let newer = TableMap::from_json(&json.to_string()).expect("valid");
+        assert!(matches!(
+            repair(snapshot::encode(&newer)),
+            Repaired::Failed(_)
+        ));
+        assert!(f.store.table(&name).is_some_and(|t| !t.verify()));
+        // The peer's copy of the same version is installed.
+        assert_eq!(
+            repair(snapshot::encode(&f.map)),
+            Repaired::Reinstalled {
+                version: f.map.version().get()
+            }
+        );
+        let t = f.store.table(&name).expect("held");
+        assert!(t.verify());
+        assert_eq!(t.to_map(), f.map);
+        drop(jobs);
+        f.writer.shutdown();
+        // The checkpoint made the data directory whole again: it recovers the table.
+        let (_, recovered) =
+            Durable::open(f.dir.path(), 64 << 20, RecoveryMode::Strict).expect("recovers");
+        let replayed = crate::writer::replay(
+            recovered.records,
+            &mut NodeInterner::default(),
+            RecoveryMode::Strict,
+        )
+        .expect("replays");
+        assert_eq!(replayed.tables.get(&name).expect("held").to_map(), f.map);
+    }
+
+    #[test]
     fn the_thread_runs_passes_and_stops() {
         let f = fixture();
         damage(&f, 3);
@@ -254,6 +330,7 @@ mod tests {
             Arc::clone(&f.store),
             f.writer.sender(),
             Duration::from_millis(20),
+            None,
         )
         .expect("thread");
         let name = f.map.name().as_str();

@@ -29,6 +29,7 @@ use tokio::sync::{Semaphore, oneshot, watch};
 use tokio::task::JoinSet;
 
 use crate::durable::{Durable, RecoveryMode};
+use crate::fleet::{Fleet, FleetConfig, FleetTasks};
 use crate::metrics::{self, Counters, Metrics};
 use crate::scrub::Scrubber;
 use crate::service::{self, ReadLimits};
@@ -46,8 +47,13 @@ pub struct ServerConfig {
     /// Data directory.
     pub data_dir: PathBuf,
     /// Explicit TLS files; `None` uses (creating if needed) the development PKI in
-    /// `<data-dir>/tls`.
+    /// `dev_tls_dir`.
     pub tls: Option<TlsPaths>,
+    /// Where the development PKI lives when `tls` is `None`; `None` means `<data-dir>/tls`.
+    /// Servers on one machine share one by naming the same directory.
+    pub dev_tls_dir: Option<PathBuf>,
+    /// Peers, anti-entropy and readiness.
+    pub fleet: FleetConfig,
     /// Resource bounds.
     pub limits: Limits,
     /// The log is compacted once larger than this and than the last checkpoint.
@@ -70,6 +76,8 @@ impl ServerConfig {
             metrics_listen: None,
             data_dir,
             tls: None,
+            dev_tls_dir: None,
+            fleet: FleetConfig::default(),
             limits: Limits::default(),
             compact_wal_bytes: 64 << 20,
             scrub_interval: Some(DEFAULT_SCRUB_INTERVAL),
@@ -160,6 +168,7 @@ struct Ctx {
     metrics: Metrics,
     counters: Arc<Counters>,
     started: Instant,
+    fleet: Arc<Fleet>,
 }
 
 /// Starts a server.
@@ -167,7 +176,10 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     let (tls_paths, tls_dir) = match &config.tls {
         Some(paths) => (paths.clone(), None),
         None => {
-            let dir = config.data_dir.join("tls");
+            let dir = config
+                .dev_tls_dir
+                .clone()
+                .unwrap_or_else(|| config.data_dir.join("tls"));
             if tls::ensure_dev_pki(&dir).context("creating the development PKI")? {
                 tracing::info!(dir = %dir.display(), "created a development PKI");
             }
@@ -195,13 +207,32 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     let counters = Arc::new(Counters::default());
     let (store, writer) = start_writer(&config, Arc::clone(&counters))?;
     publish_table_gauges(&store);
+    let fleet = Fleet::new(&config.fleet);
+    let (repairs_tx, repairs) = tokio::sync::mpsc::channel(64);
     let scrubber = match config.scrub_interval {
         Some(every) => Some(
-            Scrubber::start(Arc::clone(&store), writer.sender(), every)
+            Scrubber::start(Arc::clone(&store), writer.sender(), every, Some(repairs_tx))
                 .context("starting the scrubbing thread")?,
         ),
         None => None,
     };
+    let peer_tls = tls::peer_client_tls(&tls_paths).context("loading the peer identity")?;
+    let connector = memds_client::Connector::new(
+        &peer_tls,
+        memds_client::ConnectOptions {
+            server_name: config.fleet.peer_server_name.clone(),
+            bind: if config.listen.is_ipv6() {
+                SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
+            } else {
+                SocketAddr::from(([0, 0, 0, 0], 0))
+            },
+            // Pulls carry whole tables: as large as a put may be.
+            max_frame_bytes: peer_frame_limit(&config.limits),
+            max_snapshot_bytes: config.limits.max_snapshot_bytes,
+            ..memds_client::ConnectOptions::default()
+        },
+    )
+    .context("creating the peer endpoint")?;
 
     let endpoint = quinn::Endpoint::server(quic_config, config.listen)
         .with_context(|| format!("binding QUIC on {}", config.listen))?;
@@ -216,7 +247,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
                 .local_addr()
                 .context("reading the metrics address")?;
             let mut rx = shutdown_rx.clone();
-            tokio::spawn(metrics::serve(listener, async move {
+            tokio::spawn(metrics::serve(listener, fleet.readiness(), async move {
                 let _ = rx.wait_for(|stop| *stop).await;
             }));
             Some(bound)
@@ -231,8 +262,28 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         metrics,
         counters,
         started: Instant::now(),
+        fleet: Arc::clone(&fleet),
     });
-    let task = tokio::spawn(accept_loop(endpoint, ctx, writer, scrubber, shutdown_rx));
+    let fleet_task = tokio::spawn(crate::fleet::run(
+        FleetTasks {
+            fleet,
+            config: config.fleet.clone(),
+            store: Arc::clone(&ctx.store),
+            writes: writer.sender(),
+            connector,
+            own_addr: quic_addr,
+            repairs,
+        },
+        shutdown_rx.clone(),
+    ));
+    let task = tokio::spawn(accept_loop(
+        endpoint,
+        ctx,
+        writer,
+        scrubber,
+        fleet_task,
+        shutdown_rx,
+    ));
     Ok(RunningServer {
         quic_addr,
         metrics_addr,
@@ -319,6 +370,7 @@ async fn accept_loop(
     ctx: Arc<Ctx>,
     writer: Writer,
     scrubber: Option<Scrubber>,
+    fleet_task: tokio::task::JoinHandle<()>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let permits = Arc::new(Semaphore::new(ctx.limits.max_connections));
@@ -346,6 +398,9 @@ async fn accept_loop(
     }
     // Drain: every connection finishes the frames it has, answers them and closes.
     while connections.join_next().await.is_some() {}
+    // The fleet's tasks stop at the same signal; their pulls go through the writer, which
+    // must outlive them.
+    let _ = fleet_task.await;
     endpoint.close(0u32.into(), b"server shutting down");
     endpoint.wait_idle().await;
     drop(ctx);
@@ -417,7 +472,12 @@ async fn serve_stream(
     ctx: Arc<Ctx>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut decoder = FrameDecoder::new(ctx.limits.max_frame_bytes);
+    let max_frame = match role {
+        // Peers forward whole tables: a put may be as large as the snapshot limit allows.
+        ClientRole::Peer => peer_frame_limit(&ctx.limits),
+        _ => ctx.limits.max_frame_bytes,
+    };
+    let mut decoder = FrameDecoder::new(max_frame);
     let mut chunk = vec![0u8; 64 * 1024];
     let mut out = Vec::with_capacity(64 * 1024);
     loop {
@@ -514,18 +574,49 @@ async fn answer_frame(payload: &[u8], role: ClientRole, ctx: &Ctx) -> Answer {
         }
         Ok(req) if req.is_write() => {
             metrics::request("write");
-            if role == ClientRole::Admin {
-                submit_write(req, ctx).await
-            } else {
-                Response::Error(ErrorReply::new(
+            match role {
+                // An admin's write is forwarded to the peers once applied here.
+                ClientRole::Admin => submit_write(req, ctx, true).await,
+                // A peer's write was forwarded to every server already. One that does not
+                // apply here because this server lacks its base is caught up by anti-entropy.
+                ClientRole::Peer => {
+                    let r = submit_write(req, ctx, false).await;
+                    if matches!(&r, Response::Error(e) if e.code == ErrorCode::Conflict) {
+                        ctx.fleet.catch_up();
+                    }
+                    r
+                }
+                ClientRole::Router => Response::Error(ErrorReply::new(
                     ErrorCode::Unauthorized,
                     "writes need an admin certificate",
-                ))
+                )),
             }
         }
         Ok(ArchivedRequest::Stats) => {
             metrics::request("stats");
             Response::Stats(stats(ctx))
+        }
+        Ok(ArchivedRequest::Summary) => {
+            metrics::request("summary");
+            Response::Summary(ctx.fleet.summary(&ctx.store))
+        }
+        // Until the server has caught up with its peers, what it holds may be older than what
+        // routers have seen: they are sent elsewhere. Peers and the writes above still pass.
+        Ok(
+            ArchivedRequest::Lookup { .. }
+            | ArchivedRequest::BatchLookup { .. }
+            | ArchivedRequest::Range { .. }
+            | ArchivedRequest::GetNodes { .. }
+            | ArchivedRequest::GetTable { .. },
+        ) if role != ClientRole::Peer && !ctx.fleet.is_ready() => {
+            metrics::request("read");
+            Response::Error(ErrorReply::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "this server is not ready ({}); ask another server",
+                    ctx.fleet.readiness().reason()
+                ),
+            ))
         }
         Ok(ArchivedRequest::GetTable {
             table,
@@ -557,6 +648,9 @@ async fn answer_frame(payload: &[u8], role: ClientRole, ctx: &Ctx) -> Answer {
                     max_batch: ctx.limits.max_batch,
                 },
             );
+            if outcome.behind {
+                ctx.fleet.catch_up();
+            }
             match outcome.lookup_op {
                 Some(op) => {
                     metrics::request(crate::metrics::LOOKUP_OPS[op]);
@@ -579,11 +673,15 @@ async fn answer_frame(payload: &[u8], role: ClientRole, ctx: &Ctx) -> Answer {
     Answer::Response(response)
 }
 
-async fn submit_write(req: &ArchivedRequest, ctx: &Ctx) -> Response {
+async fn submit_write(req: &ArchivedRequest, ctx: &Ctx, forward: bool) -> Response {
     let owned = match rkyv::deserialize::<Request, rkyv::rancor::Error>(req) {
         Ok(r) => r,
         Err(e) => return Response::Error(ErrorReply::new(ErrorCode::Malformed, e.to_string())),
     };
+    // Puts and updates are forwarded as received; a drop as the version it removed.
+    let to_forward = (forward && ctx.fleet.has_peers())
+        .then(|| owned.clone())
+        .filter(|r| !matches!(r, Request::DropTable { .. }));
     let write = match owned {
         Request::PutTable { snapshot } => Write::Put { snapshot },
         Request::UpdatePartitions(u) => Write::Update(u),
@@ -602,9 +700,26 @@ async fn submit_write(req: &ArchivedRequest, ctx: &Ctx) -> Response {
             "the write queue is full; retry later",
         ));
     }
-    rx.await.unwrap_or_else(|_| {
+    let response = rx.await.unwrap_or_else(|_| {
         Response::Error(ErrorReply::new(ErrorCode::Internal, "the writer stopped"))
-    })
+    });
+    if forward {
+        match (&response, to_forward) {
+            (Response::Written(ack), Some(request)) if ack.applied => ctx.fleet.forward(request),
+            (Response::Dropped { table, version }, _) => ctx.fleet.forward(Request::DropTable {
+                table: table.clone(),
+                version: Some(*version),
+            }),
+            _ => {}
+        }
+    }
+    response
+}
+
+/// The largest frame a peer may send or a pull may answer: whole tables, as large as a put.
+fn peer_frame_limit(limits: &Limits) -> usize {
+    let snapshot = usize::try_from(limits.max_snapshot_bytes).unwrap_or(usize::MAX);
+    limits.max_frame_bytes.max(snapshot.saturating_add(1 << 20))
 }
 
 fn stats(ctx: &Ctx) -> ServerStats {

@@ -47,11 +47,15 @@ pub enum Job {
     Repair(RepairJob),
 }
 
-/// A request to reinstall a table from the data directory.
+/// A request to reinstall a damaged table from the data directory, or from a peer's copy
+/// when the data directory cannot provide a good one.
 #[derive(Debug)]
 pub struct RepairJob {
     /// The table.
     pub table: String,
+    /// A peer's snapshot of the table: installed (at the damaged copy's version only) when the
+    /// data directory cannot rebuild it, then checkpointed so the disk holds a good copy again.
+    pub from_peer: Option<Vec<u8>>,
     /// The outcome.
     pub reply: oneshot::Sender<Repaired>,
 }
@@ -225,7 +229,7 @@ impl State {
                 self.write_batch(batch);
             }
             if let Some(r) = repair {
-                let outcome = self.reinstall(&r.table);
+                let outcome = self.reinstall(&r.table, r.from_peer.as_deref());
                 let _ = r.reply.send(outcome);
             }
         }
@@ -393,18 +397,41 @@ impl State {
     /// Rebuilds `name` from the data directory and publishes it, if its resident copy fails its
     /// checksum. The directory holds every acknowledged write, and the resident tables are those
     /// writes applied in order, so the rebuilt table is what the damaged one should hold.
-    fn reinstall(&mut self, name: &str) -> Repaired {
-        match self.store.table(name) {
-            Some(resident) if !resident.verify() => {}
+    fn reinstall(&mut self, name: &str, from_peer: Option<&[u8]>) -> Repaired {
+        let resident_version = match self.store.table(name) {
+            Some(resident) if !resident.verify() => resident.version().get(),
             _ => return Repaired::Intact,
-        }
-        match self.rebuild(name) {
+        };
+        let disk = match self.rebuild(name) {
             Ok(t) => {
                 let version = t.version().get();
                 self.publish_one(name, t);
-                Repaired::Reinstalled { version }
+                return Repaired::Reinstalled { version };
             }
-            Err(reason) => Repaired::Failed(reason),
+            Err(reason) => reason,
+        };
+        let Some(snapshot) = from_peer else {
+            return Repaired::Failed(disk);
+        };
+        let map = match memds_proto::snapshot::decode(snapshot, self.max_archive_bytes) {
+            Ok(m) => m,
+            Err(e) => return Repaired::Failed(format!("{disk}; the peer's copy: {e}")),
+        };
+        if map.name().as_str() != name || map.version().get() != resident_version {
+            return Repaired::Failed(format!(
+                "{disk}; the peer sent {:?} at version {}, not {name:?} at {resident_version}",
+                map.name().as_str(),
+                map.version().get()
+            ));
+        }
+        let table = Arc::new(CompactTable::new(&map, &mut self.interner));
+        drop(map);
+        self.publish_one(name, table);
+        // The data directory could not give this table back: checkpoint now, so it holds a
+        // good copy again before any later restart needs one.
+        self.compact();
+        Repaired::Reinstalled {
+            version: resident_version,
         }
     }
 
@@ -587,6 +614,7 @@ mod tests {
             .sender()
             .blocking_send(Job::Repair(RepairJob {
                 table: "no-such-table".into(),
+                from_peer: None,
                 reply,
             }))
             .expect("queued");

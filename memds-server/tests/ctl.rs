@@ -1,5 +1,6 @@
 //! `memds-ctl` against a real `memds-server` process: every subcommand, JSON on stdout,
-//! errors on stderr with a non-zero exit.
+//! errors on stderr with a non-zero exit; and the certificates `memds-ctl pki` issues, whose
+//! roles a server enforces.
 
 mod common;
 
@@ -7,8 +8,9 @@ use std::io::{BufRead as _, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::{table, temp_dir};
+use common::{TestServer, issue_cert_with_uris, table, temp_dir};
 use memds_proto::{Route, TableMap, key_hash};
+use memds_server::tls::TlsPaths;
 
 struct Ctl<'a> {
     server: String,
@@ -170,5 +172,198 @@ fn every_subcommand_prints_json_and_errors_exit_non_zero() {
             .success()
     );
     assert!(server.wait().expect("exit").success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `memds-ctl` with no global options at all: the `pki` commands need no server.
+fn bare_ctl(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_memds-ctl"))
+        .args(args)
+        .output()
+        .expect("memds-ctl runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn pki_json(args: &[&str]) -> serde_json::Value {
+    let (ok, stdout, stderr) = bare_ctl(args);
+    assert!(ok, "memds-ctl {args:?} failed: {stderr}");
+    serde_json::from_str(&stdout).expect("one JSON object")
+}
+
+fn private_file(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o777 == 0o600)
+}
+
+#[test]
+fn pki_certificates_carry_the_roles_a_server_enforces() {
+    let dir = temp_dir("pki");
+    let pki = dir.join("pki");
+    let p = pki.to_str().expect("utf-8");
+    let path = |f: &str| pki.join(f).display().to_string();
+
+    assert_eq!(
+        pki_json(&["pki", "create-ca", "--dir", p]),
+        serde_json::json!({"kind": "ca", "name": "MemDS CA", "cert": path("ca.pem"), "key": path("ca.key")})
+    );
+    let ca = std::fs::read(pki.join("ca.pem")).expect("ca.pem");
+    let (ok, stdout, stderr) = bare_ctl(&["pki", "create-ca", "--dir", p]);
+    assert!(!ok && stdout.is_empty(), "{stdout}");
+    assert!(
+        stderr.contains("exists") && stderr.contains("--overwrite"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(pki.join("ca.pem")).expect("ca.pem"), ca);
+
+    assert_eq!(
+        pki_json(&[
+            "pki",
+            "create-server",
+            "--dir",
+            p,
+            "--host",
+            "localhost",
+            "--host",
+            "127.0.0.1"
+        ]),
+        serde_json::json!({
+            "kind": "server", "hosts": ["localhost", "127.0.0.1"], "role": "peer",
+            "cert": path("server.pem"), "key": path("server.key"),
+        })
+    );
+    for role in ["router", "admin", "peer"] {
+        assert_eq!(
+            pki_json(&["pki", "create-client", "--dir", p, "--role", role]),
+            serde_json::json!({
+                "kind": "client", "role": role,
+                "cert": path(&format!("{role}.pem")), "key": path(&format!("{role}.key")),
+            })
+        );
+    }
+    for f in ["ca", "server", "router", "admin", "peer"] {
+        for ext in ["pem", "key"] {
+            assert!(private_file(&pki.join(format!("{f}.{ext}"))), "{f}.{ext}");
+        }
+    }
+    // Replacing needs --overwrite.
+    let router = std::fs::read(pki.join("router.pem")).expect("router.pem");
+    let again = ["pki", "create-client", "--dir", p, "--role", "router"];
+    assert!(!bare_ctl(&again).0);
+    assert_eq!(
+        std::fs::read(pki.join("router.pem")).expect("router.pem"),
+        router
+    );
+    pki_json(&[&again[..], &["--overwrite", "--name", "router-2"]].concat());
+    assert_ne!(
+        std::fs::read(pki.join("router.pem")).expect("router.pem"),
+        router
+    );
+    let (ok, _, stderr) = bare_ctl(&["pki", "create-client", "--dir", p, "--role", "root"]);
+    assert!(!ok && stderr.contains("router, admin, peer"), "{stderr}");
+
+    // Certificates the server must refuse: another CA's admin, and certificates of the right
+    // CA with no role or two.
+    let other = dir.join("other");
+    let o = other.to_str().expect("utf-8");
+    pki_json(&["pki", "create-ca", "--dir", o]);
+    pki_json(&["pki", "create-client", "--dir", o, "--role", "admin"]);
+    let refused = [
+        (other.join("admin.pem"), other.join("admin.key")),
+        issue_cert_with_uris(&pki, &[], "no-role"),
+        issue_cert_with_uris(
+            &pki,
+            &["urn:memds:role:router", "urn:memds:role:admin"],
+            "two",
+        ),
+        issue_cert_with_uris(&pki, &["urn:memds:role:superuser"], "unknown"),
+    ];
+
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    let mut server = runtime.block_on(TestServer::start_configured(dir.join("data"), |c| {
+        c.tls = Some(TlsPaths {
+            cert: pki.join("server.pem"),
+            key: pki.join("server.key"),
+            client_ca: pki.join("ca.pem"),
+        });
+    }));
+    let ctl = Ctl {
+        server: server.addr.to_string(),
+        tls_dir: &pki,
+    };
+
+    // The admin writes (admin is the default role).
+    let file = dir.join("table.json");
+    std::fs::write(&file, table(0, 50, 3).to_json()).expect("write");
+    let f = file.to_str().expect("utf-8");
+    assert!(ctl.ok(&["put-table", f]).contains("\"applied\":true"));
+    // The router reads but cannot write.
+    assert!(
+        ctl.ok(&["--role", "router", "tables"])
+            .contains("table-0000")
+    );
+    std::fs::write(&file, table(0, 50, 4).to_json()).expect("write");
+    let (ok, stdout, stderr) = ctl.run(&["--role", "router", "put-table", f]);
+    assert!(!ok && stdout.is_empty(), "{stdout}");
+    assert!(stderr.contains("unauthorized"), "{stderr}");
+    // A peer reads too.
+    assert_eq!(
+        TableMap::from_json(&ctl.ok(&["--role", "peer", "get-table", "table-0000"]))
+            .expect("ingestion JSON")
+            .version(),
+        table(0, 50, 3).version()
+    );
+    assert!(
+        ctl.ok(&["--role", "admin", "put-table", f])
+            .contains("\"version\":4")
+    );
+
+    // The server's own certificate is what it presents to its peers.
+    let paths = TlsPaths::in_dir(&pki);
+    let peer_tls = memds_server::tls::peer_client_tls(&paths).expect("peer TLS");
+    let stats = runtime.block_on(async {
+        let connector =
+            memds_client::Connector::new(&peer_tls, Default::default()).expect("endpoint");
+        let client = connector.connect(server.addr).await.expect("connects");
+        client.stats().await.expect("a peer reads stats")
+    });
+    assert_eq!(stats.tables, 1);
+
+    let refusals = |page: &str, reason: &str| {
+        common::metric(
+            page,
+            &format!("memds_connections_refused_total{{reason=\"{reason}\"}}"),
+        )
+    };
+    let before = runtime.block_on(server.scrape());
+    assert_eq!(
+        (
+            refusals(&before, "handshake"),
+            refusals(&before, "no_certificate")
+        ),
+        (0.0, 0.0)
+    );
+    for (cert, key) in &refused {
+        let (ok, stdout, stderr) = ctl.run(&[
+            "--cert",
+            cert.to_str().expect("utf-8"),
+            "--key",
+            key.to_str().expect("utf-8"),
+            "--timeout-secs",
+            "10",
+            "tables",
+        ]);
+        assert!(!ok && stdout.is_empty(), "{cert:?} was let in: {stdout}");
+        assert!(stderr.contains("connection"), "{cert:?}: {stderr}");
+    }
+    // Another CA's certificate fails the handshake; the others pass it but have no role.
+    let after = runtime.block_on(server.scrape());
+    assert_eq!(refusals(&after, "handshake"), 1.0);
+    assert_eq!(refusals(&after, "no_certificate"), 3.0);
+
+    runtime.block_on(server.stop());
     let _ = std::fs::remove_dir_all(&dir);
 }

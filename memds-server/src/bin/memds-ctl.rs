@@ -1,9 +1,14 @@
 //! `memds-ctl`: the admin and lookup command line of a MemDS server.
 //!
 //! Results are JSON on stdout; errors go to stderr with a non-zero exit status (1 for any
-//! failure, 2 for bad usage). With `--tls-dir` it presents the admin certificate of a
-//! development TLS directory; `--cert`, `--key` and `--ca` (given before the subcommand, as in
-//! `memds-ctl --cert c.pem --key k.pem --ca ca.pem stats`) override single files.
+//! failure, 2 for bad usage). With `--tls-dir` it presents the certificate of one role
+//! (`--role`, admin unless told) of a TLS directory; `--cert`, `--key` and `--ca` (given before
+//! the subcommand, as in `memds-ctl --cert c.pem --key k.pem --ca ca.pem stats`) override
+//! single files.
+//!
+//! `memds-ctl pki` issues a fleet's certificates without talking to any server: a cluster CA
+//! (`create-ca`), server certificates (`create-server`) and client certificates of one role
+//! (`create-client`), each under the CA kept in the same directory.
 
 use std::io::{BufRead as _, Write as _};
 use std::net::SocketAddr;
@@ -13,10 +18,11 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
-use memds_client::tls::{ADMIN_CERT, ADMIN_KEY, CA_CERT};
-use memds_client::{Client, ClientTls, ConnectOptions, Connector};
+use memds_client::tls::CA_CERT;
+use memds_client::{Client, ClientTls, ConnectOptions, Connector, Role};
 use memds_proto::wire::{PartitionUpdate, Routes};
 use memds_proto::{Route, TableMap, TableName, key_hash};
+use memds_server::tls::{self as pki, ClientRole, IfExists, Issued};
 
 /// Admin and lookup commands for a MemDS server.
 #[derive(Debug, Parser)]
@@ -25,10 +31,13 @@ struct Cli {
     /// The server's QUIC address.
     #[arg(long, default_value = "127.0.0.1:7400", global = true)]
     server: SocketAddr,
-    /// Development TLS directory whose admin certificate to present.
+    /// TLS directory: its `ca.pem` and the certificate of `--role` are used.
     #[arg(long, default_value = "memds-data/tls", global = true)]
     tls_dir: PathBuf,
-    /// Client certificate chain (PEM), instead of the TLS directory's admin certificate.
+    /// Which identity of `--tls-dir` to present.
+    #[arg(long, value_enum, default_value_t = RoleArg::Admin, global = true)]
+    role: RoleArg,
+    /// Client certificate chain (PEM), instead of the TLS directory's certificate.
     #[arg(long)]
     cert: Option<PathBuf>,
     /// Client key (PEM).
@@ -47,8 +56,40 @@ struct Cli {
     command: Command,
 }
 
+/// The `--role` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum RoleArg {
+    /// Reads only.
+    Router,
+    /// Reads and writes.
+    Admin,
+    /// Another server of the fleet.
+    Peer,
+}
+
+impl RoleArg {
+    fn client(self) -> Role {
+        match self {
+            RoleArg::Router => Role::Router,
+            RoleArg::Admin => Role::Admin,
+            RoleArg::Peer => Role::Peer,
+        }
+    }
+
+    fn server(self) -> ClientRole {
+        match self {
+            RoleArg::Router => ClientRole::Router,
+            RoleArg::Admin => ClientRole::Admin,
+            RoleArg::Peer => ClientRole::Peer,
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Issue certificates (no server involved).
+    #[command(subcommand)]
+    Pki(PkiCommand),
     /// Store a whole table from a file in the JSON ingestion format.
     PutTable {
         /// The table's JSON.
@@ -96,8 +137,65 @@ enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum PkiCommand {
+    /// Create the cluster CA: DIR/ca.pem and DIR/ca.key.
+    #[command(name = "create-ca")]
+    Ca {
+        /// Directory to write to (created if missing).
+        #[arg(long)]
+        dir: PathBuf,
+        /// The CA's common name.
+        #[arg(long, default_value = "MemDS CA")]
+        name: String,
+        /// Replace existing files.
+        #[arg(long)]
+        overwrite: bool,
+    },
+    /// Create a server certificate signed by DIR's CA: DIR/server.pem and DIR/server.key
+    /// (with the peer role, for dialing the other servers of the fleet).
+    #[command(name = "create-server")]
+    Server {
+        /// Directory holding ca.pem and ca.key, and where to write.
+        #[arg(long)]
+        dir: PathBuf,
+        /// DNS names and IP addresses the server is reached by.
+        #[arg(long = "host", required = true, num_args = 1..)]
+        hosts: Vec<String>,
+        /// Replace existing files.
+        #[arg(long)]
+        overwrite: bool,
+    },
+    /// Create a client certificate with one role, signed by DIR's CA: DIR/<role>.pem and
+    /// DIR/<role>.key.
+    #[command(name = "create-client")]
+    Client {
+        /// Directory holding ca.pem and ca.key, and where to write.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The certificate's role.
+        #[arg(long, value_enum)]
+        role: RoleArg,
+        /// The certificate's common name [default: memds-<role>].
+        #[arg(long)]
+        name: Option<String>,
+        /// Replace existing files.
+        #[arg(long)]
+        overwrite: bool,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Pki(command) = &cli.command {
+        return match run_pki(command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("memds-ctl: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -123,6 +221,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let out = std::io::stdout();
     let mut out = out.lock();
     match cli.command {
+        Command::Pki(_) => bail!("pki commands do not connect to a server"),
         Command::PutTable { file } => {
             let json = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;
@@ -206,16 +305,85 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Issues certificates and prints the files written as one JSON object.
+fn run_pki(command: &PkiCommand) -> anyhow::Result<()> {
+    let if_exists = |overwrite: bool| {
+        if overwrite {
+            IfExists::Overwrite
+        } else {
+            IfExists::Refuse
+        }
+    };
+    let hint = |e: pki::PkiError| match e {
+        pki::PkiError::Exists(_) => anyhow::anyhow!("{e} (pass --overwrite to replace it)"),
+        e => e.into(),
+    };
+    let json = match command {
+        PkiCommand::Ca {
+            dir,
+            name,
+            overwrite,
+        } => {
+            let issued = pki::create_ca(dir, name, if_exists(*overwrite))
+                .map_err(hint)
+                .context("creating the CA")?;
+            issued_json(&issued, serde_json::json!({"kind": "ca", "name": name}))
+        }
+        PkiCommand::Server {
+            dir,
+            hosts,
+            overwrite,
+        } => {
+            let issued = pki::create_server_cert(dir, hosts, if_exists(*overwrite))
+                .map_err(hint)
+                .context("creating the server certificate")?;
+            issued_json(
+                &issued,
+                serde_json::json!({
+                    "kind": "server", "hosts": hosts, "role": ClientRole::Peer.as_str(),
+                }),
+            )
+        }
+        PkiCommand::Client {
+            dir,
+            role,
+            name,
+            overwrite,
+        } => {
+            let role = role.server();
+            let issued = pki::create_client_cert(dir, role, name.as_deref(), if_exists(*overwrite))
+                .map_err(hint)
+                .with_context(|| format!("creating the {} certificate", role.as_str()))?;
+            issued_json(
+                &issued,
+                serde_json::json!({"kind": "client", "role": role.as_str()}),
+            )
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{json}")?;
+    out.flush()?;
+    Ok(())
+}
+
+/// `fields` with the written files added.
+fn issued_json(issued: &Issued, mut fields: serde_json::Value) -> serde_json::Value {
+    fields["cert"] = issued.cert.display().to_string().into();
+    fields["key"] = issued.key.display().to_string().into();
+    fields
+}
+
 async fn connect(cli: &Cli) -> anyhow::Result<Client> {
+    let (cert_file, key_file) = cli.role.client().files();
     let ca = cli.ca.clone().unwrap_or_else(|| cli.tls_dir.join(CA_CERT));
     let cert = cli
         .cert
         .clone()
-        .unwrap_or_else(|| cli.tls_dir.join(ADMIN_CERT));
+        .unwrap_or_else(|| cli.tls_dir.join(cert_file));
     let key = cli
         .key
         .clone()
-        .unwrap_or_else(|| cli.tls_dir.join(ADMIN_KEY));
+        .unwrap_or_else(|| cli.tls_dir.join(key_file));
     let tls = ClientTls::from_files(&ca, Some((&cert, &key))).context("loading TLS material")?;
     let connector = Connector::new(
         &tls,

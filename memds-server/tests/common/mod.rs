@@ -167,3 +167,31 @@ pub fn server_command(dir: &Path, args: &[&str]) -> std::process::Command {
         .stdout(std::process::Stdio::piped());
     cmd
 }
+
+/// Signs a client certificate with the CA of `ca_dir` (`ca.pem`, `ca.key`) that carries
+/// exactly these URI subject alternative names, and writes it to `ca_dir/<name>.pem` and
+/// `ca_dir/<name>.key`: certificates `memds-ctl pki` would never issue (no role, several).
+pub fn issue_cert_with_uris(ca_dir: &Path, uris: &[&str], name: &str) -> (PathBuf, PathBuf) {
+    let read = |f: &str| std::fs::read_to_string(ca_dir.join(f)).expect("the CA's files");
+    let ca_key = rcgen::KeyPair::from_pem(&read("ca.key")).expect("the CA key parses");
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&read("ca.pem"), ca_key).expect("the CA parses");
+    let mut params = rcgen::CertificateParams::default();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    params.subject_alt_names = uris
+        .iter()
+        .map(|u| rcgen::SanType::URI(u.to_string().try_into().expect("ASCII URI")))
+        .collect();
+    params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let key = rcgen::KeyPair::generate().expect("a key");
+    let cert = params.signed_by(&key, &issuer).expect("signed");
+    let (cert_path, key_path) = (
+        ca_dir.join(format!("{name}.pem")),
+        ca_dir.join(format!("{name}.key")),
+    );
+    std::fs::write(&cert_path, cert.pem()).expect("writing the certificate");
+    std::fs::write(&key_path, key.serialize_pem()).expect("writing the key");
+    (cert_path, key_path)
+}

@@ -1,0 +1,364 @@
+//! The fleet with real processes: three `memds-server` binaries on loopback sharing one
+//! development PKI (`--tls-dir`), peers of each other. Writes reach every server, a server
+//! killed with SIGKILL or paused with SIGSTOP catches up, and a new server is not ready until it
+//! holds what its peers hold.
+
+mod common;
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{connector, table};
+use memds_client::{Client, ClientError, Role};
+use memds_proto::wire::ErrorCode;
+use memds_proto::{TableMap, synth};
+
+/// Anti-entropy period of the test fleets.
+const PERIOD: &str = "0.3";
+/// How long a fleet may take to converge after a fault: several anti-entropy periods, with
+/// room for a debug build on a loaded two-core machine.
+const CONVERGE: Duration = Duration::from_secs(20);
+
+/// A port free on 127.0.0.1 for UDP right now (the server binds it a moment later).
+fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+struct Node {
+    child: Option<Child>,
+    dir: PathBuf,
+    port: u16,
+    metrics: Option<SocketAddr>,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+struct Fleet {
+    root: tempfile::TempDir,
+    nodes: Vec<Node>,
+}
+
+impl Fleet {
+    /// `n` servers, not started.
+    fn new(n: usize) -> Self {
+        let root = tempfile::tempdir().expect("tempdir");
+        let nodes = (0..n)
+            .map(|i| Node {
+                child: None,
+                dir: root.path().join(format!("server-{i}")),
+                port: free_port(),
+                metrics: None,
+            })
+            .collect();
+        Self { root, nodes }
+    }
+
+    fn tls_dir(&self) -> PathBuf {
+        self.root.path().join("pki")
+    }
+
+    fn addr(&self, i: usize) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.nodes[i].port))
+    }
+
+    /// Starts server `i` with every other server as a peer.
+    fn start(&mut self, i: usize) {
+        let peers: Vec<String> = (0..self.nodes.len())
+            .filter(|&j| j != i)
+            .map(|j| self.addr(j).to_string())
+            .collect();
+        let node = &self.nodes[i];
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_memds-server"));
+        cmd.args(["--listen", &self.addr(i).to_string()])
+            .args(["--metrics-listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&node.dir)
+            .arg("--tls-dir")
+            .arg(self.tls_dir())
+            .args(["--anti-entropy-secs", PERIOD]);
+        for p in &peers {
+            cmd.args(["--peer", p]);
+        }
+        let mut child = cmd
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("memds-server starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("the announcement");
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("announcement {line:?}: {e}"));
+        let node = &mut self.nodes[i];
+        node.metrics = Some(
+            v["metrics"]
+                .as_str()
+                .expect("metrics address")
+                .parse()
+                .expect("address"),
+        );
+        node.child = Some(child);
+    }
+
+    fn start_all(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.start(i);
+        }
+    }
+
+    fn kill9(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            c.kill().expect("SIGKILL");
+            c.wait().expect("reaped");
+        }
+    }
+
+    fn signal(&self, i: usize, signal: libc::c_int) {
+        let pid = self.nodes[i].child.as_ref().expect("running").id();
+        // SAFETY: kill(2) on a child this test started and has not reaped; no memory is shared.
+        #[allow(unsafe_code)]
+        let rc = unsafe { libc::kill(pid as libc::pid_t, signal) };
+        assert_eq!(rc, 0, "kill({pid}, {signal})");
+    }
+
+    /// `/ready`'s status and body.
+    fn ready(&self, i: usize) -> (u16, String) {
+        http_get(self.nodes[i].metrics.expect("started"), "/ready")
+    }
+
+    async fn client(&self, i: usize, role: Role) -> Client {
+        connector(&self.tls_dir(), role)
+            .connect(self.addr(i))
+            .await
+            .expect("connects")
+    }
+
+    /// The version of `table` server `i` holds (0 if none), asked with the admin certificate
+    /// (table lists are served before the server is ready).
+    async fn version(&self, i: usize, name: &str) -> u64 {
+        let c = self.client(i, Role::Admin).await;
+        let v = c
+            .list_tables()
+            .await
+            .expect("table list")
+            .into_iter()
+            .find(|t| t.name == name)
+            .map_or(0, |t| t.version);
+        c.close();
+        v
+    }
+
+    /// Waits until every server in `which` holds `name` at `version`; returns how long it took.
+    async fn converged(&self, which: &[usize], name: &str, version: u64) -> Duration {
+        let started = Instant::now();
+        loop {
+            let mut all = true;
+            for &i in which {
+                all &= self.version(i, name).await == version;
+            }
+            if all {
+                return started.elapsed();
+            }
+            assert!(
+                started.elapsed() < CONVERGE,
+                "servers {which:?} did not all reach {name} v{version} within {CONVERGE:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn wait_ready(&self, i: usize) {
+        let started = Instant::now();
+        loop {
+            let (status, body) = self.ready(i);
+            if status == 200 {
+                return;
+            }
+            assert!(
+                started.elapsed() < CONVERGE,
+                "server {i} not ready after {CONVERGE:?}: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut page = String::new();
+    s.read_to_string(&mut page).expect("response");
+    let status = page
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("a status line: {page:?}"));
+    let body = page.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    (status, body)
+}
+
+fn split(map: &TableMap, index: usize) -> memds_proto::wire::PartitionUpdate {
+    synth::split_update(map, index, 1_000_000 + map.version().get())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_reach_every_server_and_a_killed_server_catches_up() {
+    let mut fleet = Fleet::new(3);
+    fleet.start_all();
+    for i in 0..3 {
+        fleet.wait_ready(i).await;
+        assert_eq!(
+            http_get(fleet.nodes[i].metrics.expect("up"), "/health").0,
+            200
+        );
+    }
+
+    // A write to one server reaches the other two by forwarding.
+    let v1 = table(0, 2000, 1);
+    let name = v1.name().as_str().to_owned();
+    let admin = fleet.client(0, Role::Admin).await;
+    admin.put_table(&v1).await.expect("put");
+    let took = fleet.converged(&[1, 2], &name, 1).await;
+    eprintln!("a put reached both peers in {took:?}");
+
+    // Server 2 dies without a word; writes go on; it restarts on its data directory.
+    fleet.kill9(2);
+    let mut map = v1.clone();
+    for i in 0..3 {
+        admin
+            .update_partitions(split(&map, i * 10))
+            .await
+            .expect("update");
+        map = admin
+            .get_table(&name, None)
+            .await
+            .expect("get")
+            .expect("held");
+    }
+    let dropped = table(1, 100, 5);
+    admin.put_table(&dropped).await.expect("put");
+    admin
+        .drop_table(dropped.name().as_str())
+        .await
+        .expect("drop");
+    fleet.converged(&[1], &name, 4).await;
+    fleet.start(2);
+    let took = fleet.converged(&[2], &name, 4).await;
+    eprintln!("the restarted server caught up in {took:?}");
+    fleet.wait_ready(2).await;
+    // It serves the same map as the server written to, and the drop reached it.
+    let c = fleet.client(2, Role::Router).await;
+    let got = c.get_table(&name, None).await.expect("get").expect("held");
+    assert_eq!(got, map);
+    let summary = c.summary().await.expect("summary");
+    assert!(
+        summary
+            .tables
+            .iter()
+            .any(|t| t.name == dropped.name().as_str() && t.dropped && t.version == 5),
+        "the tombstone reached the restarted server: {summary:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_server_converges_after_sigcont() {
+    let mut fleet = Fleet::new(3);
+    fleet.start_all();
+    for i in 0..3 {
+        fleet.wait_ready(i).await;
+    }
+    let mut map = table(0, 2000, 1);
+    let name = map.name().as_str().to_owned();
+    let admin = fleet.client(0, Role::Admin).await;
+    admin.put_table(&map).await.expect("put");
+    fleet.converged(&[1, 2], &name, 1).await;
+
+    // Paused for ten anti-entropy periods while writes flow.
+    fleet.signal(1, libc::SIGSTOP);
+    let paused = Instant::now();
+    while paused.elapsed() < Duration::from_secs(3) {
+        let update = split(&map, (map.version().get() as usize * 7) % 1000);
+        admin.update_partitions(update).await.expect("update");
+        map = admin
+            .get_table(&name, None)
+            .await
+            .expect("get")
+            .expect("held");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let last = map.version().get();
+    fleet.converged(&[2], &name, last).await;
+    fleet.signal(1, libc::SIGCONT);
+    let took = fleet.converged(&[1], &name, last).await;
+    eprintln!("the paused server converged {took:?} after SIGCONT");
+    let c = fleet.client(1, Role::Router).await;
+    assert_eq!(c.get_table(&name, None).await.expect("get"), Some(map));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_server_is_not_ready_until_it_holds_its_peers_tables() {
+    let mut fleet = Fleet::new(3);
+    fleet.start(0);
+    fleet.start(1);
+    fleet.wait_ready(0).await;
+    fleet.wait_ready(1).await;
+    let big = table(0, 300_000, 3);
+    let name = big.name().as_str().to_owned();
+    let admin = fleet.client(0, Role::Admin).await;
+    admin.put_table(&big).await.expect("put");
+    fleet.converged(&[1], &name, 3).await;
+
+    fleet.start(2);
+    let router = fleet.client(2, Role::Router).await;
+    let started = Instant::now();
+    let mut not_ready_seen = 0;
+    loop {
+        let (status, body) = fleet.ready(2);
+        let held = fleet.version(2, &name).await;
+        if status == 200 {
+            assert_eq!(held, 3, "ready before holding the 300,000-partition table");
+            break;
+        }
+        assert_eq!(status, 503, "{body}");
+        assert!(
+            body.starts_with("not ready: "),
+            "a one-line reason: {body:?}"
+        );
+        not_ready_seen += 1;
+        // A router asking a server that is not ready is told to go elsewhere.
+        match router.lookup(&name, 42).await {
+            Err(ClientError::Server(e)) => assert_eq!(e.code, ErrorCode::Unavailable, "{e:?}"),
+            other => {
+                // Only possible if it became ready between the two checks.
+                assert_eq!(fleet.ready(2).0, 200, "a lookup before ready: {other:?}");
+            }
+        }
+        assert!(started.elapsed() < CONVERGE, "never ready: {body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "the new server was ready after {:?} ({not_ready_seen} polls answered 503)",
+        started.elapsed()
+    );
+    assert!(not_ready_seen > 0, "the first poll already found it ready");
+    let routes = router.lookup(&name, 42).await.expect("served once ready");
+    assert_eq!(routes.table_version, 3);
+}
