@@ -44,8 +44,16 @@ pub const RESOLVE_EVERY: Duration = Duration::from_secs(10);
 pub const FORWARD_QUEUE: usize = 1024;
 /// The shortest time between two anti-entropy rounds, however often a round is asked for.
 const MIN_ROUND_GAP: Duration = Duration::from_millis(100);
-/// How long one request to a peer may take (a pull of a large table included).
-const PEER_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long one pull of a table from a peer may take (a large table included).
+const PULL_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a forwarded write may take to be answered.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a peer may take to answer a summary: a few periods, so that a peer that stopped
+/// answering (paused, cut off) holds up no round for long.
+fn summary_timeout(period: Duration) -> Duration {
+    (period * 3).clamp(Duration::from_secs(1), Duration::from_secs(10))
+}
 /// How long connecting to a peer may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -304,6 +312,7 @@ pub async fn run(tasks: FleetTasks, mut shutdown: watch::Receiver<bool>) {
         next: 0,
         caught_up: HashMap::new(),
         started: Instant::now(),
+        period: tasks.config.anti_entropy,
         unready_rounds: HashSet::new(),
         unreachable: HashSet::new(),
     };
@@ -430,27 +439,36 @@ async fn forward_to(peer: SocketAddr, connector: Connector, mut rx: mpsc::Receiv
                 }
             },
         };
-        match c.call_timeout(&request, PEER_TIMEOUT).await {
+        match c.call_timeout(&request, FORWARD_TIMEOUT).await {
             Ok(Response::Written(_) | Response::Dropped { .. }) => {
                 ::metrics::counter!("memds_forwards_total", "peer" => label.clone(), "result" => "sent", "reason" => "")
                     .increment(1);
                 client = Some(c);
             }
-            // The peer holds something newer, or lacks the base of an update: its own
-            // anti-entropy settles it.
-            Ok(Response::Error(e)) if matches!(e.code, ErrorCode::Stale | ErrorCode::Conflict) => {
+            // The peer holds something newer, or lacks the base of an update (it catches up by
+            // anti-entropy): delivered, and nothing more to do.
+            Err(ClientError::Server(e))
+                if matches!(e.code, ErrorCode::Stale | ErrorCode::Conflict) =>
+            {
                 ::metrics::counter!("memds_forwards_total", "peer" => label.clone(), "result" => "sent", "reason" => "")
                     .increment(1);
                 client = Some(c);
             }
-            Ok(other) => {
-                tracing::warn!(%peer, answer = ?short(&other), "forwarding: the peer refused a write");
+            Err(ClientError::Server(e)) => {
+                tracing::warn!(%peer, code = e.code.as_str(), message = %e.message, "forwarding: the peer refused a write");
                 forward_failed(peer, "refused");
                 client = Some(c);
             }
+            Ok(other) => {
+                tracing::warn!(%peer, answer = ?short(&other), "forwarding: an unexpected answer");
+                forward_failed(peer, "refused");
+                client = Some(c);
+            }
+            // The connection is gone or stuck: the next write dials again.
             Err(e) => {
                 tracing::debug!(%peer, error = %e, "forwarding: send failed");
                 forward_failed(peer, "send");
+                c.close();
             }
         }
     }
@@ -490,6 +508,8 @@ struct AntiEntropy {
     /// When this server last held everything each peer advertised.
     caught_up: HashMap<SocketAddr, Instant>,
     started: Instant,
+    /// Time between rounds.
+    period: Duration,
     /// Peers with which a round completed while neither side was ready.
     unready_rounds: HashSet<SocketAddr>,
     /// Peers whose last round failed (unreachable, or the exchange broke).
@@ -591,6 +611,9 @@ impl AntiEntropy {
             Err(reason) => {
                 ::metrics::counter!("memds_anti_entropy_rounds_total", "result" => "failed")
                     .increment(1);
+                if let Some(c) = self.clients.get(&peer) {
+                    c.close();
+                }
                 let since = self.caught_up.get(&peer).copied().unwrap_or(self.started);
                 ::metrics::gauge!("memds_peer_lag_seconds", "peer" => label)
                     .set(since.elapsed().as_secs_f64());
@@ -623,7 +646,10 @@ impl AntiEntropy {
     /// this server.
     async fn exchange(&mut self, peer: SocketAddr) -> Result<Option<RoundReport>, String> {
         let client = self.client(peer).await.map_err(|e| e.to_string())?;
-        let theirs = match client.call_timeout(&Request::Summary, PEER_TIMEOUT).await {
+        let theirs = match client
+            .call_timeout(&Request::Summary, summary_timeout(self.period))
+            .await
+        {
             Ok(Response::Summary(s)) => s,
             Ok(other) => return Err(format!("summary: {}", short(&other))),
             Err(e) => return Err(e.to_string()),
@@ -667,9 +693,12 @@ impl AntiEntropy {
                     version: Some(entry.version),
                 }
             } else {
-                let got = client
-                    .get_table_snapshot(&entry.name, held.map(|(v, _)| v))
-                    .await;
+                let got = tokio::time::timeout(
+                    PULL_TIMEOUT,
+                    client.get_table_snapshot(&entry.name, held.map(|(v, _)| v)),
+                )
+                .await
+                .unwrap_or(Err(ClientError::Timeout(PULL_TIMEOUT)));
                 match got {
                     Ok(Some((_, snapshot))) => {
                         report.bytes += snapshot.len() as u64;
@@ -726,7 +755,10 @@ impl AntiEntropy {
             let Ok(client) = self.client(peer).await else {
                 continue;
             };
-            let snapshot = match client.get_table_snapshot(table, None).await {
+            let got = tokio::time::timeout(PULL_TIMEOUT, client.get_table_snapshot(table, None))
+                .await
+                .unwrap_or(Err(ClientError::Timeout(PULL_TIMEOUT)));
+            let snapshot = match got {
                 Ok(Some((_, s))) => s,
                 Ok(None) | Err(_) => continue,
             };
