@@ -423,8 +423,9 @@ impl CompactTable {
     }
 
     /// A copy with one bit of the packed partition data flipped (`bit` modulo the data's
-    /// length), as a memory fault would leave it: for tests of the scrubbing that must catch it.
-    #[cfg(feature = "testing")]
+    /// length), as a memory fault would leave it: for tests of the scrubbing that must catch it
+    /// (the server's `scrub-damage` failpoint uses it too).
+    #[doc(hidden)]
     pub fn damaged_copy(&self, bit: usize) -> Self {
         let mut copy = self.clone();
         let bits = copy.data.len() * 64;

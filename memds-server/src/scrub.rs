@@ -90,6 +90,12 @@ pub fn scrub_pass_with(
     jobs: &mpsc::Sender<Job>,
     mut unrepaired: impl FnMut(&str),
 ) -> PassReport {
+    if injected_damage() {
+        let tables = store.tables();
+        if let Some((name, t)) = tables.iter().next() {
+            store.inject_damage(name, Arc::new(t.damaged_copy(7)));
+        }
+    }
     let mut report = PassReport::default();
     for (name, table) in store.tables().iter() {
         report.tables += 1;
@@ -136,6 +142,13 @@ pub fn scrub_pass_with(
     metrics::counter!("memds_scrub_passes_total").increment(1);
     metrics::counter!("memds_scrub_bytes_total").increment(report.bytes);
     report
+}
+
+/// Whether a test asked (failpoint `scrub-damage`) for a resident table to be damaged before
+/// this pass, as a memory fault would.
+fn injected_damage() -> bool {
+    fail::fail_point!("scrub-damage", |_| true);
+    false
 }
 
 #[cfg(test)]

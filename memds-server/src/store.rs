@@ -123,6 +123,14 @@ impl Store {
             .store(interner.resident_bytes() as u64, Ordering::Relaxed);
     }
 
+    /// Replaces one resident table in place, as a memory fault would: only the scrubber's
+    /// `scrub-damage` failpoint does this, to test repairs end to end.
+    pub(crate) fn inject_damage(&self, name: &str, table: Arc<CompactTable>) {
+        let mut next = (*self.tables()).clone();
+        next.insert(name.to_owned(), table);
+        self.tables.store(Arc::new(next));
+    }
+
     /// The encoded get-table answers.
     pub fn snapshots(&self) -> &SnapshotCache {
         &self.snapshots

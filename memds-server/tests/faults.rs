@@ -372,3 +372,87 @@ async fn a_refused_write_over_quic_changes_nothing_after_a_restart() {
     check_restart_after(&mut s, &dir, &acked, "refused write").await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A resident table is damaged (as a memory fault would) on a server whose data directory can
+/// no longer rebuild it (its log is gone): the scrubber hands it to the fleet, which installs a
+/// peer's copy of the same version and checkpoints it, so a restart finds the table whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_table_the_disk_cannot_rebuild_is_repaired_from_a_peer() {
+    let _scenario = fail::FailScenario::setup();
+    let root = tempfile::tempdir().expect("tempdir");
+    let ports: Vec<u16> = (0..2)
+        .map(|_| {
+            std::net::UdpSocket::bind("127.0.0.1:0")
+                .and_then(|s| s.local_addr())
+                .expect("a free port")
+                .port()
+        })
+        .collect();
+    let pki = root.path().join("pki");
+    let config = |i: usize, scrub: Option<std::time::Duration>| {
+        let pki = pki.clone();
+        let peer = format!("127.0.0.1:{}", ports[1 - i]);
+        let port = ports[i];
+        move |c: &mut ServerConfig| {
+            c.listen = SocketAddr::from(([127, 0, 0, 1], port));
+            c.dev_tls_dir = Some(pki);
+            c.fleet.peers = vec![peer];
+            c.fleet.anti_entropy = std::time::Duration::from_millis(200);
+            c.scrub_interval = scrub;
+        }
+    };
+    // The healthy peer does not scrub, so the failpoint damages only the other server's table.
+    let mut healthy = TestServer::start_configured(root.path().join("a"), config(0, None)).await;
+    let dir = root.path().join("b");
+    let scrub = Some(std::time::Duration::from_millis(100));
+    let mut damaged = TestServer::start_configured(dir.clone(), config(1, scrub)).await;
+    let map = table(0, 2000, 3);
+    let name = map.name().as_str().to_owned();
+    let admin = healthy.client(Role::Admin).await;
+    admin.put_table(&map).await.expect("put");
+    let deadline = Instant::now() + std::time::Duration::from_secs(20);
+    let reader = damaged.client(Role::Admin).await;
+    while reader.list_tables().await.expect("tables").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the table never reached the peer"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // The data directory loses its log: it cannot rebuild the table any more.
+    for entry in std::fs::read_dir(&dir).expect("data dir") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "log") {
+            std::fs::remove_file(&path).expect("removing the log");
+        }
+    }
+    let before = metric(
+        &damaged.scrape().await,
+        "memds_scrub_repairs_total{result=\"from_peer\"}",
+    );
+    fail::cfg("scrub-damage", "1*return").expect("failpoint");
+    while metric(
+        &damaged.scrape().await,
+        "memds_scrub_repairs_total{result=\"from_peer\"}",
+    ) <= before
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the table was never repaired from the peer"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    fail::remove("scrub-damage");
+    assert_eq!(
+        reader.get_table(&name, None).await.expect("get"),
+        Some(map.clone()),
+        "the repaired server serves the acknowledged table"
+    );
+    // The repair was checkpointed: the directory alone restores the table.
+    damaged.stop().await;
+    let mut restarted = TestServer::start_configured(dir, |c| c.scrub_interval = None).await;
+    let c = restarted.client(Role::Admin).await;
+    assert_eq!(c.get_table(&name, None).await.expect("get"), Some(map));
+    restarted.stop().await;
+    healthy.stop().await;
+}

@@ -60,8 +60,12 @@ impl TestServer {
         }
     }
 
+    /// The development PKI the server uses (`<data-dir>/tls` unless configured elsewhere).
     pub fn tls_dir(&self) -> PathBuf {
-        self.data_dir.join("tls")
+        self.server
+            .as_ref()
+            .and_then(|s| s.tls_dir.clone())
+            .unwrap_or_else(|| self.data_dir.join("tls"))
     }
 
     pub fn metrics_addr(&self) -> SocketAddr {
