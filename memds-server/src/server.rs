@@ -420,7 +420,12 @@ async fn handle_connection(
     ctx: Arc<Ctx>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let conn = match incoming.await {
+    // A handshake in progress does not hold up shutdown.
+    let handshake = tokio::select! {
+        _ = shutdown.wait_for(|stop| *stop) => return,
+        handshake = incoming => handshake,
+    };
+    let conn = match handshake {
         Ok(c) => c,
         Err(e) => {
             metrics::counter_refused("handshake");

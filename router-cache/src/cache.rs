@@ -7,6 +7,21 @@
 //! servers picked by power of two choices on in-flight requests. Answers refresh the cache
 //! (confirming unchanged routes in place) and complete waiting misses. A miss still unanswered
 //! after the hedge delay is sent to a second server as well; the first answer wins.
+//!
+//! Versions: the cache keeps, per table, the newest table version any server has answered
+//! with, and every lookup it sends (miss or refresh, hedges and retries included) carries it
+//! as `min_version`. A server holding an older version answers `behind`; one that has not yet
+//! caught up with its peers since it started answers `unavailable`. Either is a refusal, not a
+//! failure: the batch's waiting misses are sent again to a server of the fleet that has not
+//! refused the batch, within the request timeout, and fail ([`CacheError::Refused`]) only once
+//! every connected server of the fleet has refused it; a batch of refreshes only is not resent
+//! (its hits were answered already). An answer older than the newest version seen by the time
+//! it arrives (the request left before that version was seen, or the server ignored
+//! `min_version`) is not applied either: it is counted as `behind` and its misses are sent
+//! again. So a miss is not answered from a table version older than the newest the cache had
+//! seen when the answer arrived, and cached routes never move backwards (the staleness rules of
+//! [`crate::table`] refuse older answers besides). A cached route that a newer version confirms
+//! unchanged keeps the `version` it was first cached at.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -21,7 +36,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use crossbeam_queue::ArrayQueue;
 use memds_client::{ClientError, ClientTls, ConnectOptions, Connector, PendingReply};
 use memds_proto::model::MAX_REPLICAS;
-use memds_proto::wire::{self, ErrorReply, NodeList, Request, Response, Routes};
+use memds_proto::wire::{self, ErrorCode, ErrorReply, NodeList, Request, Response, Routes};
 use memds_proto::{MapError, Route, TableName, key_hash};
 use rustc_hash::FxBuildHasher;
 use tokio::sync::{Notify, oneshot, watch};
@@ -165,9 +180,32 @@ pub enum CacheError {
     /// The fleet did not answer a miss in time (or no server was reachable).
     #[error("no route from the fleet within {0:?} (servers up: {1})")]
     Timeout(Duration, usize),
-    /// The fleet answered with an error (for instance an unknown table).
+    /// The fleet answered with an error (for instance an unknown table). Never `behind` or
+    /// `unavailable`: those are [`CacheError::Refused`].
     #[error("the fleet answered {}: {}", .0.code.as_str(), .0.message)]
     Server(ErrorReply),
+    /// Servers refused the lookup as behind the newest version of the table this cache has
+    /// seen (`behind`) or as not ready (`unavailable`), and no server answered it: every
+    /// connected server of the fleet refused (`behind + unavailable` of `servers`; the others
+    /// were not connected). No route older than what the cache has seen is given instead.
+    #[error(
+        "{} of the fleet's {servers} servers refused the lookup ({behind} behind{}, {unavailable} \
+         not ready); last: {last}",
+        behind + unavailable,
+        min_version.map(|v| format!(" version {v}")).unwrap_or_default()
+    )]
+    Refused {
+        /// Servers in the fleet.
+        servers: usize,
+        /// Servers that answered `behind`.
+        behind: usize,
+        /// Servers that answered `unavailable` (not caught up with their peers yet).
+        unavailable: usize,
+        /// The lowest table version the lookup accepted: the newest the cache had seen.
+        min_version: Option<u64>,
+        /// The last refusal.
+        last: ErrorReply,
+    },
     /// The cache could not start (bad TLS material, no endpoint).
     #[error("starting the cache: {0}")]
     Start(String),
@@ -204,7 +242,8 @@ pub struct CacheStats {
     pub hedged: u64,
     /// Answers that changed a cached route (inserted or replaced).
     pub refreshes_changed: u64,
-    /// Refreshes dropped: queue full, or no server to send them to.
+    /// Refreshes dropped: queue full, no server to send them to, or no answer from the fleet
+    /// (a refusal is counted in `behind` or `unavailable` instead).
     pub dropped: u64,
     /// Server answers refused whole as malformed (a route count other than the hashes asked, a
     /// route that does not hold its hash, a bad replica list, a node list not sorted by id or
@@ -212,6 +251,19 @@ pub struct CacheStats {
     /// whole-table snapshot over the limit or invalid); each batch was retried on another
     /// server.
     pub protocol_errors: u64,
+    /// Lookups refused as `behind` (hashes in the frames refused): the server held an older
+    /// version of the table than the newest this cache had seen, which every lookup carries as
+    /// its `min_version`. Also counted here: answers at an older version than the cache had
+    /// seen by the time they arrived (not applied). Misses among them were sent again
+    /// ([`CacheStats::retried_elsewhere`]); refreshes were not. A whole-table download
+    /// (Classic) refused, or older than a version seen, counts one.
+    pub behind: u64,
+    /// Lookups refused as `unavailable`: the server had not caught up with its peers since it
+    /// started (not ready). Misses among them were sent again; refreshes were not.
+    pub unavailable: u64,
+    /// Lookups sent again to another server after a refusal (`behind` or `unavailable`): the
+    /// whole batch of a refused frame that had misses waiting. Not counted in `hedged`.
+    pub retried_elsewhere: u64,
     /// Jobs queued or in flight.
     pub queue_depth: u64,
     /// Routes cached, over all tables.
@@ -237,6 +289,12 @@ struct Counters {
     dropped: AtomicU64,
     /// Server answers refused as malformed.
     protocol_errors: AtomicU64,
+    /// Lookups refused as behind (or answered at an older version than seen).
+    behind: AtomicU64,
+    /// Lookups refused as unavailable (server not ready).
+    unavailable: AtomicU64,
+    /// Lookups sent again after a refusal.
+    retried: AtomicU64,
     /// Misses queued.
     miss_jobs: AtomicU64,
     /// Jobs taken off the queue and finished.
@@ -318,6 +376,23 @@ struct TableState {
     nodes: ArcSwap<NodeList>,
     nodes_fetch: tokio::sync::Mutex<()>,
     downloaded: AtomicBool,
+    /// One more than the newest table version a server has answered with; 0 while none has.
+    newest_seen: AtomicU64,
+}
+
+impl TableState {
+    /// The newest version of the table a server has answered with: the `min_version` of
+    /// every lookup sent for the table. Never decreases.
+    fn newest_version(&self) -> Option<u64> {
+        self.newest_seen.load(Ordering::Acquire).checked_sub(1)
+    }
+
+    /// Records a version a server answered with. (Version `u64::MAX` is recorded as one less,
+    /// the only version the encoding cannot tell apart.)
+    fn saw_version(&self, version: u64) {
+        self.newest_seen
+            .fetch_max(version.saturating_add(1), Ordering::AcqRel);
+    }
 }
 
 /// One queued lookup.
@@ -487,7 +562,9 @@ impl RouterCache {
         applied == Applied::Changed
     }
 
-    /// Forgets every cached route (what a router restart does to a cache).
+    /// Forgets every cached route (what a router restart does to a cache). The newest version
+    /// of each table seen is kept: a flushed cache still asks for at least that version, so it
+    /// never hands out routes older than those it handed out before the flush.
     pub fn clear(&self) {
         for t in self.inner.all_tables() {
             t.routes.clear();
@@ -536,6 +613,9 @@ impl RouterCache {
             refreshes_changed: c.changed.load(Ordering::Relaxed),
             dropped: c.dropped.load(Ordering::Relaxed) + self.inner.per_thread_sum(|t| &t.refused),
             protocol_errors: c.protocol_errors.load(Ordering::Relaxed),
+            behind: c.behind.load(Ordering::Relaxed),
+            unavailable: c.unavailable.load(Ordering::Relaxed),
+            retried_elsewhere: c.retried.load(Ordering::Relaxed),
             queue_depth: self.inner.outstanding(),
             entries,
             servers_up: self.inner.fleet.up() as u64,
@@ -597,6 +677,7 @@ impl Inner {
             nodes: ArcSwap::from_pointee(NodeList::default()),
             nodes_fetch: tokio::sync::Mutex::new(()),
             downloaded: AtomicBool::new(false),
+            newest_seen: AtomicU64::new(0),
         });
         registry.by_id.push(Arc::clone(&t));
         registry
@@ -747,7 +828,9 @@ impl Inner {
         }
     }
 
-    /// Classic mode's first touch: the whole table, from one server.
+    /// Classic mode's first touch: the whole table, from one server. A server that refuses
+    /// (behind, not ready) or sends a table older than a version the cache has seen is not
+    /// asked again; the download fails once every connected server has refused.
     async fn download(&self, t: &TableState) -> Result<(), CacheError> {
         let _guard = t.nodes_fetch.lock().await;
         if t.downloaded.load(Ordering::SeqCst) {
@@ -755,8 +838,17 @@ impl Inner {
         }
         let deadline = Instant::now() + self.request_timeout;
         let mut tried: Option<usize> = None;
-        while Instant::now() < deadline {
-            let Some(server) = self.fleet.pick(tried).or_else(|| self.fleet.pick(None)) else {
+        let mut refusals = Refusals::default();
+        while Instant::now() < deadline && !refusals.all(self.fleet.len()) {
+            let Some(server) = self
+                .fleet
+                .pick(&refusals.avoiding(tried))
+                .or_else(|| self.fleet.pick(&refusals.servers))
+            else {
+                if !refusals.servers.is_empty() {
+                    // Every connected server refused.
+                    break;
+                }
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             };
@@ -777,7 +869,23 @@ impl Inner {
                 break;
             };
             match answer {
+                Ok(Some(map))
+                    if t.newest_version()
+                        .is_some_and(|newest| map.version().get() < newest) =>
+                {
+                    let reply = ErrorReply::new(
+                        ErrorCode::Behind,
+                        format!(
+                            "sent version {} of the table, older than the {} already seen",
+                            map.version().get(),
+                            t.newest_version().unwrap_or_default()
+                        ),
+                    );
+                    self.count_refusal(&reply, 1);
+                    refusals.add(server.index, reply);
+                }
                 Ok(Some(map)) => {
+                    t.saw_version(map.version().get());
                     let now = self.now();
                     let compact = memds_proto::CompactTable::new(
                         &map,
@@ -791,6 +899,10 @@ impl Inner {
                     return Ok(());
                 }
                 Ok(None) => return Ok(()),
+                Err(ClientError::Server(e)) if is_refusal(e.code) => {
+                    self.count_refusal(&e, 1);
+                    refusals.add(server.index, e);
+                }
                 Err(ClientError::Server(e)) => return Err(CacheError::Server(e)),
                 // A snapshot over the limit (or damaged, or of another table) is refused before
                 // it is used; another server may send one that is not.
@@ -800,7 +912,24 @@ impl Inner {
                 Err(_) => {}
             }
         }
-        Err(CacheError::Timeout(self.request_timeout, self.fleet.up()))
+        Err(self.give_up(&refusals, t))
+    }
+
+    /// The error of a request no server answered: the refusals if any server refused, else a
+    /// timeout.
+    fn give_up(&self, refusals: &Refusals, t: &TableState) -> CacheError {
+        refusals
+            .error(self.fleet.len(), t.newest_version())
+            .unwrap_or(CacheError::Timeout(self.request_timeout, self.fleet.up()))
+    }
+
+    /// Counts `lookups` refused for `reply`'s reason (`behind` or `unavailable`).
+    fn count_refusal(&self, reply: &ErrorReply, lookups: u64) {
+        let counter = match reply.code {
+            ErrorCode::Behind => &self.counters.behind,
+            _ => &self.counters.unavailable,
+        };
+        add(counter, lookups);
     }
 
     fn job_done(&self, n: u64) {
@@ -950,6 +1079,8 @@ struct Batch {
     refreshes: u64,
     waiters: Mutex<Vec<Option<Waiter>>>,
     deadline: Instant,
+    /// The servers that refused the batch (or its hedge): none is asked again for it.
+    refusals: Mutex<Refusals>,
 }
 
 impl Batch {
@@ -967,6 +1098,65 @@ impl Batch {
         if let Some(w) = waiter {
             let _ = w.send(result);
         }
+    }
+
+    fn refusals(&self) -> std::sync::MutexGuard<'_, Refusals> {
+        self.refusals.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Whether a server's error answer to a lookup means "ask another server": it holds an older
+/// version of the table than the lookup's `min_version` (`behind`), or it has not caught up
+/// with its peers since it started (`unavailable`, not ready).
+fn is_refusal(code: ErrorCode) -> bool {
+    matches!(code, ErrorCode::Behind | ErrorCode::Unavailable)
+}
+
+/// The servers that refused one request (a batch, or a whole-table download).
+#[derive(Debug, Default)]
+struct Refusals {
+    /// Their positions in the fleet, each once.
+    servers: Vec<usize>,
+    /// How many of them answered `behind` (the others answered `unavailable`).
+    behind: usize,
+    /// The last refusal.
+    last: Option<ErrorReply>,
+}
+
+impl Refusals {
+    fn add(&mut self, server: usize, reply: ErrorReply) {
+        if !self.servers.contains(&server) {
+            self.servers.push(server);
+            if reply.code == ErrorCode::Behind {
+                self.behind += 1;
+            }
+        }
+        self.last = Some(reply);
+    }
+
+    /// Whether every server of a fleet of `servers` refused.
+    fn all(&self, servers: usize) -> bool {
+        self.servers.len() >= servers
+    }
+
+    /// The servers to avoid: those that refused, and `failed` (the server that last failed,
+    /// avoided when another is up).
+    fn avoiding(&self, failed: Option<usize>) -> Vec<usize> {
+        let mut avoid = self.servers.clone();
+        avoid.extend(failed);
+        avoid
+    }
+
+    /// The error for a request no server answered, if any server refused it.
+    fn error(&self, servers: usize, min_version: Option<u64>) -> Option<CacheError> {
+        let last = self.last.clone()?;
+        Some(CacheError::Refused {
+            servers,
+            behind: self.behind,
+            unavailable: self.servers.len() - self.behind,
+            min_version,
+            last,
+        })
     }
 }
 
@@ -990,36 +1180,69 @@ fn send_batch(inner: &Arc<Inner>, table: Arc<TableState>, jobs: Vec<Job>) {
         refreshes,
         waiters: Mutex::new(waiters),
         deadline,
+        refusals: Mutex::new(Refusals::default()),
     });
     tokio::spawn(run_batch(Arc::clone(inner), batch));
 }
 
-/// Sends a batch, hedges its misses if late, applies the answer, retries misses on failure.
+/// Sends a batch, hedges its misses if late, applies the answer, retries misses on failure or
+/// refusal. A server that refused the batch (behind, not ready) is not asked again for it; the
+/// misses fail once every connected server of the fleet has refused, or at their deadline.
 async fn run_batch(inner: Arc<Inner>, batch: Arc<Batch>) {
     let n = batch.hashes.len() as u64;
-    let mut tried: Option<usize> = None;
+    let servers = inner.fleet.len();
+    // The server that last failed (no answer, a malformed one): avoided while another is up,
+    // asked again when none is.
+    let mut failed: Option<usize> = None;
     let mut answered = false;
+    // Whether some server refused the batch (its refreshes are then counted there, not as
+    // dropped), and whether the next send is a retry after a refusal.
+    let mut refused = false;
+    let mut retry = false;
     loop {
-        let Some(server) = inner.fleet.pick(tried).or_else(|| inner.fleet.pick(None)) else {
-            // No server: refreshes are dropped, misses wait for one until their deadline.
-            if batch.pending_misses().is_empty() || Instant::now() >= batch.deadline {
+        let (avoid, refusers) = {
+            let r = batch.refusals();
+            if r.all(servers) {
+                break;
+            }
+            (r.avoiding(failed), r.servers.clone())
+        };
+        let Some(server) = inner
+            .fleet
+            .pick(&avoid)
+            .or_else(|| inner.fleet.pick(&refusers))
+        else {
+            // No server to ask: refreshes are dropped. After a refusal the misses fail now (the
+            // servers not asked are not connected, and one that comes back is not ready at
+            // first); before any, they wait for a server until their deadline.
+            if !refusers.is_empty()
+                || batch.pending_misses().is_empty()
+                || Instant::now() >= batch.deadline
+            {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
-        if tried == Some(server.index) {
+        if failed == Some(server.index) {
             // The same server again (no other is up) after it failed: not in a tight loop.
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        tried = Some(server.index);
+        if std::mem::take(&mut retry) {
+            add(&inner.counters.retried, n);
+        }
         let sent = Instant::now();
         // No server is waited for longer than the request timeout, for its answer or for the
         // node list the answer needs: one that never answers must not hold the batch, and the
         // jobs `outstanding` counts, forever.
         let until = sent + inner.request_timeout;
         let (in_flight, rx) = server
-            .send(&inner, batch.table.name.as_str(), batch.hashes.clone())
+            .send(
+                &inner,
+                batch.table.name.as_str(),
+                batch.hashes.clone(),
+                batch.table.newest_version(),
+            )
             .await;
         let hedge = (!batch.pending_misses().is_empty()).then(|| {
             tokio::spawn(hedge_later(
@@ -1043,6 +1266,7 @@ async fn run_batch(inner: Arc<Inner>, batch: Arc<Batch>) {
                 crate::metrics::round_trip(sent.elapsed());
                 apply(&inner, &batch, &server, routes, None, until).await
             }
+            Ok(Response::Error(e)) if is_refusal(e.code) => Err(Unapplied::Refused(e)),
             Ok(Response::Error(e)) => {
                 for i in batch.pending_misses() {
                     batch.complete(i, Err(CacheError::Server(e.clone())));
@@ -1059,43 +1283,74 @@ async fn run_batch(inner: Arc<Inner>, batch: Arc<Batch>) {
             }
             Err(Unapplied::Malformed(reason)) => {
                 refuse(&inner, &server, &batch.table.name, &reason);
+                failed = Some(server.index);
             }
-            Err(Unapplied::Failed) => {}
+            Err(Unapplied::Failed) => failed = Some(server.index),
+            Err(Unapplied::Refused(reply)) => {
+                tracing::debug!(
+                    server = %server.client.remote_address(),
+                    table = %batch.table.name,
+                    %reply,
+                    "refused; asking another server"
+                );
+                inner.count_refusal(&reply, n);
+                batch.refusals().add(server.index, reply);
+                (refused, retry) = (true, true);
+            }
+            Err(Unapplied::Outdated(reason)) => {
+                tracing::debug!(
+                    server = %server.client.remote_address(),
+                    table = %batch.table.name,
+                    %reason,
+                    "an outdated answer; asking another server"
+                );
+                add(&inner.counters.behind, n);
+                failed = Some(server.index);
+                (refused, retry) = (true, true);
+            }
         }
-        // The server failed or lied: misses try another until their deadline; refreshes go.
+        // The server failed, lied or refused: misses try another until their deadline;
+        // refreshes go (their hits were answered already).
         if batch.pending_misses().is_empty() || Instant::now() >= batch.deadline {
             break;
         }
     }
-    if !answered {
+    if !answered && !refused {
         add(&inner.counters.dropped, batch.refreshes);
     }
-    for i in batch.pending_misses() {
-        batch.complete(
-            i,
-            Err(CacheError::Timeout(inner.request_timeout, inner.fleet.up())),
-        );
+    let misses = batch.pending_misses();
+    if !misses.is_empty() {
+        let error = inner.give_up(&batch.refusals(), &batch.table);
+        for i in misses {
+            batch.complete(i, Err(error.clone()));
+        }
     }
     inner.job_done(n);
 }
 
-/// After the hedge delay, sends the still-waiting misses of a batch to another server.
+/// After the hedge delay, sends the still-waiting misses of a batch to another server (one that
+/// has not refused the batch).
 async fn hedge_later(inner: Arc<Inner>, batch: Arc<Batch>, first: usize) {
     tokio::time::sleep(inner.hedge_delay).await;
     let misses = batch.pending_misses();
     if misses.is_empty() {
         return;
     }
-    let Some(server) = inner.fleet.pick(Some(first)) else {
+    let avoid = batch.refusals().avoiding(Some(first));
+    let Some(server) = inner.fleet.pick(&avoid) else {
         return;
     };
-    if server.index == first {
-        return;
-    }
     add(&inner.counters.hedged, misses.len() as u64);
     let hashes: Vec<u64> = misses.iter().map(|&i| batch.hashes[i]).collect();
     let until = Instant::now() + inner.request_timeout;
-    let (in_flight, rx) = server.send(&inner, batch.table.name.as_str(), hashes).await;
+    let (in_flight, rx) = server
+        .send(
+            &inner,
+            batch.table.name.as_str(),
+            hashes,
+            batch.table.newest_version(),
+        )
+        .await;
     let Some(rx) = rx else {
         return;
     };
@@ -1106,13 +1361,21 @@ async fn hedge_later(inner: Arc<Inner>, batch: Arc<Batch>, first: usize) {
         Ok(Response::Routes(routes)) => {
             apply(&inner, &batch, &server, routes, Some(&misses), until).await
         }
+        Ok(Response::Error(e)) if is_refusal(e.code) => Err(Unapplied::Refused(e)),
         // The first server's answer, or its retries, still completes the misses.
         Ok(Response::Error(_)) => Ok(()),
         Err(e) => Err(Unapplied::from(e)),
         Ok(other) => Err(Unapplied::from(ClientError::unexpected(&other))),
     };
-    if let Err(Unapplied::Malformed(reason)) = outcome {
-        refuse(&inner, &server, &batch.table.name, &reason);
+    match outcome {
+        Err(Unapplied::Malformed(reason)) => refuse(&inner, &server, &batch.table.name, &reason),
+        // Counted; the batch does not ask this server again.
+        Err(Unapplied::Refused(reply)) => {
+            inner.count_refusal(&reply, misses.len() as u64);
+            batch.refusals().add(server.index, reply);
+        }
+        Err(Unapplied::Outdated(_)) => add(&inner.counters.behind, misses.len() as u64),
+        Ok(()) | Err(Unapplied::Failed) => {}
     }
 }
 
@@ -1124,6 +1387,13 @@ enum Unapplied {
     /// No answer in time, a connection lost, or no node list to resolve the answer with (the
     /// server could not send it, or the table changed in the meantime).
     Failed,
+    /// The server refused the lookup: `behind` the version asked for, or `unavailable` (not
+    /// ready). It is not asked again for the batch.
+    Refused(ErrorReply),
+    /// The answer is at an older table version than the cache has seen by now (the request
+    /// left before that version was seen, or the server ignored `min_version`): counted as
+    /// `behind`, and the misses are asked again.
+    Outdated(String),
 }
 
 impl From<ClientError> for Unapplied {
@@ -1153,7 +1423,10 @@ fn refuse(inner: &Inner, server: &Server, table: &TableName, reason: &str) {
 /// the answer's routes to batch indexes when the answer is a hedge's; a node list it needs is
 /// fetched by `until`. An answer that fails [`check_answer`] is refused whole before anything
 /// of it is used, and one whose routes name nodes missing from its node list before any of its
-/// routes is inserted.
+/// routes is inserted. An answer at an older table version than the cache has seen is not
+/// used at all ([`Unapplied::Outdated`]): a miss is never handed a route older than one the
+/// cache could have given (and the table's staleness rules keep cached routes from moving
+/// backwards besides); a newer one raises the version every later lookup asks for.
 async fn apply(
     inner: &Inner,
     batch: &Batch,
@@ -1168,6 +1441,15 @@ async fn apply(
     let asked = subset.map_or(batch.hashes.len(), <[usize]>::len);
     let ids = check_answer(&routes, asked, |k| batch.hashes[index_of(k)])
         .map_err(Unapplied::Malformed)?;
+    if let Some(newest) = t.newest_version()
+        && routes.table_version < newest
+    {
+        return Err(Unapplied::Outdated(format!(
+            "answered at version {}, older than the {newest} already seen",
+            routes.table_version
+        )));
+    }
+    t.saw_version(routes.table_version);
     let mut to_insert = Vec::new();
     for (k, r) in routes.routes.iter().enumerate() {
         match t.routes.check(routes.table_version, r, ids[k], now) {
@@ -1312,13 +1594,15 @@ async fn nodes_for(
 }
 
 impl Server {
-    /// Sends a batch lookup; `None` if the connection is gone. The request counts as in flight
+    /// Sends a batch lookup that accepts no table version older than `min_version` (the newest
+    /// the cache has seen); `None` if the connection is gone. The request counts as in flight
     /// to this server while the returned guard lives.
     async fn send(
         &self,
         inner: &Inner,
         table: &str,
         hashes: Vec<u64>,
+        min_version: Option<u64>,
     ) -> (InFlight, Option<PendingReply>) {
         let in_flight = self.begin();
         let count = hashes.len() as u64;
@@ -1326,13 +1610,13 @@ impl Server {
             Request::Lookup {
                 table: table.into(),
                 hash: hashes[0],
-                min_version: None,
+                min_version,
             }
         } else {
             Request::BatchLookup {
                 table: table.into(),
                 hashes,
-                min_version: None,
+                min_version,
             }
         };
         let rx = match self.client.send(&request).await {

@@ -115,11 +115,16 @@ impl Fleet {
         self.connector.close();
     }
 
-    /// A connected server, avoiding `exclude` when another is up: of two random candidates,
-    /// the one with fewer requests in flight.
-    pub(crate) fn pick(&self, exclude: Option<usize>) -> Option<Server> {
+    /// How many servers the fleet has, connected or not.
+    pub(crate) fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// A connected server not in `avoid` (positions in the fleet): of two random candidates,
+    /// the one with fewer requests in flight. `None` when every connected server is avoided.
+    pub(crate) fn pick(&self, avoid: &[usize]) -> Option<Server> {
         let candidates: Vec<usize> = (0..self.slots.len())
-            .filter(|&i| Some(i) != exclude && self.slots[i].up.load(Ordering::Relaxed))
+            .filter(|&i| !avoid.contains(&i) && self.slots[i].up.load(Ordering::Relaxed))
             .collect();
         let chosen = match candidates.len() {
             0 => return None,

@@ -7,6 +7,14 @@
 //! scaled-out router fleet changes latency, not the load on MemDS. Classic mode (only misses go
 //! to the fleet) is kept so experiments can show the difference.
 //!
+//! No router moves backwards because one server lags: every lookup carries the newest version
+//! of its table the cache has seen (`min_version`); a server behind it answers `behind`, and
+//! one not yet caught up with its peers answers `unavailable`. Either way the lookup's misses
+//! are asked of another server of the fleet within the request timeout, and fail
+//! ([`CacheError::Refused`]) only when every connected server refused; refreshes of hits are just
+//! counted ([`CacheStats::behind`], [`CacheStats::unavailable`],
+//! [`CacheStats::retried_elsewhere`]). A cached route is never replaced by an older one.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use router_cache::{ClientTls, Mode, RouterCache, Role};

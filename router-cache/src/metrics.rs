@@ -41,6 +41,12 @@ pub(crate) fn describe() {
         Unit::Count,
         "Server answers refused as malformed (each batch was retried on another server)."
     );
+    describe_counter!(
+        "memds_router_retries_total",
+        Unit::Count,
+        "Lookups a server refused, by reason: behind (older table version than the router has \
+         seen) or unavailable (not ready). Misses among them were retried on another server."
+    );
     describe_gauge!(
         "memds_router_queue_depth",
         Unit::Count,
@@ -82,6 +88,9 @@ pub(crate) async fn publish_loop(cache: RouterCache, mut shutdown: watch::Receiv
         metrics::counter!("memds_router_refreshes_changed_total").absolute(s.refreshes_changed);
         metrics::counter!("memds_router_dropped_total").absolute(s.dropped);
         metrics::counter!("memds_router_protocol_errors_total").absolute(s.protocol_errors);
+        metrics::counter!("memds_router_retries_total", "reason" => "behind").absolute(s.behind);
+        metrics::counter!("memds_router_retries_total", "reason" => "unavailable")
+            .absolute(s.unavailable);
         metrics::gauge!("memds_router_queue_depth").set(s.queue_depth as f64);
         metrics::gauge!("memds_router_entries").set(s.entries as f64);
         metrics::gauge!("memds_router_servers_up").set(s.servers_up as f64);

@@ -12,8 +12,9 @@
 //! snapshot is rebuilt off the hit path, at most every 50 ms while the map changes.
 //!
 //! Staleness rules (DESIGN.md): a cached route is never replaced by an older one. For the same
-//! partition id the epoch decides; for overlapping routes of different partitions the table
-//! version decides, against the highest version that confirmed the cached route.
+//! partition id the epoch decides, and at the same epoch (a leader moved, which need not bump
+//! it) the table version; for overlapping routes of different partitions the table version
+//! decides. Versions are compared against the highest version that confirmed the cached route.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
@@ -389,13 +390,16 @@ fn overlapping(routes: &Routes, start: u64, end: u64) -> impl Iterator<Item = (&
     )
 }
 
-/// Whether a cached entry is newer than an answer: by epoch for the same partition, by table
-/// version otherwise.
+/// Whether a cached entry is newer than an answer: by epoch for the same partition (then by
+/// table version at the same epoch: a leader change need not bump the epoch, and an answer
+/// from a lagging server must not undo it), by table version otherwise.
 fn newer_than(e: &Entry, version: u64, partition: u64, epoch: u64) -> bool {
+    let seen = e.seen_version.load(Ordering::Relaxed);
     if e.route.partition.get() == partition {
-        e.route.epoch.get() > epoch
+        let cached = e.route.epoch.get();
+        cached > epoch || (cached == epoch && seen > version)
     } else {
-        e.seen_version.load(Ordering::Relaxed) > version
+        seen > version
     }
 }
 
@@ -499,6 +503,38 @@ mod tests {
         assert_eq!(t.check(8, &wire(&lagging), &ids(&lagging), 1), Check::Stale);
         assert_eq!(t.insert(route(7, 0, u64::MAX, 8, 8), 1), Applied::Stale);
         assert_eq!(t.get(5).map(|r| r.epoch.get()), Some(9));
+    }
+
+    #[test]
+    fn an_older_version_at_the_same_epoch_never_replaces_a_newer_route() {
+        let t = TableRoutes::default();
+        // Version 2 moved the leader without bumping the epoch.
+        let mut v2 = route(3, 0, u64::MAX, 4, 2);
+        Arc::make_mut(&mut v2).leader = 1;
+        Arc::make_mut(&mut v2).replicas.push(RouteReplica {
+            id: NodeId::new(2),
+            addr: "b:1".into(),
+            az: "z".into(),
+        });
+        let mut v1 = Arc::clone(&v2);
+        Arc::make_mut(&mut v1).version = TableVersion::new(1);
+        Arc::make_mut(&mut v1).leader = 0;
+        assert_eq!(t.insert(Arc::clone(&v2), 0), Applied::Changed);
+        // A lagging server's answer at version 1: the same partition and epoch, the old leader.
+        assert_eq!(t.check(1, &wire(&v1), &ids(&v1), 1), Check::Stale);
+        assert_eq!(t.insert(Arc::clone(&v1), 1), Applied::Stale);
+        assert_eq!(t.get(5).map(|r| r.leader), Some(1));
+        // Once a route is confirmed at a later version, an answer between the two is older too.
+        assert_eq!(t.check(5, &wire(&v2), &ids(&v2), 2), Check::Confirmed);
+        let mut v4 = Arc::clone(&v1);
+        Arc::make_mut(&mut v4).version = TableVersion::new(4);
+        assert_eq!(t.insert(v4, 3), Applied::Stale);
+        // A later version at the same epoch is newer, and replaces it.
+        let mut v6 = Arc::clone(&v1);
+        Arc::make_mut(&mut v6).version = TableVersion::new(6);
+        assert_eq!(t.check(6, &wire(&v6), &ids(&v6), 4), Check::Insert);
+        assert_eq!(t.insert(v6, 4), Applied::Changed);
+        assert_eq!(t.get(5).map(|r| (r.leader, r.version.get())), Some((0, 6)));
     }
 
     #[test]
