@@ -11,18 +11,33 @@
 //! Each request plays a router's whole part: it asks its cache for the route, then "sends" the
 //! request to the storage node the route names, which checks the route against the authority's
 //! current map and rejects a stale one; the router then invalidates that route and asks again.
-//! The authority changes the map all along (`--churn` partition splits per second, pushed to every
-//! server), which is what keeps a classic cache from a 100% hit rate in steady state.
+//! The authority changes the map all along (`--churn` partition splits per second), which is what
+//! keeps a classic cache from a 100% hit rate in steady state.
+//!
+//! The fleet replicates: the embedded servers (`--fleet`, 3 by default) are peers of each other,
+//! sharing one development PKI, with an anti-entropy round every `--anti-entropy` seconds. The
+//! authority pushes each change (the initial put, every split) to ONE server, the first still
+//! running, or the next one if a push to it fails; the servers' forwarding and anti-entropy carry
+//! it to the others. A run starts once every server is ready and holds the table. An external
+//! fleet (`--servers`) is treated the same way, so its servers must be peers of each other (a
+//! fleet that does not replicate never gets past the initial put: the run fails saying which
+//! server lacks the table). At the end of a run, once the load has stopped, each running server's
+//! version of the table is read (`summary`) and a lookup at the authority's last version is asked
+//! of it; `results.json` records, per server, the changes pushed to it and what it held, which
+//! shows replication carrying the changes to the servers never pushed to.
 //!
 //! Halfway through, the scenario's trigger fires: `flush` empties every cache (a router fleet
 //! restart), `scale-out` adds `--scale-out` x routers with cold caches and spreads the same load
 //! over all, `invalidation-storm` splits `--storm` of all partitions at once, `server-loss` stops
-//! one server. Fleet load is read from the servers' own lookup counters every `--sample-ms`.
-//! Amplification = peak fleet lookups per second after the trigger / mean before it.
+//! server 0, the one the authority pushes to (later changes go to server 1; the router caches
+//! ask the remaining servers). Fleet load is read from the servers' own lookup counters every
+//! `--sample-ms`. Amplification = peak fleet lookups per second after the trigger / mean before
+//! it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -40,7 +55,7 @@ use rand_distr::Distribution;
 use router_cache::{Invalidate, Mode, RouterCache};
 use serde::Serialize;
 
-use crate::embedded::Embedded;
+use crate::embedded::{self, Embedded, SharedPki};
 use crate::histogram;
 
 /// Which caching modes to run.
@@ -116,16 +131,20 @@ pub(crate) struct Args {
     /// Cold routers added by a scale-out, as a fraction of `--routers`.
     #[arg(long, default_value_t = 1.0)]
     scale_out: f64,
-    /// Servers of the embedded fleet.
-    #[arg(long, default_value_t = 2)]
+    /// Servers of the embedded fleet (peers of each other).
+    #[arg(long, default_value_t = 3)]
     fleet: usize,
+    /// Seconds between the embedded servers' anti-entropy rounds.
+    #[arg(long, default_value_t = 1.0)]
+    anti_entropy: f64,
     /// Sampling interval of fleet load, in milliseconds.
     #[arg(long, default_value_t = 250)]
     sample_ms: u64,
     /// Seed of the map, the keys and every random choice.
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    /// Drive an external fleet instead of starting one.
+    /// Drive an external fleet instead of starting one. Its servers must be peers of each other:
+    /// each change is pushed to the first one that takes it, and replication carries it on.
     #[arg(long, value_delimiter = ',')]
     servers: Vec<SocketAddr>,
     /// TLS directory (admin and router certificates) of the external fleet.
@@ -154,6 +173,35 @@ pub(crate) struct RunResult {
     pub(crate) time_to_recover_s: Option<f64>,
     pub(crate) trigger_s: f64,
     pub(crate) samples: Vec<Sample>,
+    pub(crate) replication: Replication,
+}
+
+/// Where the authority's changes went, and what every server held once the load had stopped.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Replication {
+    /// The table's version the authority last made current.
+    pub(crate) authority_version: u64,
+    /// Changes no server took (the authority abandoned them).
+    pub(crate) failed_pushes: u64,
+    /// Seconds from the end of the load until every running server held `authority_version`;
+    /// `None` if they did not within the wait (five anti-entropy periods and two seconds).
+    pub(crate) converged_s: Option<f64>,
+    /// Every server, in `--servers` / fleet order.
+    pub(crate) servers: Vec<ServerState>,
+}
+
+/// One server at the end of a run.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct ServerState {
+    pub(crate) addr: String,
+    /// Whether it was still running (server-loss stops one).
+    pub(crate) running: bool,
+    /// Changes the authority pushed to it (the initial put included).
+    pub(crate) pushes: u64,
+    /// The table's version it held (its `summary`), if it answered and held the table.
+    pub(crate) version: Option<u64>,
+    /// Whether it answered a lookup asking for at least `authority_version`.
+    pub(crate) serves_latest: bool,
 }
 
 /// Latency percentiles in milliseconds.
@@ -198,6 +246,10 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     ensure!(
         args.fleet >= 1 && args.sample_ms >= 10,
         "--fleet at least 1, --sample-ms at least 10"
+    );
+    ensure!(
+        args.anti_entropy >= 0.01 && args.anti_entropy <= 3600.0,
+        "--anti-entropy between 0.01 and 3600 seconds"
     );
     let scenarios = if args.scenarios.is_empty() {
         vec![
@@ -264,6 +316,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
             "partitions": args.partitions, "keys": args.keys, "zipf": args.zipf, "churn": args.churn,
             "storm": args.storm, "scale_out": args.scale_out, "fleet": if args.servers.is_empty() { args.fleet } else { args.servers.len() },
             "sample_ms": args.sample_ms, "seed": args.seed, "external": !args.servers.is_empty(),
+            "anti_entropy_s": args.anti_entropy, "pushes_to": "the first running server",
         }),
         runs,
     };
@@ -280,34 +333,46 @@ pub(crate) fn mode_name(mode: Mode) -> &'static str {
     }
 }
 
+/// How long one push to one server may take before the authority tries the next.
+const PUSH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a run waits, before the load starts, for every server to be ready and hold the
+/// table.
+const START_WAIT: Duration = Duration::from_secs(60);
+
 /// The fleet of one run.
 struct Fleet {
     embedded: Vec<Option<Embedded>>,
     addrs: Vec<SocketAddr>,
     tls_dir: PathBuf,
-    admins: Vec<Client>,
+    pusher: Arc<Pusher>,
+    /// The embedded fleet's PKI, removed once the fleet is dropped.
+    _pki: Option<SharedPki>,
 }
 
 impl Fleet {
     async fn start(args: &Args) -> anyhow::Result<Self> {
-        let (embedded, addrs, tls_dir) = if args.servers.is_empty() {
-            let first = tokio::task::spawn_blocking(|| Embedded::start(1)).await??;
-            let tls = first.tls_dir();
-            let mut all = vec![Some(first)];
-            for _ in 1..args.fleet {
-                let tls = tls.clone();
-                all.push(Some(
-                    tokio::task::spawn_blocking(move || Embedded::start_with_tls(1, &tls))
-                        .await??,
-                ));
-            }
-            let addrs = all.iter().flatten().map(Embedded::addr).collect();
-            (all, addrs, tls)
+        let (embedded, addrs, tls_dir, pki) = if args.servers.is_empty() {
+            let pki = SharedPki::create()?;
+            let dir = pki.path().to_owned();
+            let (n, period) = (args.fleet, Duration::from_secs_f64(args.anti_entropy));
+            let servers = tokio::task::spawn_blocking(move || {
+                embedded::start_fleet(n, 1, &dir, period, |_| {})
+            })
+            .await??;
+            let addrs = servers.iter().map(Embedded::addr).collect();
+            let tls = pki.path().to_owned();
+            (
+                servers.into_iter().map(Some).collect(),
+                addrs,
+                tls,
+                Some(pki),
+            )
         } else {
             (
                 Vec::new(),
                 args.servers.clone(),
                 args.tls_dir.clone().context("--tls-dir")?,
+                None,
             )
         };
         let connector = Connector::new(
@@ -327,13 +392,19 @@ impl Fleet {
             embedded,
             addrs,
             tls_dir,
-            admins,
+            pusher: Arc::new(Pusher {
+                running: admins.iter().map(|_| AtomicBool::new(true)).collect(),
+                pushes: admins.iter().map(|_| AtomicU64::new(0)).collect(),
+                failed: AtomicU64::new(0),
+                admins,
+            }),
+            _pki: pki,
         })
     }
 
     /// Lookups counted by each server so far (a stopped server keeps its last count).
     async fn lookups(&self, last: &mut [u64]) -> u64 {
-        for (i, a) in self.admins.iter().enumerate() {
+        for (i, a) in self.pusher.admins.iter().enumerate() {
             if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_millis(500), a.stats()).await {
                 last[i] = s.lookups_total;
             }
@@ -341,7 +412,94 @@ impl Fleet {
         last.iter().sum()
     }
 
+    /// Waits until every running server is ready and holds `table` at `version` or newer:
+    /// `Ok` with the seconds it took, or what was still missing at `limit`.
+    async fn wait_replicated(
+        &self,
+        table: &str,
+        version: u64,
+        limit: Duration,
+    ) -> Result<f64, String> {
+        let started = Instant::now();
+        loop {
+            let mut missing = Vec::new();
+            for (i, a) in self.pusher.admins.iter().enumerate() {
+                if !self.pusher.running[i].load(Ordering::Relaxed) {
+                    continue;
+                }
+                let held = match tokio::time::timeout(Duration::from_millis(500), a.summary()).await
+                {
+                    Ok(Ok(s)) => s
+                        .tables
+                        .iter()
+                        .find(|t| t.name == table && !t.dropped)
+                        .map(|t| (t.version, s.ready)),
+                    _ => None,
+                };
+                match held {
+                    Some((v, true)) if v >= version => {}
+                    Some((v, ready)) => missing.push(format!(
+                        "{} holds version {v}{}",
+                        self.addrs[i],
+                        if ready { "" } else { " and is not ready" }
+                    )),
+                    None => missing.push(format!("{} does not hold it", self.addrs[i])),
+                }
+            }
+            if missing.is_empty() {
+                return Ok(started.elapsed().as_secs_f64());
+            }
+            if started.elapsed() >= limit {
+                return Err(format!(
+                    "after {limit:?}, waiting for every server to hold {table} at version {version}: {}",
+                    missing.join("; ")
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// What each server holds of `table` now, against `version`.
+    async fn states(&self, table: &str, version: u64) -> Vec<ServerState> {
+        let mut out = Vec::new();
+        for (i, a) in self.pusher.admins.iter().enumerate() {
+            let running = self.pusher.running[i].load(Ordering::Relaxed);
+            let pushes = self.pusher.pushes[i].load(Ordering::Relaxed);
+            let (mut held, mut serves_latest) = (None, false);
+            if running {
+                if let Ok(Ok(s)) =
+                    tokio::time::timeout(Duration::from_millis(500), a.summary()).await
+                {
+                    held = s
+                        .tables
+                        .iter()
+                        .find(|t| t.name == table && !t.dropped)
+                        .map(|t| t.version);
+                }
+                serves_latest = matches!(
+                    tokio::time::timeout(
+                        Duration::from_millis(500),
+                        a.lookup_at_least(table, 0, Some(version))
+                    )
+                    .await,
+                    Ok(Ok(_))
+                );
+            }
+            out.push(ServerState {
+                addr: self.addrs[i].to_string(),
+                running,
+                pushes,
+                version: held,
+                serves_latest,
+            });
+        }
+        out
+    }
+
     async fn stop_server(&mut self, i: usize) {
+        if let Some(flag) = self.pusher.running.get(i) {
+            flag.store(false, Ordering::Relaxed);
+        }
         if let Some(e) = self.embedded.get_mut(i).and_then(Option::take) {
             let _ = tokio::task::spawn_blocking(move || e.stop()).await;
         }
@@ -354,14 +512,57 @@ impl Fleet {
     }
 }
 
-/// The authority: owns the current map and pushes changes to every server.
+/// A change the authority pushes.
+#[derive(Clone, Copy)]
+enum Change<'a> {
+    Put(&'a TableMap),
+    Update(&'a PartitionUpdate),
+}
+
+/// Where the authority's changes go: ONE server, the first still running, or the next one if
+/// the push to it fails (an error answer, a closed connection, or no answer within
+/// [`PUSH_TIMEOUT`]). The fleet's replication carries each change to the others.
+struct Pusher {
+    admins: Vec<Client>,
+    /// Cleared when the run stops the server.
+    running: Vec<AtomicBool>,
+    /// Changes each server took.
+    pushes: Vec<AtomicU64>,
+    /// Changes no server took.
+    failed: AtomicU64,
+}
+
+impl Pusher {
+    /// Pushes `change`: the index of the server that took it, or `None` if none did.
+    async fn push(&self, change: Change<'_>) -> Option<usize> {
+        for (i, admin) in self.admins.iter().enumerate() {
+            if !self.running[i].load(Ordering::Relaxed) {
+                continue;
+            }
+            let sent = async {
+                match change {
+                    Change::Put(map) => admin.put_table(map).await,
+                    Change::Update(update) => admin.update_partitions(update.clone()).await,
+                }
+            };
+            if let Ok(Ok(_)) = tokio::time::timeout(PUSH_TIMEOUT, sent).await {
+                self.pushes[i].fetch_add(1, Ordering::Relaxed);
+                return Some(i);
+            }
+        }
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+}
+
+/// The authority: owns the current map and pushes each change to one server (see [`Pusher`]).
 struct Authority {
     /// The current map, and the one before it: during a change the storage nodes accept both,
     /// as real ones do while the change propagates.
     map: RwLock<(Arc<TableMap>, Arc<TableMap>)>,
     next_id: Mutex<u64>,
-    /// One change at a time: a change is read, pushed to every server and made current as
-    /// one step, so the servers and the authority never diverge.
+    /// One change at a time: a change is read, pushed and made current as one step, so the
+    /// fleet and the authority never diverge by more than the change being replicated.
     changing: tokio::sync::Mutex<()>,
 }
 
@@ -417,15 +618,16 @@ impl Authority {
         TableMap::try_from(spec).ok()
     }
 
-    /// Pushes a new map to every reachable server, then makes it current.
-    async fn publish(&self, fleet: &Fleet, next: TableMap, update: Option<PartitionUpdate>) {
-        for a in &fleet.admins {
-            let _ = match &update {
-                Some(u) => a.update_partitions(u.clone()).await.map(|_| ()),
-                None => a.put_table(&next).await.map(|_| ()),
-            };
+    /// Pushes a new map (whole, or as `update`) to one server, then makes it current; a change
+    /// no server took is abandoned.
+    async fn publish(&self, pusher: &Pusher, next: TableMap, update: Option<&PartitionUpdate>) {
+        let change = match update {
+            Some(u) => Change::Update(u),
+            None => Change::Put(&next),
+        };
+        if pusher.push(change).await.is_some() {
+            self.set(next);
         }
-        self.set(next);
     }
 }
 
@@ -510,9 +712,16 @@ async fn run_one(
     );
     let map = TableMap::try_from(spec).context("renaming the table")?;
     let table: Arc<str> = map.name().as_str().into();
-    for a in &fleet.admins {
-        a.put_table(&map).await.context("loading the table")?;
-    }
+    fleet
+        .pusher
+        .push(Change::Put(&map))
+        .await
+        .context("no server took the table")?;
+    fleet
+        .wait_replicated(&table, map.version().get(), START_WAIT)
+        .await
+        .map_err(anyhow::Error::msg)
+        .context("the table did not reach every server (an external fleet must be peers)")?;
     let max_id = map
         .partitions()
         .iter()
@@ -566,7 +775,7 @@ async fn run_one(
     }
     let routers = Arc::new(RwLock::new(routers));
     let meter = Arc::new(Mutex::new(Meter::default()));
-    let triggered = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let triggered = Arc::new(AtomicBool::new(false));
     let duration = Duration::from_secs_f64(args.duration);
     let trigger_at = duration / 2;
     let started = Instant::now();
@@ -612,7 +821,7 @@ async fn run_one(
                     m.interval.requests += 1;
                     m.interval.calls += o.calls;
                     m.interval.hits += o.hits;
-                    let phase = if triggered.load(std::sync::atomic::Ordering::Relaxed) {
+                    let phase = if triggered.load(Ordering::Relaxed) {
                         &mut m.after
                     } else {
                         &mut m.before
@@ -634,7 +843,7 @@ async fn run_one(
     // traffic, so the partition split is the one holding a key drawn like the requests' keys).
     let churn = {
         let (authority, fleet_admins_table) = (Arc::clone(&authority), Arc::clone(&table));
-        let admins = fleet.admins.clone();
+        let pusher = Arc::clone(&fleet.pusher);
         let (rate, keys, zipf, seed) = (args.churn, args.keys, args.zipf, args.seed);
         tokio::spawn(async move {
             if rate <= 0.0 {
@@ -644,8 +853,12 @@ async fn run_one(
             let dist = rand_distr::Zipf::new(keys as f64, zipf).expect("validated parameters");
             let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
             tick.tick().await;
-            while Instant::now() < end {
-                tick.tick().await;
+            // Ends with the load: the last change is pushed and made current (or abandoned)
+            // before the task returns, so the authority's version at the end is final.
+            while tokio::time::timeout_at(end.into(), tick.tick())
+                .await
+                .is_ok()
+            {
                 let _change = authority.changing.lock().await;
                 let current = authority.current();
                 let rank = dist.sample(&mut rng) as u64;
@@ -654,16 +867,13 @@ async fn run_one(
                     continue;
                 };
                 let update = update_for(&current, &next, &fleet_admins_table, i);
-                for a in &admins {
-                    let _ = a.update_partitions(update.clone()).await;
-                }
-                authority.set(next);
+                authority.publish(&pusher, next, Some(&update)).await;
             }
         })
     };
 
     // Sampling, and the trigger.
-    let mut last = vec![0u64; fleet.admins.len()];
+    let mut last = vec![0u64; fleet.pusher.admins.len()];
     let mut prev_total = fleet.lookups(&mut last).await;
     let mut prev_t = Instant::now();
     let mut samples = Vec::new();
@@ -673,7 +883,7 @@ async fn run_one(
         tokio::time::sleep(interval.min(end.saturating_duration_since(Instant::now()))).await;
         if !fired && started.elapsed() >= trigger_at {
             fired = true;
-            triggered.store(true, std::sync::atomic::Ordering::Relaxed);
+            triggered.store(true, Ordering::Relaxed);
             fire(
                 scenario,
                 args,
@@ -716,16 +926,37 @@ async fn run_one(
         ));
     }
     load.await.context("the load task failed")?;
-    churn.abort();
+    churn.await.context("the churn task failed")?;
     let routers: Vec<RouterCache> = routers.read().unwrap_or_else(|p| p.into_inner()).clone();
     for r in &routers {
         r.shutdown();
     }
+    // What replication carried: every running server should come to hold the authority's
+    // last version, whichever server the changes were pushed to.
+    let authority_version = authority.current().version().get();
+    let converge_limit = Duration::from_secs_f64(5.0 * args.anti_entropy + 2.0);
+    let converged_s = fleet
+        .wait_replicated(&table, authority_version, converge_limit)
+        .await
+        .ok();
+    let replication = Replication {
+        authority_version,
+        failed_pushes: fleet.pusher.failed.load(Ordering::Relaxed),
+        converged_s,
+        servers: fleet.states(&table, authority_version).await,
+    };
     fleet.stop().await;
 
     let trigger_s = trigger_at.as_secs_f64();
     let m = meter.lock().unwrap_or_else(|p| p.into_inner());
-    Ok(summarize(scenario, mode, &samples, &m, trigger_s))
+    Ok(summarize(
+        scenario,
+        mode,
+        &samples,
+        &m,
+        trigger_s,
+        replication,
+    ))
 }
 
 /// Awaits every future, concurrently, in order.
@@ -804,7 +1035,7 @@ where
             let every = ((1.0 / args.storm.clamp(1e-6, 1.0)).round() as usize).max(1);
             let indexes: Vec<usize> = (0..n).step_by(every).collect();
             if let Some(next) = authority.split(&current, &indexes) {
-                authority.publish(fleet, next, None).await;
+                authority.publish(&fleet.pusher, next, None).await;
             }
         }
         Scenario::ServerLoss => fleet.stop_server(0).await,
@@ -874,6 +1105,7 @@ fn summarize(
     samples: &[Sample],
     m: &Meter,
     trigger_s: f64,
+    replication: Replication,
 ) -> RunResult {
     // Steady state: the samples before the trigger, less the first second (connections and
     // the load settling).
@@ -940,6 +1172,7 @@ fn summarize(
         time_to_recover_s: recover,
         trigger_s,
         samples: samples.to_vec(),
+        replication,
     }
 }
 

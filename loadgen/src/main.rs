@@ -15,11 +15,16 @@
 //!   quick_cache gets, in one run.
 //! - `bench_server_memory`: `loadgen bench-server-memory`, the RSS of a real `memds-server`
 //!   process while its tables are put again and again, against its own resident estimate.
-//! - `embedded`: a real server started in-process on its own named threads.
+//! - `bench_fleet`: `loadgen bench-fleet`, replication between peers: the time until a write sent
+//!   to one server is held by the two others, and a new server's time to ready (and bytes pulled)
+//!   at 1M and 10M partitions.
+//! - `embedded`: real servers started in-process on their own named threads, alone or as a fleet
+//!   of peers.
 //! - `alloc`: the counting global allocator the memory figures come from.
 
 mod alloc;
 mod bench_cache;
+mod bench_fleet;
 mod bench_map;
 mod bench_server;
 mod bench_server_memory;
@@ -58,6 +63,10 @@ enum Command {
     /// RSS of a real memds-server process after each round of puts of every table, beside its
     /// memds_resident_bytes, and after a restart.
     BenchServerMemory(bench_server_memory::Args),
+    /// Replication between embedded peers: time until a write sent to one server is held by
+    /// both others (p50/p99), and a new server's time to ready and bytes pulled at 1M and 10M
+    /// partitions.
+    BenchFleet(bench_fleet::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -68,5 +77,6 @@ fn main() -> anyhow::Result<()> {
         Command::BenchServer(args) => bench_server::run(&args),
         Command::BenchCache(args) => bench_cache::run(&args),
         Command::BenchServerMemory(args) => bench_server_memory::run(&args),
+        Command::BenchFleet(args) => bench_fleet::run(&args),
     }
 }

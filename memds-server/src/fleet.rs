@@ -6,7 +6,7 @@
 //! - **Forwarding.** A write an admin sends to one server is, once applied there, queued to each
 //!   peer (a bounded queue per peer; a write that does not fit, or whose send fails, is counted
 //!   and left to anti-entropy). Writes that arrive from peers are not forwarded again.
-//! - **Anti-entropy.** Every `period`, and at once when a lookup found this server behind, the
+//! - **Anti-entropy.** Every `period`, and a moment after a lookup found this server behind, the
 //!   server asks one peer (round robin) for its [`Summary`] (every table's version and digest and
 //!   every tombstone: one entry per table, whatever changed) and pulls each table the peer holds
 //!   newer, through the writer, as any write. A round always runs and always exchanges the
@@ -42,8 +42,10 @@ use crate::writer::{Job, RepairJob, Repaired, WriteJob};
 pub const RESOLVE_EVERY: Duration = Duration::from_secs(10);
 /// Writes queued for one peer at most; more are left to anti-entropy.
 pub const FORWARD_QUEUE: usize = 1024;
-/// The shortest time between two anti-entropy rounds, however often a round is asked for.
-const MIN_ROUND_GAP: Duration = Duration::from_millis(100);
+/// How long a round asked for by a `behind` answer waits first: the write the router saw
+/// elsewhere is usually being forwarded here already (tens of milliseconds), and a round that
+/// started at once would pull the whole table to get the same version.
+const CATCH_UP_DELAY: Duration = Duration::from_millis(250);
 /// How long one pull of a table from a peer may take (a large table included).
 const PULL_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a forwarded write may take to be answered.
@@ -337,7 +339,7 @@ pub async fn run(tasks: FleetTasks, mut shutdown: watch::Receiver<bool>) {
             Wake::Stop => break,
             Wake::Period => {}
             Wake::CatchUp => {
-                tokio::time::sleep(MIN_ROUND_GAP.saturating_sub(last_round.elapsed())).await;
+                tokio::time::sleep(CATCH_UP_DELAY).await;
             }
             Wake::Repair(table) => {
                 ae.repair_from_peer(&table).await;
