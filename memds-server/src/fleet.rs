@@ -569,13 +569,11 @@ impl AntiEntropy {
         self.next = self.next.wrapping_add(1);
         let label = peer.to_string();
         let outcome = self.exchange(peer).await;
-        if outcome.is_err() {
-            self.unreachable.insert(peer);
-        } else {
-            self.unreachable.remove(&peer);
-        }
-        match outcome {
+        let report = match outcome {
+            // The address is this server itself.
+            Ok(None) => return,
             Ok(Some(report)) => {
+                self.unreachable.remove(&peer);
                 ::metrics::counter!("memds_anti_entropy_rounds_total", "result" => "ok")
                     .increment(1);
                 ::metrics::gauge!("memds_peer_lag_versions", "peer" => label.clone())
@@ -583,52 +581,47 @@ impl AntiEntropy {
                 if report.failed.is_empty() {
                     self.caught_up.insert(peer, Instant::now());
                 }
-                let since = self.caught_up.get(&peer).copied().unwrap_or(self.started);
-                ::metrics::gauge!("memds_peer_lag_seconds", "peer" => label)
-                    .set(since.elapsed().as_secs_f64());
-                if !report.failed.is_empty() {
-                    self.fleet.readiness.not_ready_because(format!(
-                        "pulling from {peer} failed: {}",
-                        report.failed.join("; ")
-                    ));
-                } else if report.peer_ready {
-                    self.fleet
-                        .readiness
-                        .set_ready(&format!("caught up with ready peer {peer}"));
-                } else {
-                    self.unready_rounds.insert(peer);
-                    if self.fleet_starting(&peers) {
-                        self.fleet.readiness.set_ready(
-                            "exchanged with every reachable peer and none was ready (a fleet starting together)",
-                        );
-                    } else {
-                        self.fleet.readiness.not_ready_because(format!(
-                            "peer {peer} is not ready either; waiting for a round with a ready peer"
-                        ));
-                    }
-                }
+                Ok(report)
             }
-            // The address is this server itself.
-            Ok(None) => {}
             Err(reason) => {
+                self.unreachable.insert(peer);
                 ::metrics::counter!("memds_anti_entropy_rounds_total", "result" => "failed")
                     .increment(1);
-                if let Some(c) = self.clients.get(&peer) {
+                if let Some(c) = self.clients.remove(&peer) {
                     c.close();
                 }
-                let since = self.caught_up.get(&peer).copied().unwrap_or(self.started);
-                ::metrics::gauge!("memds_peer_lag_seconds", "peer" => label)
-                    .set(since.elapsed().as_secs_f64());
                 tracing::debug!(%peer, %reason, "anti-entropy round failed");
-                self.clients.remove(&peer);
+                Err(reason)
+            }
+        };
+        let since = self.caught_up.get(&peer).copied().unwrap_or(self.started);
+        ::metrics::gauge!("memds_peer_lag_seconds", "peer" => label)
+            .set(since.elapsed().as_secs_f64());
+        let readiness = &self.fleet.readiness;
+        match report {
+            Ok(r) if !r.failed.is_empty() => readiness.not_ready_because(format!(
+                "pulling from {peer} failed: {}",
+                r.failed.join("; ")
+            )),
+            Ok(r) if r.peer_ready => {
+                readiness.set_ready(&format!("caught up with ready peer {peer}"));
+            }
+            unready_or_failed => {
+                let why = match unready_or_failed {
+                    Ok(_) => {
+                        self.unready_rounds.insert(peer);
+                        format!(
+                            "peer {peer} is not ready either; waiting for a round with a ready peer"
+                        )
+                    }
+                    Err(reason) => format!("anti-entropy with {peer} failed: {reason}"),
+                };
                 if self.fleet_starting(&peers) {
-                    self.fleet.readiness.set_ready(
+                    readiness.set_ready(
                         "exchanged with every reachable peer and none was ready (a fleet starting together)",
                     );
                 } else {
-                    self.fleet
-                        .readiness
-                        .not_ready_because(format!("anti-entropy with {peer} failed: {reason}"));
+                    readiness.not_ready_because(why);
                 }
             }
         }

@@ -380,14 +380,7 @@ async fn a_refused_write_over_quic_changes_nothing_after_a_restart() {
 async fn a_damaged_table_the_disk_cannot_rebuild_is_repaired_from_a_peer() {
     let _scenario = fail::FailScenario::setup();
     let root = tempfile::tempdir().expect("tempdir");
-    let ports: Vec<u16> = (0..2)
-        .map(|_| {
-            std::net::UdpSocket::bind("127.0.0.1:0")
-                .and_then(|s| s.local_addr())
-                .expect("a free port")
-                .port()
-        })
-        .collect();
+    let ports: Vec<u16> = (0..2).map(|_| common::free_port()).collect();
     let pki = root.path().join("pki");
     let config = |i: usize, scrub: Option<std::time::Duration>| {
         let pki = pki.clone();

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{connector, table};
+use common::{connector, free_port, table};
 use memds_client::{Client, ClientError, Role};
 use memds_proto::wire::ErrorCode;
 use memds_proto::{TableMap, synth};
@@ -21,14 +21,6 @@ const PERIOD: &str = "0.3";
 /// How long a fleet may take to converge after a fault: several anti-entropy periods, with
 /// room for a debug build on a loaded two-core machine.
 const CONVERGE: Duration = Duration::from_secs(20);
-
-/// A port free on 127.0.0.1 for UDP right now (the server binds it a moment later).
-fn free_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("a free port")
-        .port()
-}
 
 struct Node {
     child: Option<Child>,

@@ -199,3 +199,12 @@ pub fn issue_cert_with_uris(ca_dir: &Path, uris: &[&str], name: &str) -> (PathBu
     std::fs::write(&key_path, key.serialize_pem()).expect("writing the key");
     (cert_path, key_path)
 }
+
+/// A port free on 127.0.0.1 for UDP right now: peers must know each other's addresses before
+/// they start, so a fleet's ports are chosen first (the server binds it a moment later).
+pub fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free port")
+        .port()
+}
