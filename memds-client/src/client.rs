@@ -637,6 +637,12 @@ async fn read_loop(mut recv: quinn::RecvStream, max_frame: usize, shared: Arc<Sh
                 shared.fail_all("the server finished the stream");
                 return;
             }
+            Err(quinn::ReadError::ConnectionLost(e)) => {
+                // The connection's own error carries the server's close reason (its connection
+                // limit, a bad frame, shutdown), which the read error's text leaves out.
+                shared.fail_all(&format!("reading from the server: {e}"));
+                return;
+            }
             Err(e) => {
                 shared.fail_all(&format!("reading from the server: {e}"));
                 return;

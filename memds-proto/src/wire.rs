@@ -42,6 +42,20 @@ use crate::model::{
 
 /// The ALPN protocol id.
 pub const ALPN: &[u8] = b"memds/1";
+/// Application error codes a server closes connections and resets streams with.
+pub mod close_code {
+    /// No client certificate, or one without a valid role.
+    pub const NO_CERTIFICATE: u32 = 1;
+    /// A frame over the limit or not a frame.
+    pub const BAD_FRAME: u32 = 2;
+    /// The server is at its connection limit.
+    pub const BUSY: u32 = 3;
+    /// A frame did not arrive whole in time (stream reset).
+    pub const FRAME_TIMEOUT: u32 = 4;
+    /// An answer was not read in time, or the server is shutting down (stream reset).
+    pub const WRITE_TIMEOUT: u32 = 5;
+}
+
 /// Length of the frame header: the u32 length and the u64 id.
 pub const FRAME_HEADER_LEN: usize = 12;
 /// Default bound on a frame (after the length field), both directions.
@@ -427,6 +441,9 @@ pub struct ServerStats {
     /// Partition lookups performed (a batch of n hashes counts n; a range scan counts the
     /// routes it returned, at least 1).
     pub lookups_total: u64,
+    /// Lookups shed with `overloaded` by the server's lookup limit (counted as `lookups_total`
+    /// counts them); offered load is the sum of the two.
+    pub lookups_shed_total: u64,
     /// Request frames answered.
     pub requests_total: u64,
     /// Requests answered with an error.
@@ -716,13 +733,22 @@ pub fn decode_request(payload: &[u8]) -> Result<Request, WireError> {
 }
 
 /// Splits a byte stream into frames, sans IO: push what the stream delivered, then take
-/// complete frames out, each payload copied into an aligned buffer ready for validation.
+/// complete frames out, each payload in an aligned buffer ready for validation.
+///
+/// Memory follows what arrived, never what a header declares: a frame's length is checked
+/// against the limit as soon as its 4 bytes are in, and its buffer grows only as its bytes
+/// come. Small frames wait in a receive buffer and are copied once into the aligned payload
+/// buffer when whole; a frame larger than [`Self::KEEP_BYTES`] is received straight into the
+/// payload buffer (one copy, not two). Buffers grown past `KEEP_BYTES` are released once their
+/// frame is taken, so a stream that sent one big frame does not keep its size.
 #[derive(Debug)]
 pub struct FrameDecoder {
     buf: Vec<u8>,
     pos: usize,
     max_frame: usize,
     payload: AlignedVec<16>,
+    /// A large frame being received into `payload`: its id and payload length.
+    large: Option<(u64, usize)>,
 }
 
 impl FrameDecoder {
@@ -733,15 +759,39 @@ impl FrameDecoder {
             pos: 0,
             max_frame,
             payload: AlignedVec::new(),
+            large: None,
         }
     }
 
+    /// The frame limit this decoder enforces.
+    pub fn max_frame(&self) -> usize {
+        self.max_frame
+    }
+
     /// Appends bytes received from the stream.
-    pub fn push(&mut self, bytes: &[u8]) {
+    pub fn push(&mut self, mut bytes: &[u8]) {
+        if let Some((_, want)) = self.large {
+            let have = self.payload.len();
+            if have < want {
+                let take = bytes.len().min(want - have);
+                let needed = have + take;
+                if needed > self.payload.capacity() {
+                    // Doubling, capped at the frame: amortised copies, never more than the
+                    // frame's own size, and only as its bytes arrive.
+                    let target = (self.payload.capacity() * 2).clamp(needed, want);
+                    self.payload.reserve_exact(target - have);
+                }
+                self.payload.extend_from_slice(&bytes[..take]);
+                bytes = &bytes[take..];
+            }
+            if bytes.is_empty() {
+                return;
+            }
+        }
         self.release_consumed();
         if self.pos > Self::KEEP_BYTES && self.pos * 2 > self.buf.len() {
-            // Reclaim the consumed prefix once it dominates the buffer, and the room a large
-            // frame needed once what is left is small.
+            // Reclaim the consumed prefix once it dominates the buffer, and the room it needed
+            // once what is left is small.
             self.buf.drain(..self.pos);
             self.pos = 0;
             if self.buf.capacity() > Self::KEEP_BYTES && self.buf.len() < self.buf.capacity() / 4 {
@@ -758,12 +808,39 @@ impl FrameDecoder {
 
     /// Bytes received but not yet returned as frames.
     pub fn buffered(&self) -> usize {
-        self.buf.len() - self.pos
+        let large = match self.large {
+            Some(_) => FRAME_HEADER_LEN + self.payload.len(),
+            None => 0,
+        };
+        large + self.buf.len() - self.pos
+    }
+
+    /// The frame partly received, once every complete frame was taken: `None` when nothing is
+    /// buffered, else the length its header declares (0 while the length itself is incomplete).
+    pub fn partial(&self) -> Option<usize> {
+        if let Some((_, want)) = self.large {
+            return Some(want + 8);
+        }
+        let rest = &self.buf[self.pos..];
+        if rest.is_empty() {
+            return None;
+        }
+        Some(
+            rest.first_chunk::<4>()
+                .map_or(0, |b| u32::from_le_bytes(*b) as usize),
+        )
     }
 
     /// The next complete frame: its id and aligned payload. `Ok(None)` means more bytes are
     /// needed. After an error the stream cannot be resynchronised and should be closed.
     pub fn next_frame(&mut self) -> Result<Option<(u64, &[u8])>, WireError> {
+        if let Some((id, want)) = self.large {
+            if self.payload.len() < want {
+                return Ok(None);
+            }
+            self.large = None;
+            return Ok(Some((id, &self.payload)));
+        }
         // The payload returned last is no longer borrowed. A large one (a put of a big table)
         // is released now rather than overwritten later, so a stream that goes idle after it
         // does not hold its size for the rest of the connection.
@@ -786,6 +863,17 @@ impl FrameDecoder {
             return Err(WireError::FrameTooShort { len });
         }
         if rest.len() < 4 + len {
+            if len - 8 > Self::KEEP_BYTES && rest.len() >= FRAME_HEADER_LEN {
+                // A large frame: receive the rest of it straight into the payload buffer.
+                let id = u64::from_le_bytes(rest[4..12].try_into().expect("8 bytes"));
+                self.payload.clear();
+                self.payload
+                    .reserve_exact((rest.len() - 12).max(Self::KEEP_BYTES));
+                self.payload.extend_from_slice(&rest[12..]);
+                self.pos = self.buf.len();
+                self.release_consumed();
+                self.large = Some((id, len - 8));
+            }
             return Ok(None);
         }
         let mut id = [0u8; 8];
@@ -801,7 +889,7 @@ impl FrameDecoder {
     /// Receive-buffer capacity kept between frames; larger buffers are released once their
     /// bytes are taken. Requests are tens of bytes to a few kilobytes; only puts of whole
     /// tables are large, and they are rare.
-    const KEEP_BYTES: usize = 64 * 1024;
+    pub const KEEP_BYTES: usize = 64 * 1024;
 
     /// Starts the receive buffer afresh once every byte in it was taken, releasing it if a
     /// large frame grew it.
@@ -968,6 +1056,60 @@ mod tests {
         assert_eq!(got, vec![(7, put), (8, sample_requests()[0].clone())]);
         // Everything was taken: the buffers the 3 MB frame needed are gone.
         assert!(d.allocated_bytes() <= 128 * 1024, "{}", d.allocated_bytes());
+    }
+
+    #[test]
+    fn memory_follows_the_bytes_that_arrived_not_the_declared_length() {
+        // A header declaring 60 MiB, then a trickle: the decoder holds about what arrived.
+        let declared = 60usize << 20;
+        let mut d = FrameDecoder::new(DEFAULT_MAX_FRAME_BYTES);
+        let mut head = Vec::new();
+        head.extend_from_slice(&u32::try_from(declared + 8).expect("fits").to_le_bytes());
+        head.extend_from_slice(&9u64.to_le_bytes());
+        d.push(&head);
+        assert_eq!(d.next_frame(), Ok(None));
+        assert_eq!(d.partial(), Some(declared + 8));
+        let piece = vec![0xABu8; 50_000];
+        let mut sent = 0usize;
+        for _ in 0..20 {
+            d.push(&piece);
+            sent += piece.len();
+            assert_eq!(d.next_frame(), Ok(None));
+            assert!(
+                d.allocated_bytes() <= 2 * sent + 2 * FrameDecoder::KEEP_BYTES,
+                "{} bytes held for {sent} received",
+                d.allocated_bytes()
+            );
+        }
+        assert_eq!(d.buffered(), FRAME_HEADER_LEN + sent);
+    }
+
+    #[test]
+    fn a_large_frame_split_anywhere_arrives_whole_followed_by_small_ones() {
+        let put = Request::PutTable {
+            snapshot: (0..300_000u32).map(|i| (i % 251) as u8).collect(),
+        };
+        let mut stream = Vec::new();
+        encode_request(1, &sample_requests()[0], &mut stream);
+        encode_request(2, &put, &mut stream);
+        encode_request(3, &sample_requests()[1], &mut stream);
+        encode_request(4, &put, &mut stream);
+        for step in [1usize, 7, 4096, 65_536, 100_003] {
+            let mut d = FrameDecoder::new(DEFAULT_MAX_FRAME_BYTES);
+            let mut got = Vec::new();
+            for chunk in stream.chunks(step) {
+                d.push(chunk);
+                while let Some((id, payload)) = d.next_frame().expect("valid frames") {
+                    got.push((id, decode_request(payload).expect("valid archive")));
+                }
+            }
+            assert_eq!(d.partial(), None);
+            assert_eq!(d.buffered(), 0);
+            let ids: Vec<u64> = got.iter().map(|(id, _)| *id).collect();
+            assert_eq!(ids, [1, 2, 3, 4], "step {step}");
+            assert_eq!(got[1].1, put);
+            assert_eq!(got[3].1, put);
+        }
     }
 
     #[test]

@@ -77,12 +77,40 @@ pub struct Args {
     /// The name peers' certificates must carry [default: memds].
     #[arg(long)]
     pub peer_server_name: Option<String>,
-    /// Most open connections [default: 4096].
+    /// Most authenticated connections; a handshake in progress does not take a slot
+    /// [default: 4096].
     #[arg(long)]
     pub max_connections: Option<usize>,
-    /// Largest request frame in bytes [default: 67108864].
+    /// Most handshakes in progress; more connection attempts are refused [default: 256].
+    #[arg(long)]
+    pub max_handshakes: Option<usize>,
+    /// Handshakes in progress beyond which clients must prove their address with a QUIC Retry
+    /// before the server keeps state for them; 0 retries every client [default: 32].
+    #[arg(long)]
+    pub retry_above: Option<usize>,
+    /// Seconds a handshake may take before it is abandoned [default: 5].
+    #[arg(long)]
+    pub handshake_timeout_secs: Option<f64>,
+    /// Largest request frame an admin may send, in bytes (a put carries a whole table)
+    /// [default: 67108864].
     #[arg(long)]
     pub max_frame_bytes: Option<usize>,
+    /// Largest request frame a router may send, in bytes [default: 65536].
+    #[arg(long)]
+    pub max_router_frame_bytes: Option<usize>,
+    /// Seconds a frame may take to arrive whole from its first byte, plus one per MiB it
+    /// declares; a slower stream is reset [default: 10].
+    #[arg(long)]
+    pub frame_timeout_secs: Option<f64>,
+    /// Seconds an answer may wait for the client to read it; then the stream is reset
+    /// [default: 10].
+    #[arg(long)]
+    pub write_timeout_secs: Option<f64>,
+    /// Lookups answered per second at most (each key of a batch counts); beyond it lookups are
+    /// shed with `overloaded`, fairly between connections, while writes and peers pass
+    /// [default: no limit].
+    #[arg(long)]
+    pub max_lookups_per_sec: Option<u64>,
     /// Most hashes per batch lookup and routes per range scan [default: 4096].
     #[arg(long)]
     pub max_batch: Option<usize>,
@@ -111,6 +139,18 @@ pub struct Args {
     pub wal_recovery: Option<WalRecovery>,
 }
 
+/// A positive, finite number of seconds from an option.
+fn secs(value: Option<f64>, flag: &str) -> anyhow::Result<Option<Duration>> {
+    value
+        .map(|s| {
+            Duration::try_from_secs_f64(s)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .with_context(|| format!("{flag} must be a positive number of seconds, not {s}"))
+        })
+        .transpose()
+}
+
 /// The `--wal-recovery` values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -137,7 +177,18 @@ impl Args {
         let defaults = Limits::default();
         let limits = Limits {
             max_connections: pick!(max_connections).unwrap_or(defaults.max_connections),
+            max_handshakes: pick!(max_handshakes).unwrap_or(defaults.max_handshakes),
+            retry_above: pick!(retry_above).unwrap_or(defaults.retry_above),
+            handshake_timeout: secs(pick!(handshake_timeout_secs), "--handshake-timeout-secs")?
+                .unwrap_or(defaults.handshake_timeout),
             max_frame_bytes: pick!(max_frame_bytes).unwrap_or(defaults.max_frame_bytes),
+            max_router_frame_bytes: pick!(max_router_frame_bytes)
+                .unwrap_or(defaults.max_router_frame_bytes),
+            frame_timeout: secs(pick!(frame_timeout_secs), "--frame-timeout-secs")?
+                .unwrap_or(defaults.frame_timeout),
+            write_timeout: secs(pick!(write_timeout_secs), "--write-timeout-secs")?
+                .unwrap_or(defaults.write_timeout),
+            max_lookups_per_sec: pick!(max_lookups_per_sec).or(defaults.max_lookups_per_sec),
             max_batch: pick!(max_batch).unwrap_or(defaults.max_batch),
             idle_timeout: pick!(idle_timeout_secs)
                 .map(Duration::from_secs)
@@ -146,10 +197,30 @@ impl Args {
             max_snapshot_bytes: pick!(max_snapshot_bytes).unwrap_or(defaults.max_snapshot_bytes),
             ..defaults
         };
-        if limits.max_batch == 0 || limits.max_connections == 0 || limits.max_frame_bytes < 64 {
+        if limits.max_batch == 0
+            || limits.max_connections == 0
+            || limits.max_handshakes == 0
+            || limits.max_frame_bytes < 64
+            || limits.max_router_frame_bytes < 64
+        {
             bail!(
-                "--max-batch and --max-connections must be positive and --max-frame-bytes at least 64"
+                "--max-batch, --max-connections and --max-handshakes must be positive, and \
+                 --max-frame-bytes and --max-router-frame-bytes at least 64"
             );
+        }
+        // A router's largest batch must fit its frame, or the batch would close the connection
+        // instead of getting its typed `too_large`.
+        let batch_frame = limits.max_batch.saturating_mul(8).saturating_add(1024);
+        if limits.max_router_frame_bytes < batch_frame {
+            bail!(
+                "--max-router-frame-bytes {} cannot carry a batch of --max-batch {} hashes: it \
+                 must be at least {batch_frame}",
+                limits.max_router_frame_bytes,
+                limits.max_batch
+            );
+        }
+        if limits.max_lookups_per_sec == Some(0) {
+            bail!("--max-lookups-per-sec must be positive (leave it out for no limit)");
         }
         let tls_files = [pick!(cert), pick!(key), pick!(client_ca)];
         let tls = match tls_files {
@@ -222,6 +293,49 @@ fn read_file(path: &Path) -> anyhow::Result<Args> {
 mod tests {
     use super::*;
     use clap::Parser;
+
+    #[test]
+    fn the_hostile_client_limits_parse_and_inconsistent_ones_are_refused() {
+        let c = Args::parse_from([
+            "memds-server",
+            "--max-handshakes",
+            "64",
+            "--retry-above",
+            "0",
+            "--handshake-timeout-secs",
+            "2.5",
+            "--frame-timeout-secs",
+            "3",
+            "--write-timeout-secs",
+            "4",
+            "--max-lookups-per-sec",
+            "50000",
+        ])
+        .resolve()
+        .expect("valid");
+        assert_eq!(c.limits.max_handshakes, 64);
+        assert_eq!(c.limits.retry_above, 0);
+        assert_eq!(c.limits.handshake_timeout, Duration::from_millis(2500));
+        assert_eq!(c.limits.frame_timeout, Duration::from_secs(3));
+        assert_eq!(c.limits.write_timeout, Duration::from_secs(4));
+        assert_eq!(c.limits.max_lookups_per_sec, Some(50_000));
+        assert_eq!(c.limits.max_router_frame_bytes, 64 << 10);
+        for (args, says) in [
+            (&["--max-lookups-per-sec", "0"][..], "--max-lookups-per-sec"),
+            (
+                &["--handshake-timeout-secs", "0"][..],
+                "--handshake-timeout-secs",
+            ),
+            (&["--write-timeout-secs=-1"][..], "--write-timeout-secs"),
+            (&["--max-batch", "10000"][..], "cannot carry a batch"),
+            (&["--max-handshakes", "0"][..], "--max-handshakes"),
+        ] {
+            let err = Args::parse_from(["memds-server"].iter().chain(args))
+                .resolve()
+                .expect_err("refused");
+            assert!(err.to_string().contains(says), "{args:?}: {err}");
+        }
+    }
 
     #[test]
     fn command_line_wins_over_the_file_and_defaults_fill_the_rest() {

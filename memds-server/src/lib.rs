@@ -17,12 +17,16 @@
 //! - [`durable`]: the write-ahead log, checkpoints, recovery and compaction.
 //! - [`scrub`]: the background verification of resident tables, and their repair from disk.
 //! - [`tls`]: the development PKI, the rustls/quinn server configuration, router vs admin.
-//! - [`metrics`]: every metric, described once, and the `/metrics` endpoint.
+//! - [`metrics`]: every metric, described once, and the `/metrics` page.
+//! - [`http`]: the HTTP listener of `/metrics`, `/ready` and `/health`: connection cap,
+//!   timeouts, accept backoff.
 //! - [`config`]: the command line and TOML configuration of the binary.
 
+pub mod admission;
 pub mod config;
 pub mod durable;
 pub mod fleet;
+pub mod http;
 pub mod metrics;
 pub mod scrub;
 pub mod server;

@@ -1,5 +1,5 @@
 //! Prometheus metrics: every metric declared and described here, once, and the `/metrics`
-//! HTTP endpoint.
+//! page (served by [`crate::http`]).
 //!
 //! Names follow Prometheus conventions: the `memds_` prefix, base units (`_seconds`, `_bytes`),
 //! `_total` for counters. Labels are bounded: operation and result names, error codes, client
@@ -9,27 +9,29 @@
 //! one process (as tests do) share it; the per-server counters that `stats` reports live in
 //! [`Counters`] instead.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use http_body_util::Full;
-use hyper::body::Bytes;
-use hyper::service::service_fn;
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use memds_proto::wire::ErrorCode;
 use metrics::{Counter, Gauge, Histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tokio::net::TcpListener;
-
-use crate::fleet::Readiness;
 
 /// Lookup operations, as metric labels.
 pub const LOOKUP_OPS: [&str; 3] = ["lookup", "batch_lookup", "range"];
 
 /// Why a connection is refused, as metric labels.
-pub const REFUSAL_REASONS: [&str; 3] = ["connection_limit", "handshake", "no_certificate"];
+pub const REFUSAL_REASONS: [&str; 5] = [
+    "connection_limit",
+    "handshake_limit",
+    "handshake_timeout",
+    "handshake",
+    "no_certificate",
+];
+
+/// Why the server reset a stream, as metric labels: a frame that did not arrive whole in time,
+/// or an answer the client did not read in time.
+pub const STREAM_RESET_REASONS: [&str; 2] = ["frame_timeout", "write_timeout"];
 
 /// Kinds of request frames counted in `memds_requests_total`, as metric labels.
 pub const REQUEST_KINDS: [&str; 5] = ["read", "write", "stats", "summary", "malformed"];
@@ -100,6 +102,31 @@ fn describe() {
         "memds_connections_refused_total",
         Unit::Count,
         "Connections refused, by reason."
+    );
+    describe_gauge!(
+        "memds_handshakes_in_progress",
+        Unit::Count,
+        "QUIC handshakes under way (they do not count against --max-connections)."
+    );
+    describe_counter!(
+        "memds_quic_retries_total",
+        Unit::Count,
+        "Connection attempts answered with a stateless QUIC Retry (address validation) because many handshakes were under way."
+    );
+    describe_counter!(
+        "memds_stream_resets_total",
+        Unit::Count,
+        "Streams the server reset, by reason (frame_timeout, write_timeout)."
+    );
+    describe_counter!(
+        "memds_lookups_shed_total",
+        Unit::Count,
+        "Lookups shed with `overloaded` by --max-lookups-per-sec (a batch of n hashes counts n)."
+    );
+    describe_gauge!(
+        "memds_lookup_limit",
+        Unit::Count,
+        "The lookups per second this server admits (--max-lookups-per-sec); 0 means no limit."
     );
     describe_counter!(
         "memds_errors_total",
@@ -217,6 +244,16 @@ fn describe() {
         Unit::Count,
         "Writes forwarded to peers, by peer and result (sent, failed) and reason of failure."
     );
+    describe_counter!(
+        "memds_http_accept_errors_total",
+        Unit::Count,
+        "Failed accepts on the metrics listener (descriptors exhausted, connections aborted before accept)."
+    );
+    describe_counter!(
+        "memds_http_connections_refused_total",
+        Unit::Count,
+        "Metrics-listener connections the server closed, by reason (limit: at the connection cap; timeout: no request in time, or past the connection deadline)."
+    );
     describe_gauge!(
         "memds_build_info",
         Unit::Count,
@@ -229,6 +266,8 @@ fn describe() {
 pub struct Counters {
     /// Partition lookups performed.
     pub lookups: AtomicU64,
+    /// Lookups shed by the lookup limit.
+    pub lookups_shed: AtomicU64,
     /// Request frames answered.
     pub requests: AtomicU64,
     /// Error answers.
@@ -304,6 +343,12 @@ fn register_bounded_series() {
     for reason in REFUSAL_REASONS {
         metrics::counter!("memds_connections_refused_total", "reason" => reason).increment(0);
     }
+    for reason in STREAM_RESET_REASONS {
+        metrics::counter!("memds_stream_resets_total", "reason" => reason).increment(0);
+    }
+    metrics::counter!("memds_quic_retries_total").increment(0);
+    metrics::counter!("memds_lookups_shed_total").increment(0);
+    metrics::gauge!("memds_handshakes_in_progress").increment(0.0);
     for kind in REQUEST_KINDS {
         metrics::counter!("memds_requests_total", "kind" => kind).increment(0);
     }
@@ -336,65 +381,12 @@ pub fn counter_refused(reason: &'static str) {
     metrics::counter!("memds_connections_refused_total", "reason" => reason).increment(1);
 }
 
+/// Counts a stream reset by reason (one of [`STREAM_RESET_REASONS`]).
+pub fn stream_reset(reason: &'static str) {
+    metrics::counter!("memds_stream_resets_total", "reason" => reason).increment(1);
+}
+
 /// Counts a request frame by kind (one of [`REQUEST_KINDS`]).
 pub fn request(kind: &'static str) {
     metrics::counter!("memds_requests_total", "kind" => kind).increment(1);
-}
-
-/// Serves `/metrics`, `/ready` (200 once the server has caught up with its peers, else 503
-/// with the reason on one line) and `/health` (200 while the process serves) on `listener`
-/// until `shutdown` resolves.
-pub async fn serve(
-    listener: TcpListener,
-    readiness: Arc<Readiness>,
-    shutdown: impl std::future::Future<Output = ()>,
-) {
-    tokio::pin!(shutdown);
-    loop {
-        let stream = tokio::select! {
-            () = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accepting a metrics connection");
-                    continue;
-                }
-            },
-        };
-        let readiness = Arc::clone(&readiness);
-        tokio::spawn(async move {
-            let service = service_fn(|req: Request<hyper::body::Incoming>| {
-                let readiness = Arc::clone(&readiness);
-                async move {
-                    let text = |status: StatusCode, body: String| {
-                        Response::builder()
-                            .status(status)
-                            .header("content-type", "text/plain")
-                            .body(Full::new(Bytes::from(body)))
-                    };
-                    match req.uri().path() {
-                        "/metrics" => Response::builder()
-                            .header("content-type", "text/plain; version=0.0.4")
-                            .body(Full::new(Bytes::from(handle().render()))),
-                        "/ready" if readiness.is_ready() => text(StatusCode::OK, "ready\n".into()),
-                        "/ready" => text(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            format!("not ready: {}\n", readiness.reason()),
-                        ),
-                        "/health" => text(StatusCode::OK, "ok\n".into()),
-                        _ => text(
-                            StatusCode::NOT_FOUND,
-                            "not found; try /metrics, /ready or /health\n".into(),
-                        ),
-                    }
-                }
-            });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(error = %e, "metrics connection");
-            }
-        });
-    }
 }

@@ -6,11 +6,21 @@
 //! bidirectional streams runs a loop that reads whatever arrived, answers every complete frame
 //! in order into one buffer, and writes that buffer once.
 //!
-//! Bounds: connections (past the limit a new connection is refused), streams per connection
-//! (QUIC flow control), frame size (a typed error under id 0, then the connection is closed),
-//! batch size (a typed error), frames answered per write (at most `max_in_flight` before the
-//! answers are flushed; the peer cannot send more than the stream window while answers are
-//! unread), idle time (QUIC idle timeout), and queued writes (`overloaded` when full).
+//! Bounds (docs/threat-model.md says which protects what):
+//! - Handshakes in progress (`max_handshakes`, refused beyond; each abandoned after
+//!   `handshake_timeout`); past `retry_above` of them, a client must answer a stateless QUIC
+//!   Retry before the server keeps anything for it. Only authenticated connections take one of
+//!   the `max_connections` slots; past them a connection is closed as soon as it is known.
+//! - Streams per connection (QUIC flow control) and bytes unread per connection: routers get
+//!   small connection windows, admins and peers (who move whole tables) large ones.
+//! - Frame size by role (a typed error under id 0, then the connection is closed); a frame must
+//!   arrive whole within `frame_timeout` (plus a second per MiB) of its first byte, and an
+//!   answer must be taken by the client within `write_timeout` (plus a second per MiB), or the
+//!   stream is reset; at shutdown, answers get a short grace and no more.
+//! - Lookups per second (`max_lookups_per_sec`, [`crate::admission`]), shed with `overloaded`.
+//! - Batch size (a typed error), frames answered per write (at most `max_in_flight` before the
+//!   answers are flushed), idle time (QUIC idle timeout), and queued writes (`overloaded` when
+//!   full).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,12 +32,13 @@ use anyhow::Context as _;
 use memds_proto::NodeInterner;
 use memds_proto::wire::{
     self, ArchivedRequest, ErrorCode, ErrorReply, FrameDecoder, Request, Response, ServerStats,
-    WireError,
+    WireError, close_code,
 };
 use rustls_pki_types::CertificateDer;
-use tokio::sync::{Semaphore, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 use tokio::task::JoinSet;
 
+use crate::admission::{LookupLimit, Share};
 use crate::durable::{Durable, RecoveryMode};
 use crate::fleet::{Fleet, FleetConfig, FleetTasks};
 use crate::metrics::{self, Counters, Metrics};
@@ -89,8 +100,29 @@ impl ServerConfig {
 /// Resource bounds.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    /// Open connections at most; more are refused.
+    /// Authenticated connections at most; more are closed once their handshake completes.
+    /// Handshakes in progress count against `max_handshakes` instead.
     pub max_connections: usize,
+    /// Handshakes in progress at most; new connection attempts beyond it are refused before any
+    /// state is kept for them.
+    pub max_handshakes: usize,
+    /// Handshakes in progress beyond which a client must prove its address with a QUIC Retry
+    /// before the server keeps any state for it (spoofed floods then cost one stateless packet).
+    pub retry_above: usize,
+    /// A handshake not complete within this is abandoned.
+    pub handshake_timeout: Duration,
+    /// Largest request frame a router may send, in bytes (routers only look up: a batch of
+    /// `max_batch` hashes fits).
+    pub max_router_frame_bytes: usize,
+    /// A frame must arrive whole within this (plus a second per MiB it declares) of its first
+    /// byte, or the stream is reset.
+    pub frame_timeout: Duration,
+    /// An answer the client has not taken within this is abandoned and its stream reset.
+    pub write_timeout: Duration,
+    /// Lookups (keys, counting each key of a batch) this server answers per second at most;
+    /// beyond it lookups are shed with `overloaded`, fairly between connections. Writes and peer
+    /// traffic are not counted. `None`: no limit.
+    pub max_lookups_per_sec: Option<u64>,
     /// Concurrent bidirectional streams a client may open per connection.
     pub max_streams_per_connection: u32,
     /// Largest request frame, in bytes.
@@ -114,6 +146,13 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_connections: 4096,
+            max_handshakes: 256,
+            retry_above: 32,
+            handshake_timeout: Duration::from_secs(5),
+            max_router_frame_bytes: 64 << 10,
+            frame_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(10),
+            max_lookups_per_sec: None,
             max_streams_per_connection: 4,
             max_frame_bytes: wire::DEFAULT_MAX_FRAME_BYTES,
             max_batch: wire::DEFAULT_MAX_BATCH,
@@ -160,8 +199,21 @@ impl RunningServer {
     }
 }
 
+/// Bytes a router may have in flight to the server on a connection before the server reads
+/// them: routers send small requests, so this bounds what a hostile one pins without slowing an
+/// honest one. Admins and peers get twice the stream window once their role is known.
+const ROUTER_RECEIVE_WINDOW: u32 = 256 << 10;
+/// Answer bytes the server buffers for a router connection beyond what the router has read.
+const ROUTER_SEND_WINDOW: u64 = 1 << 20;
+/// The same for admins and peers, whose answers may be whole tables.
+const BULK_SEND_WINDOW: u64 = 8 << 20;
+/// A frame or answer of this many bytes gets a second more than the configured timeout.
+const BYTES_PER_EXTRA_SECOND: f64 = (1 << 20) as f64;
+/// How long answers already under way may take once shutdown begins.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 struct Ctx {
     store: Arc<Store>,
+    lookup_limit: Option<Arc<LookupLimit>>,
     writes: tokio::sync::mpsc::Sender<Job>,
     authorizer: Authorizer,
     limits: Limits,
@@ -193,7 +245,9 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         .max_concurrent_bidi_streams(config.limits.max_streams_per_connection.into())
         .max_concurrent_uni_streams(0u32.into())
         .stream_receive_window(config.limits.stream_window.into())
-        .receive_window((config.limits.stream_window.saturating_mul(2)).into())
+        // Until the role is known, a connection gets a router's windows (see `handle_connection`).
+        .receive_window(ROUTER_RECEIVE_WINDOW.into())
+        .send_window(ROUTER_SEND_WINDOW)
         .max_idle_timeout(Some(
             config
                 .limits
@@ -247,15 +301,23 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
                 .local_addr()
                 .context("reading the metrics address")?;
             let mut rx = shutdown_rx.clone();
-            tokio::spawn(metrics::serve(listener, fleet.readiness(), async move {
-                let _ = rx.wait_for(|stop| *stop).await;
-            }));
+            tokio::spawn(crate::http::serve(
+                listener,
+                fleet.readiness(),
+                async move {
+                    let _ = rx.wait_for(|stop| *stop).await;
+                },
+            ));
             Some(bound)
         }
         None => None,
     };
+    let lookup_limit = config.limits.max_lookups_per_sec.map(LookupLimit::new);
+    ::metrics::gauge!("memds_lookup_limit")
+        .set(config.limits.max_lookups_per_sec.unwrap_or(0) as f64);
     let ctx = Arc::new(Ctx {
         store,
+        lookup_limit,
         writes: writer.sender(),
         authorizer,
         limits: config.limits,
@@ -373,10 +435,11 @@ async fn accept_loop(
     fleet_task: tokio::task::JoinHandle<()>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let permits = Arc::new(Semaphore::new(ctx.limits.max_connections));
+    let handshakes = Arc::new(Semaphore::new(ctx.limits.max_handshakes));
+    let slots = Arc::new(Semaphore::new(ctx.limits.max_connections));
     let mut connections = JoinSet::new();
     loop {
-        let incoming = tokio::select! {
+        let mut incoming = tokio::select! {
             _ = shutdown.wait_for(|stop| *stop) => break,
             incoming = endpoint.accept() => match incoming {
                 Some(i) => i,
@@ -384,17 +447,30 @@ async fn accept_loop(
             },
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
         };
-        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-            metrics::counter_refused("connection_limit");
+        // Many handshakes under way: keep no state for a client until it shows it receives
+        // at its address (a spoofed flood then costs one stateless packet each).
+        let under_way = ctx.limits.max_handshakes - handshakes.available_permits();
+        if under_way >= ctx.limits.retry_above
+            && !incoming.remote_address_validated()
+            && incoming.may_retry()
+        {
+            match incoming.retry() {
+                Ok(()) => {
+                    ::metrics::counter!("memds_quic_retries_total").increment(1);
+                    continue;
+                }
+                Err(e) => incoming = e.into_incoming(),
+            }
+        }
+        let Ok(handshake) = Arc::clone(&handshakes).try_acquire_owned() else {
+            metrics::counter_refused("handshake_limit");
             incoming.refuse();
             continue;
         };
         let ctx = Arc::clone(&ctx);
         let shutdown = shutdown.clone();
-        connections.spawn(async move {
-            handle_connection(incoming, ctx, shutdown).await;
-            drop(permit);
-        });
+        let slots = Arc::clone(&slots);
+        connections.spawn(handle_connection(incoming, handshake, slots, ctx, shutdown));
     }
     // Drain: every connection finishes the frames it has, answers them and closes.
     while connections.join_next().await.is_some() {}
@@ -415,21 +491,49 @@ async fn accept_loop(
     .await;
 }
 
+/// Counts a handshake in progress for as long as it lives.
+struct HandshakeGauge {
+    _permit: OwnedSemaphorePermit,
+}
+
+impl HandshakeGauge {
+    fn new(permit: OwnedSemaphorePermit) -> Self {
+        ::metrics::gauge!("memds_handshakes_in_progress").increment(1.0);
+        Self { _permit: permit }
+    }
+}
+
+impl Drop for HandshakeGauge {
+    fn drop(&mut self) {
+        ::metrics::gauge!("memds_handshakes_in_progress").decrement(1.0);
+    }
+}
+
 async fn handle_connection(
     incoming: quinn::Incoming,
+    handshake_permit: OwnedSemaphorePermit,
+    slots: Arc<Semaphore>,
     ctx: Arc<Ctx>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    // A handshake in progress does not hold up shutdown.
+    let in_progress = HandshakeGauge::new(handshake_permit);
+    // A handshake in progress does not hold up shutdown, and does not last.
     let handshake = tokio::select! {
         _ = shutdown.wait_for(|stop| *stop) => return,
-        handshake = incoming => handshake,
+        handshake = tokio::time::timeout(ctx.limits.handshake_timeout, incoming) => handshake,
     };
+    drop(in_progress);
     let conn = match handshake {
-        Ok(c) => c,
-        Err(e) => {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
             metrics::counter_refused("handshake");
             tracing::debug!(error = %e, "handshake failed");
+            return;
+        }
+        Err(_) => {
+            // Dropping the attempt closes it.
+            metrics::counter_refused("handshake_timeout");
+            tracing::debug!("handshake timed out");
             return;
         }
     };
@@ -439,8 +543,33 @@ async fn handle_connection(
         .and_then(|chain| ctx.authorizer.role_of(&chain));
     let Some(role) = role else {
         metrics::counter_refused("no_certificate");
-        conn.close(1u32.into(), b"a client certificate is required");
+        conn.close(
+            close_code::NO_CERTIFICATE.into(),
+            b"a client certificate is required",
+        );
         return;
+    };
+    // Only an authenticated connection takes a slot.
+    let Ok(_slot) = slots.try_acquire_owned() else {
+        metrics::counter_refused("connection_limit");
+        conn.close(
+            close_code::BUSY.into(),
+            b"the server is at its connection limit; try another server",
+        );
+        return;
+    };
+    match role {
+        ClientRole::Router => {}
+        // Admins put and peers pull whole tables.
+        ClientRole::Admin | ClientRole::Peer => {
+            conn.set_receive_window(ctx.limits.stream_window.saturating_mul(2).into());
+            conn.set_send_window(BULK_SEND_WINDOW);
+        }
+    }
+    // Peers are never shed: the fleet must be repairable under any lookup load.
+    let share = match (&ctx.lookup_limit, role) {
+        (Some(limit), ClientRole::Router | ClientRole::Admin) => Some(Arc::new(limit.connection())),
+        _ => None,
     };
     ::metrics::counter!("memds_connections_total", "role" => role.as_str()).increment(1);
     let gauge = ::metrics::gauge!("memds_connections", "role" => role.as_str());
@@ -453,10 +582,15 @@ async fn handle_connection(
             _ = shutdown.wait_for(|stop| *stop) => break,
             accepted = conn.accept_bi() => match accepted {
                 Ok((send, recv)) => {
-                    let ctx = Arc::clone(&ctx);
-                    let conn = conn.clone();
-                    let shutdown = for_streams.clone();
-                    streams.spawn(async move { serve_stream(conn, send, recv, role, ctx, shutdown).await });
+                    let stream = Stream {
+                        conn: conn.clone(),
+                        send,
+                        recv,
+                        role,
+                        share: share.clone(),
+                        shutdown: for_streams.clone(),
+                    };
+                    streams.spawn(serve_stream(stream, Arc::clone(&ctx)));
                 }
                 Err(_) => break,
             },
@@ -469,38 +603,101 @@ async fn handle_connection(
     ctx.counters.connections.fetch_sub(1, Ordering::Relaxed);
 }
 
-async fn serve_stream(
+/// One bidirectional stream and what serving it needs.
+struct Stream {
     conn: quinn::Connection,
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
     role: ClientRole,
-    ctx: Arc<Ctx>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let max_frame = match role {
+    share: Option<Arc<Share>>,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// A timeout plus a second per MiB: what a frame or an answer of `bytes` may take.
+fn allowance(base: Duration, bytes: usize) -> Duration {
+    base + Duration::from_secs_f64(bytes as f64 / BYTES_PER_EXTRA_SECOND)
+}
+
+/// Sleeps until `deadline`, or for ever without one.
+async fn until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Writes `out` and clears it, within the write timeout and a short grace after shutdown
+/// begins; a client that does not take its answers has its stream reset instead. Returns
+/// whether the stream is still usable.
+async fn write_answers(stream: &mut Stream, out: &mut Vec<u8>, ctx: &Ctx) -> bool {
+    let mut shutdown = stream.shutdown.clone();
+    let stopping = async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    let limit = allowance(ctx.limits.write_timeout, out.len());
+    let written = tokio::select! {
+        r = stream.send.write_all(out) => r.is_ok(),
+        () = tokio::time::sleep(limit) => {
+            metrics::stream_reset("write_timeout");
+            let _ = stream.send.reset(close_code::WRITE_TIMEOUT.into());
+            false
+        }
+        () = stopping => {
+            let _ = stream.send.reset(close_code::WRITE_TIMEOUT.into());
+            false
+        }
+    };
+    out.clear();
+    if out.capacity() > FrameDecoder::KEEP_BYTES {
+        // A large answer (a whole table) is not kept for the life of the stream.
+        *out = Vec::new();
+    }
+    written
+}
+
+async fn serve_stream(mut stream: Stream, ctx: Arc<Ctx>) {
+    let max_frame = match stream.role {
+        // Routers only look up: their requests are small.
+        ClientRole::Router => ctx.limits.max_router_frame_bytes,
+        ClientRole::Admin => ctx.limits.max_frame_bytes,
         // Peers forward whole tables: a put may be as large as the snapshot limit allows.
         ClientRole::Peer => peer_frame_limit(&ctx.limits),
-        _ => ctx.limits.max_frame_bytes,
     };
     let mut decoder = FrameDecoder::new(max_frame);
-    let mut chunk = vec![0u8; 64 * 1024];
-    let mut out = Vec::with_capacity(64 * 1024);
+    let mut out = Vec::new();
+    // When the frame partly received began to arrive.
+    let mut frame_started: Option<tokio::time::Instant> = None;
     loop {
+        let deadline = frame_started.map(|started| {
+            started + allowance(ctx.limits.frame_timeout, decoder.partial().unwrap_or(0))
+        });
         let read = tokio::select! {
-            _ = shutdown.wait_for(|stop| *stop) => break,
-            read = recv.read(&mut chunk) => read,
+            _ = stream.shutdown.wait_for(|stop| *stop) => break,
+            () = until(deadline) => {
+                // Half a frame, sent slowly or never finished: it would pin its buffer.
+                metrics::stream_reset("frame_timeout");
+                let _ = stream.send.reset(close_code::FRAME_TIMEOUT.into());
+                let _ = stream.recv.stop(close_code::FRAME_TIMEOUT.into());
+                return;
+            }
+            read = stream.recv.read_chunk(64 * 1024, true) => read,
         };
-        let n = match read {
-            Ok(Some(n)) => n,
+        let chunk = match read {
+            Ok(Some(chunk)) => chunk.bytes,
             Ok(None) | Err(_) => break,
         };
-        decoder.push(&chunk[..n]);
+        decoder.push(&chunk);
+        drop(chunk);
         let mut answered = 0usize;
+        let mut completed = false;
         loop {
             match decoder.next_frame() {
                 Ok(Some((id, payload))) => {
+                    completed = true;
                     ctx.metrics.in_flight.increment(1.0);
-                    match answer_frame(payload, role, &ctx).await {
+                    let share = stream.share.as_deref();
+                    match answer_frame(payload, stream.role, share, &ctx).await {
                         Answer::Response(response) => {
                             wire::encode_response(id, &response, &mut out)
                         }
@@ -519,12 +716,12 @@ async fn serve_stream(
                     }
                     answered += 1;
                     if answered >= ctx.limits.max_in_flight || out.len() >= (1 << 20) {
-                        if send.write_all(&out).await.is_err() {
+                        let written = write_answers(&mut stream, &mut out, &ctx).await;
+                        ctx.metrics.in_flight.decrement(answered as f64);
+                        answered = 0;
+                        if !written {
                             return;
                         }
-                        ctx.metrics.in_flight.decrement(answered as f64);
-                        out.clear();
-                        answered = 0;
                     }
                 }
                 Ok(None) => break,
@@ -542,25 +739,34 @@ async fn serve_stream(
                         &Response::Error(ErrorReply::new(code, e.to_string())),
                         &mut out,
                     );
-                    let _ = send.write_all(&out).await;
+                    let written = write_answers(&mut stream, &mut out, &ctx).await;
                     ctx.metrics.in_flight.decrement(answered as f64);
-                    let _ = send.finish();
-                    // Give the peer a moment to read the reason before the close.
-                    let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
-                    conn.close(2u32.into(), e.to_string().as_bytes());
+                    if written {
+                        let _ = stream.send.finish();
+                        // Give the peer a moment to read the reason before the close.
+                        let _ = tokio::time::timeout(Duration::from_secs(1), stream.send.stopped())
+                            .await;
+                    }
+                    stream
+                        .conn
+                        .close(close_code::BAD_FRAME.into(), e.to_string().as_bytes());
                     return;
                 }
             }
         }
-        if !out.is_empty() {
-            if send.write_all(&out).await.is_err() {
-                return;
-            }
-            out.clear();
-        }
+        let written = out.is_empty() || write_answers(&mut stream, &mut out, &ctx).await;
         ctx.metrics.in_flight.decrement(answered as f64);
+        if !written {
+            return;
+        }
+        frame_started = match decoder.partial() {
+            None => None,
+            // The same frame is still arriving.
+            Some(_) if !completed && frame_started.is_some() => frame_started,
+            Some(_) => Some(tokio::time::Instant::now()),
+        };
     }
-    let _ = send.finish();
+    let _ = stream.send.finish();
 }
 
 /// An answer to one request frame: a response to encode, or one encoded before (a cached
@@ -570,9 +776,57 @@ enum Answer {
     Archived(Arc<rkyv::util::AlignedVec>),
 }
 
-async fn answer_frame(payload: &[u8], role: ClientRole, ctx: &Ctx) -> Answer {
+/// What a lookup costs against the lookup limit: one per key, per route a range may return,
+/// and one for a table's node list or snapshot. `None` for what is not a lookup.
+fn lookup_cost(req: &ArchivedRequest, max_batch: usize) -> Option<u64> {
+    let max_batch = max_batch as u64;
+    match req {
+        ArchivedRequest::Lookup { .. }
+        | ArchivedRequest::GetNodes { .. }
+        | ArchivedRequest::GetTable { .. } => Some(1),
+        ArchivedRequest::BatchLookup { hashes, .. } => {
+            Some((hashes.len() as u64).clamp(1, max_batch))
+        }
+        ArchivedRequest::Range { limit, .. } => {
+            Some(u64::from(limit.to_native()).clamp(1, max_batch))
+        }
+        _ => None,
+    }
+}
+
+/// Sheds a lookup over the limit.
+fn shed(ctx: &Ctx, cost: u64, limit: &LookupLimit) -> Response {
+    metrics::request("read");
+    ::metrics::counter!("memds_lookups_shed_total").increment(cost);
+    Counters::add(&ctx.counters.lookups_shed, cost);
+    Response::Error(ErrorReply::new(
+        ErrorCode::Overloaded,
+        format!(
+            "this server answers at most {} lookups a second; ask another server",
+            limit.per_sec()
+        ),
+    ))
+}
+
+async fn answer_frame(
+    payload: &[u8],
+    role: ClientRole,
+    share: Option<&Share>,
+    ctx: &Ctx,
+) -> Answer {
     Counters::add(&ctx.counters.requests, 1);
-    let response = match wire::access_request(payload) {
+    let request = wire::access_request(payload);
+    let over_limit = match (&request, share, &ctx.lookup_limit) {
+        (Ok(req), Some(share), Some(limit)) => lookup_cost(req, ctx.limits.max_batch)
+            .filter(|&cost| !share.admit(cost))
+            .map(|cost| (cost, limit)),
+        _ => None,
+    };
+    let response = match request {
+        _ if over_limit.is_some() => {
+            let (cost, limit) = over_limit.expect("checked");
+            shed(ctx, cost, limit)
+        }
         Err(e) => {
             metrics::request("malformed");
             Response::Error(ErrorReply::new(ErrorCode::Malformed, e.to_string()))
@@ -738,6 +992,7 @@ fn stats(ctx: &Ctx) -> ServerStats {
         node_records: ctx.store.node_records().0,
         connections: c.connections.load(Ordering::Relaxed),
         lookups_total: c.lookups.load(Ordering::Relaxed),
+        lookups_shed_total: c.lookups_shed.load(Ordering::Relaxed),
         requests_total: c.requests.load(Ordering::Relaxed),
         errors_total: c.errors.load(Ordering::Relaxed),
         writes_total: c.writes.load(Ordering::Relaxed),

@@ -38,6 +38,13 @@ struct Entry {
     answer: OnceCell<Arc<AlignedVec>>,
 }
 
+impl Drop for SnapshotCache {
+    fn drop(&mut self) {
+        let held = self.bytes.load(Ordering::Relaxed);
+        metrics::gauge!("memds_snapshot_cache_bytes").decrement(held as f64);
+    }
+}
+
 impl SnapshotCache {
     /// The archived `Response::Table` for `table` at its current version, built on a blocking
     /// thread if no caller built it yet.
@@ -118,8 +125,10 @@ impl SnapshotCache {
             .map(|a| a.len() as u64)
             .sum();
         drop(entries);
-        self.bytes.store(bytes, Ordering::Relaxed);
-        metrics::gauge!("memds_snapshot_cache_bytes").set(bytes as f64);
+        // By difference, so that servers sharing one process's recorder (tests, embedded
+        // fleets) add up instead of overwriting each other.
+        let before = self.bytes.swap(bytes, Ordering::Relaxed);
+        metrics::gauge!("memds_snapshot_cache_bytes").increment(bytes as f64 - before as f64);
     }
 }
 
