@@ -481,6 +481,85 @@ async fn a_lookup_flood_is_shed_fairly_while_writes_and_peers_pass() {
     assert!(common::metric(&page, "memds_errors_total{code=\"overloaded\"}") > 0.0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_far_past_the_in_flight_bound_are_all_answered_in_order_with_bounded_memory() {
+    let server = Spawned::start("in-flight", &["--max-lookups-per-sec", "5000"]);
+    let table = put_table(&server, 2_000).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let router = steady_router(
+        server.client(Role::Router).await,
+        table.clone(),
+        100,
+        Arc::clone(&stop),
+    );
+    let rss_before = server.rss();
+    // 20,000 lookups written at once (the server answers 1,024 frames per write; flow control
+    // holds back the rest), read concurrently.
+    const N: u64 = 20_000;
+    let mut frames = Vec::new();
+    for id in 1..=N {
+        let lookup = Request::Lookup {
+            table: table.clone(),
+            hash: id.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            min_version: None,
+        };
+        wire::encode_request(id, &lookup, &mut frames);
+    }
+    let conn = raw_connection(&server, Role::Router).await;
+    let (mut send, mut recv) = conn.open_bi().await.expect("a stream");
+    let writer = tokio::spawn(async move {
+        send.write_all(&frames)
+            .await
+            .expect("the requests are taken");
+        send.finish().expect("finish");
+        send
+    });
+    let mut decoder = wire::FrameDecoder::new(64 << 20);
+    let (mut next, mut routes, mut overloaded) = (1u64, 0u64, 0u64);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut rss_peak = 0;
+    while next <= N {
+        let n = tokio::time::timeout(Duration::from_secs(10), recv.read(&mut buf))
+            .await
+            .expect("answers keep coming")
+            .expect("read")
+            .expect("the stream is open");
+        decoder.push(&buf[..n]);
+        while let Some((id, payload)) = decoder.next_frame().expect("a frame") {
+            assert_eq!(id, next, "answers in order");
+            next += 1;
+            match wire::decode_response(payload).expect("a response") {
+                Response::Routes(_) => routes += 1,
+                Response::Error(e) if e.code == ErrorCode::Overloaded => overloaded += 1,
+                other => panic!("unexpected answer {other:?}"),
+            }
+        }
+        if next % 2_000 == 0 {
+            rss_peak = rss_peak.max(server.rss());
+        }
+    }
+    let _send = writer.await.expect("the writer");
+    rss_peak = rss_peak.max(server.rss());
+    // The burst takes well under a second here; the router keeps going a moment after it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let p99 = served_throughout(router, &stop, 20, Duration::from_millis(500)).await;
+    eprintln!(
+        "20,000 pipelined lookups: {routes} answered, {overloaded} overloaded, in order; RSS \
+         {:.1} MiB before, peak {:.1} MiB; router p99 {p99:?}",
+        rss_before as f64 / MIB as f64,
+        rss_peak as f64 / MIB as f64
+    );
+    assert_eq!(routes + overloaded, N);
+    assert!(
+        overloaded > 0,
+        "a burst of 20,000 past a limit of 5,000/s shed nothing"
+    );
+    assert!(
+        rss_peak < rss_before + 32 * MIB,
+        "RSS grew from {rss_before} to {rss_peak} bytes"
+    );
+}
+
 /// A raw QUIC connection with a role's certificate, for sending what no client library would.
 async fn raw_connection(server: &Spawned, role: Role) -> quinn::Connection {
     let tls = ClientTls::from_dir(&server.tls_dir, role).expect("TLS material");
