@@ -22,6 +22,14 @@
 //! seen when the answer arrived, and cached routes never move backwards (the staleness rules of
 //! [`crate::table`] refuse older answers besides). A cached route that a newer version confirms
 //! unchanged keeps the `version` it was first cached at.
+//!
+//! Overload: a server past its lookup limit sheds lookups with `overloaded` (the whole frame,
+//! or the node-list fetch an answer needed). The shed batch's refreshes are dropped and
+//! counted (`refreshes_shed`), never sent again; its waiting misses are sent to one other
+//! server (not hedged), and fail with [`CacheError::Overloaded`] if that one sheds them too, or
+//! at once if there is no other to ask. The server that shed a batch is never asked again for
+//! it. So an overloaded fleet gets at most one extra lookup per miss from the cache, and hits
+//! keep being answered from the cache while their refreshes are shed.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -85,7 +93,9 @@ pub struct Config {
     /// Most hashes per batch frame.
     pub max_batch: usize,
     /// First delay before reconnecting to a server (doubling, with jitter, up to
-    /// `reconnect_max`).
+    /// `reconnect_max`; back to this only after a connection that stayed up for
+    /// `reconnect_max`, so a server closing connections at once, as one at its connection
+    /// limit does, is tried ever less often).
     pub reconnect_min: Duration,
     /// Longest delay between reconnection attempts.
     pub reconnect_max: Duration,
@@ -181,7 +191,8 @@ pub enum CacheError {
     #[error("no route from the fleet within {0:?} (servers up: {1})")]
     Timeout(Duration, usize),
     /// The fleet answered with an error (for instance an unknown table). Never `behind` or
-    /// `unavailable`: those are [`CacheError::Refused`].
+    /// `unavailable` (those are [`CacheError::Refused`]), nor `overloaded`
+    /// ([`CacheError::Overloaded`]).
     #[error("the fleet answered {}: {}", .0.code.as_str(), .0.message)]
     Server(ErrorReply),
     /// Servers refused the lookup as behind the newest version of the table this cache has
@@ -204,6 +215,24 @@ pub enum CacheError {
         /// The lowest table version the lookup accepted: the newest the cache had seen.
         min_version: Option<u64>,
         /// The last refusal.
+        last: ErrorReply,
+    },
+    /// Servers shed the lookup with `overloaded` (their lookup limit), and no server answered
+    /// it: the server asked shed it and so did the one other server it was then asked of, or
+    /// there was no other to ask (none connected, or every other refused it as `behind` or
+    /// `unavailable`). A lookup answered `overloaded` is asked of one other server at most,
+    /// never of the same one again, so an overloaded fleet gets at most one extra lookup per
+    /// miss from it. Transient: the caller may try again later, better after backing off.
+    #[error(
+        "{overloaded} of the fleet's {servers} servers shed the lookup as overloaded (a lookup \
+         shed is asked of one other server at most); last: {last}"
+    )]
+    Overloaded {
+        /// Servers in the fleet.
+        servers: usize,
+        /// Servers that answered `overloaded` (at most two).
+        overloaded: usize,
+        /// The last `overloaded` answer.
         last: ErrorReply,
     },
     /// The cache could not start (bad TLS material, no endpoint).
@@ -243,8 +272,13 @@ pub struct CacheStats {
     /// Answers that changed a cached route (inserted or replaced).
     pub refreshes_changed: u64,
     /// Refreshes dropped: queue full, no server to send them to, or no answer from the fleet
-    /// (a refusal is counted in `behind` or `unavailable` instead).
+    /// (a refusal is counted in `behind` or `unavailable` instead, and a refresh shed as
+    /// `overloaded` in `refreshes_shed`).
     pub dropped: u64,
+    /// Refreshes (lookups of hits) in frames a server answered `overloaded`: dropped, never
+    /// sent again (their hits were answered from the cache already). Also counted in
+    /// `overloaded`.
+    pub refreshes_shed: u64,
     /// Server answers refused whole as malformed (a route count other than the hashes asked, a
     /// route that does not hold its hash, a bad replica list, a node list not sorted by id or
     /// lacking a node its routes name, an answer of another kind or that does not decode, a
@@ -261,9 +295,19 @@ pub struct CacheStats {
     /// Lookups refused as `unavailable`: the server had not caught up with its peers since it
     /// started (not ready). Misses among them were sent again; refreshes were not.
     pub unavailable: u64,
+    /// Lookups answered `overloaded` (hashes in the frames shed, and node-list fetches shed):
+    /// the server's lookup limit shed them. Misses among them were sent again to one other
+    /// server at most ([`CacheStats::retried_overloaded`]); refreshes were dropped
+    /// ([`CacheStats::refreshes_shed`]).
+    pub overloaded: u64,
     /// Lookups sent again to another server after a refusal (`behind` or `unavailable`): the
-    /// whole batch of a refused frame that had misses waiting. Not counted in `hedged`.
+    /// whole batch of a refused frame that had misses waiting; and after an `overloaded`
+    /// answer, the misses still waiting (also counted in `retried_overloaded`). Not counted
+    /// in `hedged`.
     pub retried_elsewhere: u64,
+    /// Lookups sent again to another server after an `overloaded` answer: only the misses
+    /// still waiting, once per miss at most.
+    pub retried_overloaded: u64,
     /// Jobs queued or in flight.
     pub queue_depth: u64,
     /// Routes cached, over all tables.
@@ -293,8 +337,14 @@ struct Counters {
     behind: AtomicU64,
     /// Lookups refused as unavailable (server not ready).
     unavailable: AtomicU64,
-    /// Lookups sent again after a refusal.
+    /// Lookups sent again after a refusal (overloaded included).
     retried: AtomicU64,
+    /// Lookups answered overloaded.
+    overloaded: AtomicU64,
+    /// Lookups sent again after an overloaded answer.
+    retried_overloaded: AtomicU64,
+    /// Refreshes in frames answered overloaded.
+    refreshes_shed: AtomicU64,
     /// Misses queued.
     miss_jobs: AtomicU64,
     /// Jobs taken off the queue and finished.
@@ -616,6 +666,9 @@ impl RouterCache {
             behind: c.behind.load(Ordering::Relaxed),
             unavailable: c.unavailable.load(Ordering::Relaxed),
             retried_elsewhere: c.retried.load(Ordering::Relaxed),
+            refreshes_shed: c.refreshes_shed.load(Ordering::Relaxed),
+            overloaded: c.overloaded.load(Ordering::Relaxed),
+            retried_overloaded: c.retried_overloaded.load(Ordering::Relaxed),
             queue_depth: self.inner.outstanding(),
             entries,
             servers_up: self.inner.fleet.up() as u64,
@@ -830,7 +883,9 @@ impl Inner {
 
     /// Classic mode's first touch: the whole table, from one server. A server that refuses
     /// (behind, not ready) or sends a table older than a version the cache has seen is not
-    /// asked again; the download fails once every connected server has refused.
+    /// asked again; the download fails once every connected server has refused. One that sheds
+    /// it (`overloaded`) is not asked again either, and a second one shedding it fails the
+    /// download ([`CacheError::Overloaded`]).
     async fn download(&self, t: &TableState) -> Result<(), CacheError> {
         let _guard = t.nodes_fetch.lock().await;
         if t.downloaded.load(Ordering::SeqCst) {
@@ -843,10 +898,10 @@ impl Inner {
             let Some(server) = self
                 .fleet
                 .pick(&refusals.avoiding(tried))
-                .or_else(|| self.fleet.pick(&refusals.servers))
+                .or_else(|| self.fleet.pick(&refusals.shunned()))
             else {
-                if !refusals.servers.is_empty() {
-                    // Every connected server refused.
+                if !refusals.shunned().is_empty() {
+                    // Every connected server refused or shed the download.
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -903,6 +958,13 @@ impl Inner {
                     self.count_refusal(&e, 1);
                     refusals.add(server.index, e);
                 }
+                // Shed: one other server is asked, no more.
+                Err(ClientError::Server(e)) if is_overloaded(e.code) => {
+                    add(&self.counters.overloaded, 1);
+                    if refusals.add_overloaded(server.index, e) >= 2 {
+                        break;
+                    }
+                }
                 Err(ClientError::Server(e)) => return Err(CacheError::Server(e)),
                 // A snapshot over the limit (or damaged, or of another table) is refused before
                 // it is used; another server may send one that is not.
@@ -915,8 +977,8 @@ impl Inner {
         Err(self.give_up(&refusals, t))
     }
 
-    /// The error of a request no server answered: the refusals if any server refused, else a
-    /// timeout.
+    /// The error of a request no server answered: overloaded if any server shed it, else the
+    /// refusals if any server refused, else a timeout.
     fn give_up(&self, refusals: &Refusals, t: &TableState) -> CacheError {
         refusals
             .error(self.fleet.len(), t.newest_version())
@@ -1079,8 +1141,11 @@ struct Batch {
     refreshes: u64,
     waiters: Mutex<Vec<Option<Waiter>>>,
     deadline: Instant,
-    /// The servers that refused the batch (or its hedge): none is asked again for it.
+    /// The servers that refused the batch (or its hedge), or shed it: none is asked again for
+    /// it.
     refusals: Mutex<Refusals>,
+    /// Whether the batch's hedge was sent (to a server other than the first).
+    hedge_sent: AtomicBool,
 }
 
 impl Batch {
@@ -1112,15 +1177,26 @@ fn is_refusal(code: ErrorCode) -> bool {
     matches!(code, ErrorCode::Behind | ErrorCode::Unavailable)
 }
 
-/// The servers that refused one request (a batch, or a whole-table download).
+/// Whether a server's error answer means it shed the lookup (its lookup limit): ask one other
+/// server at most, never the same one again.
+fn is_overloaded(code: ErrorCode) -> bool {
+    code == ErrorCode::Overloaded
+}
+
+/// The servers that refused one request (a batch, or a whole-table download), or shed it as
+/// overloaded: none of them is asked again for it.
 #[derive(Debug, Default)]
 struct Refusals {
-    /// Their positions in the fleet, each once.
+    /// Their positions in the fleet, each once: those that refused (`behind`, `unavailable`).
     servers: Vec<usize>,
     /// How many of them answered `behind` (the others answered `unavailable`).
     behind: usize,
     /// The last refusal.
     last: Option<ErrorReply>,
+    /// The servers that answered `overloaded`, each once.
+    overloaded: Vec<usize>,
+    /// The last `overloaded` answer.
+    last_overloaded: Option<ErrorReply>,
 }
 
 impl Refusals {
@@ -1134,21 +1210,45 @@ impl Refusals {
         self.last = Some(reply);
     }
 
-    /// Whether every server of a fleet of `servers` refused.
-    fn all(&self, servers: usize) -> bool {
-        self.servers.len() >= servers
+    /// Records an `overloaded` answer; answers how many servers have shed the request.
+    fn add_overloaded(&mut self, server: usize, reply: ErrorReply) -> usize {
+        if !self.overloaded.contains(&server) {
+            self.overloaded.push(server);
+        }
+        self.last_overloaded = Some(reply);
+        self.overloaded.len()
     }
 
-    /// The servers to avoid: those that refused, and `failed` (the server that last failed,
-    /// avoided when another is up).
+    /// The servers never to ask again: those that refused and those that shed the request.
+    fn shunned(&self) -> Vec<usize> {
+        let mut shunned = self.servers.clone();
+        shunned.extend(self.overloaded.iter().filter(|s| !self.servers.contains(s)));
+        shunned
+    }
+
+    /// Whether every server of a fleet of `servers` refused or shed the request.
+    fn all(&self, servers: usize) -> bool {
+        self.shunned().len() >= servers
+    }
+
+    /// The servers to avoid: those that refused or shed the request, and `failed` (the server
+    /// that last failed, avoided when another is up).
     fn avoiding(&self, failed: Option<usize>) -> Vec<usize> {
-        let mut avoid = self.servers.clone();
+        let mut avoid = self.shunned();
         avoid.extend(failed);
         avoid
     }
 
-    /// The error for a request no server answered, if any server refused it.
+    /// The error for a request no server answered, if any server shed or refused it: shed
+    /// ([`CacheError::Overloaded`]) if any server shed it, else refused.
     fn error(&self, servers: usize, min_version: Option<u64>) -> Option<CacheError> {
+        if let Some(last) = self.last_overloaded.clone() {
+            return Some(CacheError::Overloaded {
+                servers,
+                overloaded: self.overloaded.len(),
+                last,
+            });
+        }
         let last = self.last.clone()?;
         Some(CacheError::Refused {
             servers,
@@ -1181,41 +1281,58 @@ fn send_batch(inner: &Arc<Inner>, table: Arc<TableState>, jobs: Vec<Job>) {
         waiters: Mutex::new(waiters),
         deadline,
         refusals: Mutex::new(Refusals::default()),
+        hedge_sent: AtomicBool::new(false),
     });
     tokio::spawn(run_batch(Arc::clone(inner), batch));
 }
 
-/// Sends a batch, hedges its misses if late, applies the answer, retries misses on failure or
-/// refusal. A server that refused the batch (behind, not ready) is not asked again for it; the
-/// misses fail once every connected server of the fleet has refused, or at their deadline.
+/// Why the next send of a batch is a retry.
+#[derive(Clone, Copy)]
+enum Retry {
+    /// A server refused the batch (`behind`, `unavailable`, or an outdated answer).
+    Refused,
+    /// A server shed the batch (`overloaded`).
+    Overloaded,
+}
+
+/// Sends a batch, hedges its misses if late, applies the answer, retries misses on failure,
+/// refusal or overload. A server that refused the batch (behind, not ready) or shed it
+/// (overloaded) is not asked again for it; the misses fail once every connected server of the
+/// fleet has refused, or at their deadline. After an `overloaded` answer the batch's refreshes
+/// are dropped (counted in `refreshes_shed`) and its waiting misses are asked of one other
+/// server, unhedged; a second `overloaded` answer (or none other to ask) fails them with
+/// [`CacheError::Overloaded`]. A hedge already sent when the first `overloaded` answer arrives
+/// is that one other server: it is waited for, and no retry is sent after it.
 async fn run_batch(inner: Arc<Inner>, batch: Arc<Batch>) {
-    let n = batch.hashes.len() as u64;
     let servers = inner.fleet.len();
     // The server that last failed (no answer, a malformed one): avoided while another is up,
     // asked again when none is.
     let mut failed: Option<usize> = None;
     let mut answered = false;
     // Whether some server refused the batch (its refreshes are then counted there, not as
-    // dropped), and whether the next send is a retry after a refusal.
+    // dropped), or shed it (they are counted in `refreshes_shed`), and why the next send is a
+    // retry, if it is one.
     let mut refused = false;
-    let mut retry = false;
+    let mut shed = false;
+    let mut retry: Option<Retry> = None;
     loop {
-        let (avoid, refusers) = {
+        let (avoid, shunned) = {
             let r = batch.refusals();
             if r.all(servers) {
                 break;
             }
-            (r.avoiding(failed), r.servers.clone())
+            (r.avoiding(failed), r.shunned())
         };
         let Some(server) = inner
             .fleet
             .pick(&avoid)
-            .or_else(|| inner.fleet.pick(&refusers))
+            .or_else(|| inner.fleet.pick(&shunned))
         else {
-            // No server to ask: refreshes are dropped. After a refusal the misses fail now (the
-            // servers not asked are not connected, and one that comes back is not ready at
-            // first); before any, they wait for a server until their deadline.
-            if !refusers.is_empty()
+            // No server to ask: refreshes are dropped. After a refusal or an overloaded answer
+            // the misses fail now (the servers not asked are not connected, and one that comes
+            // back is not ready at first); before any, they wait for a server until their
+            // deadline.
+            if !shunned.is_empty()
                 || batch.pending_misses().is_empty()
                 || Instant::now() >= batch.deadline
             {
@@ -1228,8 +1345,22 @@ async fn run_batch(inner: Arc<Inner>, batch: Arc<Batch>) {
             // The same server again (no other is up) after it failed: not in a tight loop.
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        if std::mem::take(&mut retry) {
-            add(&inner.counters.retried, n);
+        // Once a server has shed the batch, only the misses still waiting are sent: the
+        // refreshes were dropped.
+        let subset = shed.then(|| batch.pending_misses());
+        let hashes: Vec<u64> = match &subset {
+            Some(misses) if misses.is_empty() => break,
+            Some(misses) => misses.iter().map(|&i| batch.hashes[i]).collect(),
+            None => batch.hashes.clone(),
+        };
+        let n = hashes.len() as u64;
+        match retry.take() {
+            Some(Retry::Refused) => add(&inner.counters.retried, n),
+            Some(Retry::Overloaded) => {
+                add(&inner.counters.retried, n);
+                add(&inner.counters.retried_overloaded, n);
+            }
+            None => {}
         }
         let sent = Instant::now();
         // No server is waited for longer than the request timeout, for its answer or for the
@@ -1240,11 +1371,13 @@ async fn run_batch(inner: Arc<Inner>, batch: Arc<Batch>) {
             .send(
                 &inner,
                 batch.table.name.as_str(),
-                batch.hashes.clone(),
+                hashes,
                 batch.table.newest_version(),
             )
             .await;
-        let hedge = (!batch.pending_misses().is_empty()).then(|| {
+        // A batch some server shed is not hedged: an overloaded fleet gets at most one extra
+        // lookup per miss.
+        let hedge = (subset.is_none() && !batch.pending_misses().is_empty()).then(|| {
             tokio::spawn(hedge_later(
                 Arc::clone(&inner),
                 Arc::clone(&batch),
@@ -1258,15 +1391,26 @@ async fn run_batch(inner: Arc<Inner>, batch: Arc<Batch>) {
             None => Err(ClientError::Closed("not connected".into())),
         };
         drop(in_flight);
-        if let Some(h) = hedge {
+        // Shed, with a hedge already sent to another server: that hedge is the misses' one
+        // other server. It is waited for (it completes the misses it is answered for, and
+        // records a refusal or an `overloaded` answer), not replaced by a retry.
+        let mut hedge_was_the_retry = false;
+        if let Some(mut h) = hedge {
+            if matches!(&answer, Ok(Response::Error(e)) if is_overloaded(e.code))
+                && batch.hedge_sent.load(Ordering::Acquire)
+            {
+                hedge_was_the_retry = true;
+                let _ = tokio::time::timeout(inner.request_timeout, &mut h).await;
+            }
             h.abort();
         }
         let outcome = match answer {
             Ok(Response::Routes(routes)) => {
                 crate::metrics::round_trip(sent.elapsed());
-                apply(&inner, &batch, &server, routes, None, until).await
+                apply(&inner, &batch, &server, routes, subset.as_deref(), until).await
             }
             Ok(Response::Error(e)) if is_refusal(e.code) => Err(Unapplied::Refused(e)),
+            Ok(Response::Error(e)) if is_overloaded(e.code) => Err(Unapplied::Overloaded(e, n)),
             Ok(Response::Error(e)) => {
                 for i in batch.pending_misses() {
                     batch.complete(i, Err(CacheError::Server(e.clone())));
@@ -1295,7 +1439,8 @@ async fn run_batch(inner: Arc<Inner>, batch: Arc<Batch>) {
                 );
                 inner.count_refusal(&reply, n);
                 batch.refusals().add(server.index, reply);
-                (refused, retry) = (true, true);
+                refused = true;
+                retry = Some(Retry::Refused);
             }
             Err(Unapplied::Outdated(reason)) => {
                 tracing::debug!(
@@ -1306,16 +1451,36 @@ async fn run_batch(inner: Arc<Inner>, batch: Arc<Batch>) {
                 );
                 add(&inner.counters.behind, n);
                 failed = Some(server.index);
-                (refused, retry) = (true, true);
+                refused = true;
+                retry = Some(Retry::Refused);
+            }
+            Err(Unapplied::Overloaded(reply, lookups)) => {
+                tracing::debug!(
+                    server = %server.client.remote_address(),
+                    table = %batch.table.name,
+                    %reply,
+                    "shed as overloaded; dropping the refreshes, asking one other server for the misses"
+                );
+                add(&inner.counters.overloaded, lookups);
+                if !shed {
+                    add(&inner.counters.refreshes_shed, batch.refreshes);
+                    shed = true;
+                }
+                let shedders = batch.refusals().add_overloaded(server.index, reply);
+                if hedge_was_the_retry || shedders >= 2 {
+                    break;
+                }
+                retry = Some(Retry::Overloaded);
             }
         }
-        // The server failed, lied or refused: misses try another until their deadline;
-        // refreshes go (their hits were answered already).
+        // The server failed, lied, refused or shed: misses try another until their deadline
+        // (after an overloaded answer, one other); refreshes go (their hits were answered
+        // already).
         if batch.pending_misses().is_empty() || Instant::now() >= batch.deadline {
             break;
         }
     }
-    if !answered && !refused {
+    if !answered && !refused && !shed {
         add(&inner.counters.dropped, batch.refreshes);
     }
     let misses = batch.pending_misses();
@@ -1325,11 +1490,11 @@ async fn run_batch(inner: Arc<Inner>, batch: Arc<Batch>) {
             batch.complete(i, Err(error.clone()));
         }
     }
-    inner.job_done(n);
+    inner.job_done(batch.hashes.len() as u64);
 }
 
 /// After the hedge delay, sends the still-waiting misses of a batch to another server (one that
-/// has not refused the batch).
+/// has not refused or shed the batch).
 async fn hedge_later(inner: Arc<Inner>, batch: Arc<Batch>, first: usize) {
     tokio::time::sleep(inner.hedge_delay).await;
     let misses = batch.pending_misses();
@@ -1340,6 +1505,8 @@ async fn hedge_later(inner: Arc<Inner>, batch: Arc<Batch>, first: usize) {
     let Some(server) = inner.fleet.pick(&avoid) else {
         return;
     };
+    // From here the hedge counts as the misses' other server (see `run_batch`).
+    batch.hedge_sent.store(true, Ordering::Release);
     add(&inner.counters.hedged, misses.len() as u64);
     let hashes: Vec<u64> = misses.iter().map(|&i| batch.hashes[i]).collect();
     let until = Instant::now() + inner.request_timeout;
@@ -1362,6 +1529,9 @@ async fn hedge_later(inner: Arc<Inner>, batch: Arc<Batch>, first: usize) {
             apply(&inner, &batch, &server, routes, Some(&misses), until).await
         }
         Ok(Response::Error(e)) if is_refusal(e.code) => Err(Unapplied::Refused(e)),
+        Ok(Response::Error(e)) if is_overloaded(e.code) => {
+            Err(Unapplied::Overloaded(e, misses.len() as u64))
+        }
         // The first server's answer, or its retries, still completes the misses.
         Ok(Response::Error(_)) => Ok(()),
         Err(e) => Err(Unapplied::from(e)),
@@ -1374,13 +1544,17 @@ async fn hedge_later(inner: Arc<Inner>, batch: Arc<Batch>, first: usize) {
             inner.count_refusal(&reply, misses.len() as u64);
             batch.refusals().add(server.index, reply);
         }
+        Err(Unapplied::Overloaded(reply, lookups)) => {
+            add(&inner.counters.overloaded, lookups);
+            batch.refusals().add_overloaded(server.index, reply);
+        }
         Err(Unapplied::Outdated(_)) => add(&inner.counters.behind, misses.len() as u64),
         Ok(()) | Err(Unapplied::Failed) => {}
     }
 }
 
 /// Why an answer was not applied. Either way the batch's misses go to another server, as
-/// after a failed send.
+/// after a failed send (after `Overloaded`, to one other server at most).
 enum Unapplied {
     /// The server broke the protocol: counted and logged by [`refuse`].
     Malformed(String),
@@ -1394,6 +1568,10 @@ enum Unapplied {
     /// left before that version was seen, or the server ignored `min_version`): counted as
     /// `behind`, and the misses are asked again.
     Outdated(String),
+    /// The server shed the lookup, or the node list its answer needed, as `overloaded` (its
+    /// lookup limit), costing that many lookups (the hashes of the frame, or one node-list
+    /// fetch). It is not asked again for the batch.
+    Overloaded(ErrorReply, u64),
 }
 
 impl From<ClientError> for Unapplied {
@@ -1401,6 +1579,8 @@ impl From<ClientError> for Unapplied {
         match e {
             // An answer that did not decode, or of another kind than asked for.
             ClientError::Protocol(reason) => Self::Malformed(reason),
+            // A node-list fetch the server shed.
+            ClientError::Server(e) if is_overloaded(e.code) => Self::Overloaded(e, 1),
             _ => Self::Failed,
         }
     }
@@ -1650,6 +1830,49 @@ mod tests {
             out.replicas.extend_from_slice(ids);
         }
         out
+    }
+
+    #[test]
+    fn a_request_shed_or_refused_avoids_those_servers_and_says_why_it_failed() {
+        let mut r = Refusals::default();
+        assert!(r.error(3, None).is_none());
+        r.add(0, ErrorReply::new(ErrorCode::Behind, "behind"));
+        assert!(matches!(
+            r.error(3, Some(7)),
+            Some(CacheError::Refused {
+                servers: 3,
+                behind: 1,
+                unavailable: 0,
+                min_version: Some(7),
+                ..
+            })
+        ));
+        assert_eq!(
+            r.add_overloaded(2, ErrorReply::new(ErrorCode::Overloaded, "shed")),
+            1
+        );
+        // The same server shedding again is counted once.
+        assert_eq!(
+            r.add_overloaded(2, ErrorReply::new(ErrorCode::Overloaded, "shed")),
+            1
+        );
+        assert_eq!(r.shunned(), vec![0, 2]);
+        assert_eq!(r.avoiding(Some(1)), vec![0, 2, 1]);
+        assert!(!r.all(3) && r.all(2));
+        // Shed by a server: overloaded, even if another refused.
+        match r.error(3, Some(7)) {
+            Some(CacheError::Overloaded {
+                servers: 3,
+                overloaded: 1,
+                last,
+            }) => assert_eq!(last.code, ErrorCode::Overloaded),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            r.add_overloaded(1, ErrorReply::new(ErrorCode::Overloaded, "shed")),
+            2
+        );
+        assert!(r.all(3));
     }
 
     #[test]

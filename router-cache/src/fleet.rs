@@ -1,11 +1,16 @@
 //! The fleet as the cache sees it: one connection per server, kept up in the background with
 //! jittered exponential backoff, and the choice of server per request by power of two choices
 //! on requests in flight.
+//!
+//! The backoff starts over only after a connection that stayed up for the longest backoff: a
+//! server that closes connections as soon as they are made (one at its connection limit closes
+//! them with `close_code::BUSY`) is tried again less and less often, up to the longest backoff,
+//! rather than handshaking with every router every few milliseconds.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use memds_client::{Client, Connector};
 use tokio::sync::watch;
@@ -164,6 +169,13 @@ impl Fleet {
     }
 }
 
+/// The backoff after a connection that stayed up for `lived`: back to `min` if it lived at least
+/// `max` (a server that went away after serving), else unchanged, so that a server closing every
+/// connection at once (at its connection limit, `BUSY`) is tried again ever less often.
+fn next_backoff(backoff: Duration, lived: Duration, min: Duration, max: Duration) -> Duration {
+    if lived >= max { min } else { backoff }
+}
+
 /// Keeps one server connected: connect, wait for the connection to close, back off with jitter,
 /// try again; until shutdown.
 async fn keep_connected(
@@ -185,7 +197,7 @@ async fn keep_connected(
         };
         match attempt {
             Ok(Ok(client)) => {
-                backoff = min;
+                let connected = Instant::now();
                 *slot.client.lock().unwrap_or_else(|p| p.into_inner()) = Some(client.clone());
                 slot.warned.store(false, Ordering::Relaxed);
                 slot.up.store(true, Ordering::Relaxed);
@@ -197,6 +209,7 @@ async fn keep_connected(
                 slot.up.store(false, Ordering::Relaxed);
                 *slot.client.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 tracing::debug!(server = %slot.addr, "disconnected");
+                backoff = next_backoff(backoff, connected.elapsed(), min, max);
             }
             Ok(Err(e)) => tracing::debug!(server = %slot.addr, error = %e, "connecting failed"),
             Err(_) => tracing::debug!(server = %slot.addr, "connecting timed out"),
@@ -211,5 +224,25 @@ async fn keep_connected(
             () = tokio::time::sleep(backoff.mul_f64(jitter)) => {}
         }
         backoff = (backoff * 2).min(max);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_backoff_starts_over_only_after_a_connection_that_lasted() {
+        let (min, max) = (Duration::from_millis(20), Duration::from_secs(2));
+        // Closed at once (a server at its connection limit): the backoff keeps growing.
+        let mut backoff = min;
+        for _ in 0..10 {
+            backoff = next_backoff(backoff, Duration::from_millis(3), min, max);
+            backoff = (backoff * 2).min(max);
+        }
+        assert_eq!(backoff, max);
+        // Up for a while, then lost: reconnect quickly.
+        assert_eq!(next_backoff(max, Duration::from_secs(5), min, max), min);
+        assert_eq!(next_backoff(max, max, min, max), min);
     }
 }

@@ -15,6 +15,21 @@
 //! counted ([`CacheStats::behind`], [`CacheStats::unavailable`],
 //! [`CacheStats::retried_elsewhere`]). A cached route is never replaced by an older one.
 //!
+//! Overload: a server past its lookup limit sheds lookups, answering `overloaded`. The misses
+//! waiting on a shed lookup are asked of one other server (not hedged), never of the same server
+//! again; if that one sheds them too, or there is no other connected server to ask, they fail
+//! at once with [`CacheError::Overloaded`] (distinct from [`CacheError::Refused`]; the caller
+//! may back off and try again). So an overloaded fleet gets at most one extra lookup per miss
+//! from the cache, whatever its size. (A server that answers the retry `behind` or
+//! `unavailable` is passed over as above.) Hits keep being answered from the cache: the
+//! refreshes a server sheds are dropped, not sent again, and counted
+//! ([`CacheStats::refreshes_shed`], `memds_router_refreshes_shed_total`). Every lookup answered
+//! `overloaded` is counted in [`CacheStats::overloaded`] and
+//! `memds_router_retries_total{reason="overloaded"}`, every miss sent again after one in
+//! [`CacheStats::retried_overloaded`]. A server at its connection limit closes new connections
+//! at once (`BUSY`); the cache's reconnection backoff starts over only after a connection that
+//! lasted, so such a server is tried again ever less often rather than every few milliseconds.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use router_cache::{ClientTls, Mode, RouterCache, Role};
@@ -37,7 +52,8 @@
 //!   that batches lookups, hedging, and applying answers.
 //! - `ring`: the per-thread ring a hit queues its refresh lookup on (single producer, single
 //!   consumer, no locked instruction for the producer).
-//! - `fleet`: one connection per server with jittered reconnects; power of two choices.
+//! - `fleet`: one connection per server with jittered reconnects (backing off further from a
+//!   server that closes connections at once); power of two choices.
 //! - `metrics`: the `memds_router_*` metrics.
 
 pub mod cache;

@@ -37,6 +37,12 @@ pub(crate) fn describe() {
         "Refresh lookups dropped: queue full or no server."
     );
     describe_counter!(
+        "memds_router_refreshes_shed_total",
+        Unit::Count,
+        "Refresh lookups (of hits, already answered from the cache) a server shed as overloaded: \
+         dropped, not sent again."
+    );
+    describe_counter!(
         "memds_router_protocol_errors_total",
         Unit::Count,
         "Server answers refused as malformed (each batch was retried on another server)."
@@ -45,7 +51,9 @@ pub(crate) fn describe() {
         "memds_router_retries_total",
         Unit::Count,
         "Lookups a server refused, by reason: behind (older table version than the router has \
-         seen) or unavailable (not ready). Misses among them were retried on another server."
+         seen), unavailable (not ready) or overloaded (shed by its lookup limit). Misses among \
+         them were retried on another server (after overloaded, on one other server at most); \
+         refreshes shed as overloaded were dropped (memds_router_refreshes_shed_total)."
     );
     describe_gauge!(
         "memds_router_queue_depth",
@@ -87,10 +95,13 @@ pub(crate) async fn publish_loop(cache: RouterCache, mut shutdown: watch::Receiv
         metrics::counter!("memds_router_hedged_total").absolute(s.hedged);
         metrics::counter!("memds_router_refreshes_changed_total").absolute(s.refreshes_changed);
         metrics::counter!("memds_router_dropped_total").absolute(s.dropped);
+        metrics::counter!("memds_router_refreshes_shed_total").absolute(s.refreshes_shed);
         metrics::counter!("memds_router_protocol_errors_total").absolute(s.protocol_errors);
         metrics::counter!("memds_router_retries_total", "reason" => "behind").absolute(s.behind);
         metrics::counter!("memds_router_retries_total", "reason" => "unavailable")
             .absolute(s.unavailable);
+        metrics::counter!("memds_router_retries_total", "reason" => "overloaded")
+            .absolute(s.overloaded);
         metrics::gauge!("memds_router_queue_depth").set(s.queue_depth as f64);
         metrics::gauge!("memds_router_entries").set(s.entries as f64);
         metrics::gauge!("memds_router_servers_up").set(s.servers_up as f64);
