@@ -21,6 +21,8 @@
 //! - [`wire`]: the QUIC protocol's messages and framing, sans IO: a frame decoder that takes
 //!   bytes in and gives validated archives out.
 //! - [`key_hash`]: the one hash function every router uses to place a key.
+//! - `fuzzing` (hidden): the fuzz targets over every decoder here, shared by the cargo-fuzz
+//!   crate and the test suite (`docs/fuzzing.md`).
 
 pub mod compact;
 pub mod model;
@@ -28,6 +30,9 @@ pub mod radix;
 pub mod snapshot;
 pub mod synth;
 pub mod wire;
+
+#[doc(hidden)]
+pub mod fuzzing;
 
 mod bits;
 

@@ -3,9 +3,10 @@
 //!
 //! A snapshot travels over the network (get-table) and lives on disk, so decoding trusts
 //! nothing: the header, the declared length (against a caller's limit, before anything is
-//! allocated), the checksum, the decompressed length, the archive (bytecheck validation), and
-//! finally every rule of the data model (the same validation as JSON input) are all checked, and
-//! any failure is a [`SnapshotError`], never a panic.
+//! allocated), the checksum, the declared length again (against what the payload could hold),
+//! the decompressed length, the archive (bytecheck validation), and finally every rule of the
+//! data model (the same validation as JSON input) are all checked, and any failure is a
+//! [`SnapshotError`], never a panic.
 //!
 //! # Format
 //!
@@ -34,6 +35,9 @@ pub const ZSTD_LEVEL: i32 = 3;
 /// A default bound on the uncompressed archive a decoder accepts (1 GiB, a table of about
 /// twenty million partitions).
 pub const DEFAULT_MAX_ARCHIVE_BYTES: u64 = 1 << 30;
+/// The most one byte of a zstd payload can decompress to: a block yields at most 128 KiB and
+/// costs at least 4 bytes (a 3-byte header and the byte it repeats).
+const MAX_ZSTD_EXPANSION: u64 = 32 * 1024;
 
 /// Why a snapshot was refused.
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +132,15 @@ pub fn decode(bytes: &[u8], max_archive_bytes: u64) -> Result<TableMap, Snapshot
     let actual = xxhash_rust::xxh3::xxh3_64(payload);
     if actual != expected {
         return Err(SnapshotError::ChecksumMismatch { expected, actual });
+    }
+    // The declared length sizes the buffer zstd decompresses into, and the checksum does not
+    // cover it: a length no payload of this size could fill is refused before it allocates
+    // anything (found by fuzzing: a caller with a loose limit aborted on a huge allocation).
+    if declared > (payload.len() as u64).saturating_mul(MAX_ZSTD_EXPANSION) {
+        return Err(SnapshotError::Decompress(format!(
+            "the header declares {declared} bytes, more than {} compressed bytes can hold",
+            payload.len()
+        )));
     }
     let capacity = usize::try_from(declared).map_err(|_| SnapshotError::TooLarge {
         declared,
@@ -250,6 +263,19 @@ mod tests {
             decode(&not_zstd, u64::MAX),
             Err(SnapshotError::Decompress(_))
         ));
+
+        // A declared length no payload of this size could hold, under no limit: refused before
+        // anything is allocated for it.
+        for declared in [1 << 40, u64::MAX] {
+            let absurd = frame(
+                declared,
+                zstd::bulk::compress(b"tiny", 3).expect("compress"),
+            );
+            assert!(matches!(
+                decode(&absurd, u64::MAX),
+                Err(SnapshotError::Decompress(_))
+            ));
+        }
 
         let raw = archive(&map);
         let compressed = zstd::bulk::compress(&raw, 3).expect("compress");

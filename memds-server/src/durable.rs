@@ -487,48 +487,15 @@ fn read_history(dir: &Path, mode: RecoveryMode) -> Result<History, DurableError>
     let state_path = dir.join(STATE_FILE);
     let (covers, state_bytes) = match fs::read(&state_path) {
         Ok(bytes) => {
-            let covers = parse_header(&bytes, STATE_MAGIC).ok_or_else(|| DurableError::Corrupt {
-                path: state_path.clone(),
-                offset: 0,
-                found: "the file does not start with a checkpoint header".into(),
-            });
-            let covers = match (covers, mode) {
-                (Ok(c), _) => c,
-                (Err(e), RecoveryMode::Strict) => return Err(e),
-                (Err(e), RecoveryMode::Salvage) => {
-                    // Without its header nothing says which logs the checkpoint covers: keep
-                    // none of it, and replay every log there is.
-                    salvaged.damage.push(e.to_string());
-                    salvaged.lost.push(format!(
-                        "every table of {} (its header is damaged)",
-                        state_path.display()
-                    ));
-                    set_aside.push(state_path.clone());
-                    0
-                }
-            };
-            if covers > 0 || !set_aside.contains(&state_path) {
-                let scan = scan_frames(&state_path, &bytes);
-                recovered.records.extend(scan.records);
-                if let Some(bad) = scan.bad {
-                    let e = DurableError::Corrupt {
-                        path: state_path.clone(),
-                        offset: bad.offset as u64,
-                        found: bad.found,
-                    };
-                    match mode {
-                        RecoveryMode::Strict => return Err(e),
-                        RecoveryMode::Salvage => {
-                            salvaged.damage.push(e.to_string());
-                            salvaged.lost.push(format!(
-                                "the tables of {} from byte {} on",
-                                state_path.display(),
-                                bad.offset
-                            ));
-                            set_aside.push(state_path.clone());
-                        }
-                    }
-                }
+            let (covers, damaged) = read_checkpoint(
+                &state_path,
+                &bytes,
+                mode,
+                &mut recovered.records,
+                &mut salvaged,
+            )?;
+            if damaged {
+                set_aside.push(state_path.clone());
             }
             (covers, bytes.len() as u64)
         }
@@ -588,60 +555,23 @@ fn read_history(dir: &Path, mode: RecoveryMode) -> Result<History, DurableError>
         let path = log_path(dir, g);
         let bytes = fs::read(&path).map_err(io_err("reading", &path))?;
         let is_last = i + 1 == usable.len();
-        let header_ok = parse_header(&bytes, WAL_MAGIC) == Some(g);
-        let scan = if header_ok {
-            scan_frames(&path, &bytes)
-        } else {
-            Scan {
-                records: Vec::new(),
-                valid: 0,
-                bad: Some(Bad {
-                    offset: 0,
-                    found: format!("the file does not start with the header of log generation {g}"),
-                    followed_at: Some(0),
-                }),
-            }
-        };
-        recovered.records.extend(scan.records);
-        let torn = match &scan.bad {
-            None => None,
-            Some(bad) if is_last && header_ok && bad.followed_at.is_none() => {
-                Some((bytes.len() - bad.offset) as u64)
-            }
-            Some(bad) => {
-                let found = match bad.followed_at {
-                    Some(at) if header_ok => {
-                        format!("{}, with a valid frame after it at byte {at}", bad.found)
-                    }
-                    _ if !is_last => format!("{}, in a log that a later log follows", bad.found),
-                    _ => bad.found.clone(),
-                };
-                let e = DurableError::Corrupt {
-                    path: path.clone(),
-                    offset: bad.offset as u64,
-                    found,
-                };
-                match mode {
-                    RecoveryMode::Strict => return Err(e),
-                    RecoveryMode::Salvage => {
-                        salvaged.damage.push(e.to_string());
-                        if let Some(at) = bad.followed_at.filter(|_| header_ok) {
-                            note_lost_frames(&path, &bytes[at..], at, &mut salvaged);
-                        }
-                        set_aside.push(path.clone());
-                        for &later in &usable[i + 1..] {
-                            let p = log_path(dir, later);
-                            note_lost_file(&p, &mut salvaged);
-                            set_aside.push(p);
-                        }
-                        break;
-                    }
+        let read = read_log(&path, &bytes, g, is_last);
+        recovered.records.extend(read.records);
+        let torn = match judge_log(&path, &bytes, read.verdict, mode, &mut salvaged)? {
+            LogOutcome::Kept(cut) => cut,
+            LogOutcome::Damaged => {
+                set_aside.push(path.clone());
+                for &later in &usable[i + 1..] {
+                    let p = log_path(dir, later);
+                    note_lost_file(&p, &mut salvaged);
+                    set_aside.push(p);
                 }
+                break;
             }
         };
         last_log = Some(LastLog {
             generation: g,
-            valid: scan.valid.max(HEADER_LEN) as u64,
+            valid: read.valid.max(HEADER_LEN) as u64,
             cut: torn,
         });
     }
@@ -666,6 +596,177 @@ fn read_history(dir: &Path, mode: RecoveryMode) -> Result<History, DurableError>
         state_bytes,
         last_log,
     })
+}
+
+/// Reads a checkpoint's bytes, appending its records to `records`: the log generation it
+/// covers, and whether it is damaged (and so to be set aside). Damage is an error in
+/// [`RecoveryMode::Strict`]; in [`RecoveryMode::Salvage`] it is noted in `salvaged` and what
+/// precedes it is kept.
+fn read_checkpoint(
+    path: &Path,
+    bytes: &[u8],
+    mode: RecoveryMode,
+    records: &mut Vec<(Origin, WalRecord)>,
+    salvaged: &mut Salvaged,
+) -> Result<(u64, bool), DurableError> {
+    let Some(covers) = parse_header(bytes, STATE_MAGIC) else {
+        let e = DurableError::Corrupt {
+            path: path.to_owned(),
+            offset: 0,
+            found: "the file does not start with a checkpoint header".into(),
+        };
+        return match mode {
+            RecoveryMode::Strict => Err(e),
+            RecoveryMode::Salvage => {
+                // Without its header nothing says which logs the checkpoint covers: keep none
+                // of it, and replay every log there is.
+                salvaged.damage.push(e.to_string());
+                salvaged.lost.push(format!(
+                    "every table of {} (its header is damaged)",
+                    path.display()
+                ));
+                Ok((0, true))
+            }
+        };
+    };
+    let scan = scan_frames(path, bytes);
+    records.extend(scan.records);
+    let Some(bad) = scan.bad else {
+        return Ok((covers, false));
+    };
+    let e = DurableError::Corrupt {
+        path: path.to_owned(),
+        offset: bad.offset as u64,
+        found: bad.found,
+    };
+    match mode {
+        RecoveryMode::Strict => Err(e),
+        RecoveryMode::Salvage => {
+            salvaged.damage.push(e.to_string());
+            salvaged.lost.push(format!(
+                "the tables of {} from byte {} on",
+                path.display(),
+                bad.offset
+            ));
+            Ok((covers, true))
+        }
+    }
+}
+
+/// One log's bytes, read as recovery reads them.
+struct LogRead {
+    records: Vec<(Origin, WalRecord)>,
+    /// End of the last good frame.
+    valid: usize,
+    verdict: Verdict,
+}
+
+/// What follows a log's valid prefix.
+enum Verdict {
+    /// Nothing: the log ends with its last good frame.
+    Clean,
+    /// A torn write that was never acknowledged, this many bytes long: it is cut.
+    Torn(u64),
+    /// Damage to acknowledged data.
+    Damaged {
+        /// Where it starts.
+        offset: usize,
+        /// What was found there.
+        found: String,
+        /// Where valid frames resume after it (their writes are lost), if they do.
+        lost_from: Option<usize>,
+    },
+}
+
+/// Reads the log of `generation` (`is_last`: no later log follows it) and judges what follows
+/// its valid prefix: a bad frame with no valid frame after it, at the end of the last log, is a
+/// torn tail; anything else is damage (see the module docs).
+fn read_log(path: &Path, bytes: &[u8], generation: u64, is_last: bool) -> LogRead {
+    let header_ok = parse_header(bytes, WAL_MAGIC) == Some(generation);
+    let scan = if header_ok {
+        scan_frames(path, bytes)
+    } else {
+        Scan {
+            records: Vec::new(),
+            valid: 0,
+            bad: Some(Bad {
+                offset: 0,
+                found: format!(
+                    "the file does not start with the header of log generation {generation}"
+                ),
+                followed_at: Some(0),
+            }),
+        }
+    };
+    let verdict = match scan.bad {
+        None => Verdict::Clean,
+        Some(bad) if is_last && header_ok && bad.followed_at.is_none() => {
+            Verdict::Torn((bytes.len() - bad.offset) as u64)
+        }
+        Some(bad) => {
+            let found = match bad.followed_at {
+                Some(at) if header_ok => {
+                    format!("{}, with a valid frame after it at byte {at}", bad.found)
+                }
+                _ if !is_last => format!("{}, in a log that a later log follows", bad.found),
+                _ => bad.found,
+            };
+            Verdict::Damaged {
+                offset: bad.offset,
+                found,
+                lost_from: bad.followed_at.filter(|_| header_ok),
+            }
+        }
+    };
+    LogRead {
+        records: scan.records,
+        valid: scan.valid,
+        verdict,
+    }
+}
+
+/// How recovery goes on after reading one log.
+enum LogOutcome {
+    /// Its records are kept, with the torn tail cut (bytes), if any.
+    Kept(Option<u64>),
+    /// Salvage found damage: it and the later logs are set aside.
+    Damaged,
+}
+
+/// What recovery in `mode` does with a log read as `verdict`: damage stops a strict recovery
+/// with its file and offset; salvage notes it and the writes lost after it.
+fn judge_log(
+    path: &Path,
+    bytes: &[u8],
+    verdict: Verdict,
+    mode: RecoveryMode,
+    salvaged: &mut Salvaged,
+) -> Result<LogOutcome, DurableError> {
+    match verdict {
+        Verdict::Clean => Ok(LogOutcome::Kept(None)),
+        Verdict::Torn(cut) => Ok(LogOutcome::Kept(Some(cut))),
+        Verdict::Damaged {
+            offset,
+            found,
+            lost_from,
+        } => {
+            let e = DurableError::Corrupt {
+                path: path.to_owned(),
+                offset: offset as u64,
+                found,
+            };
+            match mode {
+                RecoveryMode::Strict => Err(e),
+                RecoveryMode::Salvage => {
+                    salvaged.damage.push(e.to_string());
+                    if let Some(at) = lost_from {
+                        note_lost_frames(path, &bytes[at..], at, salvaged);
+                    }
+                    Ok(LogOutcome::Damaged)
+                }
+            }
+        }
+    }
 }
 
 /// Reads frames from the start of `bytes` (after the 16-byte header) up to the end or the first
@@ -931,6 +1032,94 @@ fn fail_io(name: &str) -> io::Result<()> {
     ))));
     let _ = name;
     Ok(())
+}
+
+/// Recovery's reading of file bytes, without the file system, for the fuzz targets of
+/// [`crate::fuzzing`]: the same functions [`Durable::open`] runs on each file it reads.
+#[doc(hidden)]
+pub mod fuzz_support {
+    use std::path::Path;
+
+    use super::{
+        DurableError, HEADER_LEN, LogOutcome, RecoveryMode, Salvaged, WAL_MAGIC, WalRecord,
+        judge_log, read_checkpoint, read_log, serialize, write_frame,
+    };
+
+    /// The part a file plays in a data directory.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Role {
+        /// The newest log (generation 1), where a torn tail is cut.
+        LastLog,
+        /// A log (generation 1) that a later log follows.
+        EarlierLog,
+        /// `state.db`.
+        Checkpoint,
+    }
+
+    /// What recovery made of one file in one role and mode.
+    #[derive(Debug)]
+    pub struct Reading {
+        /// The records kept, in order, or strict recovery's refusal.
+        pub records: Result<Vec<WalRecord>, DurableError>,
+        /// A torn tail: the length of the valid prefix, and the bytes cut after it.
+        pub cut: Option<(u64, u64)>,
+        /// Salvage only: the damage found and the writes listed as lost.
+        pub salvaged: Salvaged,
+    }
+
+    /// Reads `bytes` as recovery reads a file playing `role`, in `mode`.
+    pub fn read(bytes: &[u8], role: Role, mode: RecoveryMode) -> Reading {
+        let path = Path::new(match role {
+            Role::Checkpoint => "state.db",
+            _ => "wal-00000000000000000001.log",
+        });
+        let mut salvaged = Salvaged::default();
+        let mut records = Vec::new();
+        let mut cut = None;
+        let outcome = match role {
+            Role::Checkpoint => {
+                read_checkpoint(path, bytes, mode, &mut records, &mut salvaged).map(|_| ())
+            }
+            Role::LastLog | Role::EarlierLog => {
+                let read = read_log(path, bytes, 1, role == Role::LastLog);
+                records = read.records;
+                match judge_log(path, bytes, read.verdict, mode, &mut salvaged) {
+                    Ok(LogOutcome::Kept(Some(bytes_cut))) => {
+                        cut = Some((read.valid.max(HEADER_LEN) as u64, bytes_cut));
+                        Ok(())
+                    }
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        Reading {
+            records: outcome.map(|()| records.into_iter().map(|(_, r)| r).collect()),
+            cut,
+            salvaged,
+        }
+    }
+
+    /// A log of generation 1 holding one frame per payload (with correct checksums), then
+    /// `tail` as it is: how a fuzzer reaches the record decoder past the checksums.
+    pub fn log_of_payloads<'a>(
+        payloads: impl IntoIterator<Item = &'a [u8]>,
+        tail: &[u8],
+    ) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(WAL_MAGIC);
+        out.extend_from_slice(&1u64.to_le_bytes());
+        for p in payloads {
+            write_frame(p, &mut out);
+        }
+        out.extend_from_slice(tail);
+        out
+    }
+
+    /// The payload of a frame holding `records`, as an append writes it.
+    pub fn payload_of(records: Vec<WalRecord>) -> Vec<u8> {
+        serialize(records).to_vec()
+    }
 }
 
 #[cfg(test)]

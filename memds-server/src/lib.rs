@@ -21,11 +21,15 @@
 //! - [`http`]: the HTTP listener of `/metrics`, `/ready` and `/health`: connection cap,
 //!   timeouts, accept backoff.
 //! - [`config`]: the command line and TOML configuration of the binary.
+//! - `fuzzing` (hidden): the fuzz targets over recovery's reading of the data directory and
+//!   over requests as the server handles them (`docs/fuzzing.md`).
 
 pub mod admission;
 pub mod config;
 pub mod durable;
 pub mod fleet;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod metrics;
 pub mod scrub;

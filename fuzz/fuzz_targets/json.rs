@@ -1,0 +1,4 @@
+//! cargo-fuzz target: [`memds_proto::fuzzing::json`] (see `docs/fuzzing.md`).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| memds_proto::fuzzing::json(data));
