@@ -619,7 +619,12 @@ async fn write_loop(
             }
         }
         if let Err(e) = send.write_all(&buf).await {
-            shared.fail_all(&format!("writing to the server: {e}"));
+            let reason = match e {
+                // The connection's own error carries the server's close reason.
+                quinn::WriteError::ConnectionLost(lost) => lost.to_string(),
+                other => other.to_string(),
+            };
+            shared.fail_all(&format!("writing to the server: {reason}"));
             return;
         }
         buf.clear();
@@ -637,10 +642,10 @@ async fn read_loop(mut recv: quinn::RecvStream, max_frame: usize, shared: Arc<Sh
                 shared.fail_all("the server finished the stream");
                 return;
             }
-            Err(quinn::ReadError::ConnectionLost(e)) => {
+            Err(quinn::ReadError::ConnectionLost(lost)) => {
                 // The connection's own error carries the server's close reason (its connection
                 // limit, a bad frame, shutdown), which the read error's text leaves out.
-                shared.fail_all(&format!("reading from the server: {e}"));
+                shared.fail_all(&format!("reading from the server: {lost}"));
                 return;
             }
             Err(e) => {

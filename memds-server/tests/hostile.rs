@@ -379,6 +379,80 @@ async fn handshakes_past_their_bound_are_refused_and_authenticated_connections_p
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_authenticated_connections_is_closed_at_the_limit_and_holds_nothing() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let server = Spawned::start("connection-flood", &["--max-connections", "50"]);
+    let table = put_table(&server, 2_000).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let router = steady_router(
+        server.client(Role::Router).await,
+        table.clone(),
+        100,
+        Arc::clone(&stop),
+    );
+    let rss_before = server.rss();
+    // 300 router connections, 30 at a time: 49 get the slots left, every other one is closed
+    // with the connection-limit code as soon as its handshake is done.
+    let connector = Arc::new(common::connector(&server.tls_dir, Role::Router));
+    let mut held = Vec::new();
+    let mut busy = 0;
+    for _ in 0..10 {
+        let mut wave = tokio::task::JoinSet::new();
+        for _ in 0..30 {
+            let (connector, addr) = (Arc::clone(&connector), server.quic);
+            wave.spawn(async move {
+                let client = connector.connect(addr).await?;
+                client.stats().await.map(|_| client)
+            });
+        }
+        while let Some(joined) = wave.join_next().await {
+            match joined.expect("a connection task") {
+                Ok(client) => held.push(client),
+                Err(e) => {
+                    let text = e.to_string();
+                    assert!(text.contains("connection limit"), "{text}");
+                    busy += 1;
+                }
+            }
+        }
+    }
+    let rss_flood = server.rss();
+    let page = server.scrape().await;
+    let refused = common::metric(
+        &page,
+        "memds_connections_refused_total{reason=\"connection_limit\"}",
+    );
+    let p99 = served_throughout(router, &stop, 20, Duration::from_millis(500)).await;
+    eprintln!(
+        "connection flood: {} served, {busy} closed at the limit ({refused} counted); RSS \
+         {:.1} -> {:.1} MiB; router p99 {p99:?}",
+        held.len(),
+        rss_before as f64 / MIB as f64,
+        rss_flood as f64 / MIB as f64
+    );
+    assert_eq!(
+        held.len(),
+        49,
+        "the well-behaved router holds the 50th slot"
+    );
+    assert_eq!(busy, 251);
+    assert!(refused >= 251.0);
+    assert!(
+        rss_flood < rss_before + 48 * MIB,
+        "RSS grew from {rss_before} to {rss_flood} bytes"
+    );
+    // The slots come back when their connections go.
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    server
+        .client(Role::Admin)
+        .await
+        .stats()
+        .await
+        .expect("a freed slot is taken");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lookup_flood_is_shed_fairly_while_writes_and_peers_pass() {
     let _serial = ONE_AT_A_TIME.lock().await;
     const LIMIT: u64 = 20_000;
