@@ -77,8 +77,10 @@ impl LookupLimit {
         self.connections.fetch_add(1, Ordering::Relaxed);
         Share {
             limit: Arc::clone(self),
+            // A new connection starts with its share's burst (the first refill caps it): its
+            // first lookups must not depend on what a flood left in the server's bucket.
             bucket: Mutex::new(Bucket {
-                tokens: 0.0,
+                tokens: f64::INFINITY,
                 at: Instant::now(),
             }),
         }
@@ -210,6 +212,25 @@ mod tests {
         }
         // 10 s at a share of ~333/s, or the idle server's spare capacity: at least 16 batches.
         assert!(passed >= 16, "{passed} batches of 200 in 10 s");
+    }
+
+    #[test]
+    fn a_new_connection_is_served_at_once_while_a_flood_empties_the_server_bucket() {
+        let limit = LookupLimit::new(10_000);
+        let flood = limit.connection();
+        let start = Instant::now();
+        // The flood drains the server's bucket and its own share.
+        for _ in 0..100_000 {
+            flood.admit_at(1, start);
+        }
+        assert!(!flood.admit_at(1, start), "the flood is past everything");
+        let newcomer = limit.connection();
+        for i in 0..10 {
+            assert!(
+                newcomer.admit_at(1, start),
+                "lookup {i} of a new connection was shed"
+            );
+        }
     }
 
     #[test]
