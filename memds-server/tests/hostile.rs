@@ -146,60 +146,63 @@ async fn put_table(server: &Spawned, partitions: usize) -> String {
     map.name().as_str().to_owned()
 }
 
-/// A well-behaved router: `per_sec` single lookups a second until `stop`, each latency
-/// recorded; returns the latencies (sorted) and the failures.
-fn steady_router(
-    client: Client,
-    table: String,
-    per_sec: u64,
+/// A well-behaved router looking up at a steady rate while an attack runs.
+struct SteadyRouter {
     stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<(Vec<Duration>, Vec<String>)> {
-    tokio::spawn(async move {
-        let mut latencies = Vec::new();
-        let mut failures = Vec::new();
-        let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / per_sec));
-        let mut hash = 1u64;
-        while !stop.load(Ordering::Relaxed) {
-            tick.tick().await;
-            hash = hash.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-            let started = Instant::now();
-            match client.lookup(&table, hash).await {
-                Ok(_) => latencies.push(started.elapsed()),
-                Err(e) => failures.push(e.to_string()),
-            }
-        }
-        latencies.sort();
-        (latencies, failures)
-    })
+    task: tokio::task::JoinHandle<(Vec<Duration>, Vec<String>)>,
 }
 
-/// Stops a steady router and checks it was served throughout: no failure, at least
-/// `min_lookups`, and a p99 under `p99_bound`. Returns the p99.
-async fn served_throughout(
-    router: tokio::task::JoinHandle<(Vec<Duration>, Vec<String>)>,
-    stop: &AtomicBool,
-    min_lookups: usize,
-    p99_bound: Duration,
-) -> Duration {
-    stop.store(true, Ordering::Relaxed);
-    let (latencies, failures) = router.await.expect("the router task");
-    assert!(
-        failures.is_empty(),
-        "{} of the well-behaved router's lookups failed, e.g. {:?}",
-        failures.len(),
-        failures.first()
-    );
-    assert!(
-        latencies.len() >= min_lookups,
-        "the well-behaved router got only {} lookups answered",
-        latencies.len()
-    );
-    let p99 = latencies[latencies.len() * 99 / 100];
-    assert!(
-        p99 <= p99_bound,
-        "the well-behaved router's p99 was {p99:?} (bound {p99_bound:?})"
-    );
-    p99
+impl SteadyRouter {
+    /// Connects a router to `server` and starts `per_sec` single lookups a second in `table`,
+    /// recording each latency and failure.
+    async fn start(server: &Spawned, table: &str, per_sec: u64) -> Self {
+        let client = server.client(Role::Router).await;
+        let table = table.to_owned();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let task = tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut failures = Vec::new();
+            let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / per_sec));
+            let mut hash = 1u64;
+            while !stopped.load(Ordering::Relaxed) {
+                tick.tick().await;
+                hash = hash.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                let started = Instant::now();
+                match client.lookup(&table, hash).await {
+                    Ok(_) => latencies.push(started.elapsed()),
+                    Err(e) => failures.push(e.to_string()),
+                }
+            }
+            latencies.sort();
+            (latencies, failures)
+        });
+        Self { stop, task }
+    }
+
+    /// Stops the router and checks it was served throughout: no failure, at least
+    /// `min_lookups`, and a p99 under `p99_bound`. Returns the p99.
+    async fn served_throughout(self, min_lookups: usize, p99_bound: Duration) -> Duration {
+        self.stop.store(true, Ordering::Relaxed);
+        let (latencies, failures) = self.task.await.expect("the router task");
+        assert!(
+            failures.is_empty(),
+            "{} of the well-behaved router's lookups failed, e.g. {:?}",
+            failures.len(),
+            failures.first()
+        );
+        assert!(
+            latencies.len() >= min_lookups,
+            "the well-behaved router got only {} lookups answered",
+            latencies.len()
+        );
+        let p99 = latencies[latencies.len() * 99 / 100];
+        assert!(
+            p99 <= p99_bound,
+            "the well-behaved router's p99 was {p99:?} (bound {p99_bound:?})"
+        );
+        p99
+    }
 }
 
 /// Sends `n` bare QUIC Initial packets to `server`, each opening a different connection (fresh
@@ -263,13 +266,7 @@ async fn bare_initials_take_no_connection_slot_and_a_flood_gets_stateless_retrie
 
     // A flood of 3,000 from 16 addresses while a router looks up 100 times a second.
     let rss_before = server.rss();
-    let stop = Arc::new(AtomicBool::new(false));
-    let router = steady_router(
-        server.client(Role::Router).await,
-        table.clone(),
-        100,
-        Arc::clone(&stop),
-    );
+    let router = SteadyRouter::start(&server, &table, 100).await;
     let (quic, ca2) = (server.quic, ca.clone());
     let flood = tokio::task::spawn_blocking(move || bare_initials(quic, &ca2, 3_000));
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -283,7 +280,9 @@ async fn bare_initials_take_no_connection_slot_and_a_flood_gets_stateless_retrie
     let rss_flood = server.rss();
     // The flood takes under a second here; the router keeps going a moment after it.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let p99 = served_throughout(router, &stop, 20, Duration::from_millis(500)).await;
+    let p99 = router
+        .served_throughout(20, Duration::from_millis(500))
+        .await;
     let page = server.scrape().await;
     let retries = common::metric(&page, "memds_quic_retries_total");
     eprintln!(
@@ -401,13 +400,7 @@ async fn a_flood_of_authenticated_connections_is_closed_at_the_limit_and_holds_n
     let _serial = ONE_AT_A_TIME.lock().await;
     let server = Spawned::start("connection-flood", &["--max-connections", "50"]);
     let table = put_table(&server, 2_000).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let router = steady_router(
-        server.client(Role::Router).await,
-        table.clone(),
-        100,
-        Arc::clone(&stop),
-    );
+    let router = SteadyRouter::start(&server, &table, 100).await;
     let rss_before = server.rss();
     // 300 router connections, 30 at a time: 49 get the slots left, every other one is closed
     // with the connection-limit code as soon as its handshake is done.
@@ -440,7 +433,9 @@ async fn a_flood_of_authenticated_connections_is_closed_at_the_limit_and_holds_n
         &page,
         "memds_connections_refused_total{reason=\"connection_limit\"}",
     );
-    let p99 = served_throughout(router, &stop, 20, Duration::from_millis(500)).await;
+    let p99 = router
+        .served_throughout(20, Duration::from_millis(500))
+        .await;
     eprintln!(
         "connection flood: {} served, {busy} closed at the limit ({refused} counted); RSS \
          {:.1} -> {:.1} MiB; router p99 {p99:?}",
@@ -516,13 +511,7 @@ async fn a_lookup_flood_is_shed_fairly_while_writes_and_peers_pass() {
     let window = Instant::now();
 
     // A well-behaved router, 200 lookups a second (well under its fair share of 10,000).
-    let stop = Arc::new(AtomicBool::new(false));
-    let router = steady_router(
-        server.client(Role::Router).await,
-        table.clone(),
-        200,
-        Arc::clone(&stop),
-    );
+    let router = SteadyRouter::start(&server, &table, 200).await;
     // Writes and peers are never shed.
     let admin = server.client(Role::Admin).await;
     let started = Instant::now();
@@ -550,7 +539,9 @@ async fn a_lookup_flood_is_shed_fairly_while_writes_and_peers_pass() {
         .await
         .expect("stats");
     let secs = window.elapsed().as_secs_f64();
-    let p99 = served_throughout(router, &stop, 400, Duration::from_millis(500)).await;
+    let p99 = router
+        .served_throughout(400, Duration::from_millis(500))
+        .await;
     stop_flood.store(true, Ordering::Relaxed);
     for f in flood {
         let other = f.await.expect("a flood task");
@@ -587,13 +578,7 @@ async fn requests_far_past_the_in_flight_bound_are_all_answered_in_order_with_bo
     let _serial = ONE_AT_A_TIME.lock().await;
     let server = Spawned::start("in-flight", &["--max-lookups-per-sec", "5000"]);
     let table = put_table(&server, 2_000).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let router = steady_router(
-        server.client(Role::Router).await,
-        table.clone(),
-        100,
-        Arc::clone(&stop),
-    );
+    let router = SteadyRouter::start(&server, &table, 100).await;
     let rss_before = server.rss();
     // 20,000 lookups written at once (the server answers 1,024 frames per write; flow control
     // holds back the rest), read concurrently.
@@ -644,7 +629,9 @@ async fn requests_far_past_the_in_flight_bound_are_all_answered_in_order_with_bo
     rss_peak = rss_peak.max(server.rss());
     // The burst takes well under a second here; the router keeps going a moment after it.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let p99 = served_throughout(router, &stop, 20, Duration::from_millis(500)).await;
+    let p99 = router
+        .served_throughout(20, Duration::from_millis(500))
+        .await;
     eprintln!(
         "20,000 pipelined lookups: {routes} answered, {overloaded} overloaded, in order; RSS \
          {:.1} MiB before, peak {:.1} MiB; router p99 {p99:?}",
@@ -690,13 +677,7 @@ async fn half_sent_frames_are_reset_in_time_and_hold_no_memory() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let server = Spawned::start("half-frames", &["--frame-timeout-secs", "1"]);
     let table = put_table(&server, 2_000).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let router = steady_router(
-        server.client(Role::Router).await,
-        table.clone(),
-        100,
-        Arc::clone(&stop),
-    );
+    let router = SteadyRouter::start(&server, &table, 100).await;
     let rss_before = server.rss();
     // 50 router connections x 4 streams, each declaring a 60 KB frame, sending half of it,
     // then nothing (half of them trickle a byte every 100 ms: slowloris).
@@ -734,7 +715,9 @@ async fn half_sent_frames_are_reset_in_time_and_hold_no_memory() {
             other => panic!("a half-sent frame's stream was not reset: {other:?}"),
         }
     }
-    let p99 = served_throughout(router, &stop, 200, Duration::from_millis(500)).await;
+    let p99 = router
+        .served_throughout(200, Duration::from_millis(500))
+        .await;
     let page = server.scrape().await;
     let counted = common::metric(&page, "memds_stream_resets_total{reason=\"frame_timeout\"}");
     eprintln!(
@@ -819,13 +802,7 @@ async fn readers_that_never_drain_are_cut_off_and_do_not_hold_up_shutdown() {
         ],
     );
     let table = put_table(&server, 50_000).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let router = steady_router(
-        server.client(Role::Router).await,
-        table.clone(),
-        100,
-        Arc::clone(&stop),
-    );
+    let router = SteadyRouter::start(&server, &table, 100).await;
     let rss_before = server.rss();
     // Ten router connections each ask for 300 ranges of 4,096 routes (about 50 MB of answers
     // each) and never read a byte.
@@ -852,7 +829,9 @@ async fn readers_that_never_drain_are_cut_off_and_do_not_hold_up_shutdown() {
     let rss_held = server.rss();
     let page = server.scrape().await;
     let resets = common::metric(&page, "memds_stream_resets_total{reason=\"write_timeout\"}");
-    let p99 = served_throughout(router, &stop, 200, Duration::from_millis(500)).await;
+    let p99 = router
+        .served_throughout(200, Duration::from_millis(500))
+        .await;
     eprintln!(
         "readers that never drain: {resets} streams reset; RSS {:.1} MiB before, {:.1} MiB \
          with ten stuck readers; router p99 {p99:?}",

@@ -8,13 +8,16 @@
 //! version-1 route of a partition differs from its version-2 route but is not "older" by epoch;
 //! only the table version tells them apart.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use memds_client::{Client, ClientError, ClientTls, ConnectOptions, Connector, Role};
+use common::{any_port, client, hashes, servers_up, temp_dir};
+use memds_client::{ClientError, ClientTls, Role};
 use memds_proto::synth::{self, SynthConfig};
 use memds_proto::wire::{
     self, ErrorCode, ErrorReply, FrameDecoder, NodeList, Request, Response, Routes, WireRoute,
@@ -24,35 +27,11 @@ use memds_server::tls::TlsPaths;
 use memds_server::{RunningServer, ServerConfig};
 use router_cache::{CacheError, Config, RouterCache};
 
-fn temp_dir(name: &str) -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let d = std::env::temp_dir().join(format!(
-        "memds-fleet-{name}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
-
-fn any_port() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 0))
-}
-
 /// Starts a server; the first one of a test creates the PKI, later ones share it.
 async fn server(dir: PathBuf, tls_from: Option<&Path>, listen: SocketAddr) -> RunningServer {
     let mut c = ServerConfig::new(listen, dir);
     c.tls = tls_from.map(TlsPaths::in_dir);
     memds_server::start(c).await.expect("server starts")
-}
-
-async fn client(tls: &Path, role: Role, addr: SocketAddr) -> Client {
-    let t = ClientTls::from_dir(tls, role).expect("tls");
-    Connector::new(&t, ConnectOptions::default())
-        .expect("endpoint")
-        .connect(addr)
-        .await
-        .expect("connect")
 }
 
 /// Puts `map` on the server at `addr`.
@@ -96,25 +75,6 @@ async fn cache(servers: Vec<SocketAddr>, tls: &Path) -> RouterCache {
     config.reconnect_min = Duration::from_millis(10);
     config.reconnect_max = Duration::from_millis(100);
     RouterCache::start(config).await.expect("cache starts")
-}
-
-/// Waits (bounded) until the cache has `n` servers connected.
-async fn servers_up(c: &RouterCache, n: u64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while c.stats().servers_up != n {
-        assert!(
-            Instant::now() < deadline,
-            "{} servers up, not {n}",
-            c.stats().servers_up
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-fn hashes(seed: u64, n: usize) -> Vec<u64> {
-    (0..n as u64)
-        .map(|i| (i + seed * 1_000 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15))
-        .collect()
 }
 
 /// Routes every hash through the cache and checks each answer is the version-2 route.

@@ -6,12 +6,15 @@
 //! panic a task, put a route it made up in the cache or in a caller's hands, leave a lookup
 //! counted as outstanding, or make the client allocate what a header declares.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};
 
+use common::{hashes, temp_dir};
 use memds_client::{ClientError, ClientTls, ConnectOptions, Connector, Role};
 use memds_proto::synth::{self, SynthConfig};
 use memds_proto::wire::{
@@ -494,17 +497,6 @@ fn true_route(truth: &CompactTable, h: u64) -> (WireRoute, Vec<u32>) {
     (wire, ids)
 }
 
-fn temp_dir(name: &str) -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let d = std::env::temp_dir().join(format!(
-        "memds-hostile-{name}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
-
 fn map() -> TableMap {
     synth::generate_table(
         &SynthConfig {
@@ -559,13 +551,6 @@ async fn drained(c: &RouterCache, lie: Lie) {
     tokio::time::timeout(Duration::from_secs(30), c.drain())
         .await
         .unwrap_or_else(|_| panic!("{lie:?}: lookups still outstanding: {:?}", c.stats()));
-}
-
-/// `n` hashes spread over the hash space, different for each `seed`.
-fn hashes(seed: u64, n: usize) -> Vec<u64> {
-    (0..n as u64)
-        .map(|i| (i + seed * 1_000 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15))
-        .collect()
 }
 
 /// `n` hashes of distinct partitions.

@@ -8,13 +8,16 @@
 //! What the servers shed is counted on both sides: by the servers (`lookups_shed_total`, less
 //! what the flooding connections were shed) and by the cache (`CacheStats::overloaded`).
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use memds_client::{Client, ClientError, ClientTls, ConnectOptions, Connector, Role};
+use common::{any_port, client, hashes, servers_up, temp_dir};
+use memds_client::{Client, ClientError, ClientTls, Role};
 use memds_proto::TableMap;
 use memds_proto::synth::{self, SynthConfig};
 use memds_proto::wire::{ErrorCode, ServerStats};
@@ -31,21 +34,6 @@ const LIMIT: u64 = 100;
 /// empty.
 const FLOODERS: usize = 2;
 
-fn temp_dir(name: &str) -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let d = std::env::temp_dir().join(format!(
-        "memds-overload-{name}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
-
-fn any_port() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 0))
-}
-
 /// Starts a server answering at most `limit` lookups a second (`None`: no limit); the first one
 /// of a test creates the PKI, later ones share it.
 async fn server(name: &str, tls_from: Option<&Path>, limit: Option<u64>) -> RunningServer {
@@ -54,15 +42,6 @@ async fn server(name: &str, tls_from: Option<&Path>, limit: Option<u64>) -> Runn
     c.limits.max_lookups_per_sec = limit;
     c.scrub_interval = None;
     memds_server::start(c).await.expect("server starts")
-}
-
-async fn client(tls: &Path, role: Role, addr: SocketAddr) -> Client {
-    let t = ClientTls::from_dir(tls, role).expect("tls");
-    Connector::new(&t, ConnectOptions::default())
-        .expect("endpoint")
-        .connect(addr)
-        .await
-        .expect("connect")
 }
 
 fn map() -> TableMap {
@@ -85,25 +64,6 @@ async fn cache(servers: Vec<SocketAddr>, tls: &Path) -> RouterCache {
     config.request_timeout = Duration::from_secs(5);
     config.hedge_delay = Duration::from_secs(30);
     RouterCache::start(config).await.expect("cache starts")
-}
-
-/// Waits (bounded) until the cache has `n` servers connected.
-async fn servers_up(c: &RouterCache, n: u64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while c.stats().servers_up != n {
-        assert!(
-            Instant::now() < deadline,
-            "{} servers up, not {n}",
-            c.stats().servers_up
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-fn hashes(seed: u64, n: usize) -> Vec<u64> {
-    (0..n as u64)
-        .map(|i| (i + seed * 1_000 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15))
-        .collect()
 }
 
 /// One server under test: the server and an admin connection for its stats (held for the
