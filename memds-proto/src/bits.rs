@@ -25,8 +25,22 @@ pub(crate) fn get(words: &[u64], off: usize, w: u32) -> u64 {
     v & mask(w)
 }
 
+/// How many of the `len` bits at bit offset `off` are set.
 #[inline]
-fn mask(w: u32) -> u64 {
+pub(crate) fn count_ones(words: &[u64], off: usize, len: usize) -> u32 {
+    let mut count = 0;
+    let mut at = off;
+    let end = off + len;
+    while at < end {
+        let w = ((end - at).min(64 - at % 64)) as u32;
+        count += get(words, at, w).count_ones();
+        at += w as usize;
+    }
+    count
+}
+
+#[inline]
+pub(crate) fn mask(w: u32) -> u64 {
     if w >= 64 { u64::MAX } else { (1u64 << w) - 1 }
 }
 
@@ -39,6 +53,7 @@ pub(crate) struct BitWriter {
 
 impl BitWriter {
     /// The current length in bits.
+    #[cfg(test)]
     pub(crate) fn bit_len(&self) -> usize {
         self.bits
     }
@@ -74,7 +89,13 @@ impl BitWriter {
         self.bits = self.words.len() * 64;
     }
 
+    /// The packed words, without a spare word.
+    pub(crate) fn into_words(self) -> Vec<u64> {
+        self.words
+    }
+
     /// The packed words, with the spare trailing word readers rely on, at exact capacity.
+    #[cfg(test)]
     pub(crate) fn finish(mut self) -> Box<[u64]> {
         self.words.push(0);
         self.words.into_boxed_slice()

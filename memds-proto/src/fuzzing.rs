@@ -219,7 +219,12 @@ pub fn check_map(map: &TableMap) {
     for index in 0..map.partitions().len() {
         for hash in [map.partitions()[index].start, map.end_inclusive(index)] {
             let entry = compact.lookup(hash);
-            assert_eq!(entry.index, map.floor_index(hash), "lookup of {hash:#x}");
+            assert_eq!(
+                compact.floor_index(hash),
+                map.floor_index(hash),
+                "lookup of {hash:#x}"
+            );
+            assert_eq!(entry.start, map.partitions()[index].start);
             assert_eq!(compact.route(&entry), map.route(hash), "route of {hash:#x}");
         }
     }

@@ -36,7 +36,7 @@ pub mod fuzzing;
 
 mod bits;
 
-pub use compact::{CompactTable, NodeInfo, NodeInterner, PartitionEntry};
+pub use compact::{CompactTable, EditError, NodeInfo, NodeInterner, PartitionEntry};
 pub use model::{
     Epoch, MapError, NodeId, Partition, PartitionId, Replicas, Route, RouteReplica, StorageNode,
     TableMap, TableName, TableVersion,

@@ -435,7 +435,7 @@ impl TableMap {
     }
 }
 
-fn check_node(node: &StorageNode) -> Result<(), MapError> {
+pub(crate) fn check_node(node: &StorageNode) -> Result<(), MapError> {
     if node.addr.is_empty() {
         return Err(MapError::EmptyNodeAddr { id: node.id });
     }

@@ -70,7 +70,8 @@ pub use messages::{ArchivedRequest, ArchivedResponse, Request, Response};
 #[allow(missing_docs)]
 mod messages {
     use super::{
-        ErrorReply, NodeList, PartitionUpdate, Routes, ServerStats, Summary, TableInfo, WriteAck,
+        BatchUpdate, ErrorReply, HashRange, NodeList, PartitionUpdate, Routes, ServerStats,
+        Summary, TableInfo, TreeDigests, WriteAck,
     };
 
     /// A request.
@@ -136,6 +137,39 @@ mod messages {
         },
         /// Replace the partitions covering a range (admin only).
         UpdatePartitions(/** The update. */ PartitionUpdate),
+        /// Replace the partitions of many ranges of one table at once (admin only): applied
+        /// atomically at one new version, logged as one record.
+        UpdateBatch(/** The update. */ BatchUpdate),
+        /// What changed in a table since `since`, as a [`Response::Delta`] (or
+        /// [`Response::NotModified`]), when the server still knows; [`Response::NoDelta`]
+        /// otherwise (fetch the whole table then).
+        GetDelta {
+            /// Table name.
+            table: String,
+            /// The version the client holds.
+            since: u64,
+        },
+        /// The Merkle digests of a table's tree nodes at `level` (1: blocks of partitions,
+        /// 2: runs of blocks, and up) overlapping `[from, end_inclusive]`; peers use it to
+        /// find where their copies differ.
+        TreeDigests {
+            /// Table name.
+            table: String,
+            /// The tree level.
+            level: u32,
+            /// First hash (inclusive).
+            from: u64,
+            /// Last hash (inclusive).
+            end_inclusive: u64,
+        },
+        /// The current partitions covering each range (widened to partition boundaries), as a
+        /// [`Response::Delta`] whose `base_version` is 0; peers pull the blocks that differ.
+        GetRanges {
+            /// Table name.
+            table: String,
+            /// The ranges, sorted and disjoint.
+            ranges: Vec<HashRange>,
+        },
         /// Remove a table (admin only), leaving a tombstone: a later put of the name needs a
         /// version above the one dropped.
         DropTable {
@@ -164,6 +198,17 @@ mod messages {
             /// The map, in the snapshot format.
             snapshot: Vec<u8>,
         },
+        /// What changed in a table between two versions: applying it as an update to the
+        /// table at `base_version` gives the table at `version`.
+        Delta(/** The change. */ BatchUpdate),
+        /// The server cannot tell what changed since the version asked about (its history does
+        /// not reach back that far, or the table was replaced whole since).
+        NoDelta {
+            /// The table's version.
+            version: u64,
+        },
+        /// Tree digests (answer to [`Request::TreeDigests`]).
+        TreeDigests(/** The answer. */ TreeDigests),
         /// The table is not newer than the version asked about.
         NotModified {
             /// The table's version.
@@ -194,7 +239,10 @@ impl Request {
     pub fn is_write(&self) -> bool {
         matches!(
             self,
-            Request::PutTable { .. } | Request::UpdatePartitions(_) | Request::DropTable { .. }
+            Request::PutTable { .. }
+                | Request::UpdatePartitions(_)
+                | Request::UpdateBatch(_)
+                | Request::DropTable { .. }
         )
     }
 }
@@ -206,6 +254,7 @@ impl ArchivedRequest {
             self,
             ArchivedRequest::PutTable { .. }
                 | ArchivedRequest::UpdatePartitions(_)
+                | ArchivedRequest::UpdateBatch(_)
                 | ArchivedRequest::DropTable { .. }
         )
     }
@@ -245,6 +294,142 @@ pub struct PartitionUpdate {
     pub nodes: Vec<NodeSpec>,
     /// The new partitions of the range, in start order.
     pub partitions: Vec<PartitionSpec>,
+}
+
+/// One range of a [`BatchUpdate`]: the partitions covering `[partitions[0].start,
+/// end_inclusive]` are replaced by `partitions`, under the rules of [`PartitionUpdate`].
+#[derive(
+    Clone,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+#[serde(deny_unknown_fields)]
+pub struct RangeUpdate {
+    /// Last hash (inclusive) of the replaced range.
+    pub end_inclusive: u64,
+    /// The new partitions of the range, in start order.
+    pub partitions: Vec<PartitionSpec>,
+}
+
+/// Many independent partition updates of one table (an invalidation storm, a delta between
+/// two versions), applied atomically: the table at `base_version` becomes the table at
+/// `version`, logged as one record. Ranges are sorted by start and do not overlap.
+#[derive(
+    Clone,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+#[serde(deny_unknown_fields)]
+pub struct BatchUpdate {
+    /// Table name.
+    pub table: String,
+    /// The version the update is based on: the table's current version.
+    pub base_version: u64,
+    /// The version the table has after the update.
+    pub version: u64,
+    /// Nodes to add or replace.
+    #[serde(default)]
+    pub nodes: Vec<NodeSpec>,
+    /// The ranges replaced, sorted by start, disjoint.
+    pub ranges: Vec<RangeUpdate>,
+}
+
+impl From<PartitionUpdate> for BatchUpdate {
+    fn from(u: PartitionUpdate) -> Self {
+        Self {
+            table: u.table,
+            base_version: u.base_version,
+            version: u.version,
+            nodes: u.nodes,
+            ranges: vec![RangeUpdate {
+                end_inclusive: u.end_inclusive,
+                partitions: u.partitions,
+            }],
+        }
+    }
+}
+
+/// A range of hashes, both ends inclusive.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+pub struct HashRange {
+    /// First hash.
+    pub from: u64,
+    /// Last hash.
+    pub end_inclusive: u64,
+}
+
+/// Merkle digests of a table's tree nodes at one level (answer to [`Request::TreeDigests`]).
+#[derive(
+    Clone,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+pub struct TreeDigests {
+    /// The table's version.
+    pub version: u64,
+    /// The table's levels: the root is at this level.
+    pub levels: u32,
+    /// The table's content digest (the root's).
+    pub root: u64,
+    /// The nodes overlapping the range asked, in start order.
+    pub entries: Vec<TreeEntry>,
+    /// The server stopped at its bound before the end of the range.
+    pub truncated: bool,
+}
+
+/// One tree node of [`TreeDigests`].
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+pub struct TreeEntry {
+    /// First hash the node covers.
+    pub start: u64,
+    /// Last hash the node covers.
+    pub end_inclusive: u64,
+    /// Partitions under the node.
+    pub count: u64,
+    /// The node's digest.
+    pub digest: u64,
 }
 
 /// Routes, compactly: replicas as table-scoped node ids (see the module docs).
