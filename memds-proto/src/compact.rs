@@ -136,7 +136,6 @@ fn floor_in(starts: &[u64], value: u64) -> usize {
     starts.partition_point(|&s| s <= value).saturating_sub(1)
 }
 
-
 /// A storage node's address and zone, stored once however many partitions and tables use it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct NodeInfo {
@@ -202,7 +201,6 @@ impl NodeInterner {
         records + self.set.capacity() * (size_of::<Arc<NodeInfo>>() + 1) + ALLOC_OVERHEAD
     }
 }
-
 
 /// A table's node dictionary entry: the table-scoped id and the shared record.
 #[derive(Clone, Debug)]
@@ -457,8 +455,11 @@ impl Block {
     /// The id of partition `i`.
     #[inline]
     fn id(&self, data: &[u64], i: usize) -> u64 {
-        self.id_base
-            .wrapping_add(bits::get(data, self.ids_off + i * self.id_w as usize, self.id_w))
+        self.id_base.wrapping_add(bits::get(
+            data,
+            self.ids_off + i * self.id_w as usize,
+            self.id_w,
+        ))
     }
 
     /// Bounds on the ids the block holds, from its header alone.
@@ -474,7 +475,8 @@ impl Block {
     fn decode(&self, d: &[u64], base: u64, block_end: u64, i: usize) -> PartitionEntry {
         let start = base.wrapping_add(self.start_offset(d, i));
         let end_inclusive = if i + 1 < self.n {
-            base.wrapping_add(self.start_offset(d, i + 1)).wrapping_sub(1)
+            base.wrapping_add(self.start_offset(d, i + 1))
+                .wrapping_sub(1)
         } else {
             block_end
         };
@@ -485,9 +487,7 @@ impl Block {
         let mut replica_ids = [0u32; MAX_REPLICAS];
         let mut off = set_off + self.len_w as usize;
         for slot in replica_ids.iter_mut().take(usize::from(replica_len)) {
-            *slot = self
-                .node_base
-                .wrapping_add(bits::get(d, off, self.node_w)) as u32;
+            *slot = self.node_base.wrapping_add(bits::get(d, off, self.node_w)) as u32;
             off += self.node_w as usize;
         }
         PartitionEntry {
@@ -799,7 +799,9 @@ fn build_up(mut level_entries: Vec<Entry>, mut level: u32) -> (Entry, u32) {
             .map(Inner::build)
             .collect();
     }
-    let root = level_entries.pop().expect("a table has at least one partition");
+    let root = level_entries
+        .pop()
+        .expect("a table has at least one partition");
     collapse(root, level)
 }
 
@@ -828,7 +830,9 @@ pub enum EditError {
         range: usize,
     },
     /// A range starts before the previous one ends.
-    #[error("range {range} starts at {from}, not after the previous range's end {previous_end}; ranges must be sorted and disjoint")]
+    #[error(
+        "range {range} starts at {from}, not after the previous range's end {previous_end}; ranges must be sorted and disjoint"
+    )]
     NotSorted {
         /// The range's position in the update.
         range: usize,
@@ -860,7 +864,9 @@ pub enum EditError {
         end: u64,
     },
     /// A range does not start at an existing partition's start.
-    #[error("range {range}: the range must start at an existing partition boundary; {from} is inside partition {id} [{start}, {end}]")]
+    #[error(
+        "range {range}: the range must start at an existing partition boundary; {from} is inside partition {id} [{start}, {end}]"
+    )]
     NotAStart {
         /// The range's position in the update.
         range: usize,
@@ -874,7 +880,9 @@ pub enum EditError {
         end: u64,
     },
     /// A range does not end at an existing partition's end.
-    #[error("range {range}: the range must end at an existing partition boundary; {at} is inside partition {id} [{start}, {end}]")]
+    #[error(
+        "range {range}: the range must end at an existing partition boundary; {at} is inside partition {id} [{start}, {end}]"
+    )]
     NotAnEnd {
         /// The range's position in the update.
         range: usize,
@@ -894,7 +902,6 @@ pub enum EditError {
     #[error(transparent)]
     Map(#[from] MapError),
 }
-
 
 /// A position in the tree: a run, a block in it, and what follows.
 #[derive(Clone, Copy)]
@@ -936,14 +943,7 @@ impl CompactTable {
             .map(|g| Run::build(&g.iter().map(BlockItem::New).collect::<Vec<_>>()))
             .collect();
         let (root, levels) = build_up(runs, 2);
-        Self::assemble(
-            map.name().clone(),
-            map.version(),
-            nodes,
-            root,
-            levels,
-            None,
-        )
+        Self::assemble(map.name().clone(), map.version(), nodes, root, levels, None)
     }
 
     fn assemble(
@@ -1094,7 +1094,11 @@ impl CompactTable {
 
     /// The partitions overlapping the hash range `[from, to)`, in start order.
     pub fn range(&self, from: u64, to: u64) -> impl Iterator<Item = PartitionEntry> + '_ {
-        let first = if from < to { Some(self.spot(from)) } else { None };
+        let first = if from < to {
+            Some(self.spot(from))
+        } else {
+            None
+        };
         Partitions::from_spot(self, first, from).take_while(move |p| p.start < to)
     }
 
@@ -1407,7 +1411,11 @@ impl CompactTable {
                 });
             }
             if end < from {
-                return Err(EditError::EndBeforeStart { range: r, from, end });
+                return Err(EditError::EndBeforeStart {
+                    range: r,
+                    from,
+                    end,
+                });
             }
             if let Some((index, p)) = range
                 .partitions
@@ -1785,15 +1793,7 @@ impl CompactTable {
                     break;
                 }
                 let e = inner.starts.get(i + 1).map_or(end, |&n| n - 1);
-                walk(
-                    &inner.children[i],
-                    node_level - 1,
-                    s,
-                    e,
-                    level,
-                    (a, b),
-                    out,
-                );
+                walk(&inner.children[i], node_level - 1, s, e, level, (a, b), out);
             }
         }
         let mut out = Vec::new();
@@ -1819,9 +1819,7 @@ impl CompactTable {
             return None;
         }
         let prev = self.history.clone();
-        let (depth, total) = prev
-            .as_ref()
-            .map_or((0, 0), |c| (c.depth, c.total_ranges));
+        let (depth, total) = prev.as_ref().map_or((0, 0), |c| (c.depth, c.total_ranges));
         let mut change = Change {
             version: update.version,
             base: self.version.get(),
@@ -1955,12 +1953,17 @@ impl CompactTable {
     /// The partitions covering sorted ranges, widened to partition boundaries and merged; `None`
     /// past `limit` partitions.
     fn partitions_covering(&self, ranges: &[HashRange], limit: usize) -> Option<BatchUpdate> {
-        let widened = merge_spans(ranges.iter().filter(|r| r.from <= r.end_inclusive).map(|r| {
-            (
-                self.lookup(r.from).start,
-                self.lookup(r.end_inclusive).end_inclusive,
-            )
-        }));
+        let widened = merge_spans(
+            ranges
+                .iter()
+                .filter(|r| r.from <= r.end_inclusive)
+                .map(|r| {
+                    (
+                        self.lookup(r.from).start,
+                        self.lookup(r.end_inclusive).end_inclusive,
+                    )
+                }),
+        );
         let mut out = Vec::with_capacity(widened.len());
         let mut total = 0usize;
         for (a, b) in widened {
@@ -2007,8 +2010,9 @@ impl CompactTable {
                 {
                     return false;
                 }
-                let mut have = Partitions::from_spot(self, Some(self.spot(first.start)), first.start)
-                    .take_while(|e| e.start <= r.end_inclusive);
+                let mut have =
+                    Partitions::from_spot(self, Some(self.spot(first.start)), first.start)
+                        .take_while(|e| e.start <= r.end_inclusive);
                 r.partitions
                     .iter()
                     .all(|want| have.next().is_some_and(|e| to_spec(&e) == *want))
@@ -2097,7 +2101,14 @@ impl CompactTable {
     }
 
     fn verify_span(&self, from: u64, to: u64) -> bool {
-        fn check(node: &Node, start: u64, end: u64, digest: u64, count: u64, span: (u64, u64)) -> bool {
+        fn check(
+            node: &Node,
+            start: u64,
+            end: u64,
+            digest: u64,
+            count: u64,
+            span: (u64, u64),
+        ) -> bool {
             match node {
                 Node::Run(r) => {
                     let n = r.starts.len();
@@ -2117,16 +2128,14 @@ impl CompactTable {
                         if e < span.0 || s > span.1 {
                             return true;
                         }
-                        let Some(words) = r
-                            .data
-                            .get(r.offsets[i] as usize..r.offsets[i + 1] as usize)
+                        let Some(words) =
+                            r.data.get(r.offsets[i] as usize..r.offsets[i + 1] as usize)
                         else {
                             return false;
                         };
                         block_digest(s, e, words) == r.digests[i]
-                            && r.block(i).is_some_and(|b| {
-                                b.n as u64 == u64::from(r.ends[i]) - r.before(i)
-                            })
+                            && r.block(i)
+                                .is_some_and(|b| b.n as u64 == u64::from(r.ends[i]) - r.before(i))
                     })
                 }
                 Node::Inner(inner) => {
@@ -2414,7 +2423,10 @@ mod tests {
                 0 if end - parts[i].start >= 2 && span == 1 => {
                     let p = parts[i];
                     let mid = p.start + (end - p.start) / 2 + 1;
-                    new.push(Partition { epoch: Epoch::new(p.epoch.get() + 1), ..p });
+                    new.push(Partition {
+                        epoch: Epoch::new(p.epoch.get() + 1),
+                        ..p
+                    });
                     new.push(Partition {
                         id: PartitionId::new(next_id),
                         start: mid,
@@ -2424,18 +2436,28 @@ mod tests {
                     next_id += 1;
                 }
                 // Merge the range into its first partition.
-                1 => new.push(Partition { epoch: Epoch::new(parts[i].epoch.get() + 7), ..parts[i] }),
+                1 => new.push(Partition {
+                    epoch: Epoch::new(parts[i].epoch.get() + 7),
+                    ..parts[i]
+                }),
                 // Move replicas: the range's partitions get the replicas of a random other one.
                 2 => {
                     let donor = parts[rng.random_range(0..parts.len())];
                     for p in &parts[i..=last] {
-                        new.push(Partition { replicas: donor.replicas, leader: 0, ..*p });
+                        new.push(Partition {
+                            replicas: donor.replicas,
+                            leader: 0,
+                            ..*p
+                        });
                     }
                 }
                 // Fresh ids.
                 _ => {
                     for p in &parts[i..=last] {
-                        new.push(Partition { id: PartitionId::new(next_id), ..*p });
+                        new.push(Partition {
+                            id: PartitionId::new(next_id),
+                            ..*p
+                        });
                         next_id += 1;
                     }
                 }
@@ -2542,17 +2564,32 @@ mod tests {
         let before = table.tree_digests(1, 0, u64::MAX, usize::MAX).entries;
         let after = next.tree_digests(1, 0, u64::MAX, usize::MAX).entries;
         let old: HashSet<(u64, u64)> = before.iter().map(|e| (e.start, e.digest)).collect();
-        let changed = after.iter().filter(|e| !old.contains(&(e.start, e.digest))).count();
+        let changed = after
+            .iter()
+            .filter(|e| !old.contains(&(e.start, e.digest)))
+            .count();
         assert!((1..=2).contains(&changed), "{changed} blocks changed");
         // Runs: one changed.
         let before = table.tree_digests(2, 0, u64::MAX, usize::MAX).entries;
         let after = next.tree_digests(2, 0, u64::MAX, usize::MAX).entries;
         let old: HashSet<(u64, u64)> = before.iter().map(|e| (e.start, e.digest)).collect();
-        assert_eq!(after.iter().filter(|e| !old.contains(&(e.start, e.digest))).count(), 1);
-        let delta = next.delta_since(table.version().get()).expect("one version back");
+        assert_eq!(
+            after
+                .iter()
+                .filter(|e| !old.contains(&(e.start, e.digest)))
+                .count(),
+            1
+        );
+        let delta = next
+            .delta_since(table.version().get())
+            .expect("one version back");
         assert_eq!(delta.ranges.len(), 1);
         assert_eq!(delta.ranges[0].partitions.len(), 2);
-        assert_eq!(next.delta_since(table.version().get() - 1), None, "before the history");
+        assert_eq!(
+            next.delta_since(table.version().get() - 1),
+            None,
+            "before the history"
+        );
     }
 
     #[test]
@@ -2569,10 +2606,16 @@ mod tests {
         let good = BatchUpdate::from(synth::split_update(&map, 10, 1 << 50));
         let mut bad = good.clone();
         bad.ranges[0].end_inclusive -= 1;
-        assert!(matches!(table.apply(&bad, &mut interner), Err(EditError::NotAnEnd { .. })));
+        assert!(matches!(
+            table.apply(&bad, &mut interner),
+            Err(EditError::NotAnEnd { .. })
+        ));
         let mut bad = good.clone();
         bad.ranges[0].partitions[0].start += 1;
-        assert!(matches!(table.apply(&bad, &mut interner), Err(EditError::NotAStart { .. })));
+        assert!(matches!(
+            table.apply(&bad, &mut interner),
+            Err(EditError::NotAStart { .. })
+        ));
         let mut bad = good.clone();
         bad.ranges[0].partitions[1].id = map.partitions()[500].id.get();
         let err = table.apply(&bad, &mut interner).expect_err("duplicate id");
@@ -2594,17 +2637,25 @@ mod tests {
         bad.ranges[0].partitions[1].start = bad.ranges[0].partitions[0].start;
         assert!(matches!(
             table.apply(&bad, &mut interner),
-            Err(EditError::Map(MapError::StartNotIncreasing { index: 11, .. }))
+            Err(EditError::Map(MapError::StartNotIncreasing {
+                index: 11,
+                ..
+            }))
         ));
         let mut bad = good.clone();
         bad.ranges.push(bad.ranges[0].clone());
-        assert!(matches!(table.apply(&bad, &mut interner), Err(EditError::NotSorted { range: 1, .. })));
+        assert!(matches!(
+            table.apply(&bad, &mut interner),
+            Err(EditError::NotSorted { range: 1, .. })
+        ));
         // A damaged block where the update reads is refused, not spliced in.
         let damaged = table.damaged_copy(64 * 5 + 3);
         assert!(!damaged.verify());
         let first_run_update = BatchUpdate::from(synth::split_update(&map, 0, 1 << 50));
         assert_eq!(
-            damaged.apply(&first_run_update, &mut interner).map(|t| t.version()),
+            damaged
+                .apply(&first_run_update, &mut interner)
+                .map(|t| t.version()),
             Err(EditError::Damaged)
         );
         assert!(table.apply(&good, &mut interner).is_ok());

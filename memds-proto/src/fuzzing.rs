@@ -20,8 +20,9 @@ use crate::compact::{CompactTable, NodeInterner};
 use crate::model::{NodeSpec, PartitionSpec, TableMap};
 use crate::synth::{self, SynthConfig};
 use crate::wire::{
-    self, ErrorCode, ErrorReply, FrameDecoder, NodeList, PartitionUpdate, Request, Response,
-    Routes, ServerStats, Summary, TableInfo, TableSummary, WireError, WireRoute, WriteAck,
+    self, BatchUpdate, ErrorCode, ErrorReply, FrameDecoder, HashRange, NodeList, PartitionUpdate,
+    RangeUpdate, Request, Response, Routes, ServerStats, Summary, TableInfo, TableSummary,
+    TreeDigests, TreeEntry, WireError, WireRoute, WriteAck,
 };
 use crate::{snapshot, wire::FRAME_HEADER_LEN};
 
@@ -409,7 +410,25 @@ pub fn sample_requests(map: &TableMap) -> Vec<Request> {
         Request::PutTable {
             snapshot: snapshot::encode(map),
         },
-        Request::UpdatePartitions(update),
+        Request::UpdatePartitions(update.clone()),
+        Request::UpdateBatch(BatchUpdate::from(update)),
+        Request::GetDelta {
+            table: table.clone(),
+            since: map.version().get().saturating_sub(1),
+        },
+        Request::TreeDigests {
+            table: table.clone(),
+            level: 1,
+            from: 0,
+            end_inclusive: u64::MAX,
+        },
+        Request::GetRanges {
+            table: table.clone(),
+            ranges: vec![HashRange {
+                from: 0,
+                end_inclusive: 1 << 40,
+            }],
+        },
         Request::DropTable {
             table: table.clone(),
             version: Some(map.version().get()),
@@ -454,6 +473,29 @@ pub fn sample_responses(map: &TableMap) -> Vec<Response> {
             snapshot: snapshot::encode(map),
         },
         Response::NotModified { version },
+        Response::Delta(BatchUpdate {
+            table: name.clone(),
+            base_version: version.saturating_sub(1),
+            version,
+            nodes: vec![],
+            ranges: vec![RangeUpdate {
+                end_inclusive: u64::MAX,
+                partitions: vec![],
+            }],
+        }),
+        Response::NoDelta { version },
+        Response::TreeDigests(TreeDigests {
+            version,
+            levels: 3,
+            root: 11,
+            entries: vec![TreeEntry {
+                start: 0,
+                end_inclusive: u64::MAX,
+                count: 5,
+                digest: 12,
+            }],
+            truncated: false,
+        }),
         Response::Tables(vec![TableInfo {
             name: name.clone(),
             version,
