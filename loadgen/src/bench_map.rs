@@ -13,17 +13,20 @@
 //! (table, hash) sequence for both designs, interleaved in rounds so machine noise hits both
 //! alike; the clock's own cost (measured in the same run) is subtracted from each sample.
 //!
-//! Writes: a one-partition split of the largest table planned the way the server plans an
-//! `update-partitions` (`memds_server::store::plan`: decode, splice, validate, re-encode), timed
-//! beside the build of the same table from its map in the same run.
+//! Writes: single-partition splits of the largest table planned the way the server plans an
+//! update (`memds_server::store::plan`: check, validate over the touched range, apply to the
+//! persistent tree) and published, each timed; the same split by whole-table rebuild (how
+//! updates were applied before) as the baseline in the same run; and a storm, one batch
+//! splitting a fifth of the table.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use hdrhistogram::Histogram;
-use memds_proto::model::TableSpec;
+use memds_proto::model::{PartitionSpec, TableSpec};
 use memds_proto::synth::{self, SynthConfig};
+use memds_proto::wire::{BatchUpdate, RangeUpdate};
 use memds_proto::{CompactTable, NodeInterner, TableMap};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -49,6 +52,9 @@ pub(crate) struct Args {
     /// Rounds the lookups are split into, alternating designs.
     #[arg(long, default_value_t = 10)]
     rounds: usize,
+    /// Single-partition splits timed.
+    #[arg(long, default_value_t = 2_000)]
+    updates: usize,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -78,11 +84,21 @@ pub(crate) struct Report {
     timer_overhead_ns: f64,
     generate_seconds: f64,
     build_seconds: f64,
-    /// Median over three one-partition splits of the largest table, planned as the server does.
-    split_update_seconds: f64,
+    /// Single-partition splits of the largest table timed (plan, validate, apply, publish).
+    updates: usize,
+    update_us_p50: f64,
+    update_us_p99: f64,
+    /// The baseline: one such split by whole-table rebuild (decode, splice, validate,
+    /// re-encode), as updates were applied before, median of three, in seconds.
+    rebuild_update_seconds: f64,
+    rebuild_vs_update_p50: f64,
     /// Building that table's compact encoding from its map, in the same run.
     table_build_seconds: f64,
-    split_vs_build: f64,
+    /// One batch splitting a fifth of the table's partitions: splits, seconds, splits per
+    /// second.
+    storm_splits: usize,
+    storm_seconds: f64,
+    storm_partitions_per_s: f64,
     /// Verifying every table's checksum once (a scrubbing pass), in seconds, and the bytes it
     /// read.
     scrub_seconds: f64,
@@ -195,7 +211,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     let (compact_hist, naive_hist) = time_lookups(args, &probes, &compact, &naive, timer)?;
     let (batch_ns, baseline_batch_ns) = time_batches(&probes, &compact, &naive);
     drop(naive);
-    let (split_update_seconds, table_build_seconds) = time_split(&compact, &mut interner)?;
+    let writes = time_writes(&compact, &mut interner, args.updates, args.seed)?;
     let (scrub_seconds, scrub_bytes) = time_scrub(&compact)?;
 
     let per = |bytes: f64| bytes / n as f64;
@@ -222,9 +238,15 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         timer_overhead_ns: timer,
         generate_seconds,
         build_seconds,
-        split_update_seconds,
-        table_build_seconds,
-        split_vs_build: split_update_seconds / table_build_seconds.max(1e-9),
+        updates: writes.updates,
+        update_us_p50: writes.update_us_p50,
+        update_us_p99: writes.update_us_p99,
+        rebuild_update_seconds: writes.rebuild_update_seconds,
+        rebuild_vs_update_p50: writes.rebuild_update_seconds * 1e6 / writes.update_us_p50.max(1e-9),
+        table_build_seconds: writes.table_build_seconds,
+        storm_splits: writes.storm_splits,
+        storm_seconds: writes.storm_seconds,
+        storm_partitions_per_s: writes.storm_splits as f64 / writes.storm_seconds.max(1e-9),
         scrub_seconds,
         scrub_bytes,
         scrub_ms_per_100_mb: scrub_seconds * 1e3 / (scrub_bytes as f64 / 1e8).max(1e-9),
@@ -237,41 +259,174 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Times a one-partition split of the largest table, planned by the server's own rules, three
-/// times (median), and the build of that table's encoding from its map.
-fn time_split(compact: &[CompactTable], interner: &mut NodeInterner) -> anyhow::Result<(f64, f64)> {
+/// What the write benchmarks measured.
+struct Writes {
+    updates: usize,
+    update_us_p50: f64,
+    update_us_p99: f64,
+    rebuild_update_seconds: f64,
+    table_build_seconds: f64,
+    storm_splits: usize,
+    storm_seconds: f64,
+}
+
+/// The split of the partition holding `hash` at the middle of its range, as the authority would
+/// send it (the left half keeps the id, the right half gets `new_id`, both at the next epoch),
+/// if the partition is wide enough to split.
+fn split_at(table: &CompactTable, hash: u64, new_id: u64) -> Option<RangeUpdate> {
+    let e = table.lookup(hash);
+    if e.end_inclusive - e.start < 2 {
+        return None;
+    }
+    let mid = e.start + (e.end_inclusive - e.start) / 2;
+    let replicas: Vec<u32> = e.replica_ids().map(|id| id.get()).collect();
+    let half = |id: u64, start: u64| PartitionSpec {
+        id,
+        start,
+        epoch: e.epoch.get() + 1,
+        replicas: replicas.clone(),
+        leader: u64::from(e.leader),
+    };
+    Some(RangeUpdate {
+        end_inclusive: e.end_inclusive,
+        partitions: vec![half(e.id.get(), e.start), half(new_id, mid)],
+    })
+}
+
+fn batch(table: &CompactTable, ranges: Vec<RangeUpdate>) -> BatchUpdate {
+    BatchUpdate {
+        table: table.name().as_str().to_owned(),
+        base_version: table.version().get(),
+        version: table.version().get() + 1,
+        nodes: vec![],
+        ranges,
+    }
+}
+
+/// Times writes to the largest table, planned by the server's own rules
+/// (`memds_server::store::plan`: check, validate, apply) and published as the writer does (a
+/// new table map swapped in for readers), without the log's fsync:
+///
+/// - `updates` single-partition splits at random hashes, one after the other, each timed;
+/// - the baseline, in the same run: the same kind of split done the way updates were done
+///   before the tree (decode the whole table, splice, validate the whole map, re-encode),
+///   median of three, beside the build of the table's encoding from its map;
+/// - a storm: one batch splitting a fifth of the table's partitions, applied in one request.
+fn time_writes(
+    compact: &[CompactTable],
+    interner: &mut NodeInterner,
+    updates: usize,
+    seed: u64,
+) -> anyhow::Result<Writes> {
+    use memds_server::store::{Plan, Tables, Write, plan};
     let table = compact
         .iter()
         .max_by_key(|t| t.len())
         .context("no tables")?;
+    let name = table.name().as_str().to_owned();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed);
+    let mut next_id = u64::MAX / 2;
+
+    let published = arc_swap::ArcSwap::from_pointee({
+        let mut t = Tables::new();
+        t.insert(name.clone(), std::sync::Arc::new(table.clone()));
+        t
+    });
+    let mut hist = Histogram::<u64>::new(3).context("histogram")?;
+    let mut done = 0;
+    while done < updates {
+        let current = published.load_full();
+        let Some(range) = split_at(
+            current.get(&name).context("the table")?,
+            rng.random(),
+            next_id,
+        ) else {
+            continue;
+        };
+        next_id += 1;
+        let write = Write::Batch(batch(current.get(&name).context("the table")?, vec![range]));
+        let t = Instant::now();
+        let Plan::Install(next) = plan(&current, &write, interner, u64::MAX)
+            .map_err(|e| anyhow::anyhow!("planning a split: {}", e.message))?
+        else {
+            anyhow::bail!("a split was not installed");
+        };
+        let mut tables = (*current).clone();
+        tables.insert(name.clone(), std::sync::Arc::new(next));
+        published.store(std::sync::Arc::new(tables));
+        hist.record(t.elapsed().as_nanos() as u64)?;
+        drop(current);
+        done += 1;
+    }
+    let after = published.load_full();
+    let after = after.get(&name).context("the table")?;
+    ensure!(
+        after.len() == table.len() + updates,
+        "the splits did not add one partition each"
+    );
+
+    // The baseline: the whole-table rebuild every update cost before.
     let map = table.to_map();
     let t = Instant::now();
     black_box(CompactTable::new(&map, interner));
-    let build = t.elapsed().as_secs_f64();
-    let mut tables = memds_server::store::Tables::new();
-    tables.insert(
-        map.name().as_str().to_owned(),
-        std::sync::Arc::new(CompactTable::new(&map, interner)),
-    );
-    let mut times = Vec::new();
-    for k in 1..=3 {
-        let index = map.partitions().len() * k / 4;
-        if map.end_inclusive(index) - map.partitions()[index].start < 2 {
+    let table_build_seconds = t.elapsed().as_secs_f64();
+    let mut rebuilds = Vec::new();
+    for k in 1..=3u64 {
+        let Some(range) = split_at(table, rng.random(), next_id + k) else {
             continue;
-        }
-        let update = synth::split_update(&map, index, u64::MAX - k as u64);
-        let write = memds_server::store::Write::Update(update);
+        };
         let t = Instant::now();
-        let plan = memds_server::store::plan(&tables, &write, interner, u64::MAX)
-            .map_err(|e| anyhow::anyhow!("planning the split: {}", e.message))?;
-        times.push(t.elapsed().as_secs_f64());
-        ensure!(
-            matches!(plan, memds_server::store::Plan::Install(ref t) if t.len() == map.partitions().len() + 1),
-            "the split did not add one partition"
-        );
+        let (name, version, nodes, mut parts) = table.to_map().into_parts();
+        let at = parts.partition_point(|p| p.start < range.partitions[0].start);
+        let new: Vec<memds_proto::Partition> = range
+            .partitions
+            .iter()
+            .enumerate()
+            .map(|(i, p)| p.to_partition(at + i))
+            .collect::<Result<_, _>>()?;
+        parts.splice(at..=at, new);
+        let map = TableMap::new(
+            name,
+            memds_proto::TableVersion::new(version.get() + 1),
+            nodes,
+            parts,
+        )?;
+        black_box(CompactTable::new(&map, interner));
+        rebuilds.push(t.elapsed().as_secs_f64());
     }
-    ensure!(!times.is_empty(), "no partition wide enough to split");
-    Ok((median(&mut times), build))
+    drop(map);
+
+    // The storm: a fifth of the partitions split in one batch.
+    let mut ranges = Vec::new();
+    for e in table.iter() {
+        if rng.random_bool(0.2)
+            && let Some(r) = split_at(table, e.start, next_id)
+        {
+            ranges.push(r);
+            next_id += 1;
+        }
+    }
+    let storm_splits = ranges.len();
+    let mut tables = Tables::new();
+    tables.insert(name.clone(), std::sync::Arc::new(table.clone()));
+    let write = Write::Batch(batch(table, ranges));
+    let t = Instant::now();
+    let planned = plan(&tables, &write, interner, u64::MAX)
+        .map_err(|e| anyhow::anyhow!("planning the storm: {}", e.message))?;
+    let storm_seconds = t.elapsed().as_secs_f64();
+    ensure!(
+        matches!(planned, Plan::Install(ref t) if t.len() == table.len() + storm_splits),
+        "the storm did not add one partition per split"
+    );
+    Ok(Writes {
+        updates,
+        update_us_p50: hist.value_at_quantile(0.5) as f64 / 1e3,
+        update_us_p99: hist.value_at_quantile(0.99) as f64 / 1e3,
+        rebuild_update_seconds: median(&mut rebuilds),
+        table_build_seconds,
+        storm_splits,
+        storm_seconds,
+    })
 }
 
 /// Times a scrubbing pass (every table's `verify`) three times; answers the median seconds and
@@ -415,8 +570,17 @@ fn print_table(r: &Report) {
         r.bytes_vs_zstd, r.bytes_vs_baseline, r.lookup_vs_baseline_p50, r.timer_overhead_ns
     );
     println!(
-        "one-partition split of the largest table: {:.3} s (its build from the map: {:.3} s, {:.2}x)",
-        r.split_update_seconds, r.table_build_seconds, r.split_vs_build
+        "{} one-partition splits of the largest table: p50 {:.1} us, p99 {:.1} us; baseline whole-table rebuild {:.3} s ({:.0}x the p50; the build from the map: {:.3} s)",
+        r.updates,
+        r.update_us_p50,
+        r.update_us_p99,
+        r.rebuild_update_seconds,
+        r.rebuild_vs_update_p50,
+        r.table_build_seconds
+    );
+    println!(
+        "storm: {} splits in one batch in {:.2} s, {:.0} partition changes per second",
+        r.storm_splits, r.storm_seconds, r.storm_partitions_per_s
     );
     println!(
         "scrubbing pass (verify every table): {:.4} s over {} bytes, {:.1} ms per 100 MB",

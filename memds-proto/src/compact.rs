@@ -129,6 +129,34 @@ fn opens(start: u64, level: u32) -> bool {
     start == 0 || mix(start).trailing_zeros() >= threshold(level)
 }
 
+/// Like [`floor_in`] over the starts of a node whose span ends at `end`, starting from where the
+/// value would sit if the starts were evenly spread (hashes are, so the guess is usually one
+/// or two entries off), then stepping; a skewed node falls back to a binary search.
+#[inline]
+fn floor_guess(starts: &[u64], end: u64, value: u64) -> usize {
+    let n = starts.len();
+    if n <= 4 {
+        return floor_in(starts, value);
+    }
+    let first = starts[0];
+    let span = (end - first) as u128 + 1;
+    let mut i = (((value - first) as u128 * n as u128) / span) as usize;
+    i = i.min(n - 1);
+    for _ in 0..4 {
+        if starts[i] > value {
+            if i == 0 {
+                break;
+            }
+            i -= 1;
+        } else if i + 1 < n && starts[i + 1] <= value {
+            i += 1;
+        } else {
+            return i;
+        }
+    }
+    floor_in(starts, value)
+}
+
 /// The greatest index whose start is at most `value` (0 if none is: callers only ask inside a
 /// node's span, whose first start is at most the value).
 #[inline]
@@ -333,14 +361,15 @@ struct Built {
 /// A block going into a new run: built now, or copied from an old run.
 enum BlockItem<'a> {
     New(&'a Built),
-    Old(&'a Run, usize),
+    /// Block `i` of a run, with the id bounds its parent records for the whole run.
+    Old(&'a Run, usize, (u64, u64)),
 }
 
 impl BlockItem<'_> {
     fn start(&self) -> u64 {
         match self {
             BlockItem::New(b) => b.start,
-            BlockItem::Old(r, i) => r.starts[*i],
+            BlockItem::Old(r, i, _) => r.starts[*i],
         }
     }
 }
@@ -663,7 +692,7 @@ impl Run {
             .iter()
             .map(|b| match b {
                 BlockItem::New(b) => b.words.len(),
-                BlockItem::Old(r, i) => (r.offsets[i + 1] - r.offsets[*i]) as usize,
+                BlockItem::Old(r, i, _) => (r.offsets[i + 1] - r.offsets[*i]) as usize,
             })
             .sum();
         let mut data = Vec::with_capacity(words + 1);
@@ -681,11 +710,17 @@ impl Run {
                     data.extend_from_slice(&b.words);
                     (b.n, b.digest, b.ids)
                 }
-                BlockItem::Old(r, i) => {
+                BlockItem::Old(r, i, run_bounds) => {
                     data.extend_from_slice(r.words_of(*i));
                     let n = r.ends[*i] - r.before(*i) as u32;
-                    let bounds = r.block(*i).map_or((0, u64::MAX), |b| b.id_bounds());
-                    (n, r.digests[*i], bounds)
+                    // The run's bounds, tightened by the block's header: still a superset of
+                    // the block's ids, and tight where ids are allocated in increasing order.
+                    let (lo, hi) = r.block(*i).map_or((0, u64::MAX), |b| b.id_bounds());
+                    (
+                        n,
+                        r.digests[*i],
+                        (lo.max(run_bounds.0), hi.min(run_bounds.1)),
+                    )
                 }
             };
             count += n;
@@ -1056,6 +1091,19 @@ impl CompactTable {
         }
     }
 
+    /// The partition holding `hash` and its index.
+    fn locate(&self, hash: u64) -> (PartitionEntry, usize) {
+        let spot = self.spot(hash);
+        let run = spot.run;
+        let base = run.starts[spot.block];
+        let block = run.block(spot.block).expect("a verified block parses");
+        let i = block.floor(&run.data, hash - base);
+        (
+            block.decode(&run.data, base, spot.block_end(), i),
+            (spot.before_run + run.before(spot.block)) as usize + i,
+        )
+    }
+
     /// The index (in start order) of the partition holding `hash`.
     pub fn floor_index(&self, hash: u64) -> usize {
         let spot = self.spot(hash);
@@ -1069,13 +1117,31 @@ impl CompactTable {
     /// The partition holding `hash`.
     #[inline]
     pub fn lookup(&self, hash: u64) -> PartitionEntry {
-        let spot = self.spot(hash);
-        let run = spot.run;
-        let base = run.starts[spot.block];
-        let block = Block::parse(&run.data, run.offsets[spot.block] as usize)
-            .expect("a verified block parses");
-        let i = block.floor(&run.data, hash - base);
-        block.decode(&run.data, base, spot.block_end(), i)
+        // The descent of `spot` without counting partitions: the lookup path reads only starts
+        // and child pointers.
+        let mut node = &*self.root;
+        let mut next: Option<u64> = None;
+        loop {
+            let end = next.map_or(u64::MAX, |s| s - 1);
+            match node {
+                Node::Inner(inner) => {
+                    let i = floor_guess(&inner.starts, end, hash);
+                    if let Some(&s) = inner.starts.get(i + 1) {
+                        next = Some(s);
+                    }
+                    node = &inner.children[i];
+                }
+                Node::Run(run) => {
+                    let b = floor_guess(&run.starts, end, hash);
+                    let block_end = run.starts.get(b + 1).map_or(end, |&s| s - 1);
+                    let base = run.starts[b];
+                    let block = Block::parse(&run.data, run.offsets[b] as usize)
+                        .expect("a verified block parses");
+                    let i = block.floor(&run.data, hash - base);
+                    return block.decode(&run.data, base, block_end, i);
+                }
+            }
+        }
     }
 
     /// The partition at `index` (in start order), if there is one.
@@ -1358,6 +1424,7 @@ struct Win<T> {
 struct Found<'a> {
     start: u64,
     end: u64,
+    ids: (u64, u64),
     node: &'a Arc<Node>,
 }
 
@@ -1396,7 +1463,6 @@ impl CompactTable {
         // (result index, old first index, old last index) of each range.
         let mut places = Vec::with_capacity(update.ranges.len());
         let mut previous_end: Option<u64> = None;
-        let mut shift: i64 = 0;
         for (r, range) in update.ranges.iter().enumerate() {
             let first = range
                 .partitions
@@ -1417,6 +1483,17 @@ impl CompactTable {
                     end,
                 });
             }
+            spans.push((from, end));
+            previous_end = Some(end);
+        }
+        // What the checks below read must be intact: the blocks of every range and the nodes
+        // above them, each verified once.
+        if !self.verify_spans(&spans) {
+            return Err(EditError::Damaged);
+        }
+        let mut shift: i64 = 0;
+        for (r, range) in update.ranges.iter().enumerate() {
+            let (from, end) = spans[r];
             if let Some((index, p)) = range
                 .partitions
                 .iter()
@@ -1430,11 +1507,7 @@ impl CompactTable {
                     end,
                 });
             }
-            // What the checks below read must be intact.
-            if !self.verify_span(from, end) {
-                return Err(EditError::Damaged);
-            }
-            let at = self.lookup(from);
+            let (at, first_old) = self.locate(from);
             if at.start != from {
                 return Err(EditError::NotAStart {
                     range: r,
@@ -1444,7 +1517,7 @@ impl CompactTable {
                     end: at.end_inclusive,
                 });
             }
-            let last = self.lookup(end);
+            let (last, last_old) = self.locate(end);
             if last.end_inclusive != end {
                 return Err(EditError::NotAnEnd {
                     range: r,
@@ -1454,7 +1527,6 @@ impl CompactTable {
                     end: last.end_inclusive,
                 });
             }
-            let (first_old, last_old) = (self.floor_index(from), self.floor_index(end));
             let index = (first_old as i64 + shift) as usize;
             let mut parts = Vec::with_capacity(range.partitions.len());
             for (k, spec) in range.partitions.iter().enumerate() {
@@ -1480,9 +1552,7 @@ impl CompactTable {
             }
             shift += parts.len() as i64 - (last_old - first_old + 1) as i64;
             places.push((index, first_old, last_old));
-            spans.push((from, end));
             news.push(parts);
-            previous_end = Some(end);
         }
 
         // Level 1: re-encode the blocks the ranges overlap.
@@ -1537,7 +1607,7 @@ impl CompactTable {
                                 items.extend(w.items.iter().map(BlockItem::New));
                             }
                         }
-                        _ => items.push(BlockItem::Old(run, i)),
+                        _ => items.push(BlockItem::Old(run, i, found.ids)),
                     }
                 }
             }
@@ -1770,17 +1840,24 @@ impl CompactTable {
 
     /// The nodes of `level` (2 and up) overlapping `[a, b]`, in start order.
     fn find(&self, level: u32, a: u64, b: u64) -> Vec<Found<'_>> {
+        #[allow(clippy::too_many_arguments)]
         fn walk<'a>(
             node: &'a Arc<Node>,
             node_level: u32,
             start: u64,
             end: u64,
+            ids: (u64, u64),
             level: u32,
             (a, b): (u64, u64),
             out: &mut Vec<Found<'a>>,
         ) {
             if node_level <= level {
-                out.push(Found { start, end, node });
+                out.push(Found {
+                    start,
+                    end,
+                    ids,
+                    node,
+                });
                 return;
             }
             let Node::Inner(inner) = &**node else {
@@ -1793,7 +1870,16 @@ impl CompactTable {
                     break;
                 }
                 let e = inner.starts.get(i + 1).map_or(end, |&n| n - 1);
-                walk(&inner.children[i], node_level - 1, s, e, level, (a, b), out);
+                walk(
+                    &inner.children[i],
+                    node_level - 1,
+                    s,
+                    e,
+                    inner.ids[i],
+                    level,
+                    (a, b),
+                    out,
+                );
             }
         }
         let mut out = Vec::new();
@@ -1802,6 +1888,7 @@ impl CompactTable {
             self.levels,
             0,
             u64::MAX,
+            self.root_ids,
             level.max(2),
             (a, b),
             &mut out,
@@ -2090,24 +2177,26 @@ impl CompactTable {
     /// children's records), the node list's and the checksum, and compares each with the one
     /// recorded: false means the resident copy is damaged.
     pub fn verify(&self) -> bool {
-        nodes_digest(&self.nodes) == self.nodes_digest && self.verify_span(0, u64::MAX)
+        nodes_digest(&self.nodes) == self.nodes_digest && self.verify_spans(&[(0, u64::MAX)])
     }
 
     /// Like [`Self::verify`] for the blocks overlapping `[from, end_inclusive]` and the nodes on
     /// the path to them (the node list aside): what a write reads before planning from the
     /// table.
     pub fn verify_range(&self, from: u64, end_inclusive: u64) -> bool {
-        self.verify_span(from, end_inclusive)
+        self.verify_spans(&[(from, end_inclusive)])
     }
 
-    fn verify_span(&self, from: u64, to: u64) -> bool {
+    /// Verifies the blocks overlapping any of the sorted, disjoint `spans` and the nodes above
+    /// them, each once.
+    fn verify_spans(&self, spans: &[(u64, u64)]) -> bool {
         fn check(
             node: &Node,
             start: u64,
             end: u64,
             digest: u64,
             count: u64,
-            span: (u64, u64),
+            outside: &impl Fn(u64, u64) -> bool,
         ) -> bool {
             match node {
                 Node::Run(r) => {
@@ -2125,7 +2214,7 @@ impl CompactTable {
                     (0..n).all(|i| {
                         let s = r.starts[i];
                         let e = r.starts.get(i + 1).map_or(end, |&x| x.wrapping_sub(1));
-                        if e < span.0 || s > span.1 {
+                        if outside(s, e) {
                             return true;
                         }
                         let Some(words) =
@@ -2153,15 +2242,19 @@ impl CompactTable {
                     (0..n).all(|i| {
                         let s = inner.starts[i];
                         let e = inner.starts.get(i + 1).map_or(end, |&x| x.wrapping_sub(1));
-                        if e < span.0 || s > span.1 {
+                        if outside(s, e) {
                             return true;
                         }
                         let c = inner.ends[i] - if i == 0 { 0 } else { inner.ends[i - 1] };
-                        check(&inner.children[i], s, e, inner.digests[i], c, span)
+                        check(&inner.children[i], s, e, inner.digests[i], c, outside)
                     })
                 }
             }
         }
+        let outside = |s: u64, e: u64| {
+            let k = spans.partition_point(|sp| sp.1 < s);
+            k == spans.len() || spans[k].0 > e
+        };
         self.compute_checksum() == self.checksum
             && check(
                 &self.root,
@@ -2169,7 +2262,7 @@ impl CompactTable {
                 u64::MAX,
                 self.root_digest,
                 self.len as u64,
-                (from, to),
+                &outside,
             )
     }
 
