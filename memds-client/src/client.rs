@@ -16,8 +16,8 @@ use std::time::Duration;
 use memds_proto::TableMap;
 use memds_proto::snapshot::{self, SnapshotError};
 use memds_proto::wire::{
-    self, ErrorReply, FrameDecoder, NodeList, PartitionUpdate, Request, Response, Routes,
-    ServerStats, Summary, TableInfo, WriteAck,
+    self, BatchUpdate, ErrorReply, FrameDecoder, HashRange, NodeList, PartitionUpdate, Request,
+    Response, Routes, ServerStats, Summary, TableInfo, TreeDigests, WriteAck,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -72,6 +72,19 @@ impl ClientError {
         let kind = kind.0.split(['(', ' ', '{']).next().unwrap_or_default();
         ClientError::Protocol(format!("unexpected answer {kind}"))
     }
+}
+
+/// The answer to [`Client::get_delta`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeltaAnswer {
+    /// What changed: applied as an update to the table at its `base_version` (the version
+    /// asked about), it gives the table at its `version`.
+    Delta(BatchUpdate),
+    /// The table is not newer than the version asked about; the server holds this version.
+    NotModified(u64),
+    /// The server cannot tell what changed (its history does not reach back that far, or the
+    /// table was replaced whole since): fetch the whole table. The server holds this version.
+    NoDelta(u64),
 }
 
 /// Connection options.
@@ -472,6 +485,88 @@ impl Client {
         update: PartitionUpdate,
     ) -> Result<WriteAck, ClientError> {
         expect_written(self.call(&Request::UpdatePartitions(update)).await?)
+    }
+
+    /// Applies many partial updates of one table atomically, at one new version (admin
+    /// certificate needed).
+    pub async fn update_batch(&self, update: BatchUpdate) -> Result<WriteAck, ClientError> {
+        expect_written(self.call(&Request::UpdateBatch(update)).await?)
+    }
+
+    /// What changed in a table since version `since`. A delta of another table, or not based
+    /// on `since`, is [`ClientError::Protocol`].
+    pub async fn get_delta(&self, table: &str, since: u64) -> Result<DeltaAnswer, ClientError> {
+        match self
+            .call(&Request::GetDelta {
+                table: table.into(),
+                since,
+            })
+            .await?
+        {
+            Response::Delta(d) => {
+                // Callers apply the delta to the table they asked about, at the version they
+                // hold: anything else would corrupt their copy.
+                if d.table != table || d.base_version != since {
+                    return Err(ClientError::Protocol(format!(
+                        "asked for the delta of table {table:?} since {since}, got one of {:?} \
+                         since {}",
+                        d.table, d.base_version
+                    )));
+                }
+                Ok(DeltaAnswer::Delta(d))
+            }
+            Response::NotModified { version } => Ok(DeltaAnswer::NotModified(version)),
+            Response::NoDelta { version } => Ok(DeltaAnswer::NoDelta(version)),
+            other => Err(ClientError::unexpected(&other)),
+        }
+    }
+
+    /// The Merkle digests of a table's tree nodes at `level` overlapping `[from,
+    /// end_inclusive]` (peer or admin certificate needed); `truncated` if the server stopped at
+    /// its bound.
+    pub async fn tree_digests(
+        &self,
+        table: &str,
+        level: u32,
+        from: u64,
+        end_inclusive: u64,
+    ) -> Result<TreeDigests, ClientError> {
+        match self
+            .call(&Request::TreeDigests {
+                table: table.into(),
+                level,
+                from,
+                end_inclusive,
+            })
+            .await?
+        {
+            Response::TreeDigests(t) => Ok(t),
+            other => Err(ClientError::unexpected(&other)),
+        }
+    }
+
+    /// The current partitions covering each range (sorted, disjoint), widened to partition
+    /// boundaries, with the nodes they use, as an update whose `base_version` is 0 (peer or
+    /// admin certificate needed). An answer about another table is [`ClientError::Protocol`].
+    pub async fn get_ranges(
+        &self,
+        table: &str,
+        ranges: &[HashRange],
+    ) -> Result<BatchUpdate, ClientError> {
+        match self
+            .call(&Request::GetRanges {
+                table: table.into(),
+                ranges: ranges.to_vec(),
+            })
+            .await?
+        {
+            Response::Delta(d) if d.table == table => Ok(d),
+            Response::Delta(d) => Err(ClientError::Protocol(format!(
+                "asked for ranges of table {table:?}, got {:?}",
+                d.table
+            ))),
+            other => Err(ClientError::unexpected(&other)),
+        }
     }
 
     /// Drops a table (admin certificate needed), leaving a tombstone; answers the version

@@ -16,5 +16,5 @@
 pub mod client;
 pub mod tls;
 
-pub use client::{Client, ClientError, ConnectOptions, Connector, PendingReply};
+pub use client::{Client, ClientError, ConnectOptions, Connector, DeltaAnswer, PendingReply};
 pub use tls::{ClientTls, Role, TlsError};

@@ -67,9 +67,10 @@ pub use record::WalRecord;
 /// rkyv derives resolver types whose fields carry no docs; the allowance stays in here.
 #[allow(missing_docs)]
 mod record {
-    use memds_proto::wire::PartitionUpdate;
+    use memds_proto::wire::{BatchUpdate, PartitionUpdate};
 
-    /// One logged write (or, in a checkpoint, one table or tombstone).
+    /// One logged write (or, in a checkpoint, one table or tombstone). Variants are only ever
+    /// added at the end: the archived tag is the declaration order, and logs outlive releases.
     #[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
     pub enum WalRecord {
         /// A whole table, as a snapshot.
@@ -90,6 +91,9 @@ mod record {
         /// The server shut down cleanly here: every frame before this one was complete, so
         /// damage to any of them cannot pass for a torn tail.
         Closed,
+        /// Many partial updates of one table, applied atomically at one version: one record
+        /// however many ranges it replaces.
+        Batch(BatchUpdate),
     }
 }
 
@@ -928,6 +932,12 @@ fn describe_record(r: &WalRecord) -> Option<String> {
         WalRecord::Update(u) => Some(format!(
             "update of table {} to version {}",
             u.table, u.version
+        )),
+        WalRecord::Batch(u) => Some(format!(
+            "batch update of table {} to version {} ({} ranges)",
+            u.table,
+            u.version,
+            u.ranges.len()
         )),
         WalRecord::Drop { table, version } => {
             Some(format!("drop of table {table} at version {version}"))

@@ -138,6 +138,7 @@ pub fn server_requests(data: &[u8]) {
     let write = match wire::decode_request(&aligned) {
         Ok(Request::PutTable { snapshot }) => Write::Put { snapshot },
         Ok(Request::UpdatePartitions(u)) => Write::Update(u),
+        Ok(Request::UpdateBatch(u)) => Write::Batch(u),
         Ok(Request::DropTable { table, version }) => Write::Drop { table, version },
         other => panic!("a write request decodes as {other:?}"),
     };
@@ -177,7 +178,7 @@ pub fn seed_corpus(scratch: &Path) -> Result<Vec<Seed>, DurableError> {
     }
     durable.close()?;
     let log = read(&crate::durable::log_path(scratch, 1))?;
-    durable.compact(puts.into_iter())?;
+    durable.compact(puts.iter().cloned())?;
     let checkpoint = read(&scratch.join("state.db"))?;
 
     let mut seeds = Vec::new();
@@ -199,6 +200,17 @@ pub fn seed_corpus(scratch: &Path) -> Result<Vec<Seed>, DurableError> {
         framed.extend_from_slice(&payload);
     }
     add("wal", "framed-records", framed.clone());
+    // A batch update, logged as the one record it is, after the put of its table.
+    let payload = fuzz_support::payload_of(vec![
+        puts[2].clone(),
+        WalRecord::Batch(split_batch(&maps[2])),
+    ]);
+    let len = u16::try_from(payload.len()).expect("one small put and a batch");
+    add(
+        "wal",
+        "framed-batch-record",
+        [&[1], &len.to_le_bytes()[..], &payload].concat(),
+    );
     framed.extend_from_slice(&[0xff; 11]);
     add("wal", "framed-records-torn", framed);
     // Regression: a logged put whose snapshot declares a length its payload cannot hold (the
@@ -221,8 +233,23 @@ pub fn seed_corpus(scratch: &Path) -> Result<Vec<Seed>, DurableError> {
                 proto_fuzzing::archive_of_request(request),
             );
         }
+        add(
+            "server_requests",
+            &format!("map-{m}-update-batch"),
+            proto_fuzzing::archive_of_request(&Request::UpdateBatch(split_batch(map))),
+        );
     }
     Ok(seeds)
+}
+
+/// One batch of two splits of `map` (its partitions 1 and 4 of version + 1; the sample maps
+/// have more than four), for the seeds of both targets.
+fn split_batch(map: &memds_proto::TableMap) -> wire::BatchUpdate {
+    let mut batch = wire::BatchUpdate::from(synth::split_update(map, 1, 1 << 41));
+    batch
+        .ranges
+        .extend(wire::BatchUpdate::from(synth::split_update(map, 4, (1 << 41) + 1)).ranges);
+    batch
 }
 
 /// The tables the request target runs against, and the store publishing them.

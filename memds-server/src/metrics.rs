@@ -34,13 +34,27 @@ pub const REFUSAL_REASONS: [&str; 5] = [
 pub const STREAM_RESET_REASONS: [&str; 2] = ["frame_timeout", "write_timeout"];
 
 /// Kinds of request frames counted in `memds_requests_total`, as metric labels.
-pub const REQUEST_KINDS: [&str; 5] = ["read", "write", "stats", "summary", "malformed"];
+pub const REQUEST_KINDS: [&str; 8] = [
+    "read",
+    "write",
+    "stats",
+    "summary",
+    "get_delta",
+    "tree_digests",
+    "get_ranges",
+    "malformed",
+];
 
 /// Client roles, as metric labels.
 pub const ROLES: [&str; 3] = ["router", "admin", "peer"];
 
 /// Write operations and their results, as metric labels.
-pub const WRITE_OPS: [&str; 3] = ["put_table", "update_partitions", "drop_table"];
+pub const WRITE_OPS: [&str; 4] = [
+    "put_table",
+    "update_partitions",
+    "update_batch",
+    "drop_table",
+];
 /// See [`WRITE_OPS`].
 pub const WRITE_RESULTS: [&str; 3] = ["applied", "unchanged", "error"];
 

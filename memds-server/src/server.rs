@@ -2,7 +2,7 @@
 //!
 //! `start` recovers the data directory, starts the writer thread, binds the QUIC endpoint and
 //! the metrics listener, and returns a [`RunningServer`] that knows its bound addresses. Each
-//! connection is authenticated by mutual TLS and classified (router or admin); each of its
+//! connection is authenticated by mutual TLS and classified (router, admin or peer); each of its
 //! bidirectional streams runs a loop that reads whatever arrived, answers every complete frame
 //! in order into one buffer, and writes that buffer once.
 //!
@@ -18,9 +18,14 @@
 //!   answer must be taken by the client within `write_timeout` (plus a second per MiB), or the
 //!   stream is reset; at shutdown, answers get a short grace and no more.
 //! - Lookups per second (`max_lookups_per_sec`, [`crate::admission`]), shed with `overloaded`.
-//! - Batch size (a typed error), frames answered per write (at most `max_in_flight` before the
+//! - Batch size (a typed error; `max_batch` also bounds the ranges of a range pull, the
+//!   partitions it or a delta answers, at `max_batch` × 64, and the tree nodes of a
+//!   tree-digests answer), frames answered per write (at most `max_in_flight` before the
 //!   answers are flushed), idle time (QUIC idle timeout), and queued writes (`overloaded` when
 //!   full).
+//!
+//! Roles: routers read (lookups, node lists, get-table, get-delta, stats, summaries); admins
+//! and peers also write and ask for tree digests and range pulls (anti-entropy).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -777,13 +782,15 @@ enum Answer {
 }
 
 /// What a lookup costs against the lookup limit: one per key, per route a range may return,
-/// and one for a table's node list or snapshot. `None` for what is not a lookup.
+/// and one for a table's node list, snapshot or delta. `None` for what is not a lookup (tree
+/// digests and range pulls are anti-entropy, which only peers and admins may ask for).
 fn lookup_cost(req: &ArchivedRequest, max_batch: usize) -> Option<u64> {
     let max_batch = max_batch as u64;
     match req {
         ArchivedRequest::Lookup { .. }
         | ArchivedRequest::GetNodes { .. }
-        | ArchivedRequest::GetTable { .. } => Some(1),
+        | ArchivedRequest::GetTable { .. }
+        | ArchivedRequest::GetDelta { .. } => Some(1),
         ArchivedRequest::BatchLookup { hashes, .. } => {
             Some((hashes.len() as u64).clamp(1, max_batch))
         }
@@ -791,6 +798,16 @@ fn lookup_cost(req: &ArchivedRequest, max_batch: usize) -> Option<u64> {
             Some(u64::from(limit.to_native()).clamp(1, max_batch))
         }
         _ => None,
+    }
+}
+
+/// The `memds_requests_total` kind of a read that is not a lookup.
+fn read_kind(req: &ArchivedRequest) -> &'static str {
+    match req {
+        ArchivedRequest::GetDelta { .. } => "get_delta",
+        ArchivedRequest::TreeDigests { .. } => "tree_digests",
+        ArchivedRequest::GetRanges { .. } => "get_ranges",
+        _ => "read",
     }
 }
 
@@ -859,16 +876,29 @@ async fn answer_frame(
             metrics::request("summary");
             Response::Summary(ctx.fleet.summary(&ctx.store))
         }
+        // Tree digests and range pulls are for the fleet's anti-entropy (and admins).
+        Ok(req @ (ArchivedRequest::TreeDigests { .. } | ArchivedRequest::GetRanges { .. }))
+            if role == ClientRole::Router =>
+        {
+            metrics::request(read_kind(req));
+            Response::Error(ErrorReply::new(
+                ErrorCode::Unauthorized,
+                "tree digests and range pulls need a peer or admin certificate",
+            ))
+        }
         // Until the server has caught up with its peers, what it holds may be older than what
         // routers have seen: they are sent elsewhere. Peers and the writes above still pass.
         Ok(
-            ArchivedRequest::Lookup { .. }
+            req @ (ArchivedRequest::Lookup { .. }
             | ArchivedRequest::BatchLookup { .. }
             | ArchivedRequest::Range { .. }
             | ArchivedRequest::GetNodes { .. }
-            | ArchivedRequest::GetTable { .. },
+            | ArchivedRequest::GetTable { .. }
+            | ArchivedRequest::GetDelta { .. }
+            | ArchivedRequest::TreeDigests { .. }
+            | ArchivedRequest::GetRanges { .. }),
         ) if role != ClientRole::Peer && !ctx.fleet.is_ready() => {
-            metrics::request("read");
+            metrics::request(read_kind(req));
             Response::Error(ErrorReply::new(
                 ErrorCode::Unavailable,
                 format!(
@@ -920,7 +950,7 @@ async fn answer_frame(
                         Counters::add(&ctx.counters.lookups, outcome.lookups);
                     }
                 }
-                None => metrics::request("read"),
+                None => metrics::request(read_kind(req)),
             }
             response
         }
@@ -944,6 +974,7 @@ async fn submit_write(req: &ArchivedRequest, ctx: &Ctx, forward: bool) -> Respon
     let write = match owned {
         Request::PutTable { snapshot } => Write::Put { snapshot },
         Request::UpdatePartitions(u) => Write::Update(u),
+        Request::UpdateBatch(u) => Write::Batch(u),
         Request::DropTable { table, version } => Write::Drop { table, version },
         _ => return Response::Error(ErrorReply::new(ErrorCode::Internal, "not a write")),
     };

@@ -4,7 +4,8 @@
 use memds_proto::CompactTable;
 use memds_proto::model::MAX_REPLICAS;
 use memds_proto::wire::{
-    ArchivedRequest, ErrorCode, ErrorReply, NodeList, Response, Routes, TableInfo, WireRoute,
+    ArchivedHashRange, ArchivedRequest, BatchUpdate, ErrorCode, ErrorReply, HashRange, NodeList,
+    Response, Routes, TableInfo, WireRoute,
 };
 
 use crate::store::Store;
@@ -12,8 +13,18 @@ use crate::store::Store;
 /// Bounds that read requests must respect.
 #[derive(Clone, Copy, Debug)]
 pub struct ReadLimits {
-    /// Most hashes in a batch lookup and routes in a range scan.
+    /// Most hashes in a batch lookup and routes in a range scan; most ranges in a range pull
+    /// and tree nodes in a tree-digests answer.
     pub max_batch: usize,
+}
+
+impl ReadLimits {
+    /// Most partitions a range pull or a delta answers: `max_batch` blocks' worth (64
+    /// partitions each). A delta over it is answered [`Response::NoDelta`] (fetch the whole
+    /// table); a range pull over it is refused `too_large`.
+    pub fn max_partitions(&self) -> usize {
+        self.max_batch.saturating_mul(64)
+    }
 }
 
 /// What answering a read did, for metrics.
@@ -136,6 +147,31 @@ pub fn answer(store: &Store, req: &ArchivedRequest, limits: ReadLimits) -> (Resp
             list.sort_by(|a, b| a.name.cmp(&b.name));
             (Response::Tables(list), none)
         }
+        ArchivedRequest::GetDelta { table, since } => (
+            with_table(store, table, |t| delta(t, since.to_native(), limits)),
+            none,
+        ),
+        ArchivedRequest::TreeDigests {
+            table,
+            level,
+            from,
+            end_inclusive,
+        } => (
+            with_table(store, table, |t| {
+                tree_digests(
+                    t,
+                    level.to_native(),
+                    from.to_native(),
+                    end_inclusive.to_native(),
+                    limits,
+                )
+            }),
+            none,
+        ),
+        ArchivedRequest::GetRanges { table, ranges } => (
+            with_table(store, table, |t| get_ranges(t, ranges, limits)),
+            none,
+        ),
         // Stats, get-table and writes are answered by the connection, which has the counters,
         // the snapshot cache and the writer; reaching here is a caller's mistake, answered as
         // such rather than a panic.
@@ -196,6 +232,106 @@ fn with_table_at(
     ))
 }
 
+/// What changed in `t` since `since`: not modified, the delta, or no delta (history too short,
+/// the table replaced whole since, or a delta too large to be worth more than the table).
+fn delta(t: &CompactTable, since: u64, limits: ReadLimits) -> Response {
+    let version = t.version().get();
+    if since >= version {
+        return Response::NotModified { version };
+    }
+    match t.delta_since(since) {
+        Some(d) if partitions_of(&d) <= limits.max_partitions() => Response::Delta(d),
+        _ => Response::NoDelta { version },
+    }
+}
+
+fn partitions_of(u: &BatchUpdate) -> usize {
+    u.ranges.iter().map(|r| r.partitions.len()).sum()
+}
+
+fn tree_digests(
+    t: &CompactTable,
+    level: u32,
+    from: u64,
+    end_inclusive: u64,
+    limits: ReadLimits,
+) -> Response {
+    let levels = t.levels();
+    if level == 0 || level > levels {
+        return invalid(format!(
+            "tree-digests: table {} has levels 1 to {levels}, not {level}",
+            t.name()
+        ));
+    }
+    if from > end_inclusive {
+        return invalid(format!(
+            "tree-digests: the range ends at {end_inclusive}, before its start {from}"
+        ));
+    }
+    Response::TreeDigests(t.tree_digests(level, from, end_inclusive, limits.max_batch))
+}
+
+/// The current partitions covering `ranges` (sorted, disjoint, at most `max_batch` of them,
+/// covering at most [`ReadLimits::max_partitions`] partitions), counted before anything is
+/// built.
+fn get_ranges(
+    t: &CompactTable,
+    ranges: &rkyv::vec::ArchivedVec<ArchivedHashRange>,
+    limits: ReadLimits,
+) -> Response {
+    if ranges.len() > limits.max_batch {
+        return too_large(format!(
+            "get-ranges: {} ranges is over the limit of {}",
+            ranges.len(),
+            limits.max_batch
+        ));
+    }
+    let ranges: Vec<HashRange> = ranges
+        .iter()
+        .map(|r| HashRange {
+            from: r.from.to_native(),
+            end_inclusive: r.end_inclusive.to_native(),
+        })
+        .collect();
+    let mut covered = 0usize;
+    let mut last_index: Option<usize> = None;
+    for (i, r) in ranges.iter().enumerate() {
+        if r.from > r.end_inclusive {
+            return invalid(format!(
+                "get-ranges: range {i} ends at {}, before its start {}",
+                r.end_inclusive, r.from
+            ));
+        }
+        if i > 0 && r.from <= ranges[i - 1].end_inclusive {
+            return invalid(format!(
+                "get-ranges: range {i} starts at {}, not after the previous range's end {}; \
+                 ranges must be sorted and disjoint",
+                r.from,
+                ranges[i - 1].end_inclusive
+            ));
+        }
+        // Widened to partition boundaries, neighbouring ranges may share a partition: it is
+        // counted once.
+        let lo = t.floor_index(r.from);
+        let hi = t.floor_index(r.end_inclusive);
+        let lo = last_index.map_or(lo, |last| lo.max(last + 1));
+        covered += (hi + 1).saturating_sub(lo);
+        last_index = Some(hi);
+        if covered > limits.max_partitions() {
+            return too_large(format!(
+                "get-ranges: the ranges cover more than {} partitions, the most one answer holds; \
+                 ask for fewer ranges at a time",
+                limits.max_partitions()
+            ));
+        }
+    }
+    Response::Delta(t.ranges_update(&ranges))
+}
+
+fn invalid(message: String) -> Response {
+    Response::Error(ErrorReply::new(ErrorCode::Invalid, message))
+}
+
 fn too_large(message: String) -> Response {
     Response::Error(ErrorReply::new(ErrorCode::TooLarge, message))
 }
@@ -217,7 +353,7 @@ fn push_entry(t: &CompactTable, routes: &mut Routes, e: &memds_proto::PartitionE
     let before = routes.replicas.len();
     routes
         .replicas
-        .extend(t.replicas(e).map(|(id, _)| id.get()).take(MAX_REPLICAS));
+        .extend(e.replica_ids().map(|id| id.get()).take(MAX_REPLICAS));
     routes.routes.push(WireRoute {
         partition: e.id.get(),
         start: e.start,

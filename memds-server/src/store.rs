@@ -10,11 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
-use memds_proto::model::{NodeSpec, PartitionSpec};
-use memds_proto::wire::{ErrorCode, ErrorReply, PartitionUpdate};
-use memds_proto::{
-    CompactTable, NodeInterner, Partition, StorageNode, TableMap, TableVersion, snapshot,
-};
+use memds_proto::wire::{BatchUpdate, ErrorCode, ErrorReply, PartitionUpdate};
+use memds_proto::{CompactTable, EditError, NodeInterner, TableMap, snapshot};
 
 use crate::snapshots::SnapshotCache;
 
@@ -155,6 +152,8 @@ pub enum Write {
     },
     /// Replace the partitions of a range.
     Update(PartitionUpdate),
+    /// Replace the partitions of many ranges of one table, atomically at one version.
+    Batch(BatchUpdate),
     /// Remove a table.
     Drop {
         /// The table.
@@ -170,6 +169,7 @@ impl Write {
         match self {
             Write::Put { .. } => "put_table",
             Write::Update(_) => "update_partitions",
+            Write::Batch(_) => "update_batch",
             Write::Drop { .. } => "drop_table",
         }
     }
@@ -210,6 +210,8 @@ pub enum Decoded<'a> {
     Put(TableMap),
     /// An update.
     Update(&'a PartitionUpdate),
+    /// A batch of updates.
+    Batch(&'a BatchUpdate),
     /// A drop.
     Drop {
         /// The table.
@@ -225,7 +227,36 @@ impl Decoded<'_> {
         match self {
             Decoded::Put(map) => map.name().as_str(),
             Decoded::Update(u) => &u.table,
+            Decoded::Batch(u) => &u.table,
             Decoded::Drop { table, .. } => table,
+        }
+    }
+
+    /// The hash ranges planning reads from the current table, each widened by one hash on
+    /// either side (the boundary checks read the neighbouring partitions' starts): for updates
+    /// and batches, so a writer need verify only those; `None` for puts and drops, which
+    /// read the table whole (or not at all).
+    pub fn read_ranges(&self) -> Option<Vec<(u64, u64)>> {
+        let widen = |from: u64, end: u64| {
+            let (lo, hi) = (from.min(end), from.max(end));
+            (lo.saturating_sub(1), hi.saturating_add(1))
+        };
+        let ranges = |ranges: &mut dyn Iterator<Item = (Option<u64>, u64)>| {
+            ranges
+                .map(|(from, end)| widen(from.unwrap_or(end), end))
+                .collect()
+        };
+        match self {
+            Decoded::Update(u) => Some(ranges(&mut std::iter::once((
+                u.partitions.first().map(|p| p.start),
+                u.end_inclusive,
+            )))),
+            Decoded::Batch(u) => {
+                Some(ranges(&mut u.ranges.iter().map(|r| {
+                    (r.partitions.first().map(|p| p.start), r.end_inclusive)
+                })))
+            }
+            Decoded::Put(_) | Decoded::Drop { .. } => None,
         }
     }
 }
@@ -245,6 +276,7 @@ impl Write {
                 })?)
             }
             Write::Update(u) => Decoded::Update(u),
+            Write::Batch(u) => Decoded::Batch(u),
             Write::Drop { table, version } => Decoded::Drop {
                 table,
                 version: *version,
@@ -272,7 +304,8 @@ pub fn plan_decoded(
 ) -> Result<Plan, ErrorReply> {
     match write {
         Decoded::Put(map) => plan_put(tables, map, interner),
-        Decoded::Update(update) => plan_update(tables, update, interner),
+        Decoded::Update(update) => plan_batch(tables, &BatchUpdate::from(update.clone()), interner),
+        Decoded::Batch(update) => plan_batch(tables, update, interner),
         Decoded::Drop { table, version } => plan_drop(tables, table, version),
     }
 }
@@ -359,9 +392,9 @@ fn plan_put(
     }
 }
 
-fn plan_update(
+fn plan_batch(
     tables: &Tables,
-    u: &PartitionUpdate,
+    u: &BatchUpdate,
     interner: &mut NodeInterner,
 ) -> Result<Plan, ErrorReply> {
     let current = tables
@@ -375,12 +408,17 @@ fn plan_update(
             None => unknown(&u.table),
         })?;
     let current_version = current.version().get();
-    let first = u.partitions.first().ok_or_else(|| {
-        ErrorReply::new(ErrorCode::Invalid, "update-partitions: no partitions given")
-    })?;
-    let from = first.start;
+    let invalid =
+        |e: EditError| ErrorReply::new(ErrorCode::Invalid, format!("update-partitions: {e}"));
+    // What no version can make valid is refused first, as it always was.
+    if u.ranges.is_empty() {
+        return Err(invalid(EditError::NoRanges));
+    }
+    if let Some(range) = u.ranges.iter().position(|r| r.partitions.is_empty()) {
+        return Err(invalid(EditError::EmptyRange { range }));
+    }
     if u.version == current_version {
-        return if update_already_applied(current, u) {
+        return if current.holds(u) {
             Ok(Plan::Unchanged {
                 table: u.table.clone(),
                 version: u.version,
@@ -416,85 +454,8 @@ fn plan_update(
             current_version,
         ));
     }
-    let invalid =
-        |msg: String| ErrorReply::new(ErrorCode::Invalid, format!("update-partitions: {msg}"));
-    if u.end_inclusive < from {
-        return Err(invalid(format!(
-            "end_inclusive {} is before the first new start {from}",
-            u.end_inclusive
-        )));
-    }
-    if let Some((i, p)) = u
-        .partitions
-        .iter()
-        .enumerate()
-        .find(|(_, p)| p.start > u.end_inclusive)
-    {
-        return Err(invalid(format!(
-            "new partition {i} starts at {}, past end_inclusive {}",
-            p.start, u.end_inclusive
-        )));
-    }
-    let first_old = current.lookup(from);
-    if first_old.start != from {
-        return Err(invalid(format!(
-            "the range must start at an existing partition boundary; {from} is inside partition {} [{}, {}]",
-            first_old.id, first_old.start, first_old.end_inclusive
-        )));
-    }
-    let last_old = current.lookup(u.end_inclusive);
-    if last_old.end_inclusive != u.end_inclusive {
-        return Err(invalid(format!(
-            "the range must end at an existing partition boundary; {} is inside partition {} [{}, {}]",
-            u.end_inclusive, last_old.id, last_old.start, last_old.end_inclusive
-        )));
-    }
-
-    // Splice the new partitions into the current ones (the current map is valid; only the
-    // result is checked, once), indexes in errors being positions in the result.
-    let (name, _, mut nodes, old) = current.to_map().into_parts();
-    for n in &u.nodes {
-        let n = StorageNode::from(n.clone());
-        match nodes.iter_mut().find(|m| m.id == n.id) {
-            Some(m) => *m = n,
-            None => nodes.push(n),
-        }
-    }
-    let cut = old.partition_point(|p| p.start < from);
-    let resume = old.partition_point(|p| p.start <= u.end_inclusive);
-    let mut partitions: Vec<Partition> =
-        Vec::with_capacity(cut + u.partitions.len() + (old.len() - resume));
-    partitions.extend_from_slice(&old[..cut]);
-    for (i, p) in u.partitions.iter().enumerate() {
-        partitions.push(
-            p.to_partition(cut + i)
-                .map_err(|e| invalid(e.to_string()))?,
-        );
-    }
-    partitions.extend_from_slice(&old[resume..]);
-    let map = TableMap::new(name, TableVersion::new(u.version), nodes, partitions)
-        .map_err(|e| invalid(e.to_string()))?;
-    Ok(Plan::Install(CompactTable::new(&map, interner)))
-}
-
-/// Whether the table already holds exactly what the update would write in its range.
-fn update_already_applied(current: &CompactTable, u: &PartitionUpdate) -> bool {
-    let from = u.partitions[0].start;
-    let have: Vec<PartitionSpec> = (current.floor_index(from)..current.len())
-        .map_while(|i| current.get(i))
-        .take_while(|e| e.start <= u.end_inclusive)
-        .filter(|e| e.start >= from)
-        .map(|e| PartitionSpec {
-            id: e.id.get(),
-            start: e.start,
-            epoch: e.epoch.get(),
-            replicas: current.replicas(&e).map(|(id, _)| id.get()).collect(),
-            leader: u64::from(e.leader),
-        })
-        .collect();
-    let nodes = current.node_specs();
-    let nodes_there = u.nodes.iter().all(|n: &NodeSpec| nodes.contains(n));
-    have == u.partitions && nodes_there
+    let table = current.apply(u, interner).map_err(invalid)?;
+    Ok(Plan::Install(table))
 }
 
 fn unknown(table: &str) -> ErrorReply {
@@ -660,6 +621,105 @@ mod tests {
         )
         .expect_err("unknown");
         assert_eq!(unknown.code, ErrorCode::UnknownTable);
+    }
+
+    /// One batch splitting each of the partitions at `indexes` (ascending) of `m`, at the
+    /// next version.
+    fn split_batch(m: &TableMap, indexes: &[usize]) -> BatchUpdate {
+        let mut batch = BatchUpdate::from(synth::split_update(m, indexes[0], 2_000_000));
+        for (k, &index) in indexes.iter().enumerate().skip(1) {
+            let u = synth::split_update(m, index, 2_000_000 + k as u64);
+            batch.ranges.extend(BatchUpdate::from(u).ranges);
+        }
+        batch
+    }
+
+    #[test]
+    fn a_batch_of_splits_applies_at_one_version_and_a_retry_is_unchanged() {
+        let mut i = NodeInterner::default();
+        let mut tables = Tables::new();
+        let m = map(300, 3);
+        install(&mut tables, &put(&m), &mut i);
+        let indexes = [0, 7, 8, 100, 250, 299];
+        let batch = split_batch(&m, &indexes);
+        install(&mut tables, &Write::Batch(batch.clone()), &mut i);
+        let t = tables.get(m.name().as_str()).expect("installed");
+        assert_eq!(t.version().get(), 4, "one version for the whole batch");
+        assert_eq!(t.len(), 300 + indexes.len());
+        for r in &batch.ranges {
+            let right = t.lookup(r.partitions[1].start);
+            assert_eq!(right.id.get(), r.partitions[1].id);
+            assert_eq!(right.end_inclusive, r.end_inclusive);
+            let left = t.lookup(r.partitions[0].start);
+            assert_eq!(left.id.get(), r.partitions[0].id);
+            assert_eq!(left.end_inclusive, r.partitions[1].start - 1);
+        }
+        // Everything else is as it was.
+        let untouched = m.partitions()[50];
+        assert_eq!(t.lookup(untouched.start).id, untouched.id);
+        // A retry at the same version is acknowledged without change; other content at that
+        // version is a conflict; an older version is stale.
+        assert!(matches!(
+            plan(&tables, &Write::Batch(batch.clone()), &mut i),
+            Ok(Plan::Unchanged { version: 4, .. })
+        ));
+        let other = split_batch(&m, &[1, 2]);
+        let e = plan(&tables, &Write::Batch(other.clone()), &mut i).expect_err("other content");
+        assert_eq!((e.code, e.current_version), (ErrorCode::Conflict, 4), "{e}");
+        let mut older = other;
+        older.version = 3;
+        let e = plan(&tables, &Write::Batch(older), &mut i).expect_err("older");
+        assert_eq!((e.code, e.current_version), (ErrorCode::Stale, 4), "{e}");
+    }
+
+    #[test]
+    fn a_batch_with_one_bad_range_is_refused_whole() {
+        let mut i = NodeInterner::default();
+        let mut tables = Tables::new();
+        let m = map(300, 3);
+        install(&mut tables, &put(&m), &mut i);
+        let name = m.name().as_str().to_owned();
+        let before = tables.get(&name).expect("installed").checksum();
+        let refuse = |b: BatchUpdate, i: &mut NodeInterner| {
+            let e = plan(&tables, &Write::Batch(b), i).expect_err("refused");
+            assert_eq!(e.code, ErrorCode::Invalid, "{e}");
+            assert!(e.message.starts_with("update-partitions: "), "{e}");
+            e.message
+        };
+        // The third range ends inside a partition.
+        let mut b = split_batch(&m, &[10, 20, 30, 40]);
+        b.ranges[2].end_inclusive -= 1;
+        let msg = refuse(b, &mut i);
+        assert!(msg.contains("range 2"), "{msg}");
+        assert!(
+            msg.contains("must end at an existing partition boundary"),
+            "{msg}"
+        );
+        // Ranges out of order, or overlapping.
+        let mut b = split_batch(&m, &[10, 20]);
+        b.ranges.swap(0, 1);
+        refuse(b, &mut i);
+        let mut b = split_batch(&m, &[10, 20]);
+        b.ranges[1] = b.ranges[0].clone();
+        refuse(b, &mut i);
+        // No ranges, or a range without partitions.
+        let mut b = split_batch(&m, &[10]);
+        b.ranges.clear();
+        assert!(refuse(b, &mut i).contains("no ranges"));
+        let mut b = split_batch(&m, &[10, 20]);
+        b.ranges[1].partitions.clear();
+        assert!(refuse(b, &mut i).contains("range 1: no partitions"));
+        // A new id the table already uses, in the last range.
+        let mut b = split_batch(&m, &[10, 20]);
+        b.ranges[1].partitions[1].id = m.partitions()[200].id.get();
+        assert!(refuse(b, &mut i).contains("already used"));
+        // Nothing changed: planning is pure, and the table is the one put.
+        let t = tables.get(&name).expect("held");
+        assert_eq!((t.version().get(), t.checksum()), (3, before));
+        assert!(matches!(
+            plan(&tables, &Write::Batch(split_batch(&m, &[10, 20])), &mut i),
+            Ok(Plan::Install(_))
+        ));
     }
 
     fn drop_write(table: &str, version: Option<u64>) -> Write {

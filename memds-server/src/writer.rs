@@ -9,17 +9,24 @@
 //! other write planned against a table an earlier write of the batch changed, answer `internal`
 //! (or `unavailable` while the log is poisoned).
 //!
-//! Nothing damaged is planned from or persisted: before a write reads a resident table, and
-//! before a checkpoint encodes one, the table is verified against its checksum; a damaged one is
-//! rebuilt from the data directory (which holds exactly what was acknowledged, and never a
-//! damaged copy) and published first. The scrubber's repairs come here too, between batches.
+//! Nothing damaged is planned from or persisted: before a write plans from a resident table,
+//! what planning reads of it is verified, and before a checkpoint encodes a table, all of it is.
+//! An update or a batch reads only the ranges it replaces (and the partitions either side of
+//! them), so only the blocks overlapping those and the tree's path to them are verified
+//! (`CompactTable::verify_range`): a write costs in proportion to its change, not to the table.
+//! A put (compared with the table it replaces) and a drop verify the whole table
+//! (`CompactTable::verify`), and so does a checkpoint. A table found damaged is rebuilt from the
+//! data directory (which holds exactly what was acknowledged, and never a damaged copy) and
+//! published first. Damage outside the ranges an update reads is left where it is, for the
+//! scrubber, which verifies every table whole. The scrubber's repairs come here too, between
+//! batches.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::thread;
 use std::time::Instant;
 
-use memds_proto::wire::{ErrorCode, ErrorReply, Response, WriteAck};
+use memds_proto::wire::{BatchUpdate, ErrorCode, ErrorReply, Response, WriteAck};
 use memds_proto::{CompactTable, NodeInterner, snapshot};
 use tokio::sync::{mpsc, oneshot};
 
@@ -142,6 +149,7 @@ pub fn replay(
         let write = match r {
             WalRecord::Put { snapshot } => Write::Put { snapshot },
             WalRecord::Update(u) => Write::Update(u),
+            WalRecord::Batch(u) => Write::Batch(u),
             WalRecord::Drop { table, version } => Write::Drop {
                 table,
                 version: Some(version),
@@ -260,17 +268,24 @@ impl State {
             };
             let name = decoded.table().to_owned();
             let depends = touched.contains(&name);
+            // A table an earlier write of the batch built was not read from memory; one verified
+            // whole already needs no second look.
             if !depends && !verified.contains(&name) {
-                if let Err(e) = self.ensure_intact(&name, &mut working) {
-                    answers.push(Answer {
-                        job,
-                        outcome: Err(e),
-                        applied: false,
-                        depends,
-                    });
-                    continue;
+                match self.ensure_intact(&name, &mut working, decoded.read_ranges().as_deref()) {
+                    Ok(true) => {
+                        verified.insert(name.clone());
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        answers.push(Answer {
+                            job,
+                            outcome: Err(e),
+                            applied: false,
+                            depends,
+                        });
+                        continue;
+                    }
                 }
-                verified.insert(name.clone());
             }
             let (outcome, applied) = match plan_decoded(&working, decoded, &mut self.interner) {
                 Ok(Plan::Install(table)) => {
@@ -365,13 +380,26 @@ impl State {
         }
     }
 
-    /// Checks the resident copy of `name` (in `working`, as published) against its checksum
-    /// and, if it is damaged, rebuilds it from the data directory and publishes the rebuilt
-    /// copy before anything is planned from it.
-    fn ensure_intact(&mut self, name: &str, working: &mut Tables) -> Result<(), ErrorReply> {
-        match working.get(name) {
-            Some(t) if !t.verify() => {}
-            _ => return Ok(()),
+    /// Checks the resident copy of `name` (in `working`, as published): the blocks overlapping
+    /// `ranges` (and the path to them) if given, else all of it. If it is damaged, rebuilds it
+    /// from the data directory and publishes the rebuilt copy before anything is planned from
+    /// it. Answers whether the whole table is now known intact (absent, verified whole, or
+    /// rebuilt), so a later write of the batch need not check it again.
+    fn ensure_intact(
+        &mut self,
+        name: &str,
+        working: &mut Tables,
+        ranges: Option<&[(u64, u64)]>,
+    ) -> Result<bool, ErrorReply> {
+        let intact = match (working.get(name), ranges) {
+            (None, _) => return Ok(true),
+            (Some(t), None) => t.verify(),
+            (Some(t), Some(ranges)) => ranges
+                .iter()
+                .all(|&(from, end_inclusive)| t.verify_range(from, end_inclusive)),
+        };
+        if intact {
+            return Ok(ranges.is_none());
         }
         metrics::counter!("memds_scrub_damaged_total").increment(1);
         tracing::error!(table = %name, "a write found the resident table damaged; rebuilding it from the data directory first");
@@ -380,7 +408,7 @@ impl State {
                 metrics::counter!("memds_scrub_repairs_total", "result" => "repaired").increment(1);
                 working.insert(name.to_owned(), Arc::clone(&t));
                 self.publish_one(name, t);
-                Ok(())
+                Ok(true)
             }
             Err(reason) => {
                 metrics::counter!("memds_scrub_repairs_total", "result" => "failed").increment(1);
@@ -475,7 +503,7 @@ impl State {
             .collect();
         for name in &damaged {
             let mut working = (*self.store.tables()).clone();
-            if let Err(e) = self.ensure_intact(name, &mut working) {
+            if let Err(e) = self.ensure_intact(name, &mut working, None) {
                 metrics::counter!("memds_compaction_failures_total").increment(1);
                 tracing::error!(error = %e.message, "compaction postponed");
                 return;
@@ -529,14 +557,23 @@ pub fn apply(tables: &mut Tables, p: Plan) {
     }
 }
 
-/// The log record of an installing write. The put's snapshot moves into the record (the job
-/// keeps only what its metrics need), so a big put is not copied again.
+/// The log record of an installing write: one record per write, a batch included. A put's
+/// snapshot and a batch's ranges move into the record (the job keeps only what its metrics
+/// need), so a big write is not copied again.
 fn record_of(write: &mut Write) -> WalRecord {
     match write {
         Write::Put { snapshot } => WalRecord::Put {
             snapshot: std::mem::take(snapshot),
         },
         Write::Update(u) => WalRecord::Update(u.clone()),
+        // A batch can be large: its ranges and nodes move into the record too.
+        Write::Batch(u) => WalRecord::Batch(BatchUpdate {
+            table: u.table.clone(),
+            base_version: u.base_version,
+            version: u.version,
+            nodes: std::mem::take(&mut u.nodes),
+            ranges: std::mem::take(&mut u.ranges),
+        }),
         Write::Drop { .. } => unreachable!("only puts and updates install a table"),
     }
 }
@@ -624,9 +661,14 @@ mod tests {
             "the checkpoint's verification repaired the resident copy"
         );
         // An update planned from a damaged copy would splice damaged partitions into the new
-        // version: the writer rebuilds the table first.
+        // version: the writer verifies the range it replaces and rebuilds the table first.
         damage(&store, &name, 4_242);
-        let update = synth::split_update(&a, 100, 9_000_000);
+        let damaged = store.table(&name).expect("held");
+        let index = (0..a.partitions().len())
+            .find(|&i| !damaged.verify_range(a.partitions()[i].start, a.end_inclusive(i)))
+            .expect("the damage is in some partition's range");
+        drop(damaged);
+        let update = synth::split_update(&a, index, 9_000_000);
         let expected = {
             let mut tables = Tables::new();
             let mut i = NodeInterner::default();

@@ -9,8 +9,8 @@
 //!
 //! The matrix is what `answer_frame` in `memds-server/src/server.rs` does today, on a server
 //! with no peers, so ready at once. (Before a server has caught up with its peers, routers' and
-//! admins' lookups, get-nodes and get-table are answered `unavailable` and peers' are not;
-//! `fleet.rs` tests that.)
+//! admins' lookups, get-nodes, get-table, get-delta, tree digests and range pulls are answered
+//! `unavailable` and peers' are not; `fleet.rs` tests that for lookups.)
 
 mod common;
 
@@ -21,7 +21,8 @@ use common::{TestServer, issue_cert_with_uris, table, temp_dir};
 use memds_client::tls::{CA_CERT, SERVER_CERT, SERVER_KEY};
 use memds_client::{Client, ClientError, ClientTls, ConnectOptions, Connector, Role};
 use memds_proto::model::{PartitionSpec, TableSpec};
-use memds_proto::wire::{ErrorCode, PartitionUpdate, Request, Response};
+use memds_proto::synth::split_update;
+use memds_proto::wire::{BatchUpdate, ErrorCode, HashRange, PartitionUpdate, Request, Response};
 use memds_proto::{TableMap, key_hash, snapshot};
 
 /// One request kind: one column of the matrix.
@@ -32,28 +33,36 @@ enum Kind {
     Range,
     GetNodes,
     GetTable,
+    GetDelta,
+    TreeDigests,
+    GetRanges,
     ListTables,
     Stats,
     Summary,
     PutTable,
     UpdatePartitions,
+    UpdateBatch,
     DropTable,
 }
 
 impl Kind {
     /// Every kind, in the matrix's column order (writes last, so the reads of a row see the
     /// identity's table before its writes change or drop it).
-    const ALL: [Kind; 11] = [
+    const ALL: [Kind; 15] = [
         Kind::Lookup,
         Kind::BatchLookup,
         Kind::Range,
         Kind::GetNodes,
         Kind::GetTable,
+        Kind::GetDelta,
+        Kind::TreeDigests,
+        Kind::GetRanges,
         Kind::ListTables,
         Kind::Stats,
         Kind::Summary,
         Kind::PutTable,
         Kind::UpdatePartitions,
+        Kind::UpdateBatch,
         Kind::DropTable,
     ];
 
@@ -67,11 +76,15 @@ impl Kind {
             Request::Range { .. } => Kind::Range,
             Request::GetNodes { .. } => Kind::GetNodes,
             Request::GetTable { .. } => Kind::GetTable,
+            Request::GetDelta { .. } => Kind::GetDelta,
+            Request::TreeDigests { .. } => Kind::TreeDigests,
+            Request::GetRanges { .. } => Kind::GetRanges,
             Request::ListTables => Kind::ListTables,
             Request::Stats => Kind::Stats,
             Request::Summary => Kind::Summary,
             Request::PutTable { .. } => Kind::PutTable,
             Request::UpdatePartitions(_) => Kind::UpdatePartitions,
+            Request::UpdateBatch(_) => Kind::UpdateBatch,
             Request::DropTable { .. } => Kind::DropTable,
         }
     }
@@ -79,7 +92,7 @@ impl Kind {
     fn is_write(self) -> bool {
         matches!(
             self,
-            Kind::PutTable | Kind::UpdatePartitions | Kind::DropTable
+            Kind::PutTable | Kind::UpdatePartitions | Kind::UpdateBatch | Kind::DropTable
         )
     }
 }
@@ -137,21 +150,21 @@ enum Identity {
 /// The authorization matrix, derived from `answer_frame` in `memds-server/src/server.rs`.
 #[rustfmt::skip]
 const MATRIX: [(Identity, [Outcome; Kind::ALL.len()]); 14] = [
-    //                             Lookup Batch Range Nodes GetTbl List  Stats Summ  Put   Update Drop
-    (Identity::NoCertificate,     [NONE,  NONE, NONE, NONE, NONE,  NONE, NONE, NONE, NONE, NONE,  NONE]),
-    (Identity::ForeignRouter,     [NONE,  NONE, NONE, NONE, NONE,  NONE, NONE, NONE, NONE, NONE,  NONE]),
-    (Identity::ForeignAdmin,      [NONE,  NONE, NONE, NONE, NONE,  NONE, NONE, NONE, NONE, NONE,  NONE]),
-    (Identity::SelfSignedAdmin,   [NONE,  NONE, NONE, NONE, NONE,  NONE, NONE, NONE, NONE, NONE,  NONE]),
-    (Identity::NoRole,            [NONE,  NONE, NONE, NONE, NONE,  NONE, NONE, NONE, NONE, NONE,  NONE]),
-    (Identity::OtherUri,          [NONE,  NONE, NONE, NONE, NONE,  NONE, NONE, NONE, NONE, NONE,  NONE]),
-    (Identity::TwoRoles,          [NONE,  NONE, NONE, NONE, NONE,  NONE, NONE, NONE, NONE, NONE,  NONE]),
-    (Identity::AdminTwice,        [NONE,  NONE, NONE, NONE, NONE,  NONE, NONE, NONE, NONE, NONE,  NONE]),
-    (Identity::UnknownRole,       [NONE,  NONE, NONE, NONE, NONE,  NONE, NONE, NONE, NONE, NONE,  NONE]),
-    (Identity::MisspelledRole,    [NONE,  NONE, NONE, NONE, NONE,  NONE, NONE, NONE, NONE, NONE,  NONE]),
-    (Identity::Router,            [OK,    OK,   OK,   OK,   OK,    OK,   OK,   OK,   DENY, DENY,  DENY]),
-    (Identity::Admin,             [OK,    OK,   OK,   OK,   OK,    OK,   OK,   OK,   OK,   OK,    OK  ]),
-    (Identity::Peer,              [OK,    OK,   OK,   OK,   OK,    OK,   OK,   OK,   OK,   OK,    OK  ]),
-    (Identity::ServerCertificate, [OK,    OK,   OK,   OK,   OK,    OK,   OK,   OK,   OK,   OK,    OK  ]),
+    //                             Lookup Batch Range Nodes GetTbl Delta Tree  Rngs  List  Stats Summ  Put   Update UpdBat Drop
+    (Identity::NoCertificate,     [NONE,  NONE, NONE, NONE, NONE,  NONE, NONE, NONE, NONE, NONE, NONE, NONE, NONE,  NONE,  NONE]),
+    (Identity::ForeignRouter,     [NONE,  NONE, NONE, NONE, NONE,  NONE, NONE, NONE, NONE, NONE, NONE, NONE, NONE,  NONE,  NONE]),
+    (Identity::ForeignAdmin,      [NONE,  NONE, NONE, NONE, NONE,  NONE, NONE, NONE, NONE, NONE, NONE, NONE, NONE,  NONE,  NONE]),
+    (Identity::SelfSignedAdmin,   [NONE,  NONE, NONE, NONE, NONE,  NONE, NONE, NONE, NONE, NONE, NONE, NONE, NONE,  NONE,  NONE]),
+    (Identity::NoRole,            [NONE,  NONE, NONE, NONE, NONE,  NONE, NONE, NONE, NONE, NONE, NONE, NONE, NONE,  NONE,  NONE]),
+    (Identity::OtherUri,          [NONE,  NONE, NONE, NONE, NONE,  NONE, NONE, NONE, NONE, NONE, NONE, NONE, NONE,  NONE,  NONE]),
+    (Identity::TwoRoles,          [NONE,  NONE, NONE, NONE, NONE,  NONE, NONE, NONE, NONE, NONE, NONE, NONE, NONE,  NONE,  NONE]),
+    (Identity::AdminTwice,        [NONE,  NONE, NONE, NONE, NONE,  NONE, NONE, NONE, NONE, NONE, NONE, NONE, NONE,  NONE,  NONE]),
+    (Identity::UnknownRole,       [NONE,  NONE, NONE, NONE, NONE,  NONE, NONE, NONE, NONE, NONE, NONE, NONE, NONE,  NONE,  NONE]),
+    (Identity::MisspelledRole,    [NONE,  NONE, NONE, NONE, NONE,  NONE, NONE, NONE, NONE, NONE, NONE, NONE, NONE,  NONE,  NONE]),
+    (Identity::Router,            [OK,    OK,   OK,   OK,   OK,    OK,   DENY, DENY, OK,   OK,   OK,   DENY, DENY,  DENY,  DENY]),
+    (Identity::Admin,             [OK,    OK,   OK,   OK,   OK,    OK,   OK,   OK,   OK,   OK,   OK,   OK,   OK,    OK,    OK  ]),
+    (Identity::Peer,              [OK,    OK,   OK,   OK,   OK,    OK,   OK,   OK,   OK,   OK,   OK,   OK,   OK,    OK,    OK  ]),
+    (Identity::ServerCertificate, [OK,    OK,   OK,   OK,   OK,    OK,   OK,   OK,   OK,   OK,   OK,   OK,   OK,    OK,    OK  ]),
 ];
 
 /// The TLS material of every identity: the client always trusts the server's CA, so the only
@@ -271,6 +284,29 @@ fn request_for(kind: Kind, current: &TableMap) -> Request {
             table: name,
             if_newer_than: None,
         },
+        Kind::GetDelta => Request::GetDelta {
+            table: name,
+            since: version - 1,
+        },
+        Kind::TreeDigests => Request::TreeDigests {
+            table: name,
+            level: 1,
+            from: 0,
+            end_inclusive: u64::MAX,
+        },
+        Kind::GetRanges => Request::GetRanges {
+            table: name,
+            ranges: vec![
+                HashRange {
+                    from: 0,
+                    end_inclusive: 0,
+                },
+                HashRange {
+                    from: 1 << 63,
+                    end_inclusive: (1 << 63) + 5,
+                },
+            ],
+        },
         Kind::ListTables => Request::ListTables,
         Kind::Stats => Request::Stats,
         Kind::Summary => Request::Summary,
@@ -300,6 +336,14 @@ fn request_for(kind: Kind, current: &TableMap) -> Request {
                 ],
             })
         }
+        Kind::UpdateBatch => {
+            // Split partitions 5 and 10 in two, at one version.
+            let mut batch = BatchUpdate::from(split_update(current, 5, 2_000_000 + 2 * version));
+            batch.ranges.extend(
+                BatchUpdate::from(split_update(current, 10, 2_000_001 + 2 * version)).ranges,
+            );
+            Request::UpdateBatch(batch)
+        }
         Kind::DropTable => Request::DropTable {
             table: name,
             version: Some(version),
@@ -314,12 +358,17 @@ fn succeeded(kind: Kind, answer: &Response) -> bool {
             !routes.routes.is_empty()
         }
         (Kind::GetNodes, Response::Nodes(nodes)) => !nodes.nodes.is_empty(),
-        (Kind::GetTable, Response::Table { .. })
+        (Kind::GetDelta, Response::Delta(_) | Response::NoDelta { .. })
+        | (Kind::TreeDigests, Response::TreeDigests(_))
+        | (Kind::GetRanges, Response::Delta(_))
+        | (Kind::GetTable, Response::Table { .. })
         | (Kind::ListTables, Response::Tables(_))
         | (Kind::Stats, Response::Stats(_))
         | (Kind::Summary, Response::Summary(_))
         | (Kind::DropTable, Response::Dropped { .. }) => true,
-        (Kind::PutTable | Kind::UpdatePartitions, Response::Written(ack)) => ack.applied,
+        (Kind::PutTable | Kind::UpdatePartitions | Kind::UpdateBatch, Response::Written(ack)) => {
+            ack.applied
+        }
         _ => false,
     }
 }
@@ -463,6 +512,13 @@ async fn only_what_the_matrix_allows_is_answered() {
                     map.version().get() == u.version
                         && map.partitions().len() == before.partitions().len() + 1
                         && map.route(u.partitions[1].start).partition.get() == u.partitions[1].id
+                }
+                (Request::UpdateBatch(u), Some(map)) => {
+                    map.version().get() == u.version
+                        && map.partitions().len() == before.partitions().len() + u.ranges.len()
+                        && u.ranges.iter().all(|r| {
+                            map.route(r.partitions[1].start).partition.get() == r.partitions[1].id
+                        })
                 }
                 (Request::DropTable { .. }, None) => true,
                 _ => false,

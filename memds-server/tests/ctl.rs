@@ -9,6 +9,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use common::{TestServer, issue_cert_with_uris, table, temp_dir};
+use memds_proto::synth::split_update;
+use memds_proto::wire::BatchUpdate;
 use memds_proto::{Route, TableMap, key_hash};
 use memds_server::tls::TlsPaths;
 
@@ -139,9 +141,51 @@ fn every_subcommand_prints_json_and_errors_exit_non_zero() {
             .expect("route");
     assert_eq!(route.partition.get(), 77777);
 
+    // A batch of two splits, at version 5 (partitions 5 and 9 are as version 3 had them).
+    let mut batch = BatchUpdate::from(split_update(&map, 5, 88_888));
+    batch
+        .ranges
+        .extend(BatchUpdate::from(split_update(&map, 9, 88_889)).ranges);
+    (batch.base_version, batch.version) = (4, 5);
+    let batch_file = dir.join("batch.json");
+    std::fs::write(&batch_file, serde_json::to_string(&batch).expect("json")).expect("write");
+    let ack: serde_json::Value = serde_json::from_str(&ctl.ok(&[
+        "update-batch",
+        "--file",
+        batch_file.to_str().expect("utf-8"),
+    ]))
+    .expect("json");
+    assert_eq!(
+        ack,
+        serde_json::json!({"table": "table-0000", "version": 5, "applied": true})
+    );
+    for r in &batch.ranges {
+        let hash = r.partitions[1].start.to_string();
+        let route: Route =
+            serde_json::from_str(&ctl.ok(&["lookup", "--table", "table-0000", "--hash", &hash]))
+                .expect("route");
+        assert_eq!(route.partition.get(), r.partitions[1].id);
+    }
+    // Older than the table: refused, with the reason on stderr.
+    (batch.base_version, batch.version) = (3, 4);
+    std::fs::write(&batch_file, serde_json::to_string(&batch).expect("json")).expect("write");
+    let (ok, _, stderr) = ctl.run(&[
+        "update-batch",
+        "--file",
+        batch_file.to_str().expect("utf-8"),
+    ]);
+    assert!(!ok && stderr.contains("stale"), "{stderr}");
+    std::fs::write(&batch_file, "{\"table\": 1}").expect("write");
+    let (ok, _, stderr) = ctl.run(&[
+        "update-batch",
+        "--file",
+        batch_file.to_str().expect("utf-8"),
+    ]);
+    assert!(!ok && stderr.contains("parsing"), "{stderr}");
+
     let tables: serde_json::Value = serde_json::from_str(&ctl.ok(&["tables"])).expect("json");
     assert_eq!(tables[0]["name"], "table-0000");
-    assert_eq!(tables[0]["version"], 4);
+    assert_eq!(tables[0]["version"], 5);
     let stats: serde_json::Value = serde_json::from_str(&ctl.ok(&["stats"])).expect("json");
     assert_eq!(stats["tables"], 1);
     assert!(stats["lookups_total"].as_u64().expect("number") >= 6);
@@ -158,7 +202,7 @@ fn every_subcommand_prints_json_and_errors_exit_non_zero() {
 
     assert!(
         ctl.ok(&["drop-table", "table-0000"])
-            .contains("\"version\":4")
+            .contains("\"version\":5")
     );
     assert_eq!(ctl.ok(&["tables"]).trim(), "[]");
 

@@ -2,7 +2,7 @@
 //! binary, writes acknowledged over QUIC, the process killed, bytes of its log damaged on disk,
 //! and a restart. Damage that is not a torn tail stops the server with a message that names the
 //! file, the offset and the way out; `--wal-recovery salvage` takes that way out without
-//! deleting anything.
+//! deleting anything. An acknowledged batch update is one logged frame and comes back whole.
 
 mod common;
 
@@ -12,6 +12,10 @@ use std::time::Duration;
 
 use common::{connector, server_command, spawn_server, table, temp_dir};
 use memds_client::Role;
+use memds_proto::TableMap;
+use memds_proto::model::TableSpec;
+use memds_proto::synth::split_update;
+use memds_proto::wire::BatchUpdate;
 
 const PARTITIONS: usize = 300;
 
@@ -211,5 +215,66 @@ async fn a_torn_tail_is_cut_and_every_acknowledged_write_served() {
     let (version, stderr) = served_version(&dir, &[]).await;
     assert_eq!(version, 3);
     assert!(stderr.contains("cut a torn"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledged_batch_is_one_record_and_survives_a_kill() {
+    let dir = temp_dir("batch");
+    let (mut child, addr) = spawn_server(&dir, &["--compact-wal-bytes", "1000000000"]);
+    let admin = connector(&dir.join("tls"), Role::Admin)
+        .connect(addr)
+        .await
+        .expect("connects");
+    let map = table(0, PARTITIONS, 1);
+    let name = map.name().as_str().to_owned();
+    admin.put_table(&map).await.expect("put");
+    let indexes = [0, 3, 4, 50, 120, PARTITIONS / 2, map.partitions().len() - 1];
+    let mut batch = BatchUpdate::from(split_update(&map, indexes[0], 3_000_000));
+    for (k, &i) in indexes.iter().enumerate().skip(1) {
+        batch
+            .ranges
+            .extend(BatchUpdate::from(split_update(&map, i, 3_000_000 + k as u64)).ranges);
+    }
+    let ack = admin.update_batch(batch.clone()).await.expect("batch");
+    assert_eq!((ack.version, ack.applied), (2, true));
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaped");
+    // One frame per acknowledged write: the put, then the whole batch.
+    let log = logs(&dir).pop().expect("a log");
+    assert_eq!(frames(&std::fs::read(&log).expect("read")).len(), 2);
+
+    // What the batch should have made of the table, range by range.
+    let mut spec = TableSpec::from(&map);
+    spec.version = 2;
+    for r in &batch.ranges {
+        let at = spec
+            .partitions
+            .iter()
+            .position(|p| p.start == r.partitions[0].start)
+            .expect("the split partition");
+        spec.partitions
+            .splice(at..=at, r.partitions.iter().cloned());
+    }
+    let expected = TableMap::try_from(spec).expect("valid");
+
+    let (mut child, addr) = spawn_server(&dir, &[]);
+    let admin = connector(&dir.join("tls"), Role::Admin)
+        .connect(addr)
+        .await
+        .expect("connects");
+    let got = tokio::time::timeout(Duration::from_secs(30), admin.get_table(&name, None))
+        .await
+        .expect("answers")
+        .expect("get")
+        .expect("the table is there");
+    assert_eq!(got.version().get(), 2);
+    assert_eq!(
+        got.partitions().len(),
+        map.partitions().len() + indexes.len()
+    );
+    assert_eq!(got, expected);
+    child.kill().expect("kill");
+    child.wait().expect("reaped");
     let _ = std::fs::remove_dir_all(&dir);
 }

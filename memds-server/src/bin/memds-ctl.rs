@@ -20,7 +20,7 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use memds_client::tls::CA_CERT;
 use memds_client::{Client, ClientTls, ConnectOptions, Connector, Role};
-use memds_proto::wire::{PartitionUpdate, Routes};
+use memds_proto::wire::{BatchUpdate, PartitionUpdate, Routes};
 use memds_proto::{Route, TableMap, TableName, key_hash};
 use memds_server::tls::{self as pki, ClientRole, IfExists, Issued};
 
@@ -99,6 +99,14 @@ enum Command {
     /// nodes, partitions).
     UpdatePartitions {
         /// The update's JSON.
+        file: PathBuf,
+    },
+    /// Replace the partitions of many ranges of one table at once, atomically at one new
+    /// version (JSON: table, base_version, version, nodes, and ranges: a list of
+    /// {end_inclusive, partitions}, sorted by start and disjoint).
+    UpdateBatch {
+        /// The batch's JSON.
+        #[arg(long)]
         file: PathBuf,
     },
     /// Remove a table, leaving a tombstone: a later put of the name needs a higher version.
@@ -240,6 +248,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let ack = with_timeout(timeout, client.update_partitions(update))
                 .await
                 .context("update-partitions")?;
+            writeln!(out, "{}", serde_json::to_string(&ack)?)?;
+        }
+        Command::UpdateBatch { file } => {
+            let json = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let update: BatchUpdate = serde_json::from_str(&json)
+                .with_context(|| format!("parsing {}", file.display()))?;
+            let ack = with_timeout(timeout, client.update_batch(update))
+                .await
+                .context("update-batch")?;
             writeln!(out, "{}", serde_json::to_string(&ack)?)?;
         }
         Command::DropTable { table, version } => {
