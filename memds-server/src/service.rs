@@ -112,7 +112,7 @@ pub fn answer(store: &Store, req: &ArchivedRequest, limits: ReadLimits) -> (Resp
                 let mut routes = routes_for(t);
                 let mut iter = t.range(from.to_native(), to.to_native());
                 for e in iter.by_ref().take(limit) {
-                    push_entry(t, &mut routes, &e);
+                    push_entry(&mut routes, &e);
                 }
                 routes.truncated = iter.next().is_some();
                 found = routes.routes.len() as u64;
@@ -346,10 +346,10 @@ fn routes_for(t: &CompactTable) -> Routes {
 
 fn push_route(t: &CompactTable, routes: &mut Routes, hash: u64) {
     let e = t.lookup(hash);
-    push_entry(t, routes, &e);
+    push_entry(routes, &e);
 }
 
-fn push_entry(t: &CompactTable, routes: &mut Routes, e: &memds_proto::PartitionEntry) {
+fn push_entry(routes: &mut Routes, e: &memds_proto::PartitionEntry) {
     let before = routes.replicas.len();
     routes
         .replicas
