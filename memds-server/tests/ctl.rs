@@ -149,12 +149,9 @@ fn every_subcommand_prints_json_and_errors_exit_non_zero() {
     (batch.base_version, batch.version) = (4, 5);
     let batch_file = dir.join("batch.json");
     std::fs::write(&batch_file, serde_json::to_string(&batch).expect("json")).expect("write");
-    let ack: serde_json::Value = serde_json::from_str(&ctl.ok(&[
-        "update-batch",
-        "--file",
-        batch_file.to_str().expect("utf-8"),
-    ]))
-    .expect("json");
+    let ack: serde_json::Value =
+        serde_json::from_str(&ctl.ok(&["update-batch", batch_file.to_str().expect("utf-8")]))
+            .expect("json");
     assert_eq!(
         ack,
         serde_json::json!({"table": "table-0000", "version": 5, "applied": true})
@@ -169,18 +166,10 @@ fn every_subcommand_prints_json_and_errors_exit_non_zero() {
     // Older than the table: refused, with the reason on stderr.
     (batch.base_version, batch.version) = (3, 4);
     std::fs::write(&batch_file, serde_json::to_string(&batch).expect("json")).expect("write");
-    let (ok, _, stderr) = ctl.run(&[
-        "update-batch",
-        "--file",
-        batch_file.to_str().expect("utf-8"),
-    ]);
+    let (ok, _, stderr) = ctl.run(&["update-batch", batch_file.to_str().expect("utf-8")]);
     assert!(!ok && stderr.contains("stale"), "{stderr}");
     std::fs::write(&batch_file, "{\"table\": 1}").expect("write");
-    let (ok, _, stderr) = ctl.run(&[
-        "update-batch",
-        "--file",
-        batch_file.to_str().expect("utf-8"),
-    ]);
+    let (ok, _, stderr) = ctl.run(&["update-batch", batch_file.to_str().expect("utf-8")]);
     assert!(!ok && stderr.contains("parsing"), "{stderr}");
 
     let tables: serde_json::Value = serde_json::from_str(&ctl.ok(&["tables"])).expect("json");

@@ -106,7 +106,6 @@ enum Command {
     /// {end_inclusive, partitions}, sorted by start and disjoint).
     UpdateBatch {
         /// The batch's JSON.
-        #[arg(long)]
         file: PathBuf,
     },
     /// Remove a table, leaving a tombstone: a later put of the name needs a higher version.
