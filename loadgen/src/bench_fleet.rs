@@ -1,7 +1,7 @@
 //! `loadgen bench-fleet`: what replication between peers costs, measured on real servers
 //! embedded in this process (each on its own runtime, reached over QUIC on loopback).
 //!
-//! Two figures:
+//! Three figures:
 //!
 //! - **Write to all.** Three peers hold one table of `--write-partitions` partitions. `--writes`
 //!   single-partition splits ([`synth::split_update`]) are sent to server 0 one at a time; for
@@ -40,6 +40,24 @@
 //!   during the put, A holds the encoded get-table answer already, and B builds it when C asks
 //!   (about 0.4 s of CPU at 1M partitions), which shows in `serving_cpu_seconds_runs` and makes
 //!   the runs' times bimodal.
+//!
+//! - **Delta sync**, at `--delta-partitions` (the smallest readiness size unless told; 0
+//!   skips it). Two servers, A and B, hold one table; the bench writes every change to both (as
+//!   an authority writing to every server does: they are not peers of each other, so nothing
+//!   else moves between them). A third, C, has A and B as peers, which do not know it: nothing
+//!   is forwarded to C, it learns everything by its own anti-entropy, every 10 ms (so the time
+//!   measured is the pull's, not the wait for a round). C first takes the table whole
+//!   (`snapshot_bytes`, `snapshot_sync_seconds`, from its start). Then one split is written to
+//!   A and B, and C catches up by their delta (`delta_sync_bytes`, `delta_sync_seconds`). Then
+//!   another split arrives as a put of the whole table (the split map, one version up), which
+//!   leaves A and B no history of recent changes to answer a delta from, as a restart does, and
+//!   C catches up by a Merkle descent of the trees (`merkle_sync_bytes`,
+//!   `merkle_sync_seconds`). Bytes are the delta of the process-wide
+//!   `memds_anti_entropy_bytes_pulled_total` (only C pulls): every answer C read to pull, as
+//!   framed on the wire. Times run from the first acknowledgement of the write by A or B until
+//!   C's summary lists the new version. `delta_sync_pulls` and `merkle_sync_pulls` name the
+//!   kinds of pulls counted meanwhile (`memds_anti_entropy_pulls_total`), and
+//!   `delta_sync_holds_table` says whether C held A's version and checksum after each.
 //!
 //! CPU: the servers' runtime threads are named, so their CPU time is read per thread from
 //! `/proc/self/task` ([`threads_cpu_seconds`]). During a readiness run, C's runtime threads
@@ -95,6 +113,10 @@ pub(crate) struct Args {
     /// Sizes of at least this many partitions are measured once, whatever `--runs` says.
     #[arg(long, default_value_t = 10_000_000)]
     single_run_from: usize,
+    /// Partitions of the table of the delta-sync figure [default: the smallest of
+    /// `--ready-partitions`]; 0 skips the figure.
+    #[arg(long)]
+    delta_partitions: Option<usize>,
     /// Seconds between the servers' anti-entropy rounds.
     #[arg(long, default_value_t = 1.0)]
     anti_entropy: f64,
@@ -140,6 +162,36 @@ struct Report {
     write_phase_bytes_pulled: u64,
     write_phase_server_cpu_seconds: f64,
     ready: Vec<ReadyFigure>,
+    /// Partitions of the delta-sync figure's table (absent when skipped).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delta_sync_partitions: Option<usize>,
+    /// The lagging peer's anti-entropy period in the delta-sync figure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delta_sync_anti_entropy_s: Option<f64>,
+    /// Bytes the lagging peer pulled to take the table whole (its first pull).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    snapshot_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    snapshot_sync_seconds: Option<f64>,
+    /// Bytes pulled to catch up with one split by the peers' delta.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delta_sync_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delta_sync_seconds: Option<f64>,
+    /// How the delta catch-up was pulled (the kinds of pulls counted meanwhile).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delta_sync_pulls: Option<Vec<String>>,
+    /// Bytes pulled to catch up with one split by a Merkle descent (the peers holding no
+    /// history of it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    merkle_sync_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    merkle_sync_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    merkle_sync_pulls: Option<Vec<String>>,
+    /// Whether the lagging peer held the peers' table (version and checksum) after each step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delta_sync_holds_table: Option<bool>,
 }
 
 /// The readiness figures of one size.
@@ -300,6 +352,37 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
             }),
         });
     }
+    let delta_partitions = args
+        .delta_partitions
+        .or_else(|| args.ready_partitions.iter().copied().min())
+        .unwrap_or(1_000_000);
+    if delta_partitions > 0 {
+        progress(format_args!(
+            "delta sync at {delta_partitions} partitions: generating the table"
+        ));
+        let f = delta_sync(args, &pki, &runtime, &connector, delta_partitions)
+            .with_context(|| format!("delta sync at {delta_partitions} partitions"))?;
+        progress(format_args!(
+            "  snapshot {} B in {:.3} s, delta {} B in {:.3} s, Merkle {} B in {:.3} s",
+            f.snapshot.bytes,
+            f.snapshot.seconds,
+            f.delta.bytes,
+            f.delta.seconds,
+            f.merkle.bytes,
+            f.merkle.seconds
+        ));
+        report.delta_sync_partitions = Some(delta_partitions);
+        report.delta_sync_anti_entropy_s = Some(SYNC_PERIOD.as_secs_f64());
+        report.snapshot_bytes = Some(f.snapshot.bytes);
+        report.snapshot_sync_seconds = Some(f.snapshot.seconds);
+        report.delta_sync_bytes = Some(f.delta.bytes);
+        report.delta_sync_seconds = Some(f.delta.seconds);
+        report.delta_sync_pulls = Some(f.delta.kinds);
+        report.merkle_sync_bytes = Some(f.merkle.bytes);
+        report.merkle_sync_seconds = Some(f.merkle.seconds);
+        report.merkle_sync_pulls = Some(f.merkle.kinds);
+        report.delta_sync_holds_table = Some(f.holds_table);
+    }
     drop(runtime);
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -430,6 +513,17 @@ fn write_to_all(
             write_phase_bytes_pulled: pulled.1 as u64,
             write_phase_server_cpu_seconds: cpu,
             ready: Vec::new(),
+            delta_sync_partitions: None,
+            delta_sync_anti_entropy_s: None,
+            snapshot_bytes: None,
+            snapshot_sync_seconds: None,
+            delta_sync_bytes: None,
+            delta_sync_seconds: None,
+            delta_sync_pulls: None,
+            merkle_sync_bytes: None,
+            merkle_sync_seconds: None,
+            merkle_sync_pulls: None,
+            delta_sync_holds_table: None,
         })
     });
     servers.into_iter().for_each(Embedded::stop);
@@ -650,6 +744,245 @@ fn ready_run(
     result
 }
 
+/// The lagging peer's anti-entropy period in the delta-sync figure: short, so that the time
+/// to catch up is the pull's, not the wait for the next round.
+const SYNC_PERIOD: Duration = Duration::from_millis(10);
+
+/// One catch-up of the delta-sync figure.
+struct Sync {
+    bytes: u64,
+    seconds: f64,
+    /// The kinds of pulls counted meanwhile (one each, when all is well).
+    kinds: Vec<String>,
+}
+
+/// The delta-sync figures.
+struct DeltaSync {
+    snapshot: Sync,
+    delta: Sync,
+    merkle: Sync,
+    holds_table: bool,
+}
+
+/// The delta-sync figure: A and B (on their own, written to by the bench as an authority
+/// writes to every server) hold a table of `n` partitions; C, their peer (they do not know it,
+/// so nothing is forwarded to it: it learns everything by its own anti-entropy, every
+/// [`SYNC_PERIOD`]), takes it whole first (the snapshot figure); then one split is written to A
+/// and B, and C catches up by their delta; then another split arrives as a put of the whole
+/// table, which leaves A and B no history to answer a delta from (as after a restart), and C
+/// catches up by a Merkle descent. Each catch-up's bytes are the delta of the process-wide
+/// `memds_anti_entropy_bytes_pulled_total` (only C pulls), its time runs from the first
+/// acknowledgement of the write by A or B until C's summary lists the new version.
+fn delta_sync(
+    args: &Args,
+    pki: &SharedPki,
+    runtime: &tokio::runtime::Runtime,
+    admins: &Connector,
+    n: usize,
+) -> anyhow::Result<DeltaSync> {
+    let map = synth::generate_table(
+        &SynthConfig {
+            partitions: n,
+            seed: args.seed ^ 0xDE17A,
+            ..SynthConfig::default()
+        },
+        0,
+    );
+    let table = map.name().as_str().to_owned();
+    let max_id = map
+        .partitions()
+        .iter()
+        .map(|p| p.id.get())
+        .max()
+        .unwrap_or(0);
+    // Two partitions wide enough to split, a third and two thirds into the table.
+    let splittable = |from: usize| {
+        (from..map.partitions().len())
+            .find(|&i| map.end_inclusive(i) - map.partitions()[i].start >= 2)
+            .context("no partition wide enough to split")
+    };
+    let first = synth::split_update(&map, splittable(n / 3)?, max_id + 1);
+    let mut interner = memds_proto::NodeInterner::default();
+    let after_first = memds_proto::CompactTable::new(&map, &mut interner)
+        .apply(&first.clone().into(), &mut interner)
+        .context("applying the first split")?
+        .to_map();
+    let second_update = synth::split_update(&after_first, splittable(2 * n / 3)?, max_id + 2);
+    let second = memds_proto::CompactTable::new(&after_first, &mut interner)
+        .apply(&second_update.into(), &mut interner)
+        .context("applying the second split")?
+        .to_map();
+    drop((after_first, interner));
+    let snapshot = memds_proto::snapshot::encode(&map);
+    let second_snapshot = memds_proto::snapshot::encode(&second);
+    let version = map.version().get();
+    drop((map, second));
+
+    let ports = embedded::free_udp_ports(3)?;
+    let [a, b, c] = [0, 1, 2].map(|i| SocketAddr::from(([127, 0, 0, 1], ports[i])));
+    let start = |listen: SocketAddr, peers: &[SocketAddr], period: Duration, threads: &str| {
+        Embedded::start_with(2, threads, |config| {
+            embedded::join_fleet(config, listen, pki.path(), peers, period);
+            config.limits.max_frame_bytes = MAX_FRAME_BYTES;
+        })
+    };
+    let period = Duration::from_secs_f64(args.anti_entropy);
+    let mut servers = vec![start(a, &[], period, SERVER_THREAD)?];
+    let result = (|| {
+        servers.push(start(b, &[], period, SERVER_THREAD)?);
+        // Writes every change to A and B; answers when the first of them acknowledged it.
+        let write_both = |request: Request| {
+            runtime.block_on(async {
+                let (admin_a, admin_b) = (admins.connect(a).await?, admins.connect(b).await?);
+                let acked = |client: Client| {
+                    let request = request.clone();
+                    async move {
+                        let answer = client.call(&request).await;
+                        let at = Instant::now();
+                        client.close();
+                        match answer? {
+                            Response::Written(_) => anyhow::Ok(at),
+                            other => {
+                                bail!("the write answered {}", ClientError::unexpected(&other))
+                            }
+                        }
+                    }
+                };
+                let (at_a, at_b) = tokio::join!(acked(admin_a), acked(admin_b));
+                anyhow::Ok(at_a?.min(at_b?))
+            })
+        };
+        write_both(Request::PutTable {
+            snapshot: snapshot.clone(),
+        })
+        .context("putting the table to A and B")?;
+
+        // C takes the table whole.
+        let before = Pulls::read();
+        let started = Instant::now();
+        servers.push(start(c, &[a, b], SYNC_PERIOD, NEW_SERVER_THREAD)?);
+        let whole = caught_up(runtime, admins, c, &table, version, started, before)?;
+
+        // One split, written to A and B: C pulls their delta.
+        let before = Pulls::read();
+        let acked = write_both(Request::UpdatePartitions(first))?;
+        let delta = caught_up(runtime, admins, c, &table, version + 1, acked, before)?;
+        let mut holds_table = same_table(runtime, admins, [a, c], &table)?;
+
+        // The next split as a put of the whole table: no history, C descends the trees.
+        let before = Pulls::read();
+        let acked = write_both(Request::PutTable {
+            snapshot: second_snapshot,
+        })?;
+        let merkle = caught_up(runtime, admins, c, &table, version + 2, acked, before)?;
+        holds_table &= same_table(runtime, admins, [a, c], &table)?;
+        Ok(DeltaSync {
+            snapshot: whole,
+            delta,
+            merkle,
+            holds_table,
+        })
+    })();
+    servers.into_iter().for_each(Embedded::stop);
+    result
+}
+
+/// Waits until `addr`'s summary lists `table` at `version`, then answers the catch-up's
+/// figures: the time since `since` and what was pulled since `before`.
+fn caught_up(
+    runtime: &tokio::runtime::Runtime,
+    admins: &Connector,
+    addr: SocketAddr,
+    table: &str,
+    version: u64,
+    since: Instant,
+    before: Pulls,
+) -> anyhow::Result<Sync> {
+    runtime.block_on(async {
+        let client = admins.connect(addr).await?;
+        loop {
+            let s = client.summary().await.context("asking for a summary")?;
+            if s.tables
+                .iter()
+                .any(|t| t.name == table && !t.dropped && t.version >= version)
+            {
+                break;
+            }
+            ensure!(
+                since.elapsed() < REPLICATE_LIMIT,
+                "{addr} did not hold {table} at version {version} within {REPLICATE_LIMIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        client.close();
+        anyhow::Ok(())
+    })?;
+    let seconds = since.elapsed().as_secs_f64();
+    let after = Pulls::read();
+    let kinds = PULL_KINDS
+        .iter()
+        .zip(after.kinds.iter().zip(before.kinds))
+        .flat_map(|(kind, (after, before))| {
+            std::iter::repeat_n((*kind).to_owned(), (after - before).max(0.0) as usize)
+        })
+        .collect();
+    Ok(Sync {
+        bytes: (after.bytes - before.bytes) as u64,
+        seconds,
+        kinds,
+    })
+}
+
+/// Whether the servers at `addrs` hold `table` at the same version and checksum.
+fn same_table(
+    runtime: &tokio::runtime::Runtime,
+    admins: &Connector,
+    addrs: [SocketAddr; 2],
+    table: &str,
+) -> anyhow::Result<bool> {
+    runtime.block_on(async {
+        let mut held = Vec::new();
+        for addr in addrs {
+            let client = admins.connect(addr).await?;
+            let s = client.summary().await?;
+            client.close();
+            held.push(
+                s.tables
+                    .into_iter()
+                    .find(|t| t.name == table && !t.dropped)
+                    .map(|t| (t.version, t.digest)),
+            );
+        }
+        anyhow::Ok(held[0].is_some() && held[0] == held[1])
+    })
+}
+
+/// The kinds of `memds_anti_entropy_pulls_total`.
+const PULL_KINDS: [&str; 3] = ["delta", "merkle", "snapshot"];
+
+/// The process-wide pull counters at one moment: bytes, and pulls by kind.
+#[derive(Clone, Copy, Debug)]
+struct Pulls {
+    bytes: f64,
+    kinds: [f64; 3],
+}
+
+impl Pulls {
+    fn read() -> Self {
+        let text = memds_server::metrics::handle().render();
+        Self {
+            bytes: counter(&text, "memds_anti_entropy_bytes_pulled_total"),
+            kinds: PULL_KINDS.map(|k| {
+                counter_where(
+                    &text,
+                    "memds_anti_entropy_pulls_total",
+                    &format!("kind=\"{k}\""),
+                )
+            }),
+        }
+    }
+}
+
 /// The digest `client`'s server holds `table` at.
 async fn digest_of(client: &Client, table: &str) -> anyhow::Result<u64> {
     client
@@ -765,6 +1098,21 @@ fn print_table(r: &Report) {
             f.new_server_cpu_seconds,
             f.serving_cpu_seconds,
             f.new_server_holds_table
+        );
+    }
+    if let (Some(n), Some(snapshot), Some(delta), Some(merkle)) = (
+        r.delta_sync_partitions,
+        r.snapshot_bytes,
+        r.delta_sync_bytes,
+        r.merkle_sync_bytes,
+    ) {
+        println!(
+            "delta sync ({n} partitions, one split): snapshot {snapshot} B in {:.3} s, \
+             delta {delta} B in {:.3} s, Merkle {merkle} B in {:.3} s; holds the table: {}",
+            r.snapshot_sync_seconds.unwrap_or_default(),
+            r.delta_sync_seconds.unwrap_or_default(),
+            r.merkle_sync_seconds.unwrap_or_default(),
+            r.delta_sync_holds_table.unwrap_or_default()
         );
     }
 }

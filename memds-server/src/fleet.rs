@@ -11,6 +11,21 @@
 //!   every tombstone: one entry per table, whatever changed) and pulls each table the peer holds
 //!   newer, through the writer, as any write. A round always runs and always exchanges the
 //!   whole summary: the work of a round does not depend on how much changed, only the pulls do.
+//! - **Pulls cost what changed.** A table held here at an older version is pulled in the
+//!   cheapest way that works: (1) the peer's delta since our version (`get-delta`, from its
+//!   bounded log of recent changes), applied as a batch; else (2) a Merkle descent: the peer's
+//!   tree digests from its root down, level by level, only under the nodes our tree does not
+//!   hold (same span, same digest), down to the differing blocks of about 64 partitions, whose
+//!   partitions `get-ranges` brings back (in requests of bounded size) and a batch applies; it
+//!   is given up when more than a quarter of the table differs; else (3) the whole snapshot. A
+//!   batch is applied to our copy first, off the writer, and submitted only if the result has
+//!   the peer's content digest (and, at the summary's version, its checksum): a wrong result
+//!   at the peer's version could never be replaced. A batch the writer refuses (its ranges do
+//!   not align with ours, or a forward moved the table meanwhile) falls through to the next
+//!   way. `memds_anti_entropy_pulls_total{kind}` counts tables pulled each way, and
+//!   `memds_anti_entropy_bytes_pulled_total` the bytes of every answer a pull read, as framed
+//!   on the wire (header and rkyv archive; a snapshot's answer without encoding it again, exact
+//!   up to the archive's alignment padding).
 //! - **Readiness.** A server with peers starts not ready: lookups from routers are answered
 //!   `unavailable` (the router cache asks another server). It becomes ready when a round with a
 //!   ready peer ends holding every table at least at the version that peer advertised, or when
@@ -25,14 +40,19 @@
 //! pod); names are resolved again every [`RESOLVE_EVERY`], and an address that answers with this
 //! server's own instance number is recognised as itself and skipped.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use memds_client::{Client, ClientError, Connector};
-use memds_proto::wire::{ErrorCode, Request, Response, Summary, TableSummary};
+use memds_proto::model::NodeSpec;
+use memds_proto::wire::{
+    self, BatchUpdate, ErrorCode, HashRange, Request, Response, Summary, TableSummary, TreeDigests,
+    TreeEntry,
+};
+use memds_proto::{CompactTable, NodeInterner};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use crate::store::{Store, Write};
@@ -285,6 +305,9 @@ pub async fn run(tasks: FleetTasks, mut shutdown: watch::Receiver<bool>) {
     }
     ::metrics::counter!("memds_anti_entropy_tables_pulled_total").increment(0);
     ::metrics::counter!("memds_anti_entropy_bytes_pulled_total").increment(0);
+    for kind in PullKind::ALL {
+        ::metrics::counter!("memds_anti_entropy_pulls_total", "kind" => kind.label()).increment(0);
+    }
     ::metrics::counter!("memds_digest_mismatches_total").increment(0);
     let (peers_tx, peers_rx) = watch::channel(Vec::<SocketAddr>::new());
     let selves = Arc::new(Mutex::new(HashSet::from([tasks.own_addr])));
@@ -664,63 +687,340 @@ impl AntiEntropy {
         };
         for entry in &theirs.tables {
             let tables = self.store.tables();
-            let held = tables
-                .get(&entry.name)
-                .map(|t| (t.version().get(), t.checksum()));
+            let held = tables.get(&entry.name).cloned();
             let dropped_at = tables.tombstone(&entry.name);
             drop(tables);
-            let local = held.map(|(v, _)| v).max(dropped_at).unwrap_or(0);
+            let held_version = held.as_ref().map(|t| t.version().get());
+            let local = held_version.max(dropped_at).unwrap_or(0);
             if local >= entry.version {
-                if let Some((v, digest)) = held
-                    && v == entry.version
+                if let Some(t) = &held
+                    && t.version().get() == entry.version
                     && !entry.dropped
-                    && digest != entry.digest
+                    && t.checksum() != entry.digest
                 {
                     ::metrics::counter!("memds_digest_mismatches_total").increment(1);
-                    tracing::error!(table = %entry.name, version = v, %peer, "the peer holds this version with other content");
+                    tracing::error!(table = %entry.name, version = entry.version, %peer, "the peer holds this version with other content");
                 }
                 continue;
             }
             report.lag_versions += entry.version - local;
-            let write = if entry.dropped {
-                Write::Drop {
+            let pulled = if entry.dropped {
+                let write = Write::Drop {
                     table: entry.name.clone(),
                     version: Some(entry.version),
-                }
+                };
+                self.submit(write).await.map(|()| Some(None))
             } else {
-                let got = tokio::time::timeout(
-                    PULL_TIMEOUT,
-                    client.get_table_snapshot(&entry.name, held.map(|(v, _)| v)),
-                )
-                .await
-                .unwrap_or(Err(ClientError::Timeout(PULL_TIMEOUT)));
-                match got {
-                    Ok(Some((_, snapshot))) => {
-                        report.bytes += snapshot.len() as u64;
-                        ::metrics::counter!("memds_anti_entropy_bytes_pulled_total")
-                            .increment(snapshot.len() as u64);
-                        Write::Put { snapshot }
-                    }
-                    // Dropped or replaced meanwhile: the next round sees it.
-                    Ok(None) => continue,
-                    Err(e) => {
+                match self.pull(&client, entry, held, &mut report).await {
+                    Ok(kind) => Ok(kind.map(Some)),
+                    Err(Pull::Fatal(e)) => {
                         report.failed.push(format!("{}: {e}", entry.name));
-                        if matches!(e, ClientError::Closed(_) | ClientError::Timeout(_)) {
-                            return Err(e.to_string());
-                        }
-                        continue;
+                        return Err(e.to_string());
                     }
+                    Err(Pull::Failed(e)) => Err(e),
                 }
             };
-            match self.submit(write).await {
-                Ok(()) => {
+            match pulled {
+                // Dropped or replaced meanwhile: the next round sees it.
+                Ok(None) => {}
+                Ok(Some(kind)) => {
                     report.pulled += 1;
                     ::metrics::counter!("memds_anti_entropy_tables_pulled_total").increment(1);
+                    if let Some(kind) = kind {
+                        ::metrics::counter!("memds_anti_entropy_pulls_total", "kind" => kind.label())
+                            .increment(1);
+                    }
                 }
                 Err(e) => report.failed.push(format!("{}: {e}", entry.name)),
             }
         }
         Ok(Some(report))
+    }
+
+    /// Brings `entry`'s table up to the peer's version, held here as `held` (if at all), in the
+    /// cheapest way that works: the peer's delta since our version, else the blocks a Merkle
+    /// descent finds different, else the whole snapshot. Answers how it was pulled, or `None`
+    /// when there was nothing to pull after all (the peer no longer holds anything newer).
+    async fn pull(
+        &self,
+        client: &Client,
+        entry: &TableSummary,
+        held: Option<Arc<CompactTable>>,
+        report: &mut RoundReport,
+    ) -> Result<Option<PullKind>, Pull> {
+        if let Some(ours) = held {
+            match self.pull_delta(client, entry, &ours, report).await? {
+                Step::Applied => return Ok(Some(PullKind::Delta)),
+                Step::Nothing => return Ok(None),
+                Step::Next => {}
+            }
+            // A delta refused because a forward moved the table meanwhile: start again from
+            // what is held now.
+            let ours = match self.store.table(&entry.name) {
+                Some(t) if t.version().get() >= entry.version => return Ok(None),
+                Some(t) => t,
+                None => return self.pull_snapshot(client, entry, None, report).await,
+            };
+            match self.pull_merkle(client, entry, &ours, report).await? {
+                Step::Applied => return Ok(Some(PullKind::Merkle)),
+                Step::Nothing => return Ok(None),
+                Step::Next => {}
+            }
+            let ours = self.store.table(&entry.name).map(|t| t.version().get());
+            return self.pull_snapshot(client, entry, ours, report).await;
+        }
+        self.pull_snapshot(client, entry, None, report).await
+    }
+
+    /// Asks the peer what changed since our version and applies it.
+    async fn pull_delta(
+        &self,
+        client: &Client,
+        entry: &TableSummary,
+        ours: &Arc<CompactTable>,
+        report: &mut RoundReport,
+    ) -> Result<Step, Pull> {
+        let since = ours.version().get();
+        let request = Request::GetDelta {
+            table: entry.name.clone(),
+            since,
+        };
+        let answer = match client.call_timeout(&request, PULL_TIMEOUT).await {
+            Ok(answer) => answer,
+            // A peer that cannot answer deltas (or no longer holds the table): the next ways
+            // say which.
+            Err(ClientError::Server(_)) => return Ok(Step::Next),
+            Err(e) => return Err(Pull::from_client(e)),
+        };
+        count_pulled(report, answer_bytes(&answer));
+        let delta = match answer {
+            Response::Delta(d) => d,
+            Response::NoDelta { .. } => return Ok(Step::Next),
+            Response::NotModified { .. } => return Ok(Step::Nothing),
+            other => {
+                tracing::warn!(table = %entry.name, answer = ?short(&other), "anti-entropy: an unexpected answer to get-delta");
+                return Ok(Step::Next);
+            }
+        };
+        if delta.table != entry.name || delta.base_version != since || delta.version <= since {
+            tracing::warn!(
+                table = %entry.name,
+                since,
+                base = delta.base_version,
+                version = delta.version,
+                "anti-entropy: the peer's delta is not one from our version; not applied"
+            );
+            return Ok(Step::Next);
+        }
+        let Some(delta) = checked(ours, delta, Expected::new(None, entry)).await else {
+            tracing::warn!(table = %entry.name, since, "anti-entropy: the peer's delta would not give its table here (the copies differed); trying a Merkle descent");
+            return Ok(Step::Next);
+        };
+        self.submit_batch(entry, delta).await
+    }
+
+    /// Finds the blocks where the peer's table differs from ours by descending both Merkle
+    /// trees, fetches those blocks' partitions and applies them as one batch. `Step::Next`
+    /// when that cannot work or would not pay (more than a quarter of the table differs).
+    async fn pull_merkle(
+        &self,
+        client: &Client,
+        entry: &TableSummary,
+        ours: &Arc<CompactTable>,
+        report: &mut RoundReport,
+    ) -> Result<Step, Pull> {
+        let name = entry.name.as_str();
+        let whole = HashRange {
+            from: 0,
+            end_inclusive: u64::MAX,
+        };
+        let mut descent = Descent {
+            client,
+            table: name,
+            tree: None,
+            requests: 0,
+            report,
+        };
+        // The peer's root is at its own top level: ask at ours, and again at its own if that
+        // differs (every answer says where it is; a level above the peer's top is refused, and
+        // then one block's digest, at level 1, says).
+        let guess = ours.levels().max(1);
+        let mut at_level = match descent.level(guess, whole).await? {
+            Some(entries) => entries,
+            None if descent.tree.is_none() => {
+                let probe = HashRange {
+                    from: 0,
+                    end_inclusive: 0,
+                };
+                if descent.level(1, probe).await?.is_none() {
+                    return Ok(Step::Next);
+                }
+                Vec::new()
+            }
+            None => return Ok(Step::Next),
+        };
+        let Some(tree) = descent.tree else {
+            return Ok(Step::Next);
+        };
+        let guess = if at_level.is_empty() { 0 } else { guess };
+        if tree.version <= ours.version().get() {
+            return Ok(Step::Next);
+        }
+        let mut level = tree.levels.max(1);
+        if level != guess {
+            match descent.level(level, whole).await? {
+                Some(entries) => at_level = entries,
+                None => return Ok(Step::Next),
+            }
+        }
+        let partitions: u64 = at_level
+            .iter()
+            .fold(0u64, |sum, e| sum.saturating_add(e.count));
+        let limit = partitions / MERKLE_MAX_SHARE;
+        let mut differing = not_held(ours, level, whole, &at_level);
+        loop {
+            let different = differing
+                .iter()
+                .fold(0u64, |sum, e| sum.saturating_add(e.count));
+            // The root's one node holds everything, and a few coarse nodes may hold much more
+            // than what changed under them: the share is judged on blocks, or on many nodes.
+            let judged = level == 1 || (level < tree.levels && differing.len() > 2);
+            if judged && different > limit {
+                tracing::debug!(table = %name, level, different, of = partitions, "anti-entropy: too much differs for a Merkle pull");
+                return Ok(Step::Next);
+            }
+            if differing.is_empty() {
+                // The same partitions at another version (or other nodes): the snapshot
+                // carries that.
+                return Ok(Step::Next);
+            }
+            if level <= 1 {
+                break;
+            }
+            level -= 1;
+            let mut below = Vec::new();
+            for e in &differing {
+                let span = HashRange {
+                    from: e.start,
+                    end_inclusive: e.end_inclusive,
+                };
+                let Some(children) = descent.level(level, span).await? else {
+                    return Ok(Step::Next);
+                };
+                below.extend(not_held(ours, level, span, &children));
+            }
+            differing = below;
+        }
+        let ranges = merge_spans(&differing);
+        let mut update = BatchUpdate {
+            table: name.to_owned(),
+            base_version: ours.version().get(),
+            version: tree.version,
+            nodes: Vec::new(),
+            ranges: Vec::new(),
+        };
+        let mut nodes: BTreeMap<u32, NodeSpec> = BTreeMap::new();
+        // Requests still to make, last first; one refused as too large is asked in halves.
+        let mut chunks = range_chunks(&ranges);
+        chunks.reverse();
+        let mut parts: Vec<(u64, BatchUpdate)> = Vec::new();
+        while let Some(chunk) = chunks.pop() {
+            descent.requests += 1;
+            if descent.requests > MERKLE_MAX_REQUESTS {
+                return Ok(Step::Next);
+            }
+            let request = Request::GetRanges {
+                table: name.to_owned(),
+                ranges: chunk,
+            };
+            let got = match client.call_timeout(&request, PULL_TIMEOUT).await {
+                Ok(answer) => answer,
+                Err(ClientError::Server(e)) => {
+                    let Request::GetRanges { ranges: chunk, .. } = request else {
+                        return Ok(Step::Next);
+                    };
+                    if e.code == ErrorCode::TooLarge && chunk.len() > 1 {
+                        let (left, right) = chunk.split_at(chunk.len() / 2);
+                        chunks.push(right.to_vec());
+                        chunks.push(left.to_vec());
+                        continue;
+                    }
+                    tracing::debug!(table = %name, code = e.code.as_str(), message = %e.message, "anti-entropy: get-ranges refused");
+                    return Ok(Step::Next);
+                }
+                Err(e) => return Err(Pull::from_client(e)),
+            };
+            count_pulled(descent.report, answer_bytes(&got));
+            let Response::Delta(part) = got else {
+                tracing::debug!(table = %name, answer = ?short(&got), "anti-entropy: an unexpected answer to get-ranges");
+                return Ok(Step::Next);
+            };
+            if part.table != name || part.version != tree.version {
+                // The peer's table moved since the descent.
+                return Ok(Step::Next);
+            }
+            let start = part
+                .ranges
+                .first()
+                .and_then(|r| r.partitions.first())
+                .map_or(0, |p| p.start);
+            parts.push((start, part));
+        }
+        // The batch's ranges in start order, whatever order they were fetched in.
+        parts.sort_by_key(|(start, _)| *start);
+        for (_, part) in parts {
+            nodes.extend(part.nodes.into_iter().map(|n| (n.id, n)));
+            update.ranges.extend(part.ranges);
+        }
+        update.nodes = nodes.into_values().collect();
+        let expected = Expected::new(Some(tree.root), entry);
+        let update = if ranges_sorted(&update) {
+            checked(ours, update, expected).await
+        } else {
+            None
+        };
+        let Some(update) = update else {
+            tracing::info!(table = %name, ranges = ranges.len(), "anti-entropy: the blocks pulled would not give the peer's table here; pulling the snapshot");
+            return Ok(Step::Next);
+        };
+        self.submit_batch(entry, update).await
+    }
+
+    /// Submits a batch pulled from a peer. A refusal (our ranges do not align, or the table
+    /// moved meanwhile) is `Step::Next`: the next way is tried.
+    async fn submit_batch(&self, entry: &TableSummary, update: BatchUpdate) -> Result<Step, Pull> {
+        match self.submit(Write::Batch(update)).await {
+            Ok(()) => Ok(Step::Applied),
+            Err(e) => {
+                tracing::info!(table = %entry.name, reason = %e, "anti-entropy: the pulled batch was refused");
+                Ok(Step::Next)
+            }
+        }
+    }
+
+    /// Pulls the whole table (if newer than `ours`) and stores it.
+    async fn pull_snapshot(
+        &self,
+        client: &Client,
+        entry: &TableSummary,
+        ours: Option<u64>,
+        report: &mut RoundReport,
+    ) -> Result<Option<PullKind>, Pull> {
+        let got = tokio::time::timeout(PULL_TIMEOUT, client.get_table_snapshot(&entry.name, ours))
+            .await
+            .unwrap_or(Err(ClientError::Timeout(PULL_TIMEOUT)));
+        match got {
+            Ok(Some((version, snapshot))) => {
+                count_pulled(report, table_answer_bytes(version, snapshot.len()));
+                self.submit(Write::Put { snapshot })
+                    .await
+                    .map_err(Pull::Failed)?;
+                Ok(Some(PullKind::Snapshot))
+            }
+            // Dropped or replaced meanwhile: the next round sees it.
+            Ok(None) => Ok(None),
+            Err(e) => Err(Pull::from_client(e)),
+        }
     }
 
     async fn submit(&self, write: Write) -> Result<(), String> {
@@ -781,5 +1081,490 @@ impl AntiEntropy {
             }
         }
         tracing::error!(%table, "no peer could provide a good copy of the damaged table");
+    }
+}
+
+/// Most Merkle digest requests one pull may make before giving up for the snapshot.
+const MERKLE_MAX_REQUESTS: usize = 4096;
+/// A Merkle pull is tried only while at most one partition in this many differs; past it the
+/// snapshot is cheaper (or as cheap) and simpler.
+const MERKLE_MAX_SHARE: u64 = 4;
+/// Most ranges one get-ranges request names (below the server's default batch bound).
+const RANGES_PER_REQUEST: usize = 1024;
+/// Most partitions one get-ranges request should bring back (by the digests' counts), so an
+/// answer stays a few megabytes, far below the frame limit.
+const PARTITIONS_PER_REQUEST: u64 = 64 * 1024;
+
+/// How a table was pulled from a peer (the `kind` of `memds_anti_entropy_pulls_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PullKind {
+    /// The peer's record of what changed since our version.
+    Delta,
+    /// The blocks a Merkle descent found different.
+    Merkle,
+    /// The whole table.
+    Snapshot,
+}
+
+impl PullKind {
+    const ALL: [PullKind; 3] = [PullKind::Delta, PullKind::Merkle, PullKind::Snapshot];
+
+    fn label(self) -> &'static str {
+        match self {
+            PullKind::Delta => "delta",
+            PullKind::Merkle => "merkle",
+            PullKind::Snapshot => "snapshot",
+        }
+    }
+}
+
+/// What one way of pulling a table came to.
+#[derive(Debug)]
+enum Step {
+    /// The table was brought up to the peer's version.
+    Applied,
+    /// The peer holds nothing newer after all.
+    Nothing,
+    /// This way did not work or would not pay: try the next one.
+    Next,
+}
+
+/// Why a pull failed.
+#[derive(Debug)]
+enum Pull {
+    /// The connection to the peer is gone or stuck: the round ends.
+    Fatal(ClientError),
+    /// This table could not be pulled (the writer refused it, the peer refused the snapshot).
+    Failed(String),
+}
+
+impl Pull {
+    fn from_client(e: ClientError) -> Self {
+        match e {
+            ClientError::Closed(_) | ClientError::Timeout(_) => Pull::Fatal(e),
+            other => Pull::Failed(other.to_string()),
+        }
+    }
+}
+
+/// The peer's tree as its first digest answer described it; every later answer of the same
+/// descent must agree (else the table moved meanwhile).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct PeerTree {
+    version: u64,
+    levels: u32,
+    root: u64,
+}
+
+/// What a table built from a pulled update must match.
+#[derive(Clone, Copy, Debug)]
+struct Expected {
+    /// The peer's content digest at the update's version, if known.
+    root: Option<u64>,
+    /// The version the peer's summary advertised, and its checksum then.
+    version: u64,
+    digest: u64,
+}
+
+impl Expected {
+    fn new(root: Option<u64>, summary: &TableSummary) -> Self {
+        Self {
+            root,
+            version: summary.version,
+            digest: summary.digest,
+        }
+    }
+}
+
+/// Whether applying `update` to `ours` gives the peer's table: checked before the writer makes
+/// it durable, since a wrong result at the peer's version could not be replaced later (a put of
+/// the same version with other content is a conflict).
+fn would_match(ours: &CompactTable, update: &BatchUpdate, expected: Expected) -> bool {
+    let Ok(result) = ours.apply(update, &mut NodeInterner::default()) else {
+        return false;
+    };
+    let root_ok = expected.root.is_none_or(|root| result.digest() == root);
+    let summary_ok = update.version != expected.version || result.checksum() == expected.digest;
+    root_ok && summary_ok
+}
+
+/// [`would_match`] on a blocking thread (a large update costs more than a runtime thread should
+/// spend): the update back if it matches.
+async fn checked(
+    ours: &Arc<CompactTable>,
+    update: BatchUpdate,
+    expected: Expected,
+) -> Option<BatchUpdate> {
+    let ours = Arc::clone(ours);
+    tokio::task::spawn_blocking(move || would_match(&ours, &update, expected).then_some(update))
+        .await
+        .ok()
+        .flatten()
+}
+
+/// One Merkle descent's requests to a peer.
+struct Descent<'a> {
+    client: &'a Client,
+    table: &'a str,
+    tree: Option<PeerTree>,
+    requests: usize,
+    report: &'a mut RoundReport,
+}
+
+impl Descent<'_> {
+    /// The peer's tree nodes at `level` covering `span` (asking again after a truncated
+    /// answer). `None` when the answers cannot be used: refused, malformed, inconsistent with
+    /// the descent's first answer, or too many requests.
+    async fn level(&mut self, level: u32, span: HashRange) -> Result<Option<Vec<TreeEntry>>, Pull> {
+        let mut out: Vec<TreeEntry> = Vec::new();
+        let mut from = span.from;
+        loop {
+            self.requests += 1;
+            if self.requests > MERKLE_MAX_REQUESTS {
+                return Ok(None);
+            }
+            let request = Request::TreeDigests {
+                table: self.table.to_owned(),
+                level,
+                from,
+                end_inclusive: span.end_inclusive,
+            };
+            let answer = match self.client.call_timeout(&request, PULL_TIMEOUT).await {
+                Ok(answer @ Response::TreeDigests(_)) => answer,
+                Ok(other) => {
+                    tracing::debug!(table = %self.table, answer = ?short(&other), "anti-entropy: an unexpected answer to tree-digests");
+                    return Ok(None);
+                }
+                Err(ClientError::Server(e)) => {
+                    tracing::debug!(table = %self.table, code = e.code.as_str(), message = %e.message, "anti-entropy: tree-digests refused");
+                    return Ok(None);
+                }
+                Err(e) => return Err(Pull::from_client(e)),
+            };
+            count_pulled(self.report, answer_bytes(&answer));
+            let Response::TreeDigests(d) = answer else {
+                return Ok(None);
+            };
+            let tree = PeerTree {
+                version: d.version,
+                levels: d.levels,
+                root: d.root,
+            };
+            if *self.tree.get_or_insert(tree) != tree {
+                // The peer's table changed during the descent.
+                return Ok(None);
+            }
+            let Some(covered) = covered_to(&d, from, span.end_inclusive) else {
+                tracing::warn!(table = %self.table, level, from, "anti-entropy: malformed tree digests from the peer");
+                return Ok(None);
+            };
+            if out
+                .last()
+                .zip(d.entries.first())
+                .is_some_and(|(last, first)| last.end_inclusive >= first.start)
+            {
+                return Ok(None);
+            }
+            out.extend_from_slice(&d.entries);
+            if covered >= span.end_inclusive {
+                return Ok(Some(out));
+            }
+            from = covered + 1;
+        }
+    }
+}
+
+/// The last hash `d`'s entries cover, if they are well formed: in order, each span not empty,
+/// tiling without gaps from a node holding `from`, and (unless truncated) reaching `end`.
+fn covered_to(d: &TreeDigests, from: u64, end: u64) -> Option<u64> {
+    let first = d.entries.first()?;
+    if first.start > from || first.end_inclusive < from {
+        return None;
+    }
+    let mut last = first;
+    for e in &d.entries {
+        if e.start > e.end_inclusive {
+            return None;
+        }
+        if !std::ptr::eq(e, first) && last.end_inclusive.checked_add(1) != Some(e.start) {
+            return None;
+        }
+        last = e;
+    }
+    if !d.truncated && last.end_inclusive < end {
+        return None;
+    }
+    Some(last.end_inclusive)
+}
+
+/// The peer's nodes (at `level`, covering `span`) that our tree does not hold: same span and
+/// same digest.
+fn not_held(
+    ours: &CompactTable,
+    level: u32,
+    span: HashRange,
+    theirs: &[TreeEntry],
+) -> Vec<TreeEntry> {
+    const LOCAL_LIMIT: usize = 4096;
+    let from = theirs.first().map_or(span.from, |e| e.start.min(span.from));
+    let to = theirs.last().map_or(span.end_inclusive, |e| {
+        e.end_inclusive.max(span.end_inclusive)
+    });
+    let mut held: HashSet<(u64, u64, u64)> = HashSet::new();
+    let mut at = from;
+    loop {
+        let local = ours.tree_digests(level, at, to, LOCAL_LIMIT);
+        held.extend(
+            local
+                .entries
+                .iter()
+                .map(|e| (e.start, e.end_inclusive, e.digest)),
+        );
+        match local.entries.last() {
+            Some(last)
+                if local.truncated && last.end_inclusive < to && last.end_inclusive >= at =>
+            {
+                at = last.end_inclusive + 1;
+            }
+            _ => break,
+        }
+    }
+    theirs
+        .iter()
+        .filter(|e| !held.contains(&(e.start, e.end_inclusive, e.digest)))
+        .copied()
+        .collect()
+}
+
+/// The spans of differing blocks as ranges, adjacent ones merged, each with the partitions it
+/// holds (by the digests' counts).
+fn merge_spans(blocks: &[TreeEntry]) -> Vec<(HashRange, u64)> {
+    let mut sorted = blocks.to_vec();
+    sorted.sort_by_key(|e| e.start);
+    let mut out: Vec<(HashRange, u64)> = Vec::new();
+    for e in sorted {
+        match out.last_mut() {
+            Some((r, count)) if r.end_inclusive.checked_add(1) == Some(e.start) => {
+                r.end_inclusive = e.end_inclusive;
+                *count = count.saturating_add(e.count);
+            }
+            _ => out.push((
+                HashRange {
+                    from: e.start,
+                    end_inclusive: e.end_inclusive,
+                },
+                e.count,
+            )),
+        }
+    }
+    out
+}
+
+/// The ranges in get-ranges requests of at most [`RANGES_PER_REQUEST`] ranges and about
+/// [`PARTITIONS_PER_REQUEST`] partitions each (a range larger than that goes alone).
+fn range_chunks(ranges: &[(HashRange, u64)]) -> Vec<Vec<HashRange>> {
+    let mut out: Vec<Vec<HashRange>> = Vec::new();
+    let mut current: Vec<HashRange> = Vec::new();
+    let mut partitions = 0u64;
+    for &(r, count) in ranges {
+        if !current.is_empty()
+            && (current.len() >= RANGES_PER_REQUEST
+                || partitions.saturating_add(count) > PARTITIONS_PER_REQUEST)
+        {
+            out.push(std::mem::take(&mut current));
+            partitions = 0;
+        }
+        current.push(r);
+        partitions = partitions.saturating_add(count);
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out
+}
+
+/// Whether an update's ranges are each non-empty, in start order and disjoint.
+fn ranges_sorted(update: &BatchUpdate) -> bool {
+    let mut previous_end: Option<u64> = None;
+    for r in &update.ranges {
+        let Some(first) = r.partitions.first() else {
+            return false;
+        };
+        if first.start > r.end_inclusive || previous_end.is_some_and(|end| end >= first.start) {
+            return false;
+        }
+        previous_end = Some(r.end_inclusive);
+    }
+    !update.ranges.is_empty()
+}
+
+/// Counts bytes pulled from a peer.
+fn count_pulled(report: &mut RoundReport, bytes: u64) {
+    report.bytes += bytes;
+    ::metrics::counter!("memds_anti_entropy_bytes_pulled_total").increment(bytes);
+}
+
+/// The bytes an answer took on the wire: its frame, header and rkyv archive (what
+/// `memds_anti_entropy_bytes_pulled_total` counts for every answer a pull reads).
+fn answer_bytes(answer: &Response) -> u64 {
+    (wire::archive_response(answer).len() + wire::FRAME_HEADER_LEN) as u64
+}
+
+/// [`answer_bytes`] of a whole table's answer, without encoding its snapshot again: the
+/// snapshot plus the rest of the frame (exact but for rkyv's padding of the snapshot's bytes
+/// to the archive's alignment, at most 7 bytes).
+fn table_answer_bytes(version: u64, snapshot_len: usize) -> u64 {
+    let rest = answer_bytes(&Response::Table {
+        version,
+        snapshot: Vec::new(),
+    });
+    rest + snapshot_len as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use memds_proto::synth::{self, SynthConfig};
+    use memds_proto::wire::RangeUpdate;
+
+    fn entry(start: u64, end_inclusive: u64, count: u64) -> TreeEntry {
+        TreeEntry {
+            start,
+            end_inclusive,
+            count,
+            digest: start ^ 0xD16E57,
+        }
+    }
+
+    fn digests(entries: Vec<TreeEntry>, truncated: bool) -> TreeDigests {
+        TreeDigests {
+            version: 2,
+            levels: 2,
+            root: 7,
+            entries,
+            truncated,
+        }
+    }
+
+    #[test]
+    fn only_tree_digests_that_tile_the_range_asked_are_used() {
+        let tiles = vec![entry(0, 99, 3), entry(100, 199, 3), entry(200, u64::MAX, 3)];
+        assert_eq!(
+            covered_to(&digests(tiles.clone(), false), 50, 150),
+            Some(u64::MAX)
+        );
+        assert_eq!(
+            covered_to(&digests(tiles[..2].to_vec(), true), 0, u64::MAX),
+            Some(199)
+        );
+        // Not reaching the end without saying truncated, a gap, an overlap, a node that does
+        // not hold the first hash asked, an inverted span, nothing at all.
+        assert_eq!(
+            covered_to(&digests(tiles[..2].to_vec(), false), 0, 500),
+            None
+        );
+        let gap = vec![entry(0, 99, 1), entry(101, u64::MAX, 1)];
+        assert_eq!(covered_to(&digests(gap, false), 0, u64::MAX), None);
+        let overlap = vec![entry(0, 99, 1), entry(50, u64::MAX, 1)];
+        assert_eq!(covered_to(&digests(overlap, false), 0, u64::MAX), None);
+        assert_eq!(
+            covered_to(&digests(tiles[1..].to_vec(), false), 50, 60),
+            None
+        );
+        let inverted = vec![entry(0, 99, 1), entry(200, 100, 1)];
+        assert_eq!(covered_to(&digests(inverted, true), 0, u64::MAX), None);
+        assert_eq!(covered_to(&digests(Vec::new(), true), 0, 10), None);
+    }
+
+    #[test]
+    fn differing_blocks_merge_into_ranges_fetched_in_bounded_requests() {
+        let blocks = vec![entry(300, 399, 5), entry(0, 99, 2), entry(100, 199, 4)];
+        let merged = merge_spans(&blocks);
+        assert_eq!(
+            merged,
+            [
+                (
+                    HashRange {
+                        from: 0,
+                        end_inclusive: 199
+                    },
+                    6
+                ),
+                (
+                    HashRange {
+                        from: 300,
+                        end_inclusive: 399
+                    },
+                    5
+                )
+            ]
+        );
+        let many: Vec<(HashRange, u64)> = (0..3000u64)
+            .map(|i| {
+                (
+                    HashRange {
+                        from: i * 10,
+                        end_inclusive: i * 10 + 5,
+                    },
+                    64,
+                )
+            })
+            .collect();
+        let chunks = range_chunks(&many);
+        assert!(chunks.iter().all(
+            |c| c.len() <= RANGES_PER_REQUEST && c.len() as u64 * 64 <= PARTITIONS_PER_REQUEST
+        ));
+        assert_eq!(chunks.iter().map(Vec::len).sum::<usize>(), 3000);
+        let huge = vec![(many[0].0, u64::MAX), (many[1].0, 1)];
+        assert_eq!(
+            range_chunks(&huge).len(),
+            2,
+            "a range past the bound goes alone"
+        );
+    }
+
+    #[test]
+    fn a_pulled_batch_is_submitted_only_if_it_gives_the_peers_table() {
+        let map = synth::generate_table(
+            &SynthConfig {
+                partitions: 2_000,
+                ..SynthConfig::default()
+            },
+            0,
+        );
+        let mut interner = NodeInterner::default();
+        let ours = CompactTable::new(&map, &mut interner);
+        let update: BatchUpdate = synth::split_update(&map, 700, 1_000_000).into();
+        let theirs = ours.apply(&update, &mut interner).expect("a valid split");
+        let summary = TableSummary {
+            name: map.name().as_str().into(),
+            version: theirs.version().get(),
+            digest: theirs.checksum(),
+            dropped: false,
+        };
+        let right = Expected::new(Some(theirs.digest()), &summary);
+        assert!(ranges_sorted(&update));
+        assert!(would_match(&ours, &update, right));
+        // Another root, another checksum at the summary's version, or a batch that does not
+        // apply here: refused before the writer sees it.
+        assert!(!would_match(
+            &ours,
+            &update,
+            Expected::new(Some(1), &summary)
+        ));
+        let other = TableSummary {
+            digest: 1,
+            ..summary.clone()
+        };
+        assert!(!would_match(&ours, &update, Expected::new(None, &other)));
+        let mut misaligned = update.clone();
+        misaligned.ranges[0].partitions[0].start += 1;
+        assert!(!would_match(&ours, &misaligned, right));
+        let mut unsorted = update.clone();
+        unsorted.ranges.push(RangeUpdate {
+            end_inclusive: 5,
+            partitions: update.ranges[0].partitions.clone(),
+        });
+        assert!(!ranges_sorted(&unsorted));
     }
 }

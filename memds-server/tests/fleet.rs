@@ -1,7 +1,9 @@
 //! The fleet with real processes: three `memds-server` binaries on loopback sharing one
 //! development PKI (`--tls-dir`), peers of each other. Writes reach every server, a server
 //! killed with SIGKILL or paused with SIGSTOP catches up, and a new server is not ready until it
-//! holds what its peers hold.
+//! holds what its peers hold. A server that missed a write pulls only what changed: the peer's
+//! delta, or, when the peers restarted and keep no history, the blocks a Merkle descent finds
+//! different.
 
 mod common;
 
@@ -24,6 +26,8 @@ const CONVERGE: Duration = Duration::from_secs(20);
 
 struct Node {
     child: Option<Child>,
+    /// Arguments besides the fleet's own.
+    args: Vec<String>,
     dir: PathBuf,
     port: u16,
     metrics: Option<SocketAddr>,
@@ -50,6 +54,7 @@ impl Fleet {
         let nodes = (0..n)
             .map(|i| Node {
                 child: None,
+                args: Vec::new(),
                 dir: root.path().join(format!("server-{i}")),
                 port: free_port(),
                 metrics: None,
@@ -83,8 +88,13 @@ impl Fleet {
         for p in &peers {
             cmd.args(["--peer", p]);
         }
+        cmd.args(&node.args);
         let mut child = cmd
-            .env("RUST_LOG", "warn")
+            // `FLEET_LOG=memds_server::fleet=debug` shows what anti-entropy did.
+            .env(
+                "RUST_LOG",
+                std::env::var("FLEET_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -171,6 +181,46 @@ impl Fleet {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The sum over the label sets containing `label` (such as `kind="delta"`, or "" for all)
+    /// of a counter on server `i`'s `/metrics` page (0 if absent).
+    fn counter(&self, i: usize, name: &str, label: &str) -> f64 {
+        let (status, page) = http_get(self.nodes[i].metrics.expect("started"), "/metrics");
+        assert_eq!(status, 200, "{page}");
+        page.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (key, value) = l.rsplit_once(' ')?;
+                let (metric, labels) = key.split_once('{').unwrap_or((key, ""));
+                (metric == name && labels.contains(label))
+                    .then(|| value.trim().parse::<f64>().ok())?
+            })
+            .sum()
+    }
+
+    /// Server `i`'s pulls by kind: (delta, merkle, snapshot).
+    fn pulls(&self, i: usize) -> (f64, f64, f64) {
+        let kind = |k: &str| {
+            self.counter(
+                i,
+                "memds_anti_entropy_pulls_total",
+                &format!("kind=\"{k}\""),
+            )
+        };
+        (kind("delta"), kind("merkle"), kind("snapshot"))
+    }
+
+    /// The checksum server `i` advertises for `name` in its summary.
+    async fn digest(&self, i: usize, name: &str) -> u64 {
+        let c = self.client(i, Role::Admin).await;
+        let s = c.summary().await.expect("summary");
+        c.close();
+        s.tables
+            .iter()
+            .find(|t| t.name == name && !t.dropped)
+            .map(|t| t.digest)
+            .unwrap_or_else(|| panic!("server {i} does not hold {name}"))
     }
 
     async fn wait_ready(&self, i: usize) {
@@ -353,4 +403,108 @@ async fn a_new_server_is_not_ready_until_it_holds_its_peers_tables() {
     assert!(not_ready_seen > 0, "the first poll already found it ready");
     let routes = router.lookup(&name, 42).await.expect("served once ready");
     assert_eq!(routes.table_version, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_missed_a_write_catches_up_by_delta() {
+    let mut fleet = Fleet::new(3);
+    fleet.start_all();
+    for i in 0..3 {
+        fleet.wait_ready(i).await;
+    }
+    let map = table(0, 20_000, 1);
+    let name = map.name().as_str().to_owned();
+    let admin = fleet.client(0, Role::Admin).await;
+    admin.put_table(&map).await.expect("put");
+    fleet.converged(&[1, 2], &name, 1).await;
+
+    // Server 2 is down when a split is written; it restarts on its data directory and asks a
+    // peer for what changed since the version it holds.
+    fleet.kill9(2);
+    admin
+        .update_partitions(split(&map, 500))
+        .await
+        .expect("split");
+    fleet.converged(&[1], &name, 2).await;
+    fleet.start(2);
+    fleet.converged(&[2], &name, 2).await;
+    let (delta, merkle, snapshot) = fleet.pulls(2);
+    assert_eq!((delta, merkle, snapshot), (1.0, 0.0, 0.0), "pulls by kind");
+    let pulled = fleet.counter(2, "memds_anti_entropy_bytes_pulled_total", "");
+    let whole = admin
+        .get_table_snapshot(&name, None)
+        .await
+        .expect("get")
+        .expect("held")
+        .1
+        .len() as f64;
+    eprintln!("caught up by delta: {pulled} bytes pulled, the snapshot is {whole} bytes");
+    assert!(
+        pulled > 0.0 && pulled < 4096.0,
+        "{pulled} bytes for one split"
+    );
+    assert!(
+        pulled * 20.0 < whole,
+        "{pulled} bytes pulled, snapshot {whole}"
+    );
+    assert_eq!(fleet.digest(2, &name).await, fleet.digest(0, &name).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_whose_peers_lost_their_history_catches_up_by_merkle_descent() {
+    let mut fleet = Fleet::new(2);
+    fleet.start_all();
+    fleet.wait_ready(0).await;
+    fleet.wait_ready(1).await;
+    let map = table(0, 100_000, 1);
+    let name = map.name().as_str().to_owned();
+    let admin = fleet.client(0, Role::Admin).await;
+    admin.put_table(&map).await.expect("put");
+    fleet.converged(&[1], &name, 1).await;
+
+    // Server 1 is down when a split arrives at server 0 as a put of the whole table (as an
+    // authority re-putting its map sends it): server 0 keeps no history of what changed (as
+    // after a restart from its checkpoint), so it cannot answer a delta, and server 1, started
+    // again on its data directory, must find the difference itself.
+    fleet.kill9(1);
+    let mut interner = memds_proto::NodeInterner::default();
+    let next = memds_proto::CompactTable::new(&map, &mut interner)
+        .apply(&split(&map, 40_000).into(), &mut interner)
+        .expect("a valid split")
+        .to_map();
+    admin.put_table(&next).await.expect("put");
+    admin.close();
+    let c = fleet.client(0, Role::Admin).await;
+    let no_delta = c
+        .call(&memds_proto::wire::Request::GetDelta {
+            table: name.clone(),
+            since: 1,
+        })
+        .await
+        .expect("get-delta");
+    assert_eq!(
+        no_delta,
+        memds_proto::wire::Response::NoDelta { version: 2 }
+    );
+    c.close();
+    fleet.start(1);
+    fleet.converged(&[1], &name, 2).await;
+    let (delta, merkle, snapshot) = fleet.pulls(1);
+    assert_eq!((delta, merkle, snapshot), (0.0, 1.0, 0.0), "pulls by kind");
+    let pulled = fleet.counter(1, "memds_anti_entropy_bytes_pulled_total", "");
+    let admin = fleet.client(0, Role::Admin).await;
+    let whole = admin
+        .get_table_snapshot(&name, None)
+        .await
+        .expect("get")
+        .expect("held")
+        .1
+        .len() as f64;
+    eprintln!("caught up by Merkle descent: {pulled} bytes pulled, the snapshot is {whole} bytes");
+    assert!(whole > 500_000.0, "the snapshot is {whole} bytes");
+    assert!(
+        pulled > 0.0 && pulled < 65_536.0,
+        "{pulled} bytes for one split"
+    );
+    assert_eq!(fleet.digest(1, &name).await, fleet.digest(0, &name).await);
 }

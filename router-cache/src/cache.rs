@@ -44,7 +44,9 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use crossbeam_queue::ArrayQueue;
 use memds_client::{ClientError, ClientTls, ConnectOptions, Connector, PendingReply};
 use memds_proto::model::MAX_REPLICAS;
-use memds_proto::wire::{self, ErrorCode, ErrorReply, NodeList, Request, Response, Routes};
+use memds_proto::wire::{
+    self, BatchUpdate, ErrorCode, ErrorReply, NodeList, Request, Response, Routes,
+};
 use memds_proto::{MapError, Route, TableName, key_hash};
 use rustc_hash::FxBuildHasher;
 use tokio::sync::{Notify, oneshot, watch};
@@ -52,6 +54,7 @@ use tokio::sync::{Notify, oneshot, watch};
 use crate::fleet::{Fleet, InFlight, Server};
 use crate::ring::RefreshRing;
 use crate::table::{Applied, Check, Snapshot, TableRoutes};
+use crate::whole::WholeCopy;
 
 /// How the cache uses the fleet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,7 +63,9 @@ pub enum Mode {
     ConstantWork,
     /// Only misses reach the fleet (kept to show the difference in experiments). With
     /// `whole_table`, the first touch of a table downloads all of it, as DynamoDB's original
-    /// cache did.
+    /// cache did, and every [`Config::table_refresh`] the table is brought up to date: by the
+    /// delta since the version held when a server can tell it (`get-delta`), else by
+    /// downloading it whole again.
     Classic {
         /// Download the whole table on first touch.
         whole_table: bool,
@@ -99,6 +104,9 @@ pub struct Config {
     pub reconnect_min: Duration,
     /// Longest delay between reconnection attempts.
     pub reconnect_max: Duration,
+    /// Classic whole-table mode: how often each downloaded table is brought up to date (a
+    /// delta since the version held, or the whole table when no server can tell one).
+    pub table_refresh: Duration,
 }
 
 impl Config {
@@ -119,6 +127,7 @@ impl Config {
             max_batch: 1024,
             reconnect_min: Duration::from_millis(20),
             reconnect_max: Duration::from_secs(2),
+            table_refresh: Duration::from_secs(1),
         }
     }
 }
@@ -158,6 +167,11 @@ impl Builder {
     /// Sets the largest batch frame.
     pub fn max_batch(mut self, hashes: usize) -> Self {
         self.config.max_batch = hashes.clamp(1, wire::DEFAULT_MAX_BATCH);
+        self
+    }
+    /// Sets how often Classic whole-table mode brings its downloaded tables up to date.
+    pub fn table_refresh(mut self, every: Duration) -> Self {
+        self.config.table_refresh = every.max(Duration::from_millis(1));
         self
     }
     /// Sets the QUIC options.
@@ -316,6 +330,12 @@ pub struct CacheStats {
     pub servers_up: u64,
     /// Seconds since the least recently confirmed cached route was last confirmed by the fleet.
     pub oldest_unconfirmed_seconds: Option<f64>,
+    /// Classic whole-table mode: tables downloaded whole (on first touch, or on a refresh no
+    /// server could answer with a delta).
+    pub table_downloads: u64,
+    /// Classic whole-table mode: refreshes that brought a table up to date by a delta (only
+    /// the partitions that changed).
+    pub table_deltas: u64,
 }
 
 /// The cache's shared counters (hits and refused refreshes are counted per thread, in
@@ -349,6 +369,10 @@ struct Counters {
     miss_jobs: AtomicU64,
     /// Jobs taken off the queue and finished.
     finished: AtomicU64,
+    /// Whole tables downloaded.
+    table_downloads: AtomicU64,
+    /// Whole-table refreshes done by a delta.
+    table_deltas: AtomicU64,
 }
 
 fn add(c: &AtomicU64, n: u64) {
@@ -424,8 +448,13 @@ struct TableState {
     name: TableName,
     routes: TableRoutes,
     nodes: ArcSwap<NodeList>,
+    /// Held while fetching the node list, and in whole-table mode while downloading or
+    /// refreshing the table.
     nodes_fetch: tokio::sync::Mutex<()>,
     downloaded: AtomicBool,
+    /// Whole-table mode: the version and nodes the downloaded routes were made from (changed
+    /// only with `nodes_fetch` held).
+    whole: Mutex<WholeCopy>,
     /// One more than the newest table version a server has answered with; 0 while none has.
     newest_seen: AtomicU64,
 }
@@ -543,6 +572,13 @@ impl RouterCache {
         });
         tokio::spawn(dispatch(Arc::clone(&inner), shutdown_rx.clone()));
         let cache = Self { inner };
+        if let Mode::Classic { whole_table: true } = config.mode {
+            tokio::spawn(refresh_loop(
+                cache.clone(),
+                config.table_refresh,
+                shutdown_rx.clone(),
+            ));
+        }
         tokio::spawn(crate::metrics::publish_loop(cache.clone(), shutdown_rx));
         Ok(cache)
     }
@@ -622,6 +658,20 @@ impl RouterCache {
         }
     }
 
+    /// Classic whole-table mode: brings every downloaded table up to date now (what the
+    /// cache does every [`Config::table_refresh`]): the delta since the version held when a
+    /// server can tell it, else the whole table. Answers the first table that could not be
+    /// refreshed, with why; the others were refreshed anyway. Other modes: nothing to do.
+    pub async fn refresh_tables(&self) -> Result<(), CacheError> {
+        let mut first_error = None;
+        for t in self.inner.all_tables() {
+            if let Err(e) = self.inner.refresh_table(&t).await {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
     /// Waits until every queued and in-flight lookup has been answered or given up, then
     /// brings the hit snapshots up to date. After `shutdown` it returns at once.
     pub async fn drain(&self) {
@@ -673,6 +723,8 @@ impl RouterCache {
             entries,
             servers_up: self.inner.fleet.up() as u64,
             oldest_unconfirmed_seconds: oldest.map(|t| now.saturating_sub(t) as f64 / 1e9),
+            table_downloads: c.table_downloads.load(Ordering::Relaxed),
+            table_deltas: c.table_deltas.load(Ordering::Relaxed),
         }
     }
 
@@ -730,6 +782,7 @@ impl Inner {
             nodes: ArcSwap::from_pointee(NodeList::default()),
             nodes_fetch: tokio::sync::Mutex::new(()),
             downloaded: AtomicBool::new(false),
+            whole: Mutex::new(WholeCopy::default()),
             newest_seen: AtomicU64::new(0),
         });
         registry.by_id.push(Arc::clone(&t));
@@ -891,6 +944,11 @@ impl Inner {
         if t.downloaded.load(Ordering::SeqCst) {
             return Ok(());
         }
+        self.fetch_whole(t).await
+    }
+
+    /// Downloads the whole table and caches every route of it (with `nodes_fetch` held).
+    async fn fetch_whole(&self, t: &TableState) -> Result<(), CacheError> {
         let deadline = Instant::now() + self.request_timeout;
         let mut tried: Option<usize> = None;
         let mut refusals = Refusals::default();
@@ -950,6 +1008,9 @@ impl Inner {
                         t.routes.insert(Arc::new(compact.route(&e)), now);
                     }
                     add(&self.counters.lookups_sent, compact.len() as u64);
+                    add(&self.counters.table_downloads, 1);
+                    *t.whole.lock().unwrap_or_else(|p| p.into_inner()) =
+                        WholeCopy::downloaded(map.version().get(), compact.node_specs());
                     t.downloaded.store(true, Ordering::SeqCst);
                     return Ok(());
                 }
@@ -975,6 +1036,96 @@ impl Inner {
             }
         }
         Err(self.give_up(&refusals, t))
+    }
+
+    /// Whole-table mode: brings a downloaded table up to date. Asks one server after another
+    /// for the delta since the version held: a delta is applied to the cached routes (the
+    /// routes of its ranges replaced, its nodes added); `not modified` at the version held
+    /// means there is nothing newer; a server that cannot tell (`no delta`), or a delta that
+    /// does not apply to what is held, makes the cache download the whole table. A server
+    /// that is behind, refuses, sheds or sends something malformed is passed over for the
+    /// next; the refresh gives up (until the next one) when every connected server was asked
+    /// or the request timeout passed.
+    async fn refresh_table(&self, t: &TableState) -> Result<(), CacheError> {
+        let _guard = t.nodes_fetch.lock().await;
+        if !t.downloaded.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let held = t.whole.lock().unwrap_or_else(|p| p.into_inner()).version;
+        let Some(held) = held else {
+            return self.fetch_whole(t).await;
+        };
+        let deadline = Instant::now() + self.request_timeout;
+        let mut asked: Vec<usize> = Vec::new();
+        let request = Request::GetDelta {
+            table: t.name.as_str().into(),
+            since: held,
+        };
+        while let Some(server) = self.fleet.pick(&asked) {
+            asked.push(server.index);
+            let in_flight = server.begin();
+            let Ok(answer) =
+                tokio::time::timeout_at(deadline.into(), server.client.call(&request)).await
+            else {
+                break;
+            };
+            drop(in_flight);
+            match answer {
+                Ok(Response::NotModified { version }) if version >= held => return Ok(()),
+                // The server holds an older version than the cache: another may know more.
+                Ok(Response::NotModified { .. }) => {
+                    add(&self.counters.behind, 1);
+                }
+                Ok(Response::Delta(delta)) => match self.apply_delta(t, &delta) {
+                    Ok(()) => return Ok(()),
+                    Err(reason) => {
+                        tracing::info!(server = %server.client.remote_address(), table = %t.name, %reason, "a delta that does not apply to the cached table: downloading it whole");
+                        return self.fetch_whole(t).await;
+                    }
+                },
+                Ok(Response::NoDelta { version }) if version > held => {
+                    return self.fetch_whole(t).await;
+                }
+                Ok(other) => {
+                    let reason = format!(
+                        "answered get-delta with {}",
+                        ClientError::unexpected(&other)
+                    );
+                    refuse(self, &server, &t.name, &reason);
+                }
+                Err(ClientError::Server(e)) if is_refusal(e.code) => self.count_refusal(&e, 1),
+                Err(ClientError::Server(e)) if is_overloaded(e.code) => {
+                    add(&self.counters.overloaded, 1);
+                }
+                Err(ClientError::Server(e)) => return Err(CacheError::Server(e)),
+                Err(_) => {}
+            }
+        }
+        Err(CacheError::Timeout(self.request_timeout, self.fleet.up()))
+    }
+
+    /// Applies a delta to a downloaded table's cached routes: checked whole first
+    /// ([`WholeCopy::delta_routes`]), then each new route inserted (replacing the routes of
+    /// its range, which the new routes cover exactly). Answers why not when it does not apply.
+    fn apply_delta(&self, t: &TableState, delta: &BatchUpdate) -> Result<(), String> {
+        let mut copy = t.whole.lock().unwrap_or_else(|p| p.into_inner());
+        let made = copy.delta_routes(&t.name, delta)?;
+        let now = self.now();
+        let mut changed = 0u64;
+        for route in &made.routes {
+            if t.routes.insert(Arc::new(route.clone()), now) == Applied::Changed {
+                changed += 1;
+            }
+        }
+        add(&self.counters.lookups_sent, made.routes.len() as u64);
+        add(&self.counters.changed, changed);
+        add(&self.counters.table_deltas, 1);
+        copy.advance(delta.version, made.added);
+        drop(copy);
+        t.saw_version(delta.version);
+        self.enforce_capacity(t);
+        t.routes.maybe_rebuild(now, true);
+        Ok(())
     }
 
     /// The error of a request no server answered: overloaded if any server shed it, else the
@@ -1026,6 +1177,19 @@ impl Inner {
             if !t.routes.evict_near(salt) {
                 break;
             }
+        }
+    }
+}
+
+/// Classic whole-table mode: refreshes the downloaded tables every `every` until shutdown.
+async fn refresh_loop(cache: RouterCache, every: Duration, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        if let Err(e) = cache.refresh_tables().await {
+            tracing::debug!(error = %e, "refreshing a downloaded table");
         }
     }
 }

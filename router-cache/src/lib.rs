@@ -54,6 +54,8 @@
 //!   consumer, no locked instruction for the producer).
 //! - `fleet`: one connection per server with jittered reconnects (backing off further from a
 //!   server that closes connections at once); power of two choices.
+//! - `whole`: Classic whole-table mode's record of a downloaded table (version, node list) and
+//!   the routes a delta makes of it, checked whole before any is used: pure, no IO.
 //! - `metrics`: the `memds_router_*` metrics.
 
 pub mod cache;
@@ -61,6 +63,7 @@ mod fleet;
 mod metrics;
 mod ring;
 pub mod table;
+mod whole;
 
 pub use cache::{Builder, CacheError, CacheStats, Config, Invalidate, Mode, RouterCache};
 pub use memds_client::{ClientTls, ConnectOptions, Role};

@@ -55,6 +55,13 @@ pub(crate) fn describe() {
          them were retried on another server (after overloaded, on one other server at most); \
          refreshes shed as overloaded were dropped (memds_router_refreshes_shed_total)."
     );
+    describe_counter!(
+        "memds_router_table_fetches_total",
+        Unit::Count,
+        "Classic whole-table mode: tables fetched, by kind: whole (downloaded whole, on first \
+         touch or when no server could answer a refresh with a delta) or delta (a refresh that \
+         brought only the partitions that changed)."
+    );
     describe_gauge!(
         "memds_router_queue_depth",
         Unit::Count,
@@ -102,6 +109,10 @@ pub(crate) async fn publish_loop(cache: RouterCache, mut shutdown: watch::Receiv
             .absolute(s.unavailable);
         metrics::counter!("memds_router_retries_total", "reason" => "overloaded")
             .absolute(s.overloaded);
+        metrics::counter!("memds_router_table_fetches_total", "kind" => "whole")
+            .absolute(s.table_downloads);
+        metrics::counter!("memds_router_table_fetches_total", "kind" => "delta")
+            .absolute(s.table_deltas);
         metrics::gauge!("memds_router_queue_depth").set(s.queue_depth as f64);
         metrics::gauge!("memds_router_entries").set(s.entries as f64);
         metrics::gauge!("memds_router_servers_up").set(s.servers_up as f64);

@@ -203,6 +203,134 @@ async fn classic_sends_only_misses_and_whole_table_sends_no_lookups() {
     s.shutdown().await;
 }
 
+/// Whether two routes are the same but for the table version they were cached at (a route a
+/// delta did not touch keeps the version it was downloaded at).
+fn same_route(a: &memds_proto::Route, b: &memds_proto::Route) -> bool {
+    (
+        a.partition,
+        a.start,
+        a.end_inclusive,
+        a.epoch,
+        a.leader,
+        &a.replicas,
+    ) == (
+        b.partition,
+        b.start,
+        b.end_inclusive,
+        b.epoch,
+        b.leader,
+        &b.replicas,
+    )
+}
+
+/// Waits (bounded) until the cache's stats satisfy `done`.
+async fn stats_until(
+    c: &RouterCache,
+    what: &str,
+    done: impl Fn(&router_cache::CacheStats) -> bool,
+) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let st = c.stats();
+        if done(&st) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: {st:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_table_mode_refreshes_by_delta_and_downloads_only_when_no_delta_is_known() {
+    let dir = temp_dir("whole-delta");
+    let s = server(dir.clone(), None, "127.0.0.1:0".parse().expect("addr")).await;
+    let tls = dir.join("tls");
+    let admin = admin(&tls, s.quic_addr).await;
+    let m = map(3000);
+    admin.put_table(&m).await.expect("put");
+    let name = m.name().as_str();
+    let c = RouterCache::builder(
+        vec![s.quic_addr],
+        ClientTls::from_dir(&tls, Role::Router).expect("tls"),
+    )
+    .mode(Mode::Classic { whole_table: true })
+    .table_refresh(Duration::from_millis(100))
+    .hedge_delay(Duration::from_secs(30))
+    .request_timeout(Duration::from_secs(5))
+    .build()
+    .await
+    .expect("cache starts");
+    let lookups_before = server_lookups(&admin).await;
+
+    // First touch: the whole table. Refreshes of an unchanged table fetch nothing.
+    let probe = hashes(5, 400);
+    for &h in &probe {
+        assert_eq!(*c.route_hash(name, h).await.expect("route"), m.route(h));
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let st = c.stats();
+    assert_eq!((st.table_downloads, st.table_deltas), (1, 0), "{st:?}");
+    assert_eq!(st.entries, 3000);
+
+    // One split: the next refresh brings that one change, and lookups see it.
+    let index = 1234;
+    let update = memds_proto::synth::split_update(&m, index, 1_000_000);
+    let mid = update.partitions[1].start;
+    let (left, right) = (m.partitions()[index].start, m.end_inclusive(index));
+    admin.update_partitions(update).await.expect("split");
+    let split = admin
+        .get_table(name, None)
+        .await
+        .expect("get")
+        .expect("held");
+    stats_until(&c, "a refresh by delta", |st| st.table_deltas == 1).await;
+    let st = c.stats();
+    assert_eq!(
+        st.table_downloads, 1,
+        "no whole download for one split: {st:?}"
+    );
+    assert_eq!(st.entries, 3001, "{st:?}");
+    for h in probe.iter().copied().chain([left, mid - 1, mid, right]) {
+        let got = c.route_hash(name, h).await.expect("route");
+        let want = split.route(h);
+        assert!(same_route(&got, &want), "hash {h}: {got:?}, want {want:?}");
+    }
+    let right_half = c.route_hash(name, mid).await.expect("route");
+    assert_eq!(
+        (right_half.partition.get(), right_half.version.get()),
+        (1_000_000, split.version().get())
+    );
+
+    // The next split arrives as a put of the whole table, which leaves the server no delta
+    // to tell: the cache downloads it whole.
+    let mut interner = memds_proto::NodeInterner::default();
+    let next = memds_proto::CompactTable::new(&split, &mut interner)
+        .apply(
+            &memds_proto::synth::split_update(&split, 77, 2_000_000).into(),
+            &mut interner,
+        )
+        .expect("a valid split")
+        .to_map();
+    admin.put_table(&next).await.expect("put");
+    stats_until(&c, "a whole download after a put", |st| {
+        st.table_downloads == 2
+    })
+    .await;
+    let st = c.stats();
+    assert_eq!(st.table_deltas, 1, "{st:?}");
+    for &h in &probe {
+        let got = c.route_hash(name, h).await.expect("route");
+        assert!(same_route(&got, &next.route(h)), "hash {h}");
+    }
+    assert_eq!(
+        server_lookups(&admin).await - lookups_before,
+        0,
+        "whole-table mode sent no lookups"
+    );
+    c.shutdown();
+    s.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_split_reaches_the_cache_within_one_request_and_old_answers_never_win() {
     let dir = temp_dir("split");
