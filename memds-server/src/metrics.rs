@@ -246,7 +246,12 @@ fn describe() {
     describe_counter!(
         "memds_anti_entropy_bytes_pulled_total",
         Unit::Bytes,
-        "Snapshot bytes pulled from peers."
+        "Bytes of every answer anti-entropy pulled from peers, as framed on the wire."
+    );
+    describe_counter!(
+        "memds_anti_entropy_pulls_total",
+        Unit::Count,
+        "Tables anti-entropy pulled, by kind: delta, merkle (differing blocks) or snapshot."
     );
     describe_counter!(
         "memds_digest_mismatches_total",
