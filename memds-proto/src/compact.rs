@@ -1969,7 +1969,9 @@ impl CompactTable {
     /// What changed since version `since`, as the update that turns the table at `since` into
     /// this one: the current partitions of every range changed since (ranges changed by
     /// several versions merged), and the nodes added or replaced. `None` when the history does
-    /// not reach back to `since` (a restart or a put-table since, or too long ago), or when the
+    /// not reach back to `since` (a put-table since, more than [`HISTORY_VERSIONS`] changes ago,
+    /// or before the last checkpoint a restart recovered from: replaying the log after it
+    /// rebuilds the history of what it holds), or when the
     /// delta would hold more than an eighth of the table (the snapshot is then the better
     /// answer). Applying the delta to the table at `since` gives this table exactly: a range
     /// changed by any update since is replaced whole, and partitions outside every such range
