@@ -14,6 +14,8 @@ fn bench_map_json_has_every_figure_and_consistent_values() {
         "2",
         "--lookups",
         "20000",
+        "--updates",
+        "200",
         "--json",
     ]);
     let num = |k: &str| common::num(&report, k);
@@ -26,9 +28,13 @@ fn bench_map_json_has_every_figure_and_consistent_values() {
         "lookup_ns_p50",
         "lookup_ns_p99",
         "baseline_lookup_ns_p50",
-        "split_update_seconds",
+        "update_us_p50",
+        "update_us_p99",
+        "rebuild_update_seconds",
         "table_build_seconds",
-        "split_vs_build",
+        "storm_splits",
+        "storm_seconds",
+        "storm_partitions_per_s",
         "scrub_seconds",
         "scrub_bytes",
         "scrub_ms_per_100_mb",
@@ -36,6 +42,8 @@ fn bench_map_json_has_every_figure_and_consistent_values() {
         assert!(num(k) > 0.0, "{k} = {}", num(k));
     }
     assert!(num("lookup_ns_p99") >= num("lookup_ns_p50"));
+    assert!(num("update_us_p99") >= num("update_us_p50"));
+    assert_eq!(num("updates"), 200.0);
     // Memory is measured by the allocator, and the structure's own estimate must agree with it:
     // a gap would mean one of them misses something.
     let (measured, estimated) = (
