@@ -82,7 +82,7 @@ use rand::seq::index;
 use serde::Serialize;
 
 use crate::embedded::{self, Embedded, SERVER_THREAD, SharedPki, threads_cpu_seconds};
-use crate::histogram;
+use crate::histogram::{self, median};
 
 /// Largest request frame the embedded servers of this bench accept (a 10M-partition put).
 pub(crate) const MAX_FRAME_BYTES: usize = 1 << 30;
@@ -1056,14 +1056,6 @@ fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
         .map_or("", |(_, b)| b)
         .to_owned();
     Ok((status, body))
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn print_table(r: &Report) {

@@ -32,6 +32,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
+use crate::histogram::median;
 use crate::{alloc, histogram};
 
 /// Options of `bench-map`.
@@ -531,14 +532,6 @@ fn time_batches(
         naive_ns.push(start.elapsed().as_nanos() as f64 / BATCH as f64);
     }
     (median(&mut compact_ns), median(&mut naive_ns))
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn print_table(r: &Report) {

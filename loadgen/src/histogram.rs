@@ -24,3 +24,12 @@ pub(crate) fn timer_overhead_ns() -> f64 {
     samples.sort_unstable();
     samples[samples.len() / 2] as f64
 }
+
+/// The median of some figures (the upper one of an even count; 0 for none).
+pub(crate) fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
