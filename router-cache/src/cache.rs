@@ -107,6 +107,10 @@ pub struct Config {
     /// Classic whole-table mode: how often each downloaded table is brought up to date (a
     /// delta since the version held, or the whole table when no server can tell one).
     pub table_refresh: Duration,
+    /// A value for a `router` label on every metric this cache publishes, for a process that
+    /// runs several caches (the load generator's simulated routers): without it their series
+    /// would overwrite each other. `None` (the default) publishes the series without it.
+    pub metrics_instance: Option<String>,
 }
 
 impl Config {
@@ -128,6 +132,7 @@ impl Config {
             reconnect_min: Duration::from_millis(20),
             reconnect_max: Duration::from_secs(2),
             table_refresh: Duration::from_secs(1),
+            metrics_instance: None,
         }
     }
 }
@@ -186,6 +191,12 @@ impl Builder {
     /// server. Call after [`Builder::connect_options`], which replaces it.
     pub fn max_snapshot_bytes(mut self, bytes: u64) -> Self {
         self.config.connect.max_snapshot_bytes = bytes;
+        self
+    }
+    /// Labels every metric this cache publishes with `router="<name>"` (see
+    /// [`Config::metrics_instance`]).
+    pub fn metrics_instance(mut self, name: impl Into<String>) -> Self {
+        self.config.metrics_instance = Some(name.into());
         self
     }
     /// The configuration so far.
@@ -509,6 +520,8 @@ struct Inner {
     started: Instant,
     shutdown: watch::Sender<bool>,
     idle: tokio::sync::Notify,
+    /// The labels every metric of this cache carries.
+    metrics: crate::metrics::Labels,
 }
 
 /// The route cache a request router links. Cheap to clone; call [`RouterCache::shutdown`] when
@@ -569,6 +582,7 @@ impl RouterCache {
             started: Instant::now(),
             shutdown,
             idle: tokio::sync::Notify::new(),
+            metrics: crate::metrics::Labels::new(config.metrics_instance.as_deref()),
         });
         tokio::spawn(dispatch(Arc::clone(&inner), shutdown_rx.clone()));
         let cache = Self { inner };
@@ -579,7 +593,11 @@ impl RouterCache {
                 shutdown_rx.clone(),
             ));
         }
-        tokio::spawn(crate::metrics::publish_loop(cache.clone(), shutdown_rx));
+        tokio::spawn(crate::metrics::publish_loop(
+            cache.clone(),
+            cache.inner.metrics.clone(),
+            shutdown_rx,
+        ));
         Ok(cache)
     }
 
@@ -1570,7 +1588,7 @@ async fn run_batch(inner: Arc<Inner>, batch: Arc<Batch>) {
         }
         let outcome = match answer {
             Ok(Response::Routes(routes)) => {
-                crate::metrics::round_trip(sent.elapsed());
+                inner.metrics.round_trip(sent.elapsed());
                 apply(&inner, &batch, &server, routes, subset.as_deref(), until).await
             }
             Ok(Response::Error(e)) if is_refusal(e.code) => Err(Unapplied::Refused(e)),

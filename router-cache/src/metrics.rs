@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use metrics::{Label, Unit, describe_counter, describe_gauge, describe_histogram};
 use tokio::sync::watch;
 
 use crate::RouterCache;
@@ -85,39 +85,75 @@ pub(crate) fn describe() {
     );
 }
 
-/// Records one batch round trip.
-pub(crate) fn round_trip(d: Duration) {
-    metrics::histogram!("memds_router_round_trip_seconds").record(d.as_secs_f64());
+/// The labels every series of one cache carries: none, or `router="<instance>"`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Labels(Vec<Label>);
+
+impl Labels {
+    /// Labels for a cache with this `metrics_instance`.
+    pub(crate) fn new(instance: Option<&str>) -> Self {
+        Self(
+            instance
+                .map(|i| Label::new("router", i.to_owned()))
+                .into_iter()
+                .collect(),
+        )
+    }
+
+    /// These labels and one more.
+    fn with(&self, key: &'static str, value: &'static str) -> Vec<Label> {
+        let mut labels = self.0.clone();
+        labels.push(Label::new(key, value));
+        labels
+    }
+
+    /// Records one batch round trip.
+    pub(crate) fn round_trip(&self, d: Duration) {
+        metrics::histogram!("memds_router_round_trip_seconds", self.0.iter())
+            .record(d.as_secs_f64());
+    }
 }
 
 /// Publishes the cache's counters every second until shutdown.
-pub(crate) async fn publish_loop(cache: RouterCache, mut shutdown: watch::Receiver<bool>) {
+pub(crate) async fn publish_loop(
+    cache: RouterCache,
+    labels: Labels,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let base = &labels.0;
+    let counter = |name: &'static str, value: u64| {
+        metrics::counter!(name, base.iter()).absolute(value);
+    };
+    let labelled = |name: &'static str, key: &'static str, label: &'static str, value: u64| {
+        metrics::counter!(name, labels.with(key, label).iter()).absolute(value);
+    };
+    let gauge = |name: &'static str, value: f64| {
+        metrics::gauge!(name, base.iter()).set(value);
+    };
     loop {
         cache.refresh_snapshots();
         let s = cache.stats();
-        metrics::counter!("memds_router_requests_total", "result" => "hit").absolute(s.hits);
-        metrics::counter!("memds_router_requests_total", "result" => "miss").absolute(s.misses);
-        metrics::counter!("memds_router_requests_total", "result" => "error").absolute(s.errors);
-        metrics::counter!("memds_router_lookups_sent_total").absolute(s.lookups_sent);
-        metrics::counter!("memds_router_hedged_total").absolute(s.hedged);
-        metrics::counter!("memds_router_refreshes_changed_total").absolute(s.refreshes_changed);
-        metrics::counter!("memds_router_dropped_total").absolute(s.dropped);
-        metrics::counter!("memds_router_refreshes_shed_total").absolute(s.refreshes_shed);
-        metrics::counter!("memds_router_protocol_errors_total").absolute(s.protocol_errors);
-        metrics::counter!("memds_router_retries_total", "reason" => "behind").absolute(s.behind);
-        metrics::counter!("memds_router_retries_total", "reason" => "unavailable")
-            .absolute(s.unavailable);
-        metrics::counter!("memds_router_retries_total", "reason" => "overloaded")
-            .absolute(s.overloaded);
-        metrics::counter!("memds_router_table_fetches_total", "kind" => "whole")
-            .absolute(s.table_downloads);
-        metrics::counter!("memds_router_table_fetches_total", "kind" => "delta")
-            .absolute(s.table_deltas);
-        metrics::gauge!("memds_router_queue_depth").set(s.queue_depth as f64);
-        metrics::gauge!("memds_router_entries").set(s.entries as f64);
-        metrics::gauge!("memds_router_servers_up").set(s.servers_up as f64);
-        metrics::gauge!("memds_router_oldest_unconfirmed_seconds")
-            .set(s.oldest_unconfirmed_seconds.unwrap_or(0.0));
+        labelled("memds_router_requests_total", "result", "hit", s.hits);
+        labelled("memds_router_requests_total", "result", "miss", s.misses);
+        labelled("memds_router_requests_total", "result", "error", s.errors);
+        counter("memds_router_lookups_sent_total", s.lookups_sent);
+        counter("memds_router_hedged_total", s.hedged);
+        counter("memds_router_refreshes_changed_total", s.refreshes_changed);
+        counter("memds_router_dropped_total", s.dropped);
+        counter("memds_router_refreshes_shed_total", s.refreshes_shed);
+        counter("memds_router_protocol_errors_total", s.protocol_errors);
+        labelled("memds_router_retries_total", "reason", "behind", s.behind);
+        labelled("memds_router_retries_total", "reason", "unavailable", s.unavailable);
+        labelled("memds_router_retries_total", "reason", "overloaded", s.overloaded);
+        labelled("memds_router_table_fetches_total", "kind", "whole", s.table_downloads);
+        labelled("memds_router_table_fetches_total", "kind", "delta", s.table_deltas);
+        gauge("memds_router_queue_depth", s.queue_depth as f64);
+        gauge("memds_router_entries", s.entries as f64);
+        gauge("memds_router_servers_up", s.servers_up as f64);
+        gauge(
+            "memds_router_oldest_unconfirmed_seconds",
+            s.oldest_unconfirmed_seconds.unwrap_or(0.0),
+        );
         tokio::select! {
             _ = shutdown.wait_for(|s| *s) => return,
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
