@@ -13,6 +13,9 @@ use memds_proto::model::TableSpec;
 use memds_proto::synth::{self, SynthConfig};
 use memds_server::{Limits, RunningServer, ServerConfig};
 
+/// Fleets of real `memds-server` processes, peers of each other.
+pub mod peers;
+
 /// A fresh, empty directory under the system temp dir, unique to this test process and call.
 pub fn temp_dir(name: &str) -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
