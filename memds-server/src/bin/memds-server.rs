@@ -64,10 +64,13 @@ fn main() -> anyhow::Result<()> {
         .thread_name("memds-server")
         .build()?;
     runtime.block_on(async move {
+        // The handler is installed before the server starts: once the announcement is out (and
+        // `/health` answers), a supervisor may send SIGTERM at any moment, and the default
+        // action would kill the process instead of stopping it gracefully.
+        let mut term = signal(SignalKind::terminate())?;
         let server = memds_server::start(config).await?;
         println!("{}", server.announcement());
         tracing::info!(quic = %server.quic_addr, metrics = ?server.metrics_addr, "serving");
-        let mut term = signal(SignalKind::terminate())?;
         tokio::select! {
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}
