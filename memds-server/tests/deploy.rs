@@ -276,7 +276,7 @@ fn every_flag_given_to_the_binaries_is_one_they_accept() {
         "pki create-ca",
         "pki create-server",
         "pki create-client",
-        "stats",
+        "fleet-status",
     ] {
         assert!(
             lines
