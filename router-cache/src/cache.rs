@@ -36,28 +36,30 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::cache::Cache;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use crossbeam_queue::ArrayQueue;
-use memds_client::{ClientError, ClientTls, ConnectOptions, Connector, PendingReply};
+use memds_client::{ClientError, ClientTls, ConnectOptions, Connector, DeltaAnswer, PendingReply};
 use memds_proto::model::MAX_REPLICAS;
 use memds_proto::wire::{
     self, BatchUpdate, ErrorCode, ErrorReply, NodeList, Request, Response, Routes,
 };
-use memds_proto::{MapError, Route, TableName, key_hash};
+use memds_proto::{MapError, Route, TableMap, TableName, key_hash};
 use rustc_hash::FxBuildHasher;
 use tokio::sync::{Notify, oneshot, watch};
 
+use crate::explain::{CachedRoute, DumpCounts, Explanation, TableDump, WarmKind, Warmed};
 use crate::fleet::{Fleet, InFlight, Server};
 use crate::ring::RefreshRing;
-use crate::table::{Applied, Check, Snapshot, TableRoutes};
+use crate::table::{Applied, Check, RouteRecord, RouteSource, Snapshot, TableRoutes};
 use crate::whole::WholeCopy;
 
 /// How the cache uses the fleet.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Mode {
     /// Every call sends one lookup to the fleet, hit or miss: fleet load equals router traffic.
     ConstantWork,
@@ -347,6 +349,16 @@ pub struct CacheStats {
     /// Classic whole-table mode: refreshes that brought a table up to date by a delta (only
     /// the partitions that changed).
     pub table_deltas: u64,
+    /// Warms ([`RouterCache::warm`]) that succeeded, of every kind.
+    pub warms: u64,
+    /// Of them, warms by a delta since the cached copy's version.
+    pub warm_deltas: u64,
+    /// Of them, warms that found nothing newer than the cached copy.
+    pub warms_not_modified: u64,
+    /// Warms that failed (no server answered: refused, shed, timed out, or an error answer).
+    pub warm_failures: u64,
+    /// Routes warms inserted or replaced ([`Warmed::changed`] summed).
+    pub warm_routes: u64,
 }
 
 /// The cache's shared counters (hits and refused refreshes are counted per thread, in
@@ -384,6 +396,12 @@ struct Counters {
     table_downloads: AtomicU64,
     /// Whole-table refreshes done by a delta.
     table_deltas: AtomicU64,
+    /// Warms by kind, failed warms, and the routes warms changed.
+    warms_whole: AtomicU64,
+    warm_deltas: AtomicU64,
+    warms_not_modified: AtomicU64,
+    warm_failures: AtomicU64,
+    warm_routes: AtomicU64,
 }
 
 fn add(c: &AtomicU64, n: u64) {
@@ -459,15 +477,21 @@ struct TableState {
     name: TableName,
     routes: TableRoutes,
     nodes: ArcSwap<NodeList>,
-    /// Held while fetching the node list, and in whole-table mode while downloading or
-    /// refreshing the table.
+    /// Held while fetching the node list, and while downloading, refreshing or warming the
+    /// table.
     nodes_fetch: tokio::sync::Mutex<()>,
     downloaded: AtomicBool,
-    /// Whole-table mode: the version and nodes the downloaded routes were made from (changed
-    /// only with `nodes_fetch` held).
+    /// The version and nodes the routes of the last whole-table download or warm (and the
+    /// deltas since) were made from. Set with `nodes_fetch` held, and held itself while those
+    /// routes are inserted, so `clear` (which resets it) never leaves a copy that claims
+    /// routes the cache no longer has.
     whole: Mutex<WholeCopy>,
     /// One more than the newest table version a server has answered with; 0 while none has.
     newest_seen: AtomicU64,
+    /// The batches of lookups of this table the dispatcher has sent and not finished with,
+    /// for `explain` (`refresh_queued`): added when a batch is made, removed when it is done.
+    /// Per batch, never per lookup, and never touched by a hit.
+    in_flight: Mutex<Vec<Weak<Batch>>>,
 }
 
 impl TableState {
@@ -483,6 +507,39 @@ impl TableState {
         self.newest_seen
             .fetch_max(version.saturating_add(1), Ordering::AcqRel);
     }
+
+    /// Whether a server holding `version` is behind what the cache has seen.
+    fn is_behind(&self, version: u64) -> bool {
+        self.newest_version().is_some_and(|newest| version < newest)
+    }
+
+    fn copy(&self) -> std::sync::MutexGuard<'_, WholeCopy> {
+        // Every change of the copy is one assignment; a poisoned lock holds a whole copy.
+        self.whole.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, Vec<Weak<Batch>>> {
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The hashes of the lookups in the batches in flight, sorted.
+    fn hashes_in_flight(&self) -> Vec<u64> {
+        let mut hashes: Vec<u64> = self
+            .in_flight()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .flat_map(|b| b.hashes.clone())
+            .collect();
+        hashes.sort_unstable();
+        hashes
+    }
+}
+
+/// Whether a sorted list of hashes has one in `[start, end]`.
+fn any_within(sorted: &[u64], start: u64, end: u64) -> bool {
+    sorted
+        .get(sorted.partition_point(|&h| h < start))
+        .is_some_and(|&h| h <= end)
 }
 
 /// One queued lookup.
@@ -499,6 +556,8 @@ struct Inner {
     /// them).
     closed: AtomicBool,
     capacity: usize,
+    /// The largest snapshot a whole-table download or warm accepts, uncompressed.
+    max_snapshot_bytes: u64,
     request_timeout: Duration,
     hedge_delay: Duration,
     max_batch: usize,
@@ -567,6 +626,7 @@ impl RouterCache {
             mode: config.mode,
             closed: AtomicBool::new(false),
             capacity: config.capacity.max(1),
+            max_snapshot_bytes: config.connect.max_snapshot_bytes,
             request_timeout: config.request_timeout,
             hedge_delay: config.hedge_delay,
             max_batch: config.max_batch.clamp(1, wire::DEFAULT_MAX_BATCH),
@@ -661,7 +721,9 @@ impl RouterCache {
     /// Applies a corrected route a storage node returned; ignored if older than what is cached.
     pub fn apply_route(&self, route: Route) -> bool {
         let t = self.inner.table(&route.table);
-        let applied = t.routes.insert(Arc::new(route), self.inner.now());
+        let applied =
+            t.routes
+                .insert_from(Arc::new(route), self.inner.now(), RouteSource::Correction);
         self.inner.enforce_capacity(&t);
         applied == Applied::Changed
     }
@@ -671,6 +733,9 @@ impl RouterCache {
     /// never hands out routes older than those it handed out before the flush.
     pub fn clear(&self) {
         for t in self.inner.all_tables() {
+            // The copy goes with the routes made from it: the next warm or download is whole.
+            let mut copy = t.copy();
+            *copy = WholeCopy::default();
             t.routes.clear();
             t.downloaded.store(false, Ordering::SeqCst);
         }
@@ -688,6 +753,128 @@ impl RouterCache {
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// Fills the cache with a table's routes in one request, in any mode: the whole table (one
+    /// get-table, as Classic whole-table mode downloads it), or, when the cache holds a copy of
+    /// the table from an earlier warm or whole-table download, the delta since that copy's
+    /// version (one get-delta; the whole table only when the server cannot tell the delta or
+    /// it does not apply, and nothing at all when the server holds nothing newer). No lookups:
+    /// the fleet's lookup counters do not move.
+    ///
+    /// The routes go through the same staleness rules as every answer (a newer cached route
+    /// is never replaced; a partition a storage node called wrong at that epoch is not
+    /// cached again), are recorded as [`RouteSource::Warm`], and raise the newest version seen.
+    /// A server holding an older version than the newest the cache has seen is refused as
+    /// `behind` and another is asked, as for lookups: a warm never moves the cache backwards.
+    ///
+    /// Capacity: the routes are inserted one by one, and past [`Config::capacity`] each one
+    /// evicts a pseudo-random route, as any insertion does; so a table with more partitions
+    /// than the capacity leaves `capacity` routes spread over the table (some of them routes
+    /// cached before the warm), and [`Warmed::evicted`] says how many went. Memory never holds
+    /// more than the capacity of routes (and the decoded snapshot, while it is applied).
+    ///
+    /// It waits (within [`Config::request_timeout`]) for a connected server, and asks another
+    /// one when a server refuses (`behind`, `unavailable`), sheds it (`overloaded`, a second
+    /// server shedding it fails the warm), sends something malformed, or fails. In Classic
+    /// whole-table mode a warm counts as the table's download (refreshed every
+    /// [`Config::table_refresh`] from then on).
+    pub async fn warm(&self, table: &str) -> Result<Warmed, CacheError> {
+        let inner = &self.inner;
+        let c = &inner.counters;
+        let t = match TableName::new(table) {
+            Ok(name) => inner.table(&name),
+            Err(e) => {
+                add(&c.warm_failures, 1);
+                return Err(CacheError::InvalidTable(e));
+            }
+        };
+        let warmed = {
+            let _guard = t.nodes_fetch.lock().await;
+            let held = t.copy().version;
+            inner.fetch_table(&t, held, RouteSource::Warm).await
+        };
+        match &warmed {
+            Ok(w) => {
+                add(&c.warm_routes, w.changed);
+                match w.kind {
+                    WarmKind::Whole => add(&c.warms_whole, 1),
+                    WarmKind::Delta => add(&c.warm_deltas, 1),
+                    WarmKind::NotModified => add(&c.warms_not_modified, 1),
+                }
+            }
+            Err(_) => add(&c.warm_failures, 1),
+        }
+        warmed
+    }
+
+    /// Why a lookup of `key` in `table` gets the answer it gets, from the cache alone (nothing
+    /// is sent, nothing changes). See [`Explanation`].
+    pub fn explain(&self, table: &str, key: &[u8]) -> Explanation {
+        self.explain_hash(table, key_hash(key))
+    }
+
+    /// [`RouterCache::explain`] for a hash.
+    pub fn explain_hash(&self, table: &str, hash: u64) -> Explanation {
+        let inner = &self.inner;
+        let mut explanation = Explanation {
+            table: table.to_owned(),
+            hash,
+            mode: inner.mode,
+            table_known: false,
+            newest_version: None,
+            route: None,
+            refresh_queued: false,
+            invalidated: None,
+        };
+        let Some(t) = inner.find(table) else {
+            return explanation;
+        };
+        let described = t.routes.describe(hash);
+        let in_flight = t.hashes_in_flight();
+        let now = inner.now();
+        explanation.route = described
+            .route
+            .map(|r| inner.cached_route(r, &in_flight, now));
+        explanation.refresh_queued = match &explanation.route {
+            Some(r) => r.refresh_queued,
+            None => any_within(&in_flight, hash, hash),
+        };
+        explanation.table_known = true;
+        explanation.newest_version = t.newest_version();
+        explanation.invalidated = described.invalidated;
+        explanation
+    }
+
+    /// Every cached route of a table with its bookkeeping, from the cache alone; `None` if the
+    /// cache has never seen the table. See [`TableDump`].
+    pub fn dump(&self, table: &str) -> Option<TableDump> {
+        let inner = &self.inner;
+        let t = inner.find(table)?;
+        let copy_version = t.copy().version;
+        let (records, invalidated) = t.routes.records();
+        let in_flight = t.hashes_in_flight();
+        let now = inner.now();
+        let mut counts = DumpCounts {
+            invalidated: invalidated.len() as u64,
+            ..DumpCounts::default()
+        };
+        let routes: Vec<CachedRoute> = records
+            .into_iter()
+            .map(|r| inner.cached_route(r, &in_flight, now))
+            .inspect(|r| counts.count(r))
+            .collect();
+        let nodes = t.nodes.load();
+        Some(TableDump {
+            table: table.to_owned(),
+            mode: inner.mode,
+            newest_version: t.newest_version(),
+            nodes_digest: (!nodes.nodes.is_empty()).then_some(nodes.digest),
+            copy_version,
+            counts,
+            routes,
+            invalidated,
+        })
     }
 
     /// Waits until every queued and in-flight lookup has been answered or given up, then
@@ -722,6 +909,11 @@ impl RouterCache {
             .iter()
             .filter_map(|t| t.routes.oldest_confirmation())
             .min();
+        // Read once each: the published `warms_total{result="whole"}` is the total less the
+        // others, and must never go down.
+        let warms_whole = c.warms_whole.load(Ordering::Relaxed);
+        let warm_deltas = c.warm_deltas.load(Ordering::Relaxed);
+        let warms_not_modified = c.warms_not_modified.load(Ordering::Relaxed);
         CacheStats {
             hits: self.inner.per_thread_sum(|t| &t.hits),
             misses: c.misses.load(Ordering::Relaxed),
@@ -743,6 +935,11 @@ impl RouterCache {
             oldest_unconfirmed_seconds: oldest.map(|t| now.saturating_sub(t) as f64 / 1e9),
             table_downloads: c.table_downloads.load(Ordering::Relaxed),
             table_deltas: c.table_deltas.load(Ordering::Relaxed),
+            warms: warms_whole + warm_deltas + warms_not_modified,
+            warm_deltas,
+            warms_not_modified,
+            warm_failures: c.warm_failures.load(Ordering::Relaxed),
+            warm_routes: c.warm_routes.load(Ordering::Relaxed),
         }
     }
 
@@ -758,6 +955,19 @@ impl RouterCache {
 impl Inner {
     fn now(&self) -> u64 {
         self.started.elapsed().as_nanos() as u64
+    }
+
+    /// A route's bookkeeping as explained, given the sorted hashes in flight and `now`.
+    fn cached_route(&self, r: RouteRecord, in_flight: &[u64], now: u64) -> CachedRoute {
+        CachedRoute {
+            refresh_queued: any_within(in_flight, r.route.start, r.route.end_inclusive),
+            route: Route::clone(&r.route),
+            source: r.source,
+            confirmed_ago: r
+                .confirmed_at
+                .map(|at| Duration::from_nanos(now.saturating_sub(at))),
+            confirmed_version: r.confirmed_version,
+        }
     }
 
     /// The table's state, if the cache has seen the table.
@@ -802,6 +1012,7 @@ impl Inner {
             downloaded: AtomicBool::new(false),
             whole: Mutex::new(WholeCopy::default()),
             newest_seen: AtomicU64::new(0),
+            in_flight: Mutex::new(Vec::new()),
         });
         registry.by_id.push(Arc::clone(&t));
         registry
@@ -952,24 +1163,79 @@ impl Inner {
         }
     }
 
-    /// Classic mode's first touch: the whole table, from one server. A server that refuses
-    /// (behind, not ready) or sends a table older than a version the cache has seen is not
-    /// asked again; the download fails once every connected server has refused. One that sheds
-    /// it (`overloaded`) is not asked again either, and a second one shedding it fails the
-    /// download ([`CacheError::Overloaded`]).
+    /// Classic mode's first touch: the whole table, from one server (see
+    /// [`Inner::fetch_table`]).
     async fn download(&self, t: &TableState) -> Result<(), CacheError> {
         let _guard = t.nodes_fetch.lock().await;
         if t.downloaded.load(Ordering::SeqCst) {
             return Ok(());
         }
-        self.fetch_whole(t).await
+        let fetched = self.fetch_table(t, None, RouteSource::WholeTable).await?;
+        self.count_whole_table(&fetched);
+        Ok(())
     }
 
-    /// Downloads the whole table and caches every route of it (with `nodes_fetch` held).
-    async fn fetch_whole(&self, t: &TableState) -> Result<(), CacheError> {
+    /// Whole-table mode: brings a downloaded table up to date, by the delta since the version
+    /// held when a server can tell it, else whole (see [`Inner::fetch_table`]).
+    async fn refresh_table(&self, t: &TableState) -> Result<(), CacheError> {
+        let _guard = t.nodes_fetch.lock().await;
+        if !t.downloaded.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let held = t.copy().version;
+        let fetched = self.fetch_table(t, held, RouteSource::WholeTable).await?;
+        self.count_whole_table(&fetched);
+        Ok(())
+    }
+
+    /// Counts what a fetch of Classic whole-table mode brought.
+    fn count_whole_table(&self, fetched: &Warmed) {
+        let c = &self.counters;
+        add(&c.lookups_sent, fetched.routes);
+        match fetched.kind {
+            WarmKind::Whole => add(&c.table_downloads, 1),
+            WarmKind::Delta => {
+                add(&c.changed, fetched.changed);
+                add(&c.table_deltas, 1);
+            }
+            WarmKind::NotModified => {}
+        }
+    }
+
+    /// Brings the table's copy up to date from the fleet, with `nodes_fetch` held: the delta
+    /// since version `since` if given, else (or when a server cannot tell that delta, or it
+    /// does not apply to the copy) the whole table; the routes are recorded as from `source`.
+    /// Shared by Classic whole-table mode's download and refresh and by `warm`.
+    ///
+    /// It waits for a connected server within the request timeout. A server that refuses
+    /// (behind, not ready) or whose answer is older than a version the cache has seen (a
+    /// table, a delta, or `not modified` at an older version) is not asked again; the fetch
+    /// fails once every connected server has refused. One that sheds it (`overloaded`) is not
+    /// asked again either, and a second one shedding it fails the fetch
+    /// ([`CacheError::Overloaded`]). One that fails or sends something malformed (a snapshot
+    /// over the limit or damaged, an answer of another kind) is avoided while another is up.
+    async fn fetch_table(
+        &self,
+        t: &TableState,
+        since: Option<u64>,
+        source: RouteSource,
+    ) -> Result<Warmed, CacheError> {
+        let mut since = since;
         let deadline = Instant::now() + self.request_timeout;
         let mut tried: Option<usize> = None;
         let mut refusals = Refusals::default();
+        // An answer older than what the cache holds or has seen: refused as `behind`.
+        let behind = |refusals: &mut Refusals, server: usize, held: Option<u64>, what: String| {
+            let reply = ErrorReply::new(
+                ErrorCode::Behind,
+                format!(
+                    "{what}, older than the {} already seen",
+                    t.newest_version().max(held).unwrap_or_default()
+                ),
+            );
+            self.count_refusal(&reply, 1);
+            refusals.add(server, reply);
+        };
         while Instant::now() < deadline && !refusals.all(self.fleet.len()) {
             let Some(server) = self
                 .fleet
@@ -977,7 +1243,7 @@ impl Inner {
                 .or_else(|| self.fleet.pick(&refusals.shunned()))
             else {
                 if !refusals.shunned().is_empty() {
-                    // Every connected server refused or shed the download.
+                    // Every connected server refused or shed the fetch.
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -989,50 +1255,92 @@ impl Inner {
                 tokio::time::sleep(left.min(Duration::from_millis(10))).await;
             }
             tried = Some(server.index);
-            // A server that never answers must not hold the download, and the lock every miss
-            // on the table waits for, past the deadline.
-            let Ok(answer) = tokio::time::timeout_at(
-                deadline.into(),
-                server.client.get_table(t.name.as_str(), None),
-            )
-            .await
-            else {
+            let name = t.name.as_str();
+            let in_flight = server.begin();
+            // A server that never answers must not hold the fetch, and the lock every miss on
+            // the table may wait for, past the deadline.
+            let answer = tokio::time::timeout_at(deadline.into(), async {
+                match since {
+                    Some(held) => server
+                        .client
+                        .get_delta(name, held)
+                        .await
+                        .map(Fetched::Delta),
+                    None => server
+                        .client
+                        .get_table_snapshot(name, None)
+                        .await
+                        .map(Fetched::Table),
+                }
+            })
+            .await;
+            drop(in_flight);
+            let Ok(answer) = answer else {
                 break;
             };
             match answer {
-                Ok(Some(map))
-                    if t.newest_version()
-                        .is_some_and(|newest| map.version().get() < newest) =>
-                {
-                    let reply = ErrorReply::new(
-                        ErrorCode::Behind,
-                        format!(
-                            "sent version {} of the table, older than the {} already seen",
-                            map.version().get(),
-                            t.newest_version().unwrap_or_default()
-                        ),
-                    );
-                    self.count_refusal(&reply, 1);
-                    refusals.add(server.index, reply);
-                }
-                Ok(Some(map)) => {
-                    t.saw_version(map.version().get());
-                    let now = self.now();
-                    let compact = memds_proto::CompactTable::new(
-                        &map,
-                        &mut memds_proto::NodeInterner::default(),
-                    );
-                    for e in compact.iter() {
-                        t.routes.insert(Arc::new(compact.route(&e)), now);
+                Ok(Fetched::Table(Some((_, bytes)))) => match self.decode(t, &bytes) {
+                    Err(reason) => refuse(self, &server, &t.name, &reason),
+                    Ok(map) if t.is_behind(map.version().get()) => behind(
+                        &mut refusals,
+                        server.index,
+                        since,
+                        format!("sent version {} of the table", map.version().get()),
+                    ),
+                    Ok(map) => {
+                        let mut fetched = self.install_whole(t, &map, source);
+                        fetched.bytes = Some(bytes.len() as u64);
+                        return Ok(fetched);
                     }
-                    add(&self.counters.lookups_sent, compact.len() as u64);
-                    add(&self.counters.table_downloads, 1);
-                    *t.whole.lock().unwrap_or_else(|p| p.into_inner()) =
-                        WholeCopy::downloaded(map.version().get(), compact.node_specs());
-                    t.downloaded.store(true, Ordering::SeqCst);
-                    return Ok(());
+                },
+                Ok(Fetched::Table(None)) => {
+                    let reason = "answered an unconditional get-table with not modified";
+                    refuse(self, &server, &t.name, reason);
                 }
-                Ok(None) => return Ok(()),
+                Ok(Fetched::Delta(DeltaAnswer::Delta(delta))) if t.is_behind(delta.version) => {
+                    behind(
+                        &mut refusals,
+                        server.index,
+                        since,
+                        format!("sent a delta to version {}", delta.version),
+                    );
+                }
+                Ok(Fetched::Delta(DeltaAnswer::Delta(delta))) => {
+                    match self.apply_delta(t, &delta, source) {
+                        Ok(fetched) => return Ok(fetched),
+                        Err(reason) => {
+                            tracing::info!(server = %server.client.remote_address(), table = %t.name, %reason, "a delta that does not apply to the cached table: fetching it whole");
+                            since = None;
+                            tried = None;
+                        }
+                    }
+                }
+                Ok(Fetched::Delta(
+                    DeltaAnswer::NotModified(version) | DeltaAnswer::NoDelta(version),
+                )) if since.is_some_and(|held| version < held) || t.is_behind(version) => {
+                    behind(
+                        &mut refusals,
+                        server.index,
+                        since,
+                        format!("holds version {version} of the table"),
+                    );
+                }
+                Ok(Fetched::Delta(DeltaAnswer::NotModified(version))) => {
+                    return Ok(Warmed {
+                        kind: WarmKind::NotModified,
+                        version: since.unwrap_or(version),
+                        routes: 0,
+                        changed: 0,
+                        evicted: 0,
+                        bytes: None,
+                    });
+                }
+                // The server cannot tell what changed since the copy: the whole table, from
+                // any server (this one is not avoided: it did not fail).
+                Ok(Fetched::Delta(DeltaAnswer::NoDelta(_))) => {
+                    since = None;
+                    tried = None;
+                }
                 Err(ClientError::Server(e)) if is_refusal(e.code) => {
                     self.count_refusal(&e, 1);
                     refusals.add(server.index, e);
@@ -1045,8 +1353,8 @@ impl Inner {
                     }
                 }
                 Err(ClientError::Server(e)) => return Err(CacheError::Server(e)),
-                // A snapshot over the limit (or damaged, or of another table) is refused before
-                // it is used; another server may send one that is not.
+                // Damaged, of another table, or of another kind: refused before it is used;
+                // another server may send one that is not.
                 Err(e @ (ClientError::Snapshot(_) | ClientError::Protocol(_))) => {
                     refuse(self, &server, &t.name, &e.to_string());
                 }
@@ -1056,94 +1364,85 @@ impl Inner {
         Err(self.give_up(&refusals, t))
     }
 
-    /// Whole-table mode: brings a downloaded table up to date. Asks one server after another
-    /// for the delta since the version held: a delta is applied to the cached routes (the
-    /// routes of its ranges replaced, its nodes added); `not modified` at the version held
-    /// means there is nothing newer; a server that cannot tell (`no delta`), or a delta that
-    /// does not apply to what is held, makes the cache download the whole table. A server
-    /// that is behind, refuses, sheds or sends something malformed is passed over for the
-    /// next; the refresh gives up (until the next one) when every connected server was asked
-    /// or the request timeout passed.
-    async fn refresh_table(&self, t: &TableState) -> Result<(), CacheError> {
-        let _guard = t.nodes_fetch.lock().await;
-        if !t.downloaded.load(Ordering::SeqCst) {
-            return Ok(());
+    /// Decodes a whole-table snapshot a server sent for `t`: within the snapshot limit, and
+    /// of that table (another table's map would be cached as this one's).
+    fn decode(&self, t: &TableState, bytes: &[u8]) -> Result<TableMap, String> {
+        let map = memds_proto::snapshot::decode(bytes, self.max_snapshot_bytes)
+            .map_err(|e| ClientError::Snapshot(e).to_string())?;
+        if map.name() != &t.name {
+            return Err(format!(
+                "asked for table {:?}, the snapshot holds {:?}",
+                t.name.as_str(),
+                map.name().as_str()
+            ));
         }
-        let held = t.whole.lock().unwrap_or_else(|p| p.into_inner()).version;
-        let Some(held) = held else {
-            return self.fetch_whole(t).await;
-        };
-        let deadline = Instant::now() + self.request_timeout;
-        let mut asked: Vec<usize> = Vec::new();
-        let request = Request::GetDelta {
-            table: t.name.as_str().into(),
-            since: held,
-        };
-        while let Some(server) = self.fleet.pick(&asked) {
-            asked.push(server.index);
-            let in_flight = server.begin();
-            let Ok(answer) =
-                tokio::time::timeout_at(deadline.into(), server.client.call(&request)).await
-            else {
-                break;
-            };
-            drop(in_flight);
-            match answer {
-                Ok(Response::NotModified { version }) if version >= held => return Ok(()),
-                // The server holds an older version than the cache: another may know more.
-                Ok(Response::NotModified { .. }) => {
-                    add(&self.counters.behind, 1);
-                }
-                Ok(Response::Delta(delta)) => match self.apply_delta(t, &delta) {
-                    Ok(()) => return Ok(()),
-                    Err(reason) => {
-                        tracing::info!(server = %server.client.remote_address(), table = %t.name, %reason, "a delta that does not apply to the cached table: downloading it whole");
-                        return self.fetch_whole(t).await;
-                    }
-                },
-                Ok(Response::NoDelta { version }) if version > held => {
-                    return self.fetch_whole(t).await;
-                }
-                Ok(other) => {
-                    let reason = format!(
-                        "answered get-delta with {}",
-                        ClientError::unexpected(&other)
-                    );
-                    refuse(self, &server, &t.name, &reason);
-                }
-                Err(ClientError::Server(e)) if is_refusal(e.code) => self.count_refusal(&e, 1),
-                Err(ClientError::Server(e)) if is_overloaded(e.code) => {
-                    add(&self.counters.overloaded, 1);
-                }
-                Err(ClientError::Server(e)) => return Err(CacheError::Server(e)),
-                Err(_) => {}
-            }
-        }
-        Err(CacheError::Timeout(self.request_timeout, self.fleet.up()))
+        Ok(map)
     }
 
-    /// Applies a delta to a downloaded table's cached routes: checked whole first
-    /// ([`WholeCopy::delta_routes`]), then each new route inserted (replacing the routes of
-    /// its range, which the new routes cover exactly). Answers why not when it does not apply.
-    fn apply_delta(&self, t: &TableState, delta: &BatchUpdate) -> Result<(), String> {
-        let mut copy = t.whole.lock().unwrap_or_else(|p| p.into_inner());
-        let made = copy.delta_routes(&t.name, delta)?;
+    /// Caches every route of a whole table (through the staleness rules, within capacity) and
+    /// makes it the table's copy.
+    fn install_whole(&self, t: &TableState, map: &TableMap, source: RouteSource) -> Warmed {
+        let version = map.version().get();
+        t.saw_version(version);
+        let compact =
+            memds_proto::CompactTable::new(map, &mut memds_proto::NodeInterner::default());
         let now = self.now();
-        let mut changed = 0u64;
-        for route in &made.routes {
-            if t.routes.insert(Arc::new(route.clone()), now) == Applied::Changed {
+        let mut copy = t.copy();
+        let (mut changed, mut evicted) = (0, 0);
+        for e in compact.iter() {
+            let route = Arc::new(compact.route(&e));
+            if t.routes.insert_from(route, now, source) == Applied::Changed {
                 changed += 1;
+                evicted += self.enforce_capacity(t);
             }
         }
-        add(&self.counters.lookups_sent, made.routes.len() as u64);
-        add(&self.counters.changed, changed);
-        add(&self.counters.table_deltas, 1);
+        *copy = WholeCopy::downloaded(version, compact.node_specs());
+        drop(copy);
+        if let Mode::Classic { whole_table: true } = self.mode {
+            t.downloaded.store(true, Ordering::SeqCst);
+        }
+        t.routes.maybe_rebuild(now, true);
+        Warmed {
+            kind: WarmKind::Whole,
+            version,
+            routes: compact.len() as u64,
+            changed,
+            evicted,
+            bytes: None,
+        }
+    }
+
+    /// Applies a delta to the table's copy and cached routes: checked whole first
+    /// ([`WholeCopy::delta_routes`]), then each new route inserted (replacing the routes of
+    /// its range, which the new routes cover exactly). Answers why not when it does not apply.
+    fn apply_delta(
+        &self,
+        t: &TableState,
+        delta: &BatchUpdate,
+        source: RouteSource,
+    ) -> Result<Warmed, String> {
+        let mut copy = t.copy();
+        let made = copy.delta_routes(&t.name, delta)?;
+        let now = self.now();
+        let (mut changed, mut evicted) = (0, 0);
+        for route in &made.routes {
+            if t.routes.insert_from(Arc::new(route.clone()), now, source) == Applied::Changed {
+                changed += 1;
+                evicted += self.enforce_capacity(t);
+            }
+        }
         copy.advance(delta.version, made.added);
         drop(copy);
         t.saw_version(delta.version);
-        self.enforce_capacity(t);
         t.routes.maybe_rebuild(now, true);
-        Ok(())
+        Ok(Warmed {
+            kind: WarmKind::Delta,
+            version: delta.version,
+            routes: made.routes.len() as u64,
+            changed,
+            evicted,
+            bytes: None,
+        })
     }
 
     /// The error of a request no server answered: overloaded if any server shed it, else the
@@ -1188,15 +1487,28 @@ impl Inner {
             .saturating_sub(finished)
     }
 
-    fn enforce_capacity(&self, t: &TableState) {
+    /// Evicts pseudo-random routes while the table holds more than the capacity; answers how
+    /// many.
+    fn enforce_capacity(&self, t: &TableState) -> u64 {
         let mut salt = self.now();
+        let mut evicted = 0;
         while t.routes.len() > self.capacity {
             salt = salt.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(1);
             if !t.routes.evict_near(salt) {
                 break;
             }
+            evicted += 1;
         }
+        evicted
     }
+}
+
+/// A server's answer to [`Inner::fetch_table`]'s request.
+enum Fetched {
+    /// To a get-delta.
+    Delta(DeltaAnswer),
+    /// To a get-table: the version and snapshot bytes, or not modified.
+    Table(Option<(u64, Vec<u8>)>),
 }
 
 /// Classic whole-table mode: refreshes the downloaded tables every `every` until shutdown.
@@ -1321,6 +1633,9 @@ struct Batch {
     hashes: Vec<u64>,
     /// How many of the hashes are refreshes (hits) rather than misses.
     refreshes: u64,
+    /// Which of the hashes are misses (the others are refreshes): what an inserted route is
+    /// recorded as coming from.
+    is_miss: Vec<bool>,
     waiters: Mutex<Vec<Option<Waiter>>>,
     deadline: Instant,
     /// The servers that refused the batch (or its hedge), or shed it: none is asked again for
@@ -1455,16 +1770,20 @@ fn send_batch(inner: &Arc<Inner>, table: Arc<TableState>, jobs: Vec<Job>) {
     }
     // A batch of refreshes only has no deadline to keep: it is not retried.
     let deadline = deadline.unwrap_or_else(Instant::now);
-    let refreshes = waiters.iter().filter(|w| w.is_none()).count() as u64;
+    let is_miss: Vec<bool> = waiters.iter().map(Option::is_some).collect();
+    let refreshes = is_miss.iter().filter(|&&m| !m).count() as u64;
     let batch = Arc::new(Batch {
         table,
         hashes,
         refreshes,
+        is_miss,
         waiters: Mutex::new(waiters),
         deadline,
         refusals: Mutex::new(Refusals::default()),
         hedge_sent: AtomicBool::new(false),
     });
+    // For `explain`: one push per batch (and one removal when it is done), never per lookup.
+    batch.table.in_flight().push(Arc::downgrade(&batch));
     tokio::spawn(run_batch(Arc::clone(inner), batch));
 }
 
@@ -1672,6 +1991,10 @@ async fn run_batch(inner: Arc<Inner>, batch: Arc<Batch>) {
             batch.complete(i, Err(error.clone()));
         }
     }
+    batch
+        .table
+        .in_flight()
+        .retain(|b| b.strong_count() > 0 && !std::ptr::eq(b.as_ptr(), Arc::as_ptr(&batch)));
     inner.job_done(batch.hashes.len() as u64);
 }
 
@@ -1850,11 +2173,16 @@ async fn apply(
     let mut changed = 0;
     for (k, route) in resolved {
         let route = Arc::new(route);
-        if t.routes.insert(Arc::clone(&route), now) == Applied::Changed {
+        let i = index_of(k);
+        let source = if batch.is_miss[i] {
+            RouteSource::Miss
+        } else {
+            RouteSource::Refresh
+        };
+        if t.routes.insert_from(Arc::clone(&route), now, source) == Applied::Changed {
             changed += 1;
         }
         // A waiting miss gets the answer even if the cache kept something newer.
-        let i = index_of(k);
         let answer = t.routes.get(batch.hashes[i]).unwrap_or(route);
         batch.complete(i, Ok(answer));
     }

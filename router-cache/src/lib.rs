@@ -30,6 +30,24 @@
 //! at once (`BUSY`); the cache's reconnection backoff starts over only after a connection that
 //! lasted, so such a server is tried again ever less often rather than every few milliseconds.
 //!
+//! Warm start and explanations. [`RouterCache::warm`] fills the cache with a table's routes
+//! in one request and no lookups, in any mode: the whole table's snapshot (one get-table, as
+//! Classic whole-table mode downloads it), or, once the cache holds a copy from an earlier warm
+//! or download, the delta since that copy (one get-delta; whole again only when the server
+//! cannot tell it). The routes go through the same staleness rules as every answer, a server
+//! behind the newest version the cache has seen is refused and another asked, and past
+//! [`Config::capacity`] each route evicts a pseudo-random one; [`Warmed`] says what came
+//! (counted in [`CacheStats::warms`] and `memds_router_warms_total{result}`).
+//! [`RouterCache::explain`] (and `explain_hash`) says, from the cache alone, why a key gets the
+//! route it gets: the cached route, where it came from ([`RouteSource`]: a miss, a refresh that
+//! changed it, a storage node's correction, a warm, a whole-table download), how long ago and
+//! at which table version the fleet last confirmed it, whether a lookup of it is in flight to
+//! the fleet, what a storage node called wrong there, the newest version seen and the mode.
+//! [`RouterCache::dump`] lists every cached route of a table the same way ([`TableDump`]). All
+//! three are `serde::Serialize`, for a router to print as JSON. The hit path does nothing
+//! more for them: sources are recorded where routes are inserted, and what is in flight is
+//! recorded by the dispatcher once per batch.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use router_cache::{ClientTls, Mode, RouterCache, Role};
@@ -46,19 +64,24 @@
 //!
 //! # Layout
 //!
-//! - [`table`]: the cached routes of one table (floor lookup, staleness rules, invalidation):
-//!   pure data structure, no IO, no clock.
+//! - [`table`]: the cached routes of one table (floor lookup, staleness rules, invalidation,
+//!   each route's source and confirmations): pure data structure, no IO, no clock.
 //! - [`cache`]: [`RouterCache`], its builder and config, the hit and miss paths, the dispatcher
-//!   that batches lookups, hedging, and applying answers.
+//!   that batches lookups, hedging, and applying answers; fetching a whole table or a delta
+//!   (Classic whole-table mode and `warm` share it); `explain` and `dump`.
+//! - [`explain`]: what `explain`, `dump` and `warm` answer ([`Explanation`], [`TableDump`],
+//!   [`Warmed`]): plain serializable data.
 //! - `ring`: the per-thread ring a hit queues its refresh lookup on (single producer, single
 //!   consumer, no locked instruction for the producer).
 //! - `fleet`: one connection per server with jittered reconnects (backing off further from a
 //!   server that closes connections at once); power of two choices.
-//! - `whole`: Classic whole-table mode's record of a downloaded table (version, node list) and
-//!   the routes a delta makes of it, checked whole before any is used: pure, no IO.
+//! - `whole`: the record of a table fetched whole (Classic whole-table mode's download, or a
+//!   warm: version, node list) and the routes a delta makes of it, checked whole before any is
+//!   used: pure, no IO.
 //! - `metrics`: the `memds_router_*` metrics.
 
 pub mod cache;
+pub mod explain;
 mod fleet;
 mod metrics;
 mod ring;
@@ -66,5 +89,7 @@ pub mod table;
 mod whole;
 
 pub use cache::{Builder, CacheError, CacheStats, Config, Invalidate, Mode, RouterCache};
+pub use explain::{CachedRoute, DumpCounts, Explanation, TableDump, WarmKind, Warmed};
 pub use memds_client::{ClientTls, ConnectOptions, Role};
 pub use memds_proto::{Route, key_hash};
+pub use table::{Invalidated, RouteSource};

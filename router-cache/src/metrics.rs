@@ -62,6 +62,18 @@ pub(crate) fn describe() {
          touch or when no server could answer a refresh with a delta) or delta (a refresh that \
          brought only the partitions that changed)."
     );
+    describe_counter!(
+        "memds_router_warms_total",
+        Unit::Count,
+        "RouterCache::warm calls, by result: whole (one get-table), delta (one get-delta since \
+         the cached copy), not_modified (nothing newer than the cached copy) or failed (no \
+         server answered)."
+    );
+    describe_counter!(
+        "memds_router_warm_routes_total",
+        Unit::Count,
+        "Routes warms inserted or replaced in the cache."
+    );
     describe_gauge!(
         "memds_router_queue_depth",
         Unit::Count,
@@ -143,10 +155,46 @@ pub(crate) async fn publish_loop(
         counter("memds_router_refreshes_shed_total", s.refreshes_shed);
         counter("memds_router_protocol_errors_total", s.protocol_errors);
         labelled("memds_router_retries_total", "reason", "behind", s.behind);
-        labelled("memds_router_retries_total", "reason", "unavailable", s.unavailable);
-        labelled("memds_router_retries_total", "reason", "overloaded", s.overloaded);
-        labelled("memds_router_table_fetches_total", "kind", "whole", s.table_downloads);
-        labelled("memds_router_table_fetches_total", "kind", "delta", s.table_deltas);
+        labelled(
+            "memds_router_retries_total",
+            "reason",
+            "unavailable",
+            s.unavailable,
+        );
+        labelled(
+            "memds_router_retries_total",
+            "reason",
+            "overloaded",
+            s.overloaded,
+        );
+        labelled(
+            "memds_router_table_fetches_total",
+            "kind",
+            "whole",
+            s.table_downloads,
+        );
+        labelled(
+            "memds_router_table_fetches_total",
+            "kind",
+            "delta",
+            s.table_deltas,
+        );
+        let whole_warms = s.warms - s.warm_deltas - s.warms_not_modified;
+        labelled("memds_router_warms_total", "result", "whole", whole_warms);
+        labelled("memds_router_warms_total", "result", "delta", s.warm_deltas);
+        labelled(
+            "memds_router_warms_total",
+            "result",
+            "not_modified",
+            s.warms_not_modified,
+        );
+        labelled(
+            "memds_router_warms_total",
+            "result",
+            "failed",
+            s.warm_failures,
+        );
+        counter("memds_router_warm_routes_total", s.warm_routes);
         gauge("memds_router_queue_depth", s.queue_depth as f64);
         gauge("memds_router_entries", s.entries as f64);
         gauge("memds_router_servers_up", s.servers_up as f64);

@@ -15,11 +15,16 @@
 //! partition id the epoch decides, and at the same epoch (a leader moved, which need not bump
 //! it) the table version; for overlapping routes of different partitions the table version
 //! decides. Versions are compared against the highest version that confirmed the cached route.
+//!
+//! Bookkeeping for explanations (`RouterCache::explain`, `RouterCache::dump`): each route keeps
+//! where it came from ([`RouteSource`], set when it is inserted and never changed by a
+//! confirmation), the highest version that confirmed it, when the fleet last confirmed it, and
+//! each invalidated partition the range it had. [`TableRoutes::describe`] and
+//! [`TableRoutes::records`] read them under the read lock; the hit path never touches them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
-use std::sync::atomic::AtomicBool;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use arc_swap::ArcSwapOption;
@@ -27,14 +32,113 @@ use memds_proto::Route;
 use memds_proto::radix::RadixIndex;
 use memds_proto::wire::WireRoute;
 
+/// Where a cached route came from: what inserted it (or replaced what was cached before).
+/// Confirmations of an unchanged route do not change it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteSource {
+    /// The fleet's answer to a miss.
+    Miss,
+    /// The fleet's answer to a hit's refresh lookup (ConstantWork), which changed the route.
+    Refresh,
+    /// A storage node's corrected route (`RouterCache::apply_route`); not confirmed by the
+    /// fleet until a later answer confirms it.
+    Correction,
+    /// `RouterCache::warm`: a whole-table snapshot or a delta asked for by the router.
+    Warm,
+    /// Classic whole-table mode: the table's download, or a delta of its periodic refresh.
+    WholeTable,
+}
+
 /// A cached route and its bookkeeping.
 #[derive(Debug)]
 struct Entry {
     route: Arc<Route>,
     /// The highest table version an answer confirmed this route at.
     seen_version: AtomicU64,
-    /// When the fleet last confirmed the route (caller's clock, nanoseconds).
+    /// When the fleet last confirmed the route (caller's clock, nanoseconds); for a storage
+    /// node's correction the fleet has not confirmed yet, when it was inserted.
     confirmed_at: AtomicU64,
+    /// What inserted the route.
+    source: RouteSource,
+    /// Whether the fleet has confirmed the route: false only for a correction until an answer
+    /// of the fleet confirms it.
+    fleet_confirmed: AtomicBool,
+}
+
+impl Entry {
+    fn new(route: Arc<Route>, now: u64, source: RouteSource) -> Self {
+        Self {
+            seen_version: AtomicU64::new(route.version.get()),
+            route,
+            confirmed_at: AtomicU64::new(now),
+            source,
+            fleet_confirmed: AtomicBool::new(source != RouteSource::Correction),
+        }
+    }
+
+    /// Records an answer that confirmed the route unchanged at `version`: the fleet's, or
+    /// (`by_fleet` false) a storage node's correction.
+    fn confirm(&self, version: u64, now: u64, by_fleet: bool) {
+        self.seen_version.fetch_max(version, Ordering::Relaxed);
+        // A storage node's word is not the fleet's: it raises the version (so older answers
+        // stay older) but is not counted as a confirmation.
+        if by_fleet {
+            self.confirmed_at.fetch_max(now, Ordering::Relaxed);
+            self.fleet_confirmed.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn record(&self) -> RouteRecord {
+        RouteRecord {
+            route: Arc::clone(&self.route),
+            source: self.source,
+            confirmed_version: self.seen_version.load(Ordering::Relaxed),
+            confirmed_at: self
+                .fleet_confirmed
+                .load(Ordering::Relaxed)
+                .then(|| self.confirmed_at.load(Ordering::Relaxed)),
+        }
+    }
+}
+
+/// A cached route and its bookkeeping, as read by [`TableRoutes::describe`] and
+/// [`TableRoutes::records`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteRecord {
+    /// The route.
+    pub route: Arc<Route>,
+    /// What inserted it.
+    pub source: RouteSource,
+    /// The highest table version that confirmed it (at first, the version it was cached at).
+    pub confirmed_version: u64,
+    /// When the fleet last confirmed it (the caller's clock); `None` for a storage node's
+    /// correction the fleet has not confirmed yet.
+    pub confirmed_at: Option<u64>,
+}
+
+/// A partition a storage node called wrong, and the range its route had.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Invalidated {
+    /// The partition.
+    pub partition: u64,
+    /// The highest epoch of it called wrong: an answer at that epoch or below is not cached.
+    pub epoch: u64,
+    /// The first hash of the route that was removed.
+    pub start: u64,
+    /// The last hash of the route that was removed.
+    pub end_inclusive: u64,
+}
+
+/// What the cache holds for one hash: the route holding it, and the partition a storage node
+/// called wrong there, if any.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Described {
+    /// The cached route holding the hash.
+    pub route: Option<RouteRecord>,
+    /// The cached route's partition if a storage node called it wrong; with no route, the
+    /// invalidated partition whose removed route held the hash (the highest epoch if several).
+    pub invalidated: Option<Invalidated>,
 }
 
 #[derive(Debug, Default)]
@@ -43,8 +147,9 @@ struct Routes {
     start_of_id: HashMap<u64, u64>,
     /// Partitions a storage node called wrong, with the highest epoch it called wrong: an
     /// answer at that epoch or below (one the fleet produced before it learned of the change,
-    /// arriving late) must not bring the route back. Bounded by [`MAX_INVALIDATED`].
-    invalidated: HashMap<u64, u64>,
+    /// arriving late) must not bring the route back, and the range of the route removed.
+    /// Bounded by [`MAX_INVALIDATED`].
+    invalidated: HashMap<u64, Invalidated>,
 }
 
 /// The most invalidated partitions remembered per table; past it an arbitrary one is forgotten
@@ -56,18 +161,30 @@ impl Routes {
     fn called_wrong(&self, partition: u64, epoch: u64) -> bool {
         self.invalidated
             .get(&partition)
-            .is_some_and(|&e| epoch <= e)
+            .is_some_and(|i| epoch <= i.epoch)
     }
 
-    fn remember_invalidated(&mut self, partition: u64, epoch: u64) {
+    /// Removes the route at `start` as called wrong at `epoch`.
+    fn remove_invalidated(&mut self, start: u64, epoch: u64) {
+        let Some(e) = self.by_start.remove(&start) else {
+            return;
+        };
+        let partition = e.route.partition.get();
+        self.start_of_id.remove(&partition);
         if !self.invalidated.contains_key(&partition)
             && self.invalidated.len() >= MAX_INVALIDATED
             && let Some(&forget) = self.invalidated.keys().next()
         {
             self.invalidated.remove(&forget);
         }
-        let e = self.invalidated.entry(partition).or_insert(epoch);
-        *e = (*e).max(epoch);
+        let i = self.invalidated.entry(partition).or_insert(Invalidated {
+            partition,
+            epoch,
+            start,
+            end_inclusive: e.route.end_inclusive,
+        });
+        i.epoch = i.epoch.max(epoch);
+        (i.start, i.end_inclusive) = (start, e.route.end_inclusive);
     }
 }
 
@@ -220,8 +337,7 @@ impl TableRoutes {
                     .map(|x| x.id.get())
                     .eq(replica_ids.iter().copied())
             {
-                e.seen_version.fetch_max(version, Ordering::Relaxed);
-                e.confirmed_at.fetch_max(now, Ordering::Relaxed);
+                e.confirm(version, now, true);
                 return Check::Confirmed;
             }
         }
@@ -235,8 +351,16 @@ impl TableRoutes {
     }
 
     /// Inserts a route unless something newer overlaps it; older overlapping routes are removed.
-    /// A route whose start is after its end holds no hash and is not inserted.
+    /// A route whose start is after its end holds no hash and is not inserted. Recorded as
+    /// [`RouteSource::Miss`]; see [`TableRoutes::insert_from`].
     pub fn insert(&self, route: Arc<Route>, now: u64) -> Applied {
+        self.insert_from(route, now, RouteSource::Miss)
+    }
+
+    /// [`TableRoutes::insert`], recording where the route came from. A route equal to the
+    /// cached one only confirms it (and keeps its source); a [`RouteSource::Correction`] does
+    /// not count as the fleet's confirmation.
+    pub fn insert_from(&self, route: Arc<Route>, now: u64, source: RouteSource) -> Applied {
         let version = route.version.get();
         let (start, end) = (route.start, route.end_inclusive);
         // Routes come from outside (a storage node's correction through
@@ -263,8 +387,7 @@ impl TableRoutes {
         if let Some(e) = routes.by_start.get(&start)
             && *e.route == *route
         {
-            e.seen_version.fetch_max(version, Ordering::Relaxed);
-            e.confirmed_at.fetch_max(now, Ordering::Relaxed);
+            e.confirm(version, now, source != RouteSource::Correction);
             return Applied::Confirmed;
         }
         self.changed(!overlap.is_empty());
@@ -275,14 +398,9 @@ impl TableRoutes {
             }
         }
         routes.start_of_id.insert(route.partition.get(), start);
-        routes.by_start.insert(
-            start,
-            Entry {
-                route,
-                seen_version: AtomicU64::new(version),
-                confirmed_at: AtomicU64::new(now),
-            },
-        );
+        routes
+            .by_start
+            .insert(start, Entry::new(route, now, source));
         Applied::Changed
     }
 
@@ -296,11 +414,8 @@ impl TableRoutes {
         if hash > e.route.end_inclusive || e.route.epoch.get() > observed_epoch {
             return false;
         }
-        let id = e.route.partition.get();
         self.changed(true);
-        routes.by_start.remove(&start);
-        routes.start_of_id.remove(&id);
-        routes.remember_invalidated(id, observed_epoch);
+        routes.remove_invalidated(start, observed_epoch);
         true
     }
 
@@ -316,9 +431,7 @@ impl TableRoutes {
             .is_some_and(|e| e.route.epoch.get() <= observed_epoch);
         if stale {
             self.changed(true);
-            routes.by_start.remove(&start);
-            routes.start_of_id.remove(&id);
-            routes.remember_invalidated(id, observed_epoch);
+            routes.remove_invalidated(start, observed_epoch);
         }
         stale
     }
@@ -332,6 +445,40 @@ impl TableRoutes {
             std::mem::take(&mut *routes)
         };
         drop(taken);
+    }
+
+    /// The route holding `hash` with its bookkeeping, and what a storage node called wrong
+    /// there. Read lock only; the hit snapshot is not consulted.
+    pub fn describe(&self, hash: u64) -> Described {
+        let routes = self.read();
+        let route = routes
+            .by_start
+            .range(..=hash)
+            .next_back()
+            .filter(|(_, e)| hash <= e.route.end_inclusive)
+            .map(|(_, e)| e.record());
+        let invalidated = match &route {
+            Some(r) => routes.invalidated.get(&r.route.partition.get()).copied(),
+            None => routes
+                .invalidated
+                .values()
+                .filter(|i| i.start <= hash && hash <= i.end_inclusive)
+                .max_by_key(|i| (i.epoch, i.partition))
+                .copied(),
+        };
+        Described { route, invalidated }
+    }
+
+    /// Every cached route with its bookkeeping, in start order, and the partitions storage
+    /// nodes called wrong (by partition id).
+    pub fn records(&self) -> (Vec<RouteRecord>, Vec<Invalidated>) {
+        let routes = self.read();
+        let mut invalidated: Vec<Invalidated> = routes.invalidated.values().copied().collect();
+        invalidated.sort_by_key(|i| i.partition);
+        (
+            routes.by_start.values().map(Entry::record).collect(),
+            invalidated,
+        )
     }
 
     /// Evicts the route whose start is the floor of `hash` (a pseudo-random victim when `hash` is
@@ -580,6 +727,64 @@ mod tests {
             assert!(t.invalidate_partition(1000 + id, 1));
         }
         assert_eq!(t.read().invalidated.len(), MAX_INVALIDATED);
+    }
+
+    #[test]
+    fn each_route_keeps_its_source_and_a_correction_is_unconfirmed_until_the_fleet_says_so() {
+        let t = TableRoutes::default();
+        assert_eq!(
+            t.insert_from(route(1, 0, 99, 1, 1), 10, RouteSource::Warm),
+            Applied::Changed
+        );
+        assert_eq!(
+            t.insert_from(route(2, 100, 199, 1, 3), 20, RouteSource::Correction),
+            Applied::Changed
+        );
+        let warm = t.describe(50).route.expect("cached");
+        assert_eq!(
+            (warm.source, warm.confirmed_version, warm.confirmed_at),
+            (RouteSource::Warm, 1, Some(10))
+        );
+        let fix = t.describe(150).route.expect("cached");
+        assert_eq!(
+            (fix.source, fix.confirmed_version, fix.confirmed_at),
+            (RouteSource::Correction, 3, None)
+        );
+        // The same correction again is not the fleet's confirmation; the fleet's answer is,
+        // and neither changes the source.
+        let r = route(2, 100, 199, 1, 3);
+        assert_eq!(
+            t.insert_from(Arc::clone(&r), 30, RouteSource::Correction),
+            Applied::Confirmed
+        );
+        assert_eq!(t.describe(150).route.expect("cached").confirmed_at, None);
+        assert_eq!(t.check(4, &wire(&r), &ids(&r), 40), Check::Confirmed);
+        let fix = t.describe(150).route.expect("cached");
+        assert_eq!(
+            (fix.source, fix.confirmed_version, fix.confirmed_at),
+            (RouteSource::Correction, 4, Some(40))
+        );
+        // Called wrong: no route, and the range it had.
+        assert!(t.invalidate_partition(2, 1));
+        let gone = t.describe(150);
+        assert_eq!(gone.route, None);
+        let called_wrong = Invalidated {
+            partition: 2,
+            epoch: 1,
+            start: 100,
+            end_inclusive: 199,
+        };
+        assert_eq!(gone.invalidated, Some(called_wrong));
+        assert_eq!(t.describe(250), Described::default());
+        let (records, invalidated) = t.records();
+        assert_eq!(
+            records
+                .iter()
+                .map(|r| r.route.partition.get())
+                .collect::<Vec<_>>(),
+            [1]
+        );
+        assert_eq!(invalidated, [called_wrong]);
     }
 
     #[test]

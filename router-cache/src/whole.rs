@@ -1,5 +1,6 @@
-//! Classic whole-table mode's record of a downloaded table (its version and node list) and the
-//! routes a delta between two versions makes of it. Pure: no IO, no clock.
+//! The record of a table fetched whole (by Classic whole-table mode's download, or by
+//! `RouterCache::warm` in any mode): its version and node list, and the routes a delta between
+//! two versions makes of it. Pure: no IO, no clock.
 //!
 //! A delta ([`BatchUpdate`]) replaces the partitions of each of its ranges with new ones and adds
 //! or replaces nodes. Nothing a server sends is trusted: a delta is checked whole (its table,
