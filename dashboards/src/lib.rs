@@ -10,11 +10,31 @@
 //!   routers' hit ratio and fleet lookups per request) and alerts; unit-tested by
 //!   `prometheus/memds.rules.test.yml` (`promtool test rules`).
 //!
-//! This crate holds the pure helpers the tests use: the queries of a dashboard and the metric
-//! names a query reads. The tests (`tests/prometheus.rs`) run a real server and router cache,
-//! a real Prometheus scraping them with these rules, and evaluate every dashboard query there.
+//! This crate holds what the tests use, here and in other crates:
+//!
+//! - the crate root: the dashboards ([`FLEET_DASHBOARD`], [`ROUTERS_DASHBOARD`]), the queries
+//!   of a dashboard ([`dashboard_queries`]) and the metric names a query reads
+//!   ([`metric_names`]);
+//! - `prometheus`: a real Prometheus started for a test, scraping given targets with the
+//!   shipped rules, queried over its API; and `promtool`.
+//!
+//! The tests (`tests/prometheus.rs`) run a real server and router cache, a real Prometheus
+//! scraping them with these rules, and evaluate every dashboard query there; loadgen's
+//! `tests/metrics.rs` evaluates the router dashboard against a running experiment.
+
+pub mod prometheus;
 
 use std::collections::BTreeSet;
+
+/// The fleet dashboard, `grafana/memds-fleet.json`.
+pub const FLEET_DASHBOARD: &str = include_str!("../grafana/memds-fleet.json");
+/// The routers' dashboard, `grafana/memds-routers.json`.
+pub const ROUTERS_DASHBOARD: &str = include_str!("../grafana/memds-routers.json");
+/// Every dashboard, by file name (without `.json`).
+pub const DASHBOARDS: [(&str, &str); 2] = [
+    ("memds-fleet", FLEET_DASHBOARD),
+    ("memds-routers", ROUTERS_DASHBOARD),
+];
 
 /// One query of a dashboard panel.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -120,13 +140,7 @@ mod tests {
 
     #[test]
     fn the_shipped_dashboards_parse_and_every_panel_has_a_query() {
-        for (file, json) in [
-            ("memds-fleet", include_str!("../grafana/memds-fleet.json")),
-            (
-                "memds-routers",
-                include_str!("../grafana/memds-routers.json"),
-            ),
-        ] {
+        for (file, json) in DASHBOARDS {
             let dashboard: serde_json::Value = serde_json::from_str(json).expect("valid JSON");
             assert_eq!(dashboard["uid"], file);
             let panels = dashboard["panels"].as_array().expect("panels");

@@ -3,67 +3,29 @@
 //! every dashboard query must evaluate, every metric a query names must exist, every metric the
 //! system exports must be on a dashboard, and every rule must evaluate cleanly.
 //!
-//! Needs `prometheus` and `promtool` on the PATH (Debian's `prometheus` package; CI installs
-//! it).
+//! Needs `prometheus` and `promtool` on the PATH (Debian's `prometheus` package;
+//! `scripts/test.sh` installs it). The harness is the crate's `prometheus` module.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use memds_client::{ClientTls, ConnectOptions, Connector, Role};
-use memds_dashboards::{base_metric, dashboard_queries, metric_names};
+use memds_dashboards::prometheus::{Prometheus, Targets, promtool, rule_count};
+use memds_dashboards::{DASHBOARDS, base_metric, dashboard_queries, metric_names};
 use memds_proto::synth::{self, SynthConfig};
 use memds_server::ServerConfig;
 use router_cache::RouterCache;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-const DASHBOARDS: [(&str, &str); 2] = [
-    ("memds-fleet", include_str!("../grafana/memds-fleet.json")),
-    (
-        "memds-routers",
-        include_str!("../grafana/memds-routers.json"),
-    ),
-];
-
-fn prometheus_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("prometheus")
-}
 
 fn temp_dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("memds-dashboards-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).expect("creating a temporary directory");
     d
-}
-
-/// The recording and alerting rules memds.rules.yml declares.
-fn rule_count() -> usize {
-    let text = std::fs::read_to_string(prometheus_dir().join("memds.rules.yml")).expect("rules");
-    text.lines()
-        .map(str::trim_start)
-        .filter(|l| l.starts_with("- record:") || l.starts_with("- alert:"))
-        .count()
-}
-
-/// Runs promtool in the rules' directory and answers its output; fails the test if it fails.
-fn promtool(args: &[&str]) -> String {
-    let out = Command::new("promtool")
-        .args(args)
-        .current_dir(prometheus_dir())
-        .output()
-        .expect("promtool runs (install Debian's prometheus package)");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "promtool {args:?} failed:\n{text}");
-    text
 }
 
 #[test]
@@ -171,7 +133,15 @@ async fn every_dashboard_query_and_rule_evaluates_against_a_real_fleet() {
         }
     });
 
-    let prom = Prometheus::start(&dir.join("prometheus"), metrics);
+    // One endpoint serves both the server's and the router cache's series (they share the
+    // process's recorder), scraped as both jobs.
+    let prom = Prometheus::start(
+        &dir.join("prometheus"),
+        &Targets {
+            servers: vec![metrics],
+            routers: vec![metrics],
+        },
+    );
     // Both jobs up, and the recording rules have rates to record.
     prom.wait_for("both scrape jobs up", "sum(up)", |v| v == 2.0)
         .await;
@@ -188,15 +158,7 @@ async fn every_dashboard_query_and_rule_evaluates_against_a_real_fleet() {
     )
     .await;
 
-    let exported: BTreeSet<String> = prom
-        .get("/api/v1/label/__name__/values")
-        .await
-        .data_array()
-        .iter()
-        .filter_map(Value::as_str)
-        .filter(|n| n.starts_with("memds_"))
-        .map(str::to_owned)
-        .collect();
+    let exported = prom.memds_metric_names().await;
     assert!(
         exported.contains("memds_lookups_total") && exported.contains("memds_router_entries"),
         "{exported:?}"
@@ -266,128 +228,4 @@ async fn every_dashboard_query_and_rule_evaluates_against_a_real_fleet() {
     drop(prom);
     server.shutdown().await;
     peer.shutdown().await;
-}
-
-/// A Prometheus process scraping one metrics endpoint as both jobs, with the shipped rules
-/// evaluated every second. Killed when dropped.
-struct Prometheus {
-    child: Child,
-    addr: SocketAddr,
-    log: PathBuf,
-}
-
-/// A Prometheus API answer.
-struct Answer(Value);
-
-impl Answer {
-    fn first_value(&self) -> Option<f64> {
-        self.0["data"]["result"][0]["value"][1]
-            .as_str()
-            .and_then(|v| v.parse().ok())
-    }
-
-    fn data_array(&self) -> Vec<Value> {
-        self.0["data"].as_array().cloned().unwrap_or_default()
-    }
-}
-
-impl Prometheus {
-    fn start(dir: &Path, target: SocketAddr) -> Self {
-        std::fs::create_dir_all(dir).expect("creating Prometheus's directory");
-        let rules = std::fs::read_to_string(prometheus_dir().join("memds.rules.yml"))
-            .expect("reading the rules");
-        std::fs::write(
-            dir.join("memds.rules.yml"),
-            rules.replace("interval: 15s", "interval: 1s"),
-        )
-        .expect("writing the rules");
-        std::fs::write(
-            dir.join("prometheus.yml"),
-            format!(
-                "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
-                 rule_files: [memds.rules.yml]\n\
-                 scrape_configs:\n\
-                 \x20 - job_name: memds\n\
-                 \x20   static_configs: [{{targets: ['{target}']}}]\n\
-                 \x20 - job_name: memds-routers\n\
-                 \x20   static_configs: [{{targets: ['{target}']}}]\n"
-            ),
-        )
-        .expect("writing the configuration");
-        // Prometheus cannot report a port it chose, so take a free one and hand it over.
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port");
-        let log = dir.join("prometheus.log");
-        let child = Command::new("prometheus")
-            .arg(format!(
-                "--config.file={}",
-                dir.join("prometheus.yml").display()
-            ))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address={addr}"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("creating the log"))
-            .current_dir(dir)
-            .spawn()
-            .expect("prometheus runs (install Debian's prometheus package)");
-        Self { child, addr, log }
-    }
-
-    /// Polls `expr` until its first value passes `check` (90 s at most).
-    async fn wait_for(&self, what: &str, expr: &str, check: impl Fn(f64) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(90);
-        while !self.query(expr).await.first_value().is_some_and(&check) {
-            assert!(
-                Instant::now() < deadline,
-                "waited 90 s for {what}; Prometheus said:\n{}",
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    }
-
-    async fn query(&self, expr: &str) -> Answer {
-        self.get(&format!("/api/v1/query?query={}", percent_encode(expr)))
-            .await
-    }
-
-    /// One GET over HTTP/1.0 (so the body ends with the connection, never chunked); a server
-    /// not up yet answers as an empty object.
-    async fn get(&self, path: &str) -> Answer {
-        let Ok(mut stream) = tokio::net::TcpStream::connect(self.addr).await else {
-            return Answer(Value::Null);
-        };
-        let request = format!("GET {path} HTTP/1.0\r\nHost: {}\r\n\r\n", self.addr);
-        let mut response = Vec::new();
-        if stream.write_all(request.as_bytes()).await.is_err()
-            || stream.read_to_end(&mut response).await.is_err()
-        {
-            return Answer(Value::Null);
-        }
-        let text = String::from_utf8_lossy(&response);
-        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-        Answer(serde_json::from_str(body).unwrap_or(Value::Null))
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                char::from(b).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }

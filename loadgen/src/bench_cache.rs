@@ -49,6 +49,8 @@ pub(crate) struct Args {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    metrics: crate::metrics_listen::Flag,
 }
 
 #[derive(Debug, Serialize)]
@@ -78,6 +80,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         args.entries >= 1 && args.rounds >= 1 && args.calls >= args.rounds,
         "--entries, --rounds and --calls must be positive, --calls at least --rounds"
     );
+    let _metrics = args.metrics.start()?;
     let server = Embedded::start(1)?;
     let client_rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -144,6 +147,7 @@ async fn measure(args: &Args, server: &Embedded) -> anyhow::Result<Report> {
     .context("connecting as admin")?;
     admin.put_table(&map).await.context("loading the table")?;
     let per_round = args.calls / args.rounds;
+    let exposed = crate::metrics_listen::ExposedRouters::new("bench-cache");
     let cache = RouterCache::builder(
         vec![server.addr()],
         ClientTls::from_dir(&tls_dir, Role::Router)?,
@@ -154,6 +158,7 @@ async fn measure(args: &Args, server: &Embedded) -> anyhow::Result<Report> {
         Mode::ConstantWork
     })
     .queue_bound(per_round + 1024)
+    .metrics_instance(exposed.next_label())
     .build()
     .await
     .context("starting the router cache")?;

@@ -153,6 +153,8 @@ pub(crate) struct Args {
     /// Output directory [default: ./loadgen-out/<unix-seconds>].
     #[arg(long)]
     out: Option<PathBuf>,
+    #[command(flatten)]
+    metrics: crate::metrics_listen::Flag,
 }
 
 /// One run's results, as `results.json` holds them.
@@ -286,6 +288,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         }
     };
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let _metrics = args.metrics.start()?;
 
     let progress = MultiProgress::new();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -736,7 +739,13 @@ async fn run_one(
     });
 
     let (fleet_addrs, fleet_tls) = (fleet.addrs.clone(), fleet.tls_dir.clone());
+    let exposed = crate::metrics_listen::ExposedRouters::new(&format!(
+        "{}/{}",
+        scenario.name(),
+        mode_name(mode)
+    ));
     let start_router = |warm: bool| {
+        let label = exposed.next_label();
         let (fleet_addrs, tls_dir, table, authority) = (
             fleet_addrs.clone(),
             fleet_tls.clone(),
@@ -747,6 +756,7 @@ async fn run_one(
             let cache =
                 RouterCache::builder(fleet_addrs, ClientTls::from_dir(&tls_dir, Role::Router)?)
                     .mode(mode)
+                    .metrics_instance(label)
                     .build()
                     .await?;
             wait_connected(&cache).await;

@@ -20,6 +20,10 @@
 //!   at 1M and 10M partitions.
 //! - `embedded`: real servers started in-process on their own named threads, alone or as a fleet
 //!   of peers.
+//! - `metrics_listen`: `--metrics-listen ADDR` of `experiment` and `bench-cache`: the router
+//!   caches' `memds_router_*` series (each cache with its own `router` label) on
+//!   `http://ADDR/metrics` while the run lasts, for Prometheus and the routers' Grafana
+//!   dashboard; the address bound is printed on stderr, also as `{"metrics_listen":"IP:PORT"}`.
 //! - `alloc`: the counting global allocator the memory figures come from.
 
 mod alloc;
@@ -31,6 +35,7 @@ mod bench_server_memory;
 mod embedded;
 mod experiment;
 mod histogram;
+mod metrics_listen;
 mod report;
 
 use clap::{Parser, Subcommand};

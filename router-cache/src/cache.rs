@@ -111,7 +111,10 @@ pub struct Config {
     pub table_refresh: Duration,
     /// A value for a `router` label on every metric this cache publishes, for a process that
     /// runs several caches (the load generator's simulated routers): without it their series
-    /// would overwrite each other. `None` (the default) publishes the series without it.
+    /// would overwrite each other. `None` (the default) publishes the series without it. Give a
+    /// new cache a label no earlier cache of the process used: counters are published as
+    /// absolute values, which the `metrics` crate never lowers, so a reused label would keep
+    /// showing the earlier cache's totals.
     pub metrics_instance: Option<String>,
 }
 
