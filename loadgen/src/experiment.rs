@@ -3,7 +3,9 @@
 //!
 //! Each run (one scenario, one mode) starts a fresh fleet of real servers (or uses `--servers`),
 //! loads a synthetic map, warms `--routers` real [`RouterCache`]s with a route for every
-//! partition, and drives them open loop: requests are scheduled at fixed times (`--rate` per
+//! partition (`--warm-with table`: each router's [`RouterCache::warm`], one get-table and no
+//! lookups; `--warm-with lookups`: one lookup per partition, the burst a router fleet without a
+//! warm start sends, kept to measure it), and drives them open loop: requests are scheduled at fixed times (`--rate` per
 //! second over all routers, each to a random router), so a slow fleet cannot slow the offered
 //! load, and latency is measured from the scheduled time. Keys follow a Zipf law over `--keys`
 //! keys.
@@ -153,8 +155,38 @@ pub(crate) struct Args {
     /// Output directory [default: ./loadgen-out/<unix-seconds>].
     #[arg(long)]
     out: Option<PathBuf>,
+    /// How the routers are warmed before the load: `table`, each router's `warm` (one
+    /// get-table, no lookups); `lookups`, one lookup per partition (what a router without a
+    /// warm start does, a burst on the fleet; kept as the baseline).
+    #[arg(long, value_enum, default_value = "table")]
+    warm_with: WarmWith,
     #[command(flatten)]
     metrics: crate::metrics_listen::Flag,
+}
+
+/// The `--warm-with` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum WarmWith {
+    /// `RouterCache::warm`: one get-table per router.
+    Table,
+    /// One lookup per partition per router.
+    Lookups,
+}
+
+/// How the routers were warmed before a run's load, measured from the servers' own counters.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Warmup {
+    /// `--warm-with`.
+    pub(crate) method: WarmWith,
+    /// From the first router's start to the last one warm.
+    pub(crate) seconds: f64,
+    /// Lookups the fleet performed meanwhile.
+    pub(crate) fleet_lookups: u64,
+    /// `fleet_lookups / seconds`.
+    pub(crate) fleet_lookups_per_s: f64,
+    /// `fleet_lookups_per_s` over the run's steady fleet load.
+    pub(crate) versus_steady: f64,
 }
 
 /// One run's results, as `results.json` holds them.
@@ -176,6 +208,8 @@ pub(crate) struct RunResult {
     pub(crate) trigger_s: f64,
     pub(crate) samples: Vec<Sample>,
     pub(crate) replication: Replication,
+    /// How the routers were warmed, and what it cost the fleet.
+    pub(crate) warmup: Warmup,
 }
 
 /// Where the authority's changes went, and what every server held once the load had stopped.
@@ -320,6 +354,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
             "storm": args.storm, "scale_out": args.scale_out, "fleet": if args.servers.is_empty() { args.fleet } else { args.servers.len() },
             "sample_ms": args.sample_ms, "seed": args.seed, "external": !args.servers.is_empty(),
             "anti_entropy_s": args.anti_entropy, "pushes_to": "the first running server",
+            "warm_with": args.warm_with,
         }),
         runs,
     };
@@ -744,7 +779,7 @@ async fn run_one(
         scenario.name(),
         mode_name(mode)
     ));
-    let start_router = |warm: bool| {
+    let start_router = |warm: Option<WarmWith>| {
         let label = exposed.next_label();
         let (fleet_addrs, tls_dir, table, authority) = (
             fleet_addrs.clone(),
@@ -760,29 +795,43 @@ async fn run_one(
                     .build()
                     .await?;
             wait_connected(&cache).await;
-            if warm {
-                let starts: Vec<u64> = authority
-                    .current()
-                    .partitions()
-                    .iter()
-                    .map(|p| p.start)
-                    .collect();
-                for chunk in starts.chunks(512) {
-                    let calls: Vec<_> =
-                        chunk.iter().map(|&s| cache.route_hash(&table, s)).collect();
-                    for c in calls {
-                        c.await?;
-                    }
+            match warm {
+                None => {}
+                Some(WarmWith::Table) => {
+                    cache.warm(&table).await.context("warming a router")?;
                 }
-                cache.drain().await;
+                Some(WarmWith::Lookups) => {
+                    let starts: Vec<u64> = authority
+                        .current()
+                        .partitions()
+                        .iter()
+                        .map(|p| p.start)
+                        .collect();
+                    for chunk in starts.chunks(512) {
+                        let calls: Vec<_> =
+                            chunk.iter().map(|&s| cache.route_hash(&table, s)).collect();
+                        for c in calls {
+                            c.await?;
+                        }
+                    }
+                    cache.drain().await;
+                }
             }
             anyhow::Ok(cache)
         }
     };
+    let mut counted = vec![0u64; fleet.pusher.admins.len()];
+    let lookups_before_warmup = fleet.lookups(&mut counted).await;
+    let warmup_started = Instant::now();
     let mut routers = Vec::new();
-    for r in futures_join_all((0..args.routers).map(|_| start_router(true))).await {
+    for r in futures_join_all((0..args.routers).map(|_| start_router(Some(args.warm_with)))).await {
         routers.push(r?);
     }
+    let warmup_seconds = warmup_started.elapsed().as_secs_f64();
+    let warmup_lookups = fleet
+        .lookups(&mut counted)
+        .await
+        .saturating_sub(lookups_before_warmup);
     let routers = Arc::new(RwLock::new(routers));
     let meter = Arc::new(Mutex::new(Meter::default()));
     let triggered = Arc::new(AtomicBool::new(false));
@@ -959,14 +1008,16 @@ async fn run_one(
 
     let trigger_s = trigger_at.as_secs_f64();
     let m = meter.lock().unwrap_or_else(|p| p.into_inner());
-    Ok(summarize(
-        scenario,
-        mode,
-        &samples,
-        &m,
-        trigger_s,
-        replication,
-    ))
+    let mut result = summarize(scenario, mode, &samples, &m, trigger_s, replication);
+    let per_s = warmup_lookups as f64 / warmup_seconds.max(1e-9);
+    result.warmup = Warmup {
+        method: args.warm_with,
+        seconds: warmup_seconds,
+        fleet_lookups: warmup_lookups,
+        fleet_lookups_per_s: per_s,
+        versus_steady: per_s / result.steady_lookups_per_s.max(1e-9),
+    };
+    Ok(result)
 }
 
 /// Awaits every future, concurrently, in order.
@@ -1017,7 +1068,7 @@ async fn fire<F, Fut>(
     start_router: &F,
 ) -> anyhow::Result<()>
 where
-    F: Fn(bool) -> Fut,
+    F: Fn(Option<WarmWith>) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<RouterCache>>,
 {
     match scenario {
@@ -1031,7 +1082,7 @@ where
             let n = ((args.routers as f64 * args.scale_out).ceil() as usize).max(1);
             let mut cold = Vec::new();
             for _ in 0..n {
-                cold.push(start_router(false).await?);
+                cold.push(start_router(None).await?);
             }
             routers
                 .write()
@@ -1183,6 +1234,14 @@ fn summarize(
         trigger_s,
         samples: samples.to_vec(),
         replication,
+        // Filled in by the caller, which measured it.
+        warmup: Warmup {
+            method: WarmWith::Table,
+            seconds: 0.0,
+            fleet_lookups: 0,
+            fleet_lookups_per_s: 0.0,
+            versus_steady: 0.0,
+        },
     }
 }
 

@@ -104,6 +104,26 @@ pub(crate) fn print_table(results: &Results) {
                 .map_or("-".into(), |t| format!("{t:.2}s")),
         );
     }
+    println!(
+        "\n{:<19} {:<13} {:<12} {:>9} {:>13} {:>10} {:>10}",
+        "warm-up", "mode", "warm with", "seconds", "fleet lookups", "lookups/s", "x steady"
+    );
+    for r in &results.runs {
+        let w = &r.warmup;
+        println!(
+            "{:<19} {:<13} {:<12} {:>9.2} {:>13} {:>10.0} {:>10.2}",
+            r.scenario.name(),
+            r.mode,
+            match w.method {
+                crate::experiment::WarmWith::Table => "table",
+                crate::experiment::WarmWith::Lookups => "lookups",
+            },
+            w.seconds,
+            w.fleet_lookups,
+            w.fleet_lookups_per_s,
+            w.versus_steady,
+        );
+    }
 }
 
 fn register_font() {

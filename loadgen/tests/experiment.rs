@@ -141,6 +141,10 @@ fn a_flush_amplifies_classic_load_but_not_constant_work() {
         assert!(run["samples"].as_array().is_some_and(|s| s.len() >= 10));
         assert_eq!(run["errors"], 0);
         assert_eq!(run["scenario"], "flush");
+        // The routers warmed with one get-table each (the default): not one lookup reached the
+        // fleet before the load, as its servers counted.
+        assert_eq!(run["warmup"]["method"], "table", "{}", run["warmup"]);
+        assert_eq!(run["warmup"]["fleet_lookups"], 0, "{}", run["warmup"]);
         // With every server up, every change went to the first one; the other two got them
         // from it.
         let pushes = assert_replicated(run);
@@ -204,12 +208,21 @@ fn after_a_server_loss_the_authority_pushes_to_the_next_server_and_routers_keep_
             "4",
             "--sample-ms",
             "200",
+            "--warm-with",
+            "lookups",
         ],
     );
     let runs = results["runs"].as_array().expect("runs");
     assert_eq!(runs.len(), 1);
     let run = &runs[0];
     assert_eq!(run["scenario"], "server-loss");
+    // Warmed the old way, each of the 4 routers looked every one of the 3,000 partitions up.
+    let warmup = &run["warmup"];
+    assert_eq!(warmup["method"], "lookups", "{warmup}");
+    assert!(
+        warmup["fleet_lookups"].as_u64().expect("fleet_lookups") >= 4 * 3_000,
+        "{warmup}"
+    );
     // The router caches asked the remaining servers. Rarely (about 2 runs in 100 on two busy
     // cores) one or two requests fail with "no route from the fleet within 2s (servers up: 2)"
     // around the loss; more than one in a thousand means the routers did not carry on.
