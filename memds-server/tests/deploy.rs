@@ -1306,11 +1306,14 @@ impl Server {
         // Sent at once, with no wait for anything: memds-server installs its SIGTERM handler
         // before it announces itself, so a supervisor's SIGTERM right after the announcement
         // stops it gracefully (it once killed it, about one start in 30).
-        let pid = libc::pid_t::try_from(self.child.id()).expect("a pid");
-        // SAFETY: kill(2) with the pid of a child this test spawned and has not reaped.
-        #[allow(unsafe_code)]
-        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
-        assert_eq!(rc, 0, "kill");
+        let pid = self.child.id();
+        // kill(1): no unsafe code for a signal.
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -TERM {pid}");
         let deadline = Instant::now() + budget;
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
