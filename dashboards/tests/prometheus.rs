@@ -8,7 +8,6 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -20,13 +19,6 @@ use memds_proto::synth::{self, SynthConfig};
 use memds_server::ServerConfig;
 use router_cache::RouterCache;
 use serde_json::Value;
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("memds-dashboards-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("creating a temporary directory");
-    d
-}
 
 #[test]
 fn promtool_accepts_the_config_and_rules_and_the_alert_tests_pass() {
@@ -40,7 +32,13 @@ fn promtool_accepts_the_config_and_rules_and_the_alert_tests_pass() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_dashboard_query_and_rule_evaluates_against_a_real_fleet() {
-    let dir = temp_dir("live");
+    // Removed when the test ends, after the servers and Prometheus (declared later, dropped
+    // first) are gone.
+    let tmp = tempfile::Builder::new()
+        .prefix("memds-dashboards-live-")
+        .tempdir()
+        .expect("creating a temporary directory");
+    let dir = tmp.path();
     // Two servers, peers of each other, sharing one development PKI. The first takes a table
     // while the second is down (a forward fails), the second starts and pulls it (anti-entropy),
     // and later writes are forwarded: every fleet series gets a value.

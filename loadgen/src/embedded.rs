@@ -21,6 +21,9 @@ pub(crate) struct Embedded {
     server: memds_server::RunningServer,
     runtime: tokio::runtime::Runtime,
     data_dir: PathBuf,
+    /// Holds `data_dir`; removed when the server is dropped or stopped (declared last, so
+    /// after the server and its runtime are gone).
+    dir: tempfile::TempDir,
 }
 
 impl Embedded {
@@ -37,13 +40,12 @@ impl Embedded {
         thread_name: &str,
         configure: impl FnOnce(&mut memds_server::ServerConfig),
     ) -> anyhow::Result<Self> {
-        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let data_dir = std::env::temp_dir().join(format!(
-            "memds-loadgen-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&data_dir);
+        let dir = tempfile::Builder::new()
+            .prefix("memds-loadgen-srv-")
+            .tempdir()
+            .context("creating the data directory")?;
+        // The server creates its data directory itself.
+        let data_dir = dir.path().join("data");
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(worker_threads.max(1))
             .thread_name(thread_name)
@@ -57,15 +59,13 @@ impl Embedded {
         configure(&mut config);
         let server = match runtime.block_on(memds_server::start(config)) {
             Ok(s) => s,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&data_dir);
-                return Err(e.context("starting the embedded server"));
-            }
+            Err(e) => return Err(e.context("starting the embedded server")),
         };
         Ok(Self {
             server,
             runtime,
             data_dir,
+            dir,
         })
     }
 
@@ -91,7 +91,7 @@ impl Embedded {
     pub(crate) fn stop(self) {
         self.runtime.block_on(self.server.shutdown());
         self.runtime.shutdown_timeout(Duration::from_secs(5));
-        let _ = std::fs::remove_dir_all(&self.data_dir);
+        drop(self.dir);
     }
 }
 

@@ -5,8 +5,22 @@
 //! # Layout
 //!
 //! - `experiment`: `loadgen experiment`, the main job: constant-work vs classic caching under
-//!   failures, open-loop load from real router caches against a real fleet.
-//! - `report`: its outputs: results.json, PNG and SVG plots, report.html, the terminal table.
+//!   failures, open-loop load from real router caches against a real fleet. A directory, one
+//!   file per part:
+//!   - `experiment/mod.rs`: the options, `run` (every scenario in every mode, then the report)
+//!     and `run_one`, one run as a sequence of named steps;
+//!   - `experiment/results`: what a run produces, the types of results.json (`RunResult`,
+//!     `Replication`, `ServerState`, `Warmup`, `Sample`, ...), which `report` reads;
+//!   - `experiment/fleet`: the run's servers (embedded or `--servers`), their admin
+//!     connections, and the `Pusher` that sends each change to one server;
+//!   - `experiment/authority`: the map's owner: splits, publication, the background churn, and
+//!     the storage nodes' check of a route;
+//!   - `experiment/routers`: the simulated routers (real router caches), started warm or cold;
+//!   - `experiment/load`: the open-loop load, one request as a router plays it, the `Meter`;
+//!   - `experiment/sampling`: the sampling loop, the trigger halfway, the summary of a run;
+//!   - `experiment/triggers`: what each scenario does at the trigger.
+//! - `report`: the experiment's outputs: results.json, PNG and SVG plots, report.html, the
+//!   terminal table. It reads `experiment::results` only.
 //! - `bench_map`: `loadgen bench-map`, memory and lookup cost of the compact partition-map
 //!   encoding against the naive design and zstd, measured in one run.
 //! - `bench_server`: `loadgen bench-server`, lookups per server CPU-second over QUIC against

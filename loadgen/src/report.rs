@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::Context as _;
 use plotters::prelude::*;
 
-use crate::experiment::{Results, RunResult, Scenario, by_scenario};
+use crate::experiment::results::{Results, RunResult, Sample, Scenario, WarmWith, by_scenario};
 
 /// The font every plot's text uses, shipped with the load generator (DejaVu Sans; its license
 /// is in `loadgen/assets/DejaVuSans.LICENSE`), so plots render the same on any machine.
@@ -115,8 +115,8 @@ pub(crate) fn print_table(results: &Results) {
             r.scenario.name(),
             r.mode,
             match w.method {
-                crate::experiment::WarmWith::Table => "table",
-                crate::experiment::WarmWith::Lookups => "lookups",
+                WarmWith::Table => "table",
+                WarmWith::Lookups => "lookups",
             },
             w.seconds,
             w.fleet_lookups,
@@ -148,7 +148,7 @@ where
 {
     let root = backend.into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let value = |s: &crate::experiment::Sample| match kind {
+    let value = |s: &Sample| match kind {
         Kind::FleetLoad => s.fleet_lookups_per_s,
         Kind::Latency => s.p99_ms,
     };

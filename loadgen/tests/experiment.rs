@@ -5,24 +5,25 @@
 use std::path::Path;
 use std::process::Command;
 
-fn temp_dir(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("memds-exp-test-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
+use tempfile::TempDir;
 
-fn run_experiment(name: &str, args: &[&str]) -> (std::path::PathBuf, serde_json::Value) {
-    let out = temp_dir(name);
+/// Runs `loadgen experiment ARGS` to its end, its outputs in a temporary directory (removed
+/// when the answer is dropped), and reads its results.json.
+fn run_experiment(name: &str, args: &[&str]) -> (TempDir, serde_json::Value) {
+    let out = tempfile::Builder::new()
+        .prefix(&format!("memds-exp-test-{name}-"))
+        .tempdir()
+        .expect("creating a temporary directory");
     let status = Command::new(env!("CARGO_BIN_EXE_loadgen"))
         .arg("experiment")
         .args(args)
         .arg("--out")
-        .arg(&out)
+        .arg(out.path())
         .status()
         .expect("loadgen runs");
     assert!(status.success());
     let results: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(out.join("results.json")).expect("results.json"),
+        &std::fs::read_to_string(out.path().join("results.json")).expect("results.json"),
     )
     .expect("valid JSON");
     (out, results)
@@ -177,17 +178,16 @@ fn a_flush_amplifies_classic_load_but_not_constant_work() {
     assert!(classic["hit_rate"].as_f64().expect("number") > 0.95);
 
     for plot in ["flush-fleet-load", "flush-latency"] {
-        assert_png(&out.join(format!("{plot}.png")));
-        assert_svg(&out.join(format!("{plot}.svg")));
+        assert_png(&out.path().join(format!("{plot}.png")));
+        assert_svg(&out.path().join(format!("{plot}.svg")));
     }
-    let html = std::fs::read_to_string(out.join("report.html")).expect("report.html");
+    let html = std::fs::read_to_string(out.path().join("report.html")).expect("report.html");
     assert!(html.contains("<svg") && html.contains("amplification"));
-    let _ = std::fs::remove_dir_all(&out);
 }
 
 #[test]
 fn after_a_server_loss_the_authority_pushes_to_the_next_server_and_routers_keep_working() {
-    let (out, results) = run_experiment(
+    let (_out, results) = run_experiment(
         "server-loss",
         &[
             "--scenario",
@@ -241,5 +241,4 @@ fn after_a_server_loss_the_authority_pushes_to_the_next_server_and_routers_keep_
         pushes[0] >= 1 && pushes[1] >= 1 && pushes[2] == 0,
         "{pushes:?}"
     );
-    let _ = std::fs::remove_dir_all(&out);
 }

@@ -9,7 +9,7 @@
 use std::collections::BTreeSet;
 use std::io::BufRead as _;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::time::{Duration, Instant};
@@ -25,10 +25,16 @@ const WAIT: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_router_panel_shows_a_running_experiment() {
-    let dir = temp_dir("metrics");
+    // Removed when the test ends, after loadgen and Prometheus (declared later, dropped first:
+    // both are killed on drop, a failed assertion included).
+    let tmp = tempfile::Builder::new()
+        .prefix("memds-loadgen-metrics-")
+        .tempdir()
+        .expect("creating a temporary directory");
+    let dir = tmp.path();
     let routers = ROUTERS.to_string();
     let mut loadgen = Loadgen::start(
-        &dir,
+        dir,
         &[
             "experiment",
             "--metrics-listen",
@@ -107,7 +113,6 @@ async fn every_router_panel_shows_a_running_experiment() {
     loadgen.wait_success().await;
     assert!(dir.join("out").join("results.json").exists());
     drop(prom);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Polls every query of the routers' dashboard until each returns data.
@@ -190,13 +195,6 @@ fn router_recording_rules() -> Vec<String> {
         .collect();
     assert!(!names.is_empty(), "no router recording rule");
     names
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("memds-loadgen-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("creating a temporary directory");
-    d
 }
 
 /// The loadgen process, killed when dropped (a failed assertion included). Its stderr is read

@@ -12,8 +12,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use memds_client::{Client, Connector};
+use memds_client::{Client, Connector, PendingReply};
+use memds_proto::wire::Request;
 use tokio::sync::watch;
+
+use crate::tasks::Tasks;
 
 /// One server's connection state.
 #[derive(Debug)]
@@ -33,6 +36,8 @@ pub(crate) struct Fleet {
     slots: Vec<Arc<Slot>>,
     seed: AtomicU64,
     connector: Connector,
+    /// How many servers are connected, for those who wait for it.
+    up: Arc<watch::Sender<usize>>,
 }
 
 /// A server picked for a request.
@@ -76,8 +81,10 @@ impl Fleet {
         addrs: &[SocketAddr],
         backoff_min: Duration,
         backoff_max: Duration,
+        tasks: &Tasks,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
+        let up = Arc::new(watch::Sender::new(0));
         let slots: Vec<Arc<Slot>> = addrs
             .iter()
             .map(|&addr| {
@@ -91,8 +98,9 @@ impl Fleet {
             })
             .collect();
         for (i, slot) in slots.iter().enumerate() {
-            tokio::spawn(keep_connected(
+            tasks.spawn(keep_connected(
                 Arc::clone(slot),
+                Arc::clone(&up),
                 connector.clone(),
                 backoff_min,
                 backoff_max.max(backoff_min),
@@ -104,6 +112,7 @@ impl Fleet {
             slots,
             seed: AtomicU64::new(0x9E37_79B9_7F4A_7C15),
             connector,
+            up,
         }
     }
 
@@ -113,6 +122,11 @@ impl Fleet {
             .iter()
             .filter(|s| s.up.load(Ordering::Relaxed))
             .count()
+    }
+
+    /// The number of servers connected, as it changes.
+    pub(crate) fn watch_up(&self) -> watch::Receiver<usize> {
+        self.up.subscribe()
     }
 
     /// Closes every connection.
@@ -180,6 +194,7 @@ fn next_backoff(backoff: Duration, lived: Duration, min: Duration, max: Duration
 /// try again; until shutdown.
 async fn keep_connected(
     slot: Arc<Slot>,
+    up: Arc<watch::Sender<usize>>,
     connector: Connector,
     min: Duration,
     max: Duration,
@@ -201,12 +216,14 @@ async fn keep_connected(
                 *slot.client.lock().unwrap_or_else(|p| p.into_inner()) = Some(client.clone());
                 slot.warned.store(false, Ordering::Relaxed);
                 slot.up.store(true, Ordering::Relaxed);
+                up.send_modify(|n| *n += 1);
                 tracing::debug!(server = %slot.addr, "connected");
                 tokio::select! {
                     _ = shutdown.wait_for(|s| *s) => {}
                     () = client.closed() => {}
                 }
                 slot.up.store(false, Ordering::Relaxed);
+                up.send_modify(|n| *n -= 1);
                 *slot.client.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 tracing::debug!(server = %slot.addr, "disconnected");
                 backoff = next_backoff(backoff, connected.elapsed(), min, max);
@@ -224,6 +241,33 @@ async fn keep_connected(
             () = tokio::time::sleep(backoff.mul_f64(jitter)) => {}
         }
         backoff = (backoff * 2).min(max);
+    }
+}
+
+impl Server {
+    /// Sends a batch lookup that accepts no table version older than `min_version` (the newest
+    /// the cache has seen); `None` if the connection is gone. Count it in flight with
+    /// [`Server::begin`] for as long as its answer is awaited.
+    pub(crate) async fn send(
+        &self,
+        table: &str,
+        hashes: Vec<u64>,
+        min_version: Option<u64>,
+    ) -> Option<PendingReply> {
+        let request = if hashes.len() == 1 {
+            Request::Lookup {
+                table: table.into(),
+                hash: hashes[0],
+                min_version,
+            }
+        } else {
+            Request::BatchLookup {
+                table: table.into(),
+                hashes,
+                min_version,
+            }
+        };
+        self.client.send(&request).await.ok()
     }
 }
 

@@ -58,34 +58,62 @@
 //!     .await?;
 //! let route = cache.route("orders", b"customer#42").await?;
 //! println!("leader at {}", route.leader_replica().map_or("?", |r| r.addr.as_str()));
-//! cache.shutdown();
+//! cache.shutdown_complete().await;
 //! # Ok(()) }
 //! ```
 //!
+//! Shutdown: every handle is a guard; [`RouterCache::shutdown`], or dropping the last handle,
+//! stops the cache, and [`RouterCache::shutdown_complete`] waits until every task it started
+//! (dispatcher, batches and hedges, connection keepers, metrics and refresh loops) has
+//! finished and its connections are closed. [`RouterCache::servers_up`] is a watch of the
+//! servers connected, for whoever waits for the fleet.
+//!
 //! # Layout
 //!
+//! - [`cache`]: [`RouterCache`], the public handle: the hit and miss paths (`route*`),
+//!   `invalidate`, `apply_route`, `clear`, `warm`, `explain`, `dump`, `drain`, `stats`, and
+//!   shutdown (the drop guard, `shutdown_complete`, `servers_up`).
+//! - `config`: [`Mode`], [`Config`] and the [`Builder`].
+//! - `stats`: [`CacheStats`], [`CacheError`], and the shared counters behind them.
+//! - `registry`: the tables the cache has seen (`TableState`: routes, node list, newest version
+//!   seen, whole-table copy, batches in flight), each thread's own handles on them (the hit
+//!   path) and each thread's refresh ring and counters.
+//! - `dispatcher`: the dispatcher's decisions, sans IO: grouping queued lookups into batches
+//!   and each batch's state machine (`BatchMachine`: where to send, when to hedge, what a
+//!   refusal, shed or failure leads to, what completes, what is counted, the next deadline),
+//!   tested with virtual time; its module docs say what stays in the shell.
+//! - `batch`: the dispatcher's async shell: the dispatch task, one task per batch that makes
+//!   the machine's sends and feeds back the answers, and applying an answer (checking it,
+//!   fetching the node list it needs, caching its routes, completing misses).
+//! - `fetch`: whole tables: Classic whole-table mode's download and refresh and
+//!   [`RouterCache::warm`], one get-table or get-delta at a time.
 //! - [`table`]: the cached routes of one table (floor lookup, staleness rules, invalidation,
 //!   each route's source and confirmations): pure data structure, no IO, no clock.
-//! - [`cache`]: [`RouterCache`], its builder and config, the hit and miss paths, the dispatcher
-//!   that batches lookups, hedging, and applying answers; fetching a whole table or a delta
-//!   (Classic whole-table mode and `warm` share it); `explain` and `dump`.
 //! - [`explain`]: what `explain`, `dump` and `warm` answer ([`Explanation`], [`TableDump`],
 //!   [`Warmed`]): plain serializable data.
 //! - `ring`: the per-thread ring a hit queues its refresh lookup on (single producer, single
 //!   consumer, no locked instruction for the producer).
 //! - `fleet`: one connection per server with jittered reconnects (backing off further from a
-//!   server that closes connections at once); power of two choices.
+//!   server that closes connections at once); power of two choices; sending a batch lookup.
+//! - `tasks`: the count of the cache's background tasks, which shutdown waits on.
 //! - `whole`: the record of a table fetched whole (Classic whole-table mode's download, or a
 //!   warm: version, node list) and the routes a delta makes of it, checked whole before any is
 //!   used: pure, no IO.
 //! - `metrics`: the `memds_router_*` metrics.
 
+mod batch;
 pub mod cache;
+mod config;
+mod dispatcher;
 pub mod explain;
+mod fetch;
 mod fleet;
 mod metrics;
+mod registry;
 mod ring;
+mod stats;
 pub mod table;
+mod tasks;
 mod whole;
 
 pub use cache::{Builder, CacheError, CacheStats, Config, Invalidate, Mode, RouterCache};

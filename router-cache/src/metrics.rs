@@ -7,7 +7,9 @@ use std::time::Duration;
 use metrics::{Label, Unit, describe_counter, describe_gauge, describe_histogram};
 use tokio::sync::watch;
 
-use crate::RouterCache;
+use std::sync::Arc;
+
+use crate::cache::Inner;
 
 /// Describes every metric (idempotent).
 pub(crate) fn describe() {
@@ -128,7 +130,7 @@ impl Labels {
 
 /// Publishes the cache's counters every second until shutdown.
 pub(crate) async fn publish_loop(
-    cache: RouterCache,
+    cache: Arc<Inner>,
     labels: Labels,
     mut shutdown: watch::Receiver<bool>,
 ) {

@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use memds_client::{Client, ClientTls, ConnectOptions, Connector, Role};
@@ -17,15 +16,23 @@ use memds_server::{RunningServer, ServerConfig};
 use router_cache::{CacheError, Invalidate, Mode, RouterCache};
 use tokio::runtime::Handle;
 
-fn temp_dir(name: &str) -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let d = std::env::temp_dir().join(format!(
-        "memds-cache-{name}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+/// A fresh, empty scratch directory, removed when the guard is dropped.
+fn temp_dir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("memds-cache-{name}-"))
+        .tempdir()
+        .expect("a scratch directory")
+}
+
+/// Waits (bounded) until the cache has `n` servers connected.
+async fn servers_up(c: &RouterCache, n: usize) {
+    let mut up = c.servers_up();
+    let reached = tokio::time::timeout(Duration::from_secs(10), up.wait_for(|&u| u == n)).await;
+    assert!(
+        matches!(reached, Ok(Ok(_))),
+        "{} servers up, not {n}",
+        c.stats().servers_up
+    );
 }
 
 /// Starts a server; the first one of a test creates the PKI, later ones share it.
@@ -81,8 +88,13 @@ fn hashes(seed: u64, n: usize) -> Vec<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn constant_work_server_lookups_equal_route_calls_at_any_hit_rate() {
     let dir = temp_dir("cw");
-    let s = server(dir.clone(), None, "127.0.0.1:0".parse().expect("addr")).await;
-    let tls = dir.join("tls");
+    let s = server(
+        dir.path().to_owned(),
+        None,
+        "127.0.0.1:0".parse().expect("addr"),
+    )
+    .await;
+    let tls = dir.path().join("tls");
     let admin = admin(&tls, s.quic_addr).await;
     let m = map(500);
     admin.put_table(&m).await.expect("put");
@@ -162,8 +174,13 @@ fn on_threads<T: Send>(n: usize, f: impl Fn(usize, &Handle) -> T + Sync) -> Vec<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn classic_sends_only_misses_and_whole_table_sends_no_lookups() {
     let dir = temp_dir("classic");
-    let s = server(dir.clone(), None, "127.0.0.1:0".parse().expect("addr")).await;
-    let tls = dir.join("tls");
+    let s = server(
+        dir.path().to_owned(),
+        None,
+        "127.0.0.1:0".parse().expect("addr"),
+    )
+    .await;
+    let tls = dir.path().join("tls");
     let admin = admin(&tls, s.quic_addr).await;
     let m = map(300);
     admin.put_table(&m).await.expect("put");
@@ -243,8 +260,13 @@ async fn stats_until(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whole_table_mode_refreshes_by_delta_and_downloads_only_when_no_delta_is_known() {
     let dir = temp_dir("whole-delta");
-    let s = server(dir.clone(), None, "127.0.0.1:0".parse().expect("addr")).await;
-    let tls = dir.join("tls");
+    let s = server(
+        dir.path().to_owned(),
+        None,
+        "127.0.0.1:0".parse().expect("addr"),
+    )
+    .await;
+    let tls = dir.path().join("tls");
     let admin = admin(&tls, s.quic_addr).await;
     let m = map(3000);
     admin.put_table(&m).await.expect("put");
@@ -334,8 +356,13 @@ async fn whole_table_mode_refreshes_by_delta_and_downloads_only_when_no_delta_is
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_split_reaches_the_cache_within_one_request_and_old_answers_never_win() {
     let dir = temp_dir("split");
-    let s = server(dir.clone(), None, "127.0.0.1:0".parse().expect("addr")).await;
-    let tls = dir.join("tls");
+    let s = server(
+        dir.path().to_owned(),
+        None,
+        "127.0.0.1:0".parse().expect("addr"),
+    )
+    .await;
+    let tls = dir.path().join("tls");
     let admin = admin(&tls, s.quic_addr).await;
     let m = map(100);
     admin.put_table(&m).await.expect("put");
@@ -424,8 +451,13 @@ async fn a_split_reaches_the_cache_within_one_request_and_old_answers_never_win(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_thread_serves_a_replaced_or_invalidated_route_once_the_change_returns() {
     let dir = temp_dir("threads");
-    let s = server(dir.clone(), None, "127.0.0.1:0".parse().expect("addr")).await;
-    let tls = dir.join("tls");
+    let s = server(
+        dir.path().to_owned(),
+        None,
+        "127.0.0.1:0".parse().expect("addr"),
+    )
+    .await;
+    let tls = dir.path().join("tls");
     admin(&tls, s.quic_addr)
         .await
         .put_table(&map(100))
@@ -475,10 +507,16 @@ async fn no_thread_serves_a_replaced_or_invalidated_route_once_the_change_return
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_servers_fails_no_hit_and_the_queue_bound_holds() {
     let dir_a = temp_dir("lose-a");
-    let a = server(dir_a.clone(), None, "127.0.0.1:0".parse().expect("addr")).await;
-    let tls = dir_a.join("tls");
+    let a = server(
+        dir_a.path().to_owned(),
+        None,
+        "127.0.0.1:0".parse().expect("addr"),
+    )
+    .await;
+    let tls = dir_a.path().join("tls");
+    let dir_b = temp_dir("lose-b");
     let b = server(
-        temp_dir("lose-b"),
+        dir_b.path().to_owned(),
         Some(&tls),
         "127.0.0.1:0".parse().expect("addr"),
     )
@@ -499,14 +537,7 @@ async fn losing_servers_fails_no_hit_and_the_queue_bound_holds() {
     .build()
     .await
     .expect("cache");
-    // Wait for both connections.
-    for _ in 0..200 {
-        if c.stats().servers_up == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(c.stats().servers_up, 2);
+    servers_up(&c, 2).await;
     let warm = hashes(5, 200);
     for &h in &warm {
         c.route_hash(name, h).await.expect("warm");
@@ -533,14 +564,9 @@ async fn losing_servers_fails_no_hit_and_the_queue_bound_holds() {
     c.drain().await;
 
     // Server A comes back on its address: traffic returns to it.
-    let a = server(dir_a.clone(), Some(tls.as_path()), addr_a).await;
+    let a = server(dir_a.path().to_owned(), Some(tls.as_path()), addr_a).await;
     let admin_a = admin(&tls, addr_a).await;
-    for _ in 0..300 {
-        if c.stats().servers_up == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    servers_up(&c, 2).await;
     // Each round's refreshes may travel as one batch to either server (power of two choices
     // between two idle servers is a coin toss), so send rounds until one reaches A: 40 rounds
     // all landing on B would take a one-in-a-trillion run of tosses.
@@ -566,13 +592,7 @@ async fn losing_servers_fails_no_hit_and_the_queue_bound_holds() {
     // The whole fleet stops: hits still answer, the queue stays bounded, misses fail in time.
     a.shutdown().await;
     b.shutdown().await;
-    for _ in 0..300 {
-        if c.stats().servers_up == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(c.stats().servers_up, 0);
+    servers_up(&c, 0).await;
     let mut max_depth = 0;
     for _ in 0..20 {
         for &h in &warm {

@@ -40,7 +40,7 @@ fn recently_confirmed(e: &Explanation) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explain_says_where_each_route_came_from() {
     let m = map(300);
-    let (s, tls, admin) = serving("explain", &m).await;
+    let (s, tls, admin, _dir) = serving("explain", &m).await;
     let name = m.name().as_str();
     let v1 = m.version().get();
     let c = cache(vec![s.quic_addr], &tls, Mode::ConstantWork, 1 << 20).await;
@@ -271,8 +271,8 @@ async fn explained_until(
 async fn refresh_queued_while_the_fleet_holds_the_answer_and_not_once_answered() {
     let dir = temp_dir("explain-held");
     // A real server only for the PKI.
-    let s = server(dir.clone(), None, common::any_port()).await;
-    let tls = dir.join("tls");
+    let s = server(dir.path().to_owned(), None, common::any_port()).await;
+    let tls = dir.path().join("tls");
     let m = map(100);
     let name = m.name().as_str();
     let fleet = HeldServer::start(&tls, &m);

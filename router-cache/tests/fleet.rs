@@ -124,9 +124,10 @@ async fn a_server_behind_is_passed_over_and_no_caller_gets_an_older_route() {
     let (v1, v2) = (map(1), map(2));
     let name = v2.name().as_str();
     let dir = temp_dir("behind-a");
-    let a = server(dir.clone(), None, any_port()).await;
-    let tls = dir.join("tls");
-    let b = server(temp_dir("behind-b"), Some(&tls), any_port()).await;
+    let a = server(dir.path().to_owned(), None, any_port()).await;
+    let tls = dir.path().join("tls");
+    let dir_b = temp_dir("behind-b");
+    let b = server(dir_b.path().to_owned(), Some(&tls), any_port()).await;
     put(&tls, a.quic_addr, &v2).await;
 
     let c = cache(vec![a.quic_addr, b.quic_addr], &tls).await;
@@ -195,9 +196,10 @@ async fn a_fleet_all_behind_fails_the_miss_and_hands_out_no_older_route() {
     let (v1, v2) = (map(1), map(2));
     let name = v2.name().as_str();
     let dir = temp_dir("all-behind-a");
-    let a = server(dir.clone(), None, any_port()).await;
-    let tls = dir.join("tls");
-    let b = server(temp_dir("all-behind-b"), Some(&tls), any_port()).await;
+    let a = server(dir.path().to_owned(), None, any_port()).await;
+    let tls = dir.path().join("tls");
+    let dir_b = temp_dir("all-behind-b");
+    let b = server(dir_b.path().to_owned(), Some(&tls), any_port()).await;
     let (addr_a, addr_b) = (a.quic_addr, b.quic_addr);
     put(&tls, addr_a, &v2).await;
 
@@ -241,7 +243,8 @@ async fn a_fleet_all_behind_fails_the_miss_and_hands_out_no_older_route() {
     assert!(st.behind > before.behind, "{st:?}");
 
     // A comes back from an empty data directory, and is given version 1.
-    let a = server(temp_dir("all-behind-a-again"), Some(&tls), addr_a).await;
+    let dir_a = temp_dir("all-behind-a-again");
+    let a = server(dir_a.path().to_owned(), Some(&tls), addr_a).await;
     put(&tls, addr_a, &v1).await;
     servers_up(&c, 2).await;
     c.drain().await;
@@ -416,8 +419,8 @@ async fn a_server_not_ready_or_answering_old_versions_is_passed_over() {
     let (v1, v2) = (map(1), map(2));
     let name = v2.name().as_str();
     let dir = temp_dir("not-ready");
-    let a = server(dir.clone(), None, any_port()).await;
-    let tls = dir.join("tls");
+    let a = server(dir.path().to_owned(), None, any_port()).await;
+    let tls = dir.path().join("tls");
     put(&tls, a.quic_addr, &v2).await;
     let fake = Fake::start(&tls, &v1);
 

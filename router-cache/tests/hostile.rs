@@ -76,7 +76,7 @@ const HUGE: u64 = 8 << 30;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lying_server_is_refused_and_its_misses_are_answered_by_another() {
     count_panics();
-    let (server, tls) = real_server("mixed").await;
+    let (server, tls, _dir) = real_server("mixed").await;
     let truth = map();
     let table = truth.name().as_str().to_owned();
     for lie in MALFORMED.into_iter().chain([Lie::Silent]) {
@@ -149,7 +149,7 @@ async fn a_lying_server_is_refused_and_its_misses_are_answered_by_another() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_only_a_lying_server_misses_fail_typed_and_nothing_hangs() {
     count_panics();
-    let (server, tls) = real_server("alone").await;
+    let (server, tls, _dir) = real_server("alone").await;
     let table = map().name().as_str().to_owned();
     let timeout = Duration::from_millis(500);
     for lie in MALFORMED.into_iter().chain([Lie::Silent, Lie::SilentNodes]) {
@@ -189,7 +189,7 @@ async fn with_only_a_lying_server_misses_fail_typed_and_nothing_hangs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_table_refuses_a_snapshot_declaring_gigabytes_without_allocating_them() {
     count_panics();
-    let (server, tls) = real_server("huge").await;
+    let (server, tls, _dir) = real_server("huge").await;
     let liar = Liar::start(&tls, Lie::HugeSnapshot);
     let client = router(&tls, ConnectOptions::default())
         .connect(liar.addr)
@@ -221,7 +221,7 @@ async fn get_table_refuses_a_snapshot_declaring_gigabytes_without_allocating_the
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_table_keeps_to_the_configured_limit_to_the_byte() {
     count_panics();
-    let (server, tls) = real_server("limit").await;
+    let (server, tls, _dir) = real_server("limit").await;
     let truth = map();
     let archive = snapshot::archive(&truth).len() as u64;
     // The liar sends the true table here; only the limit decides.
@@ -265,7 +265,7 @@ async fn get_table_keeps_to_the_configured_limit_to_the_byte() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn classic_whole_table_downloads_within_the_builders_limit() {
     count_panics();
-    let (server, tls) = real_server("classic").await;
+    let (server, tls, _dir) = real_server("classic").await;
     let truth = map();
     let table = truth.name().as_str();
     let h = hashes(7, 1)[0];
@@ -507,16 +507,17 @@ fn map() -> TableMap {
     )
 }
 
-/// A real server holding `map()`, and its TLS directory.
-async fn real_server(name: &str) -> (RunningServer, PathBuf) {
+/// A real server holding `map()`, its TLS directory, and its scratch directory (removed when
+/// dropped).
+async fn real_server(name: &str) -> (RunningServer, PathBuf, tempfile::TempDir) {
     let dir = temp_dir(name);
     let server = memds_server::start(ServerConfig::new(
         SocketAddr::from(([127, 0, 0, 1], 0)),
-        dir.clone(),
+        dir.path().to_owned(),
     ))
     .await
     .expect("server starts");
-    let tls = dir.join("tls");
+    let tls = dir.path().join("tls");
     let admin = Connector::new(
         &ClientTls::from_dir(&tls, Role::Admin).expect("tls"),
         ConnectOptions::default(),
@@ -526,7 +527,7 @@ async fn real_server(name: &str) -> (RunningServer, PathBuf) {
     .await
     .expect("connect");
     admin.put_table(&map()).await.expect("put");
-    (server, tls)
+    (server, tls, dir)
 }
 
 fn router(tls: &Path, options: ConnectOptions) -> Connector {

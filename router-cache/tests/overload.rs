@@ -34,14 +34,19 @@ const LIMIT: u64 = 100;
 /// empty.
 const FLOODERS: usize = 2;
 
-/// Starts a server answering at most `limit` lookups a second (`None`: no limit); the first one
-/// of a test creates the PKI, later ones share it.
-async fn server(name: &str, tls_from: Option<&Path>, limit: Option<u64>) -> RunningServer {
-    let mut c = ServerConfig::new(any_port(), temp_dir(name));
+/// Starts a server answering at most `limit` lookups a second (`None`: no limit), with its
+/// scratch directory; the first one of a test creates the PKI, later ones share it.
+async fn server(
+    name: &str,
+    tls_from: Option<&Path>,
+    limit: Option<u64>,
+) -> (RunningServer, tempfile::TempDir) {
+    let dir = temp_dir(name);
+    let mut c = ServerConfig::new(any_port(), dir.path().to_owned());
     c.tls = tls_from.map(TlsPaths::in_dir);
     c.limits.max_lookups_per_sec = limit;
     c.scrub_interval = None;
-    memds_server::start(c).await.expect("server starts")
+    (memds_server::start(c).await.expect("server starts"), dir)
 }
 
 fn map() -> TableMap {
@@ -67,22 +72,31 @@ async fn cache(servers: Vec<SocketAddr>, tls: &Path) -> RouterCache {
 }
 
 /// One server under test: the server and an admin connection for its stats (held for the
-/// whole test, so the number of connections sharing its limit does not change).
+/// whole test, so the number of connections sharing its limit does not change), and its scratch
+/// directory (removed with it).
 struct Limited {
     server: RunningServer,
     admin: Client,
+    _dir: tempfile::TempDir,
 }
 
 impl Limited {
     async fn start(name: &str, tls_from: Option<&Path>, limit: Option<u64>) -> (Self, PathBuf) {
-        let server = server(name, tls_from, limit).await;
+        let (server, dir) = server(name, tls_from, limit).await;
         let tls = match tls_from {
             Some(t) => t.to_owned(),
             None => server.tls_dir.clone().expect("a development PKI"),
         };
         let admin = client(&tls, Role::Admin, server.quic_addr).await;
         admin.put_table(&map()).await.expect("put");
-        (Self { server, admin }, tls)
+        (
+            Self {
+                server,
+                admin,
+                _dir: dir,
+            },
+            tls,
+        )
     }
 
     fn addr(&self) -> SocketAddr {
@@ -571,7 +585,8 @@ async fn scrape(addr: SocketAddr, series: &str) -> f64 {
 /// the cache connects and its misses are answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_at_its_connection_limit_is_not_hammered_with_handshakes() {
-    let mut config = ServerConfig::new(any_port(), temp_dir("busy"));
+    let dir = temp_dir("busy");
+    let mut config = ServerConfig::new(any_port(), dir.path().to_owned());
     config.limits.max_connections = 1;
     config.metrics_listen = Some(any_port());
     config.scrub_interval = None;

@@ -49,7 +49,7 @@ fn cached_routes(c: &RouterCache, table: &str) -> Vec<Route> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_warm_fills_the_cache_with_one_get_table_then_one_get_delta() {
     let m = map(500);
-    let (s, tls, admin) = serving("warm", &m).await;
+    let (s, tls, admin, _dir) = serving("warm", &m).await;
     let name = m.name().as_str();
     let v1 = m.version().get();
     let classic = Mode::Classic { whole_table: false };
@@ -166,7 +166,7 @@ async fn a_warm_fills_the_cache_with_one_get_table_then_one_get_delta() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_warm_in_constant_work_mode_leaves_one_lookup_per_call() {
     let m = map(300);
-    let (s, tls, admin) = serving("warm-cw", &m).await;
+    let (s, tls, admin, _dir) = serving("warm-cw", &m).await;
     let name = m.name().as_str();
     let c = cache(vec![s.quic_addr], &tls, Mode::ConstantWork, 1 << 20).await;
     let lookups = server_lookups(&admin).await;
@@ -195,7 +195,7 @@ async fn a_warm_in_constant_work_mode_leaves_one_lookup_per_call() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_warm_keeps_to_the_capacity() {
     let m = map(300);
-    let (s, tls, _admin) = serving("warm-capacity", &m).await;
+    let (s, tls, _admin, _dir) = serving("warm-capacity", &m).await;
     let name = m.name().as_str();
     let c = cache(
         vec![s.quic_addr],
@@ -224,8 +224,8 @@ async fn a_warm_keeps_to_the_capacity() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_warm_never_moves_a_route_backwards() {
     let dir = temp_dir("warm-behind-a");
-    let a = server(dir.clone(), None, common::any_port()).await;
-    let tls = dir.join("tls");
+    let a = server(dir.path().to_owned(), None, common::any_port()).await;
+    let tls = dir.path().join("tls");
     let m = map(300);
     let name = m.name().as_str();
     let admin_a = client(&tls, Role::Admin, a.quic_addr).await;
@@ -259,7 +259,8 @@ async fn a_warm_never_moves_a_route_backwards() {
     }
 
     // B comes up with the version before the split.
-    let b = server(temp_dir("warm-behind-b"), Some(&tls), b_addr).await;
+    let dir_b = temp_dir("warm-behind-b");
+    let b = server(dir_b.path().to_owned(), Some(&tls), b_addr).await;
     client(&tls, Role::Admin, b.quic_addr)
         .await
         .put_table(&m)

@@ -6,22 +6,18 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use memds_client::{Client, ClientTls, ConnectOptions, Connector, Role};
 use router_cache::RouterCache;
 
-/// A fresh path under the system temp dir, unique to this test process and call (not created:
-/// the server creates its data directory).
-pub fn temp_dir(name: &str) -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let d = std::env::temp_dir().join(format!(
-        "memds-router-cache-{name}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+/// A fresh, empty directory under the system temp dir named after `name`, removed when the
+/// returned guard is dropped (keep it as long as the server using it runs).
+pub fn temp_dir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("memds-router-cache-{name}-"))
+        .tempdir()
+        .expect("a scratch directory")
 }
 
 /// 127.0.0.1, any free port.
@@ -41,15 +37,13 @@ pub async fn client(tls: &Path, role: Role, addr: SocketAddr) -> Client {
 
 /// Waits (bounded) until the cache has `n` servers connected.
 pub async fn servers_up(c: &RouterCache, n: u64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while c.stats().servers_up != n {
-        assert!(
-            Instant::now() < deadline,
-            "{} servers up, not {n}",
-            c.stats().servers_up
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let mut up = c.servers_up();
+    let reached = tokio::time::timeout(Duration::from_secs(10), up.wait_for(|&u| u as u64 == n));
+    assert!(
+        matches!(reached.await, Ok(Ok(_))),
+        "{} servers up, not {n}",
+        c.stats().servers_up
+    );
 }
 
 /// `n` well-spread hashes, a different set for each `seed`.
@@ -217,17 +211,23 @@ pub fn synth_map(partitions: usize) -> memds_proto::TableMap {
 }
 
 /// A real server on loopback holding `m`, with its PKI in a fresh directory named after
-/// `name`: the server, the PKI directory and an admin client of it.
+/// `name`: the server, the PKI directory, an admin client of it, and the scratch directory
+/// (removed when dropped: keep it while the server runs).
 pub async fn serving(
     name: &str,
     m: &memds_proto::TableMap,
-) -> (memds_server::RunningServer, PathBuf, Client) {
+) -> (
+    memds_server::RunningServer,
+    PathBuf,
+    Client,
+    tempfile::TempDir,
+) {
     let dir = temp_dir(name);
-    let s = server(dir.clone(), None, any_port()).await;
-    let tls = dir.join("tls");
+    let s = server(dir.path().to_owned(), None, any_port()).await;
+    let tls = dir.path().join("tls");
     let admin = client(&tls, Role::Admin, s.quic_addr).await;
     admin.put_table(m).await.expect("put");
-    (s, tls, admin)
+    (s, tls, admin, dir)
 }
 
 /// A cache over `servers` in `mode` holding at most `capacity` routes per table, that
