@@ -33,16 +33,17 @@ pub enum ClientError {
     #[error("creating the QUIC endpoint: {0}")]
     Endpoint(std::io::Error),
     /// The connection could not be established.
-    #[error("connecting to {addr}: {reason}")]
+    #[error("connecting to {addr}: {source}")]
     Connect {
         /// The server.
         addr: SocketAddr,
         /// What went wrong.
-        reason: String,
+        #[source]
+        source: ConnectError,
     },
     /// The connection is closed; the request may or may not have been performed.
     #[error("connection closed: {0}")]
-    Closed(String),
+    Closed(#[source] CloseReason),
     /// The server answered with a typed error.
     #[error("server answered {}: {}", .0.code.as_str(), .0.message)]
     Server(ErrorReply),
@@ -58,6 +59,82 @@ pub enum ClientError {
     /// No answer within the caller's timeout.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
+}
+
+/// Why a connection could not be established: the error that stopped it.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The connection could not be started (a bad server name or address, the endpoint
+    /// closed).
+    #[error(transparent)]
+    Start(#[from] quinn::ConnectError),
+    /// The handshake failed, or the connection was lost before its stream opened.
+    #[error(transparent)]
+    Connection(#[from] quinn::ConnectionError),
+    /// No connection within the caller's timeout.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Why a connection closed: what was under way, and the error that closed it, if any (a
+/// connection loss carries the server's close reason: its connection limit, a bad frame,
+/// shutdown). Cheap to clone: every request pending on the connection gets one.
+#[derive(Clone, Debug)]
+pub struct CloseReason {
+    what: String,
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl CloseReason {
+    /// A reason without an underlying error.
+    pub fn new(what: impl Into<String>) -> Self {
+        Self {
+            what: what.into(),
+            source: None,
+        }
+    }
+
+    /// A reason with the error behind it: `what` says what was under way ("reading from the
+    /// server"), or is empty when the error says it all.
+    pub fn caused_by(
+        what: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            what: what.into(),
+            source: Some(Arc::new(source)),
+        }
+    }
+}
+
+impl std::fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.source {
+            None => f.write_str(&self.what),
+            Some(source) if self.what.is_empty() => write!(f, "{source}"),
+            Some(source) => write!(f, "{}: {source}", self.what),
+        }
+    }
+}
+
+impl std::error::Error for CloseReason {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl From<&str> for CloseReason {
+    fn from(what: &str) -> Self {
+        Self::new(what)
+    }
+}
+
+impl From<String> for CloseReason {
+    fn from(what: String) -> Self {
+        Self::new(what)
+    }
 }
 
 impl ClientError {
@@ -147,16 +224,13 @@ impl Connector {
 
     /// Connects to a server.
     pub async fn connect(&self, addr: SocketAddr) -> Result<Client, ClientError> {
-        let connect_error = |reason: String| ClientError::Connect { addr, reason };
+        let connect_error = |source: ConnectError| ClientError::Connect { addr, source };
         let connecting = self
             .endpoint
             .connect_with(self.config.clone(), addr, &self.options.server_name)
-            .map_err(|e| connect_error(e.to_string()))?;
-        let conn = connecting.await.map_err(|e| connect_error(e.to_string()))?;
-        let (send, recv) = conn
-            .open_bi()
-            .await
-            .map_err(|e| connect_error(e.to_string()))?;
+            .map_err(|e| connect_error(e.into()))?;
+        let conn = connecting.await.map_err(|e| connect_error(e.into()))?;
+        let (send, recv) = conn.open_bi().await.map_err(|e| connect_error(e.into()))?;
         Ok(Client::start(conn, send, recv, &self.options))
     }
 
@@ -172,16 +246,16 @@ struct Shared {
     pending: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
     next_id: AtomicU64,
     closed: AtomicBool,
-    close_reason: Mutex<Option<String>>,
+    close_reason: Mutex<Option<CloseReason>>,
 }
 
 impl Shared {
-    fn fail_all(&self, reason: &str) {
+    fn fail_all(&self, reason: CloseReason) {
         self.closed.store(true, Ordering::SeqCst);
         self.close_reason
             .lock()
             .expect("close_reason lock is never poisoned")
-            .get_or_insert_with(|| reason.to_owned());
+            .get_or_insert_with(|| reason.clone());
         let pending: Vec<_> = self
             .pending
             .lock()
@@ -189,7 +263,7 @@ impl Shared {
             .drain()
             .collect();
         for (_, tx) in pending {
-            let _ = tx.send(Err(ClientError::Closed(reason.to_owned())));
+            let _ = tx.send(Err(ClientError::Closed(reason.clone())));
         }
     }
 }
@@ -257,7 +331,7 @@ impl Client {
     /// Closes the connection.
     pub fn close(&self) {
         self.conn.close(0u32.into(), b"client closing");
-        self.shared.fail_all("closed by the client");
+        self.shared.fail_all("closed by the client".into());
     }
 
     /// Sends a request and waits for its answer. An error answer is [`ClientError::Server`].
@@ -309,7 +383,7 @@ impl Client {
         Ok(pending)
     }
 
-    fn close_reason(&self) -> String {
+    fn close_reason(&self) -> CloseReason {
         close_reason(&self.conn, &self.shared)
     }
 
@@ -649,9 +723,9 @@ impl Drop for PendingReply {
 }
 
 /// Why the connection is closed: quinn's reason if it has one, else the reader's or writer's.
-fn close_reason(conn: &quinn::Connection, shared: &Shared) -> String {
+fn close_reason(conn: &quinn::Connection, shared: &Shared) -> CloseReason {
     if let Some(r) = conn.close_reason() {
-        return r.to_string();
+        return CloseReason::caused_by("", r);
     }
     shared
         .close_reason
@@ -714,12 +788,12 @@ async fn write_loop(
             }
         }
         if let Err(e) = send.write_all(&buf).await {
-            let reason = match e {
+            let what = "writing to the server";
+            shared.fail_all(match e {
                 // The connection's own error carries the server's close reason.
-                quinn::WriteError::ConnectionLost(lost) => lost.to_string(),
-                other => other.to_string(),
-            };
-            shared.fail_all(&format!("writing to the server: {reason}"));
+                quinn::WriteError::ConnectionLost(lost) => CloseReason::caused_by(what, lost),
+                other => CloseReason::caused_by(what, other),
+            });
             return;
         }
         buf.clear();
@@ -734,17 +808,17 @@ async fn read_loop(mut recv: quinn::RecvStream, max_frame: usize, shared: Arc<Sh
         let n = match recv.read(&mut chunk).await {
             Ok(Some(n)) => n,
             Ok(None) => {
-                shared.fail_all("the server finished the stream");
+                shared.fail_all("the server finished the stream".into());
                 return;
             }
             Err(quinn::ReadError::ConnectionLost(lost)) => {
                 // The connection's own error carries the server's close reason (its connection
                 // limit, a bad frame, shutdown), which the read error's text leaves out.
-                shared.fail_all(&format!("reading from the server: {lost}"));
+                shared.fail_all(CloseReason::caused_by("reading from the server", lost));
                 return;
             }
             Err(e) => {
-                shared.fail_all(&format!("reading from the server: {e}"));
+                shared.fail_all(CloseReason::caused_by("reading from the server", e));
                 return;
             }
         };
@@ -758,10 +832,10 @@ async fn read_loop(mut recv: quinn::RecvStream, max_frame: usize, shared: Arc<Sh
                         // Id 0 is the server speaking about the connection itself (for
                         // instance a frame over its limit) just before it closes it.
                         let reason = match &reply {
-                            Ok(Response::Error(e)) => e.to_string(),
+                            Ok(Response::Error(e)) => CloseReason::caused_by("", e.clone()),
                             _ => "the server reported a connection error".into(),
                         };
-                        shared.fail_all(&reason);
+                        shared.fail_all(reason);
                         return;
                     }
                     let tx = shared
@@ -775,7 +849,7 @@ async fn read_loop(mut recv: quinn::RecvStream, max_frame: usize, shared: Arc<Sh
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    shared.fail_all(&format!("bad frame from the server: {e}"));
+                    shared.fail_all(CloseReason::caused_by("bad frame from the server", e));
                     return;
                 }
             }

@@ -12,9 +12,15 @@
 //! - [`client`]: [`Connector`] (one QUIC endpoint, many connections) and [`Client`] (one
 //!   connection: requests are pipelined with ids, writes coalesced, answers matched by id;
 //!   nothing the server sends is sized or trusted beyond [`ConnectOptions`]' bounds).
+//!   Failures are [`ClientError`]s that keep their cause as their `source`: a
+//!   [`ConnectError`] (quinn's connect or connection error, or a timeout) and a
+//!   [`CloseReason`] (what was under way when the connection closed, and quinn's error).
 
 pub mod client;
 pub mod tls;
 
-pub use client::{Client, ClientError, ConnectOptions, Connector, DeltaAnswer, PendingReply};
+pub use client::{
+    Client, ClientError, CloseReason, ConnectError, ConnectOptions, Connector, DeltaAnswer,
+    PendingReply,
+};
 pub use tls::{ClientTls, Role, TlsError};

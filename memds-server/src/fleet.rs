@@ -55,6 +55,7 @@ use memds_proto::wire::{
 use memds_proto::{CompactTable, NodeInterner};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
+use crate::metrics::{self, PullKind, RepairResult};
 use crate::store::{Store, Write};
 use crate::writer::{Job, RepairJob, Repaired, WriteJob};
 
@@ -116,7 +117,7 @@ impl Readiness {
             ready: AtomicBool::new(ready),
             reason: Mutex::new(reason.to_owned()),
         };
-        ::metrics::gauge!("memds_ready").set(if ready { 1.0 } else { 0.0 });
+        metrics::ready(ready);
         r
     }
 
@@ -139,7 +140,7 @@ impl Readiness {
     fn set_ready(&self, why: &str) {
         if !self.ready.swap(true, Ordering::AcqRel) {
             tracing::info!(why, "ready");
-            ::metrics::gauge!("memds_ready").set(1.0);
+            metrics::ready(true);
         }
     }
 
@@ -215,7 +216,7 @@ impl Fleet {
         let request = Arc::new(request);
         for (peer, tx) in forwarders.iter() {
             if tx.try_send(Arc::clone(&request)).is_err() {
-                forward_failed(*peer, "queue_full");
+                metrics::forward_failed(*peer, "queue_full");
             }
         }
     }
@@ -265,11 +266,6 @@ fn rand_instance() -> u64 {
     h.finish() | 1
 }
 
-fn forward_failed(peer: SocketAddr, reason: &'static str) {
-    ::metrics::counter!("memds_forwards_total", "peer" => peer.to_string(), "result" => "failed", "reason" => reason)
-        .increment(1);
-}
-
 /// Everything the fleet's background tasks need.
 pub struct FleetTasks {
     /// The fleet state.
@@ -300,15 +296,7 @@ pub async fn run(tasks: FleetTasks, mut shutdown: watch::Receiver<bool>) {
         return;
     }
     // Every series a dashboard shows exists from the start, at zero.
-    for result in ["ok", "failed"] {
-        ::metrics::counter!("memds_anti_entropy_rounds_total", "result" => result).increment(0);
-    }
-    ::metrics::counter!("memds_anti_entropy_tables_pulled_total").increment(0);
-    ::metrics::counter!("memds_anti_entropy_bytes_pulled_total").increment(0);
-    for kind in PullKind::ALL {
-        ::metrics::counter!("memds_anti_entropy_pulls_total", "kind" => kind.label()).increment(0);
-    }
-    ::metrics::counter!("memds_digest_mismatches_total").increment(0);
+    metrics::register_fleet_series();
     let (peers_tx, peers_rx) = watch::channel(Vec::<SocketAddr>::new());
     let selves = Arc::new(Mutex::new(HashSet::from([tasks.own_addr])));
     let resolved = Arc::new(AtomicBool::new(false));
@@ -404,7 +392,7 @@ async fn resolve_loop(
         found.retain(|a| !selves_now.contains(a));
         found.sort();
         found.dedup();
-        ::metrics::gauge!("memds_peers").set(found.len() as f64);
+        metrics::peers(found.len());
         out.send_if_modified(|current| {
             if *current == found {
                 false
@@ -459,15 +447,14 @@ async fn forward_to(peer: SocketAddr, connector: Connector, mut rx: mpsc::Receiv
                 Ok(c) => c,
                 Err(e) => {
                     tracing::debug!(%peer, error = %e, "forwarding: cannot reach the peer");
-                    forward_failed(peer, "connect");
+                    metrics::forward_failed(peer, "connect");
                     continue;
                 }
             },
         };
         match c.call_timeout(&request, FORWARD_TIMEOUT).await {
             Ok(Response::Written(_) | Response::Dropped { .. }) => {
-                ::metrics::counter!("memds_forwards_total", "peer" => label.clone(), "result" => "sent", "reason" => "")
-                    .increment(1);
+                metrics::forward_sent(&label);
                 client = Some(c);
             }
             // The peer holds something newer, or lacks the base of an update (it catches up by
@@ -475,24 +462,23 @@ async fn forward_to(peer: SocketAddr, connector: Connector, mut rx: mpsc::Receiv
             Err(ClientError::Server(e))
                 if matches!(e.code, ErrorCode::Stale | ErrorCode::Conflict) =>
             {
-                ::metrics::counter!("memds_forwards_total", "peer" => label.clone(), "result" => "sent", "reason" => "")
-                    .increment(1);
+                metrics::forward_sent(&label);
                 client = Some(c);
             }
             Err(ClientError::Server(e)) => {
                 tracing::warn!(%peer, code = e.code.as_str(), message = %e.message, "forwarding: the peer refused a write");
-                forward_failed(peer, "refused");
+                metrics::forward_failed(peer, "refused");
                 client = Some(c);
             }
             Ok(other) => {
                 tracing::warn!(%peer, answer = ?short(&other), "forwarding: an unexpected answer");
-                forward_failed(peer, "refused");
+                metrics::forward_failed(peer, "refused");
                 client = Some(c);
             }
             // The connection is gone or stuck: the next write dials again.
             Err(e) => {
                 tracing::debug!(%peer, error = %e, "forwarding: send failed");
-                forward_failed(peer, "send");
+                metrics::forward_failed(peer, "send");
                 c.close();
             }
         }
@@ -514,7 +500,7 @@ async fn connect(connector: &Connector, peer: SocketAddr) -> Result<Client, Clie
         Ok(r) => r,
         Err(_) => Err(ClientError::Connect {
             addr: peer,
-            reason: "timed out".into(),
+            source: memds_client::ConnectError::Timeout(CONNECT_TIMEOUT),
         }),
     }
 }
@@ -597,10 +583,7 @@ impl AntiEntropy {
             Ok(None) => return,
             Ok(Some(report)) => {
                 self.unreachable.remove(&peer);
-                ::metrics::counter!("memds_anti_entropy_rounds_total", "result" => "ok")
-                    .increment(1);
-                ::metrics::gauge!("memds_peer_lag_versions", "peer" => label.clone())
-                    .set(report.lag_versions as f64);
+                metrics::anti_entropy_round_ok(&label, report.lag_versions);
                 if report.failed.is_empty() {
                     self.caught_up.insert(peer, Instant::now());
                 }
@@ -608,8 +591,7 @@ impl AntiEntropy {
             }
             Err(reason) => {
                 self.unreachable.insert(peer);
-                ::metrics::counter!("memds_anti_entropy_rounds_total", "result" => "failed")
-                    .increment(1);
+                metrics::anti_entropy_round_failed();
                 if let Some(c) = self.clients.remove(&peer) {
                     c.close();
                 }
@@ -618,8 +600,7 @@ impl AntiEntropy {
             }
         };
         let since = self.caught_up.get(&peer).copied().unwrap_or(self.started);
-        ::metrics::gauge!("memds_peer_lag_seconds", "peer" => label)
-            .set(since.elapsed().as_secs_f64());
+        metrics::peer_lag(&label, since.elapsed());
         let readiness = &self.fleet.readiness;
         match report {
             Ok(r) if !r.failed.is_empty() => readiness.not_ready_because(format!(
@@ -698,7 +679,7 @@ impl AntiEntropy {
                     && !entry.dropped
                     && t.checksum() != entry.digest
                 {
-                    ::metrics::counter!("memds_digest_mismatches_total").increment(1);
+                    metrics::digest_mismatch();
                     tracing::error!(table = %entry.name, version = entry.version, %peer, "the peer holds this version with other content");
                 }
                 continue;
@@ -725,11 +706,7 @@ impl AntiEntropy {
                 Ok(None) => {}
                 Ok(Some(kind)) => {
                     report.pulled += 1;
-                    ::metrics::counter!("memds_anti_entropy_tables_pulled_total").increment(1);
-                    if let Some(kind) = kind {
-                        ::metrics::counter!("memds_anti_entropy_pulls_total", "kind" => kind.label())
-                            .increment(1);
-                    }
+                    metrics::table_pulled(kind);
                 }
                 Err(e) => report.failed.push(format!("{}: {e}", entry.name)),
             }
@@ -1068,8 +1045,7 @@ impl AntiEntropy {
             }
             match rx.await {
                 Ok(Repaired::Reinstalled { version }) => {
-                    ::metrics::counter!("memds_scrub_repairs_total", "result" => "from_peer")
-                        .increment(1);
+                    metrics::scrub_repair(RepairResult::FromPeer);
                     tracing::warn!(%table, version, %peer, "reinstalled the damaged table from a peer");
                     return;
                 }
@@ -1094,29 +1070,6 @@ const RANGES_PER_REQUEST: usize = 1024;
 /// Most partitions one get-ranges request should bring back (by the digests' counts), so an
 /// answer stays a few megabytes, far below the frame limit.
 const PARTITIONS_PER_REQUEST: u64 = 64 * 1024;
-
-/// How a table was pulled from a peer (the `kind` of `memds_anti_entropy_pulls_total`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum PullKind {
-    /// The peer's record of what changed since our version.
-    Delta,
-    /// The blocks a Merkle descent found different.
-    Merkle,
-    /// The whole table.
-    Snapshot,
-}
-
-impl PullKind {
-    const ALL: [PullKind; 3] = [PullKind::Delta, PullKind::Merkle, PullKind::Snapshot];
-
-    fn label(self) -> &'static str {
-        match self {
-            PullKind::Delta => "delta",
-            PullKind::Merkle => "merkle",
-            PullKind::Snapshot => "snapshot",
-        }
-    }
-}
 
 /// What one way of pulling a table came to.
 #[derive(Debug)]
@@ -1401,7 +1354,7 @@ fn ranges_sorted(update: &BatchUpdate) -> bool {
 /// Counts bytes pulled from a peer.
 fn count_pulled(report: &mut RoundReport, bytes: u64) {
     report.bytes += bytes;
-    ::metrics::counter!("memds_anti_entropy_bytes_pulled_total").increment(bytes);
+    metrics::bytes_pulled(bytes);
 }
 
 /// The bytes an answer took on the wire: its frame, header and rkyv archive (what

@@ -47,17 +47,18 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use ::metrics::Counter;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use metrics::Counter;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, oneshot};
 
 use crate::fleet::Readiness;
+use crate::metrics::{self, HttpRefusal};
 
 /// Connections the listener keeps open at once.
 pub const MAX_CONNECTIONS: usize = 64;
@@ -80,9 +81,6 @@ pub const MAX_BUF_BYTES: usize = 16 * 1024;
 /// closes the new one instead.
 const EVICTION_WAIT: Duration = Duration::from_secs(1);
 
-/// Why the listener closed a connection, as metric labels.
-pub const REFUSAL_REASONS: [&str; 2] = ["limit", "timeout"];
-
 /// Serves `/metrics`, `/ready` (200 once the server has caught up with its peers, else 503
 /// with the reason on one line) and `/health` (200 while the process serves) on `listener`
 /// until `shutdown` resolves, within the limits of the [module documentation](self). Open
@@ -93,7 +91,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     // Installs the recorder (and its descriptions) before the series below are registered.
-    crate::metrics::handle();
+    metrics::handle();
     let counters = HttpCounters::register();
     let slots = Arc::new(Slots::default());
     tokio::pin!(shutdown);
@@ -161,11 +159,10 @@ struct HttpCounters {
 
 impl HttpCounters {
     fn register() -> Self {
-        let [refused_limit, refused_timeout] = REFUSAL_REASONS.map(
-            |reason| metrics::counter!("memds_http_connections_refused_total", "reason" => reason),
-        );
+        let [refused_limit, refused_timeout] =
+            HttpRefusal::ALL.map(metrics::http_connections_refused);
         let counters = Self {
-            accept_errors: metrics::counter!("memds_http_accept_errors_total"),
+            accept_errors: metrics::http_accept_errors(),
             refused_limit,
             refused_timeout,
         };
@@ -280,7 +277,7 @@ fn respond(
     match req.uri().path() {
         "/metrics" => Response::builder()
             .header("content-type", "text/plain; version=0.0.4")
-            .body(Full::new(Bytes::from(crate::metrics::handle().render()))),
+            .body(Full::new(Bytes::from(metrics::handle().render()))),
         "/ready" if readiness.is_ready() => text(StatusCode::OK, "ready\n".into()),
         "/ready" => text(
             StatusCode::SERVICE_UNAVAILABLE,

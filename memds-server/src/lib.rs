@@ -7,8 +7,9 @@
 //!
 //! # Layout
 //!
-//! - [`server`]: start-up, the QUIC endpoint, connections, streams and the request loop; the
-//!   limits; graceful shutdown.
+//! - [`server`]: start-up, the QUIC endpoint, connections, streams and the request loop (each
+//!   connection and stream served inside a `tracing` span naming its client); the limits;
+//!   graceful shutdown.
 //! - [`service`]: answers to read requests, from the published tables (no IO).
 //! - [`store`]: the published tables and tombstones, and the pure rules that decide what a
 //!   write does.
@@ -17,7 +18,12 @@
 //! - [`durable`]: the write-ahead log, checkpoints, recovery and compaction.
 //! - [`scrub`]: the background verification of resident tables, and their repair from disk.
 //! - [`tls`]: the development PKI, the rustls/quinn server configuration, router vs admin.
-//! - [`metrics`]: every metric, described once, and the `/metrics` page.
+//! - [`admission`]: the lookup limit and each connection's fair share of it.
+//! - [`fleet`]: peers, write forwarding, anti-entropy and readiness.
+//! - [`metrics`]: every metric series, named and described once, with the typed functions and
+//!   label enums ([`metrics::LookupOp`], [`metrics::WriteResult`], ...) the other modules
+//!   record through, and the `/metrics` page. It depends on no other module of the crate, so
+//!   the writer and the scrubber publish gauges without reaching up into [`server`].
 //! - [`http`]: the HTTP listener of `/metrics`, `/ready` and `/health`: connection cap,
 //!   timeouts, accept backoff.
 //! - [`config`]: the command line and TOML configuration of the binary.

@@ -15,8 +15,9 @@ use std::sync::mpsc as std_mpsc;
 use std::thread;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::metrics::{self, RepairResult};
 use crate::store::Store;
 use crate::writer::{Job, RepairJob, Repaired};
 
@@ -25,6 +26,7 @@ use crate::writer::{Job, RepairJob, Repaired};
 pub struct Scrubber {
     stop: std_mpsc::Sender<()>,
     thread: thread::JoinHandle<()>,
+    passes: watch::Receiver<u64>,
 }
 
 impl Scrubber {
@@ -37,6 +39,7 @@ impl Scrubber {
         from_peers: Option<mpsc::Sender<String>>,
     ) -> std::io::Result<Self> {
         let (stop, stopped) = std_mpsc::channel::<()>();
+        let (passes_tx, passes) = watch::channel(0u64);
         let thread = thread::Builder::new()
             .name("memds-scrub".into())
             .spawn(move || {
@@ -49,9 +52,20 @@ impl Scrubber {
                         }
                     });
                     tracing::debug!(?report, "scrubbed the resident tables");
+                    passes_tx.send_modify(|n| *n += 1);
                 }
             })?;
-        Ok(Self { stop, thread })
+        Ok(Self {
+            stop,
+            thread,
+            passes,
+        })
+    }
+
+    /// The number of passes completed so far, updated at the end of each (tests wait on it
+    /// instead of sleeping through an interval).
+    pub fn passes(&self) -> watch::Receiver<u64> {
+        self.passes.clone()
     }
 
     /// Stops the thread (after the pass in progress, if any) and waits for it.
@@ -104,7 +118,7 @@ pub fn scrub_pass_with(
             continue;
         }
         report.damaged += 1;
-        metrics::counter!("memds_scrub_damaged_total").increment(1);
+        metrics::scrub_damaged();
         tracing::error!(
             table = %name,
             version = table.version().get(),
@@ -126,21 +140,20 @@ pub fn scrub_pass_with(
         match outcome {
             Ok(Repaired::Reinstalled { version }) => {
                 report.repaired += 1;
-                metrics::counter!("memds_scrub_repairs_total", "result" => "repaired").increment(1);
+                metrics::scrub_repair(RepairResult::Repaired);
                 tracing::warn!(table = %name, version, "reinstalled the table from the data directory");
             }
             // Replaced or dropped by a write meanwhile: the damaged copy is gone.
             Ok(Repaired::Intact) => report.repaired += 1,
             Ok(Repaired::Failed(reason)) | Err(reason) => {
                 report.failed += 1;
-                metrics::counter!("memds_scrub_repairs_total", "result" => "failed").increment(1);
+                metrics::scrub_repair(RepairResult::Failed);
                 tracing::error!(table = %name, %reason, "could not reinstall the damaged table; it stays in service");
                 unrepaired(name);
             }
         }
     }
-    metrics::counter!("memds_scrub_passes_total").increment(1);
-    metrics::counter!("memds_scrub_bytes_total").increment(report.bytes);
+    metrics::scrub_pass(report.bytes);
     report
 }
 
@@ -347,11 +360,22 @@ mod tests {
         )
         .expect("thread");
         let name = f.map.name().as_str();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !f.store.table(name).is_some_and(|t| t.verify()) {
-            assert!(Instant::now() < deadline, "no pass repaired the table");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        // One whole pass finds the damage and has the writer repair it before it ends.
+        let mut passes = s.passes();
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("a runtime")
+            .block_on(async {
+                tokio::time::timeout(Duration::from_secs(10), passes.wait_for(|&n| n >= 1))
+                    .await
+                    .expect("a pass within 10 s")
+                    .expect("the scrubber runs");
+            });
+        assert!(
+            f.store.table(name).is_some_and(|t| t.verify()),
+            "the pass repaired the table"
+        );
         s.shutdown();
         f.writer.shutdown();
     }

@@ -26,6 +26,11 @@
 //!
 //! Roles: routers read (lookups, node lists, get-table, get-delta, stats, summaries); admins
 //! and peers also write and ask for tree digests and range pulls (anti-entropy).
+//!
+//! Logs: each connection is served inside a `connection` span (`id`, a counter of this
+//! server; `remote`, the client's address; `role`, recorded once the certificate is checked),
+//! and each of its streams inside a `stream` span (`id`, the QUIC stream id), so every line
+//! logged while serving them says which client it concerns.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -42,11 +47,12 @@ use memds_proto::wire::{
 use rustls_pki_types::CertificateDer;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 use tokio::task::JoinSet;
+use tracing::Instrument as _;
 
 use crate::admission::{LookupLimit, Share};
 use crate::durable::{Durable, RecoveryMode};
 use crate::fleet::{Fleet, FleetConfig, FleetTasks};
-use crate::metrics::{self, Counters, Metrics};
+use crate::metrics::{self, Counters, Metrics, RefusalReason, RequestKind, StreamResetReason};
 use crate::scrub::Scrubber;
 use crate::service::{self, ReadLimits};
 use crate::store::{Store, Tables, Write};
@@ -179,6 +185,7 @@ pub struct RunningServer {
     pub metrics_addr: Option<SocketAddr>,
     /// The development TLS directory, when the server uses one.
     pub tls_dir: Option<PathBuf>,
+    scrub_passes: Option<watch::Receiver<u64>>,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -192,6 +199,12 @@ impl RunningServer {
             "tls_dir": self.tls_dir.as_ref().map(|d| d.display().to_string()),
         })
         .to_string()
+    }
+
+    /// The number of scrubbing passes completed, if scrubbing is on: tests wait on it instead
+    /// of sleeping through a scrub interval.
+    pub fn scrub_passes(&self) -> Option<watch::Receiver<u64>> {
+        self.scrub_passes.clone()
     }
 
     /// Stops accepting, lets in-flight requests finish, closes connections, finishes queued
@@ -265,7 +278,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     let metrics = Metrics::new();
     let counters = Arc::new(Counters::default());
     let (store, writer) = start_writer(&config, Arc::clone(&counters))?;
-    publish_table_gauges(&store);
+    store.publish_gauges();
     let fleet = Fleet::new(&config.fleet);
     let (repairs_tx, repairs) = tokio::sync::mpsc::channel(64);
     let scrubber = match config.scrub_interval {
@@ -318,8 +331,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         None => None,
     };
     let lookup_limit = config.limits.max_lookups_per_sec.map(LookupLimit::new);
-    ::metrics::gauge!("memds_lookup_limit")
-        .set(config.limits.max_lookups_per_sec.unwrap_or(0) as f64);
+    metrics::lookup_limit(config.limits.max_lookups_per_sec.unwrap_or(0));
     let ctx = Arc::new(Ctx {
         store,
         lookup_limit,
@@ -343,6 +355,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         },
         shutdown_rx.clone(),
     ));
+    let scrub_passes = scrubber.as_ref().map(Scrubber::passes);
     let task = tokio::spawn(accept_loop(
         endpoint,
         ctx,
@@ -355,6 +368,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         quic_addr,
         metrics_addr,
         tls_dir,
+        scrub_passes,
         shutdown,
         task,
     })
@@ -443,6 +457,7 @@ async fn accept_loop(
     let handshakes = Arc::new(Semaphore::new(ctx.limits.max_handshakes));
     let slots = Arc::new(Semaphore::new(ctx.limits.max_connections));
     let mut connections = JoinSet::new();
+    let mut next_connection_id = 0u64;
     loop {
         let mut incoming = tokio::select! {
             _ = shutdown.wait_for(|stop| *stop) => break,
@@ -461,21 +476,30 @@ async fn accept_loop(
         {
             match incoming.retry() {
                 Ok(()) => {
-                    ::metrics::counter!("memds_quic_retries_total").increment(1);
+                    metrics::quic_retry();
                     continue;
                 }
                 Err(e) => incoming = e.into_incoming(),
             }
         }
         let Ok(handshake) = Arc::clone(&handshakes).try_acquire_owned() else {
-            metrics::counter_refused("handshake_limit");
+            metrics::connection_refused(RefusalReason::HandshakeLimit);
             incoming.refuse();
             continue;
         };
         let ctx = Arc::clone(&ctx);
         let shutdown = shutdown.clone();
         let slots = Arc::clone(&slots);
-        connections.spawn(handle_connection(incoming, handshake, slots, ctx, shutdown));
+        next_connection_id += 1;
+        // Every line logged about the connection names it, its client and (once known) its role.
+        let span = tracing::info_span!(
+            "connection",
+            id = next_connection_id,
+            remote = %incoming.remote_address(),
+            role = tracing::field::Empty,
+        );
+        connections
+            .spawn(handle_connection(incoming, handshake, slots, ctx, shutdown).instrument(span));
     }
     // Drain: every connection finishes the frames it has, answers them and closes.
     while connections.join_next().await.is_some() {}
@@ -496,24 +520,6 @@ async fn accept_loop(
     .await;
 }
 
-/// Counts a handshake in progress for as long as it lives.
-struct HandshakeGauge {
-    _permit: OwnedSemaphorePermit,
-}
-
-impl HandshakeGauge {
-    fn new(permit: OwnedSemaphorePermit) -> Self {
-        ::metrics::gauge!("memds_handshakes_in_progress").increment(1.0);
-        Self { _permit: permit }
-    }
-}
-
-impl Drop for HandshakeGauge {
-    fn drop(&mut self) {
-        ::metrics::gauge!("memds_handshakes_in_progress").decrement(1.0);
-    }
-}
-
 async fn handle_connection(
     incoming: quinn::Incoming,
     handshake_permit: OwnedSemaphorePermit,
@@ -521,7 +527,7 @@ async fn handle_connection(
     ctx: Arc<Ctx>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let in_progress = HandshakeGauge::new(handshake_permit);
+    let in_progress = (metrics::handshake_started(), handshake_permit);
     // A handshake in progress does not hold up shutdown, and does not last.
     let handshake = tokio::select! {
         _ = shutdown.wait_for(|stop| *stop) => return,
@@ -531,13 +537,13 @@ async fn handle_connection(
     let conn = match handshake {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
-            metrics::counter_refused("handshake");
+            metrics::connection_refused(RefusalReason::Handshake);
             tracing::debug!(error = %e, "handshake failed");
             return;
         }
         Err(_) => {
             // Dropping the attempt closes it.
-            metrics::counter_refused("handshake_timeout");
+            metrics::connection_refused(RefusalReason::HandshakeTimeout);
             tracing::debug!("handshake timed out");
             return;
         }
@@ -547,16 +553,19 @@ async fn handle_connection(
         .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
         .and_then(|chain| ctx.authorizer.role_of(&chain));
     let Some(role) = role else {
-        metrics::counter_refused("no_certificate");
+        metrics::connection_refused(RefusalReason::NoCertificate);
+        tracing::debug!("refused: no client certificate naming a role");
         conn.close(
             close_code::NO_CERTIFICATE.into(),
             b"a client certificate is required",
         );
         return;
     };
+    tracing::Span::current().record("role", role.as_str());
     // Only an authenticated connection takes a slot.
     let Ok(_slot) = slots.try_acquire_owned() else {
-        metrics::counter_refused("connection_limit");
+        metrics::connection_refused(RefusalReason::ConnectionLimit);
+        tracing::debug!("refused: at the connection limit");
         conn.close(
             close_code::BUSY.into(),
             b"the server is at its connection limit; try another server",
@@ -576,9 +585,8 @@ async fn handle_connection(
         (Some(limit), ClientRole::Router | ClientRole::Admin) => Some(Arc::new(limit.connection())),
         _ => None,
     };
-    ::metrics::counter!("memds_connections_total", "role" => role.as_str()).increment(1);
-    let gauge = ::metrics::gauge!("memds_connections", "role" => role.as_str());
-    gauge.increment(1.0);
+    let open = metrics::connection_opened(role.as_str());
+    tracing::debug!("connection accepted");
     Counters::add(&ctx.counters.connections, 1);
     let mut streams = JoinSet::new();
     let for_streams = shutdown.clone();
@@ -587,6 +595,7 @@ async fn handle_connection(
             _ = shutdown.wait_for(|stop| *stop) => break,
             accepted = conn.accept_bi() => match accepted {
                 Ok((send, recv)) => {
+                    let span = tracing::info_span!("stream", id = %send.id());
                     let stream = Stream {
                         conn: conn.clone(),
                         send,
@@ -595,7 +604,7 @@ async fn handle_connection(
                         share: share.clone(),
                         shutdown: for_streams.clone(),
                     };
-                    streams.spawn(serve_stream(stream, Arc::clone(&ctx)));
+                    streams.spawn(serve_stream(stream, Arc::clone(&ctx)).instrument(span));
                 }
                 Err(_) => break,
             },
@@ -604,7 +613,8 @@ async fn handle_connection(
     }
     while streams.join_next().await.is_some() {}
     conn.close(0u32.into(), b"closing");
-    gauge.decrement(1.0);
+    drop(open);
+    tracing::debug!("connection closed");
     ctx.counters.connections.fetch_sub(1, Ordering::Relaxed);
 }
 
@@ -644,7 +654,8 @@ async fn write_answers(stream: &mut Stream, out: &mut Vec<u8>, ctx: &Ctx) -> boo
     let written = tokio::select! {
         r = stream.send.write_all(out) => r.is_ok(),
         () = tokio::time::sleep(limit) => {
-            metrics::stream_reset("write_timeout");
+            metrics::stream_reset(StreamResetReason::WriteTimeout);
+            tracing::debug!("the client did not take its answers in time; resetting the stream");
             let _ = stream.send.reset(close_code::WRITE_TIMEOUT.into());
             false
         }
@@ -681,7 +692,8 @@ async fn serve_stream(mut stream: Stream, ctx: Arc<Ctx>) {
             _ = stream.shutdown.wait_for(|stop| *stop) => break,
             () = until(deadline) => {
                 // Half a frame, sent slowly or never finished: it would pin its buffer.
-                metrics::stream_reset("frame_timeout");
+                metrics::stream_reset(StreamResetReason::FrameTimeout);
+                tracing::debug!("a frame did not arrive whole in time; resetting the stream");
                 let _ = stream.send.reset(close_code::FRAME_TIMEOUT.into());
                 let _ = stream.recv.stop(close_code::FRAME_TIMEOUT.into());
                 return;
@@ -738,6 +750,7 @@ async fn serve_stream(mut stream: Stream, ctx: Arc<Ctx>) {
                         _ => ErrorCode::Malformed,
                     };
                     metrics::error(code);
+                    tracing::debug!(error = %e, "an undecodable frame; closing the connection");
                     Counters::add(&ctx.counters.errors, 1);
                     wire::encode_response(
                         0,
@@ -801,20 +814,20 @@ fn lookup_cost(req: &ArchivedRequest, max_batch: usize) -> Option<u64> {
     }
 }
 
-/// The `memds_requests_total` kind of a read that is not a lookup.
-fn read_kind(req: &ArchivedRequest) -> &'static str {
+/// The request kind of a read that is not a lookup.
+fn read_kind(req: &ArchivedRequest) -> RequestKind {
     match req {
-        ArchivedRequest::GetDelta { .. } => "get_delta",
-        ArchivedRequest::TreeDigests { .. } => "tree_digests",
-        ArchivedRequest::GetRanges { .. } => "get_ranges",
-        _ => "read",
+        ArchivedRequest::GetDelta { .. } => RequestKind::GetDelta,
+        ArchivedRequest::TreeDigests { .. } => RequestKind::TreeDigests,
+        ArchivedRequest::GetRanges { .. } => RequestKind::GetRanges,
+        _ => RequestKind::Read,
     }
 }
 
 /// Sheds a lookup over the limit.
 fn shed(ctx: &Ctx, cost: u64, limit: &LookupLimit) -> Response {
-    metrics::request("read");
-    ::metrics::counter!("memds_lookups_shed_total").increment(cost);
+    metrics::request(RequestKind::Read);
+    metrics::lookups_shed(cost);
     Counters::add(&ctx.counters.lookups_shed, cost);
     Response::Error(ErrorReply::new(
         ErrorCode::Overloaded,
@@ -845,11 +858,11 @@ async fn answer_frame(
             shed(ctx, cost, limit)
         }
         Err(e) => {
-            metrics::request("malformed");
+            metrics::request(RequestKind::Malformed);
             Response::Error(ErrorReply::new(ErrorCode::Malformed, e.to_string()))
         }
         Ok(req) if req.is_write() => {
-            metrics::request("write");
+            metrics::request(RequestKind::Write);
             match role {
                 // An admin's write is forwarded to the peers once applied here.
                 ClientRole::Admin => submit_write(req, ctx, true).await,
@@ -869,11 +882,11 @@ async fn answer_frame(
             }
         }
         Ok(ArchivedRequest::Stats) => {
-            metrics::request("stats");
+            metrics::request(RequestKind::Stats);
             Response::Stats(stats(ctx))
         }
         Ok(ArchivedRequest::Summary) => {
-            metrics::request("summary");
+            metrics::request(RequestKind::Summary);
             Response::Summary(ctx.fleet.summary(&ctx.store))
         }
         // Tree digests and range pulls are for the fleet's anti-entropy (and admins).
@@ -911,7 +924,7 @@ async fn answer_frame(
             table,
             if_newer_than,
         }) => {
-            metrics::request("read");
+            metrics::request(RequestKind::Read);
             match ctx.store.table(table.as_str()) {
                 None => Response::Error(ErrorReply::new(
                     ErrorCode::UnknownTable,
@@ -942,7 +955,7 @@ async fn answer_frame(
             }
             match outcome.lookup_op {
                 Some(op) => {
-                    metrics::request(crate::metrics::LOOKUP_OPS[op]);
+                    metrics::request(RequestKind::Lookup(op));
                     let ok = !matches!(response, Response::Error(_));
                     ctx.metrics
                         .lookup(op, ok, outcome.lookups, started.elapsed());
@@ -1013,7 +1026,7 @@ fn peer_frame_limit(limits: &Limits) -> usize {
 }
 
 fn stats(ctx: &Ctx) -> ServerStats {
-    let (tables, partitions, resident_bytes) = service::totals(&ctx.store);
+    let (tables, partitions, resident_bytes) = ctx.store.totals();
     let c = &ctx.counters;
     ServerStats {
         server_version: env!("CARGO_PKG_VERSION").into(),
@@ -1029,18 +1042,6 @@ fn stats(ctx: &Ctx) -> ServerStats {
         writes_total: c.writes.load(Ordering::Relaxed),
         cpu_seconds: process_cpu_seconds().unwrap_or(0.0),
         uptime_seconds: ctx.started.elapsed().as_secs_f64(),
-    }
-}
-
-/// Publishes the table gauges from the store.
-pub(crate) fn publish_table_gauges(store: &Store) {
-    let (tables, partitions, bytes) = service::totals(store);
-    ::metrics::gauge!("memds_tables").set(tables as f64);
-    ::metrics::gauge!("memds_partitions").set(partitions as f64);
-    ::metrics::gauge!("memds_resident_bytes").set(bytes as f64);
-    for t in store.tables().values() {
-        ::metrics::gauge!("memds_table_version", "table" => t.name().as_str().to_owned())
-            .set(t.version().get() as f64);
     }
 }
 

@@ -8,6 +8,7 @@ use memds_proto::wire::{
     Response, Routes, TableInfo, WireRoute,
 };
 
+use crate::metrics::LookupOp;
 use crate::store::Store;
 
 /// Bounds that read requests must respect.
@@ -30,8 +31,8 @@ impl ReadLimits {
 /// What answering a read did, for metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReadOutcome {
-    /// Index into [`crate::metrics::LOOKUP_OPS`] for lookups, `None` for other reads.
-    pub lookup_op: Option<usize>,
+    /// The lookup operation, `None` for reads that are not lookups.
+    pub lookup_op: Option<LookupOp>,
     /// Partition lookups performed.
     pub lookups: u64,
     /// The request asked for a newer table version than this server holds: it is behind.
@@ -52,7 +53,7 @@ pub fn answer(store: &Store, req: &ArchivedRequest, limits: ReadLimits) -> (Resp
             min_version,
         } => {
             let mut outcome = ReadOutcome {
-                lookup_op: Some(0),
+                lookup_op: Some(LookupOp::Lookup),
                 lookups: 1,
                 behind: false,
             };
@@ -69,7 +70,7 @@ pub fn answer(store: &Store, req: &ArchivedRequest, limits: ReadLimits) -> (Resp
             min_version,
         } => {
             let mut outcome = ReadOutcome {
-                lookup_op: Some(1),
+                lookup_op: Some(LookupOp::BatchLookup),
                 lookups: hashes.len() as u64,
                 behind: false,
             };
@@ -104,7 +105,7 @@ pub fn answer(store: &Store, req: &ArchivedRequest, limits: ReadLimits) -> (Resp
             let limit = (limit.to_native() as usize).min(limits.max_batch);
             let mut found = 0u64;
             let mut outcome = ReadOutcome {
-                lookup_op: Some(2),
+                lookup_op: Some(LookupOp::Range),
                 lookups: 0,
                 behind: false,
             };
@@ -362,16 +363,4 @@ fn push_entry(routes: &mut Routes, e: &memds_proto::PartitionEntry) {
         leader: e.leader,
         replica_count: (routes.replicas.len() - before) as u8,
     });
-}
-
-/// Sums the tables' partitions and resident bytes.
-pub fn totals(store: &Store) -> (u64, u64, u64) {
-    let tables = store.tables();
-    let partitions = tables.values().map(|t| t.len() as u64).sum();
-    let bytes: u64 = tables.values().map(|t| t.resident_bytes() as u64).sum();
-    (
-        tables.len() as u64,
-        partitions,
-        bytes + store.node_records().1,
-    )
 }

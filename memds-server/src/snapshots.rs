@@ -21,6 +21,7 @@ use memds_proto::wire::{self, ErrorCode, ErrorReply, Response};
 use rkyv::util::AlignedVec;
 use tokio::sync::OnceCell;
 
+use crate::metrics;
 use crate::store::Tables;
 
 /// The cache of encoded get-table answers.
@@ -41,7 +42,7 @@ struct Entry {
 impl Drop for SnapshotCache {
     fn drop(&mut self) {
         let held = self.bytes.load(Ordering::Relaxed);
-        metrics::gauge!("memds_snapshot_cache_bytes").decrement(held as f64);
+        metrics::snapshot_cache_bytes(-(held as f64));
     }
 }
 
@@ -128,7 +129,7 @@ impl SnapshotCache {
         // By difference, so that servers sharing one process's recorder (tests, embedded
         // fleets) add up instead of overwriting each other.
         let before = self.bytes.swap(bytes, Ordering::Relaxed);
-        metrics::gauge!("memds_snapshot_cache_bytes").increment(bytes as f64 - before as f64);
+        metrics::snapshot_cache_bytes(bytes as f64 - before as f64);
     }
 }
 

@@ -13,6 +13,7 @@ use arc_swap::ArcSwap;
 use memds_proto::wire::{BatchUpdate, ErrorCode, ErrorReply, PartitionUpdate};
 use memds_proto::{CompactTable, EditError, NodeInterner, TableMap, snapshot};
 
+use crate::metrics::{self, WriteOp};
 use crate::snapshots::SnapshotCache;
 
 /// Every table by name, and the tombstones of dropped ones.
@@ -120,6 +121,34 @@ impl Store {
             .store(interner.resident_bytes() as u64, Ordering::Relaxed);
     }
 
+    /// The number of tables, their partitions, and their resident bytes with the shared node
+    /// records'.
+    pub fn totals(&self) -> (u64, u64, u64) {
+        let tables = self.tables();
+        let partitions = tables.values().map(|t| t.len() as u64).sum();
+        let bytes: u64 = tables.values().map(|t| t.resident_bytes() as u64).sum();
+        (
+            tables.len() as u64,
+            partitions,
+            bytes + self.node_records().1,
+        )
+    }
+
+    /// Publishes the table gauges ([`metrics::tables`]) from the current tables: the writer
+    /// calls it after each publication, the server once at start.
+    pub fn publish_gauges(&self) {
+        let (tables, partitions, bytes) = self.totals();
+        let current = self.tables();
+        metrics::tables(
+            tables,
+            partitions,
+            bytes,
+            current
+                .values()
+                .map(|t| (t.name().as_str(), t.version().get())),
+        );
+    }
+
     /// Replaces one resident table in place, as a memory fault would: only the scrubber's
     /// `scrub-damage` failpoint does this, to test repairs end to end.
     pub(crate) fn inject_damage(&self, name: &str, table: Arc<CompactTable>) {
@@ -165,12 +194,12 @@ pub enum Write {
 
 impl Write {
     /// The operation's name in metrics.
-    pub fn op(&self) -> &'static str {
+    pub fn op(&self) -> WriteOp {
         match self {
-            Write::Put { .. } => "put_table",
-            Write::Update(_) => "update_partitions",
-            Write::Batch(_) => "update_batch",
-            Write::Drop { .. } => "drop_table",
+            Write::Put { .. } => WriteOp::PutTable,
+            Write::Update(_) => WriteOp::UpdatePartitions,
+            Write::Batch(_) => WriteOp::UpdateBatch,
+            Write::Drop { .. } => WriteOp::DropTable,
         }
     }
 }

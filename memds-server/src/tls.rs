@@ -586,15 +586,12 @@ mod tests {
     use rustls_pki_types::UnixTime;
     use rustls_pki_types::pem::PemObject as _;
 
-    fn temp_dir(name: &str) -> PathBuf {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "memds-tls-{name}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = fs::remove_dir_all(&dir);
-        dir
+    /// A directory that does not exist yet (`ensure_dev_pki` creates it), inside a temporary
+    /// one the guard removes.
+    fn temp_dir(name: &str) -> (tempfile::TempDir, PathBuf) {
+        let tmp = tempfile::tempdir().expect("a temp dir");
+        let dir = tmp.path().join(name);
+        (tmp, dir)
     }
 
     /// A DER certificate whose subject alternative names are these URIs.
@@ -759,7 +756,7 @@ mod tests {
 
     #[test]
     fn the_development_pki_has_every_role_under_one_ca() {
-        let dir = temp_dir("dev");
+        let (_tmp, dir) = temp_dir("dev");
         assert!(ensure_dev_pki(&dir).expect("created"));
         assert!(!ensure_dev_pki(&dir).expect("reused"));
         for role in ClientRole::ALL {
@@ -792,12 +789,11 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600, "{f}");
         }
-        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn a_directory_of_the_old_layout_is_regenerated_whole() {
-        let dir = temp_dir("old");
+        let (_tmp, dir) = temp_dir("old");
         ensure_dev_pki(&dir).expect("created");
         let old_ca = fs::read(dir.join(CA_CERT)).expect("CA");
         fs::remove_file(dir.join(PEER_CERT)).expect("rm");
@@ -807,12 +803,11 @@ mod tests {
         for cert in [ROUTER_CERT, ADMIN_CERT, PEER_CERT, SERVER_CERT] {
             assert!(verifies_as_client(&dir, &dir.join(cert)), "{cert}");
         }
-        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn concurrent_creation_ends_with_one_consistent_pki() {
-        let dir = temp_dir("race");
+        let (_tmp, dir) = temp_dir("race");
         let created = std::thread::scope(|s| {
             let handles: Vec<_> = (0..4)
                 .map(|_| s.spawn(|| ensure_dev_pki(&dir).expect("ensure")))
@@ -833,12 +828,11 @@ mod tests {
             .filter(|n| n.contains(".tmp-"))
             .collect();
         assert!(stray.is_empty(), "{stray:?}");
-        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn the_create_functions_issue_under_an_existing_ca_and_refuse_to_overwrite() {
-        let dir = temp_dir("create");
+        let (_tmp, dir) = temp_dir("create");
         let ca = create_ca(&dir, "Test CA", IfExists::Refuse).expect("CA");
         assert_eq!(ca.cert, dir.join(CA_CERT));
         assert!(matches!(
@@ -883,14 +877,12 @@ mod tests {
             Err(PkiError::InvalidHost { .. })
         ));
         // A CA key that does not belong to the CA certificate is refused.
-        let other = temp_dir("create-other");
+        let (_other_tmp, other) = temp_dir("create-other");
         create_ca(&other, "Other", IfExists::Refuse).expect("CA");
         fs::copy(other.join(CA_KEY), dir.join(CA_KEY)).expect("copy");
         assert!(matches!(
             create_client_cert(&dir, ClientRole::Router, None, IfExists::Overwrite),
             Err(PkiError::Ca { .. })
         ));
-        let _ = fs::remove_dir_all(&dir);
-        let _ = fs::remove_dir_all(&other);
     }
 }

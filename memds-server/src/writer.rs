@@ -31,7 +31,7 @@ use memds_proto::{CompactTable, NodeInterner, snapshot};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::durable::{Durable, DurableError, Origin, RecoveryMode, WalRecord};
-use crate::metrics::Counters;
+use crate::metrics::{self, Counters, RepairResult, WriteResult};
 use crate::store::{Plan, Store, Tables, Write, plan, plan_decoded};
 
 /// A queued write and where its answer goes.
@@ -166,7 +166,7 @@ pub fn replay(
             Err(e) => {
                 let what = format!(
                     "the write logged in {origin} ({}) no longer applies: {e}",
-                    write.op()
+                    write.op().as_str()
                 );
                 match mode {
                     RecoveryMode::Strict => return Err(what),
@@ -339,8 +339,8 @@ impl State {
                 self.store.publish(working, &self.interner);
                 self.interner.purge();
                 Counters::add(&self.counters.writes, logged);
-                crate::server::publish_table_gauges(&self.store);
-                metrics::gauge!("memds_wal_bytes").set(self.durable.wal_bytes() as f64);
+                self.store.publish_gauges();
+                metrics::wal_bytes(self.durable.wal_bytes());
             }
             Ok(()) => drop(working),
             Err(e) => {
@@ -365,14 +365,11 @@ impl State {
                 (Err(e), _) => Response::Error(e),
             };
             let result = match &response {
-                Response::Error(_) => "error",
-                _ if a.applied => "applied",
-                _ => "unchanged",
+                Response::Error(_) => WriteResult::Error,
+                _ if a.applied => WriteResult::Applied,
+                _ => WriteResult::Unchanged,
             };
-            metrics::counter!("memds_writes_total", "op" => a.job.write.op(), "result" => result)
-                .increment(1);
-            metrics::histogram!("memds_write_duration_seconds")
-                .record(a.job.arrived.elapsed().as_secs_f64());
+            metrics::write_done(a.job.write.op(), result, a.job.arrived.elapsed());
             let _ = a.job.reply.send(response);
         }
         if durable_result.is_ok() && self.durable.should_compact() {
@@ -401,17 +398,17 @@ impl State {
         if intact {
             return Ok(ranges.is_none());
         }
-        metrics::counter!("memds_scrub_damaged_total").increment(1);
+        metrics::scrub_damaged();
         tracing::error!(table = %name, "a write found the resident table damaged; rebuilding it from the data directory first");
         match self.rebuild(name) {
             Ok(t) => {
-                metrics::counter!("memds_scrub_repairs_total", "result" => "repaired").increment(1);
+                metrics::scrub_repair(RepairResult::Repaired);
                 working.insert(name.to_owned(), Arc::clone(&t));
                 self.publish_one(name, t);
                 Ok(true)
             }
             Err(reason) => {
-                metrics::counter!("memds_scrub_repairs_total", "result" => "failed").increment(1);
+                metrics::scrub_repair(RepairResult::Failed);
                 Err(ErrorReply::new(
                     ErrorCode::Internal,
                     format!(
@@ -504,18 +501,18 @@ impl State {
         for name in &damaged {
             let mut working = (*self.store.tables()).clone();
             if let Err(e) = self.ensure_intact(name, &mut working, None) {
-                metrics::counter!("memds_compaction_failures_total").increment(1);
+                metrics::compaction_failed();
                 tracing::error!(error = %e.message, "compaction postponed");
                 return;
             }
         }
         match checkpoint(&mut self.durable, &self.store.tables()) {
             Ok(()) => {
-                metrics::counter!("memds_compactions_total").increment(1);
-                metrics::gauge!("memds_wal_bytes").set(self.durable.wal_bytes() as f64);
+                metrics::compacted();
+                metrics::wal_bytes(self.durable.wal_bytes());
             }
             Err(e) => {
-                metrics::counter!("memds_compaction_failures_total").increment(1);
+                metrics::compaction_failed();
                 tracing::error!(error = %e, "compacting the write-ahead log")
             }
         }

@@ -174,11 +174,14 @@ struct Identities {
     pki: PathBuf,
     /// Another CA's complete development PKI, and a self-signed certificate.
     foreign: PathBuf,
+    /// Removes the foreign PKI with the identities.
+    _foreign_dir: tempfile::TempDir,
 }
 
 impl Identities {
     fn new(pki: PathBuf) -> Self {
-        let foreign = temp_dir("authz-foreign-pki");
+        let foreign_tmp = temp_dir("authz-foreign-pki");
+        let foreign = foreign_tmp.path().to_path_buf();
         memds_server::tls::ensure_dev_pki(&foreign).expect("a foreign PKI");
         self_signed(&foreign, "urn:memds:role:admin", "self-signed-admin");
         for (uris, name) in [
@@ -197,7 +200,11 @@ impl Identities {
         ] {
             issue_cert_with_uris(&pki, uris, name);
         }
-        Self { pki, foreign }
+        Self {
+            pki,
+            foreign,
+            _foreign_dir: foreign_tmp,
+        }
     }
 
     fn tls(&self, identity: Identity) -> ClientTls {

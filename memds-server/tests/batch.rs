@@ -353,7 +353,8 @@ async fn range_pulls_and_tree_digests_are_bounded_by_max_batch() {
         max_batch: 4,
         ..Limits::default()
     };
-    let mut s = TestServer::start_with(temp_dir("batch-bounds"), limits).await;
+    let dir = temp_dir("batch-bounds");
+    let mut s = TestServer::start_with(dir.path().to_path_buf(), limits).await;
     let peer = s.client(Role::Peer).await;
     let admin = s.client(Role::Admin).await;
     let map = table(0, 1000, 1);

@@ -8,11 +8,10 @@ mod common;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{connector_with, table, temp_dir};
+use common::{KillOnDrop, connector_with, table, temp_dir};
 use memds_client::ConnectOptions;
 use memds_client::Role;
 use rand::{Rng, SeedableRng};
@@ -29,14 +28,15 @@ fn admin_connector(dir: &Path) -> memds_client::Connector {
     connector_with(&dir.join("tls"), Role::Admin, options)
 }
 
-fn spawn_server(dir: &Path) -> (Child, SocketAddr) {
+fn spawn_server(dir: &Path) -> (KillOnDrop, SocketAddr) {
     // A small log bound, so compaction also happens under the kills.
     common::spawn_server(dir, &["--compact-wal-bytes", "200000"])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_survive_kill_9_at_random_points() {
-    let dir = temp_dir("crash");
+    let dir_tmp = temp_dir("crash");
+    let dir = dir_tmp.path().to_path_buf();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0xC0FFEE);
     // The highest version acknowledged per table, and the highest attempted.
     let acked: Arc<Mutex<HashMap<usize, u64>>> = Arc::default();
@@ -132,5 +132,4 @@ async fn acknowledged_writes_survive_kill_9_at_random_points() {
     }
     child.kill().expect("kill");
     child.wait().expect("reaped");
-    let _ = std::fs::remove_dir_all(&dir);
 }

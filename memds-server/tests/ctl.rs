@@ -8,7 +8,7 @@ use std::io::{BufRead as _, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::{TestServer, issue_cert_with_uris, table, temp_dir};
+use common::{KillOnDrop, TestServer, issue_cert_with_uris, table, temp_dir};
 use memds_proto::synth::split_update;
 use memds_proto::wire::BatchUpdate;
 use memds_proto::{Route, TableMap, key_hash};
@@ -43,20 +43,23 @@ impl Ctl<'_> {
 
 #[test]
 fn every_subcommand_prints_json_and_errors_exit_non_zero() {
-    let dir = temp_dir("ctl");
-    let mut server = Command::new(env!("CARGO_BIN_EXE_memds-server"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(&dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("server starts");
+    let dir_tmp = temp_dir("ctl");
+    let dir = dir_tmp.path().to_path_buf();
+    let mut server = KillOnDrop::new(
+        Command::new(env!("CARGO_BIN_EXE_memds-server"))
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(&dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("server starts"),
+    );
     let mut line = String::new();
     BufReader::new(server.stdout.take().expect("stdout"))
         .read_line(&mut line)
@@ -205,7 +208,6 @@ fn every_subcommand_prints_json_and_errors_exit_non_zero() {
             .success()
     );
     assert!(server.wait().expect("exit").success());
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// `memds-ctl` with no global options at all: the `pki` commands need no server.
@@ -234,7 +236,8 @@ fn private_file(path: &Path) -> bool {
 
 #[test]
 fn pki_certificates_carry_the_roles_a_server_enforces() {
-    let dir = temp_dir("pki");
+    let dir_tmp = temp_dir("pki");
+    let dir = dir_tmp.path().to_path_buf();
     let pki = dir.join("pki");
     let p = pki.to_str().expect("utf-8");
     let path = |f: &str| pki.join(f).display().to_string();
@@ -398,5 +401,4 @@ fn pki_certificates_carry_the_roles_a_server_enforces() {
     assert_eq!(refusals(&after, "no_certificate"), 3.0);
 
     runtime.block_on(server.stop());
-    let _ = std::fs::remove_dir_all(&dir);
 }

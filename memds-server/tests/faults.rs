@@ -82,7 +82,8 @@ async fn two_tables_compacting(
 async fn a_compaction_step_that_fails_loses_no_acknowledged_write() {
     let _scenario = fail::FailScenario::setup();
     for step in COMPACTION_STEPS {
-        let dir = temp_dir("compaction-error");
+        let dir_tmp = temp_dir("compaction-error");
+        let dir = dir_tmp.path().to_path_buf();
         let (mut s, admin, mut acked) = two_tables_compacting(&dir).await;
         let failures_before = metric(&s.scrape().await, "memds_compaction_failures_total");
         fail::cfg(step, "return").expect("failpoint");
@@ -117,7 +118,6 @@ async fn a_compaction_step_that_fails_loses_no_acknowledged_write() {
         acked.insert(0, 5);
         s.stop().await;
         check_restart(&dir, &acked, step).await;
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
 
@@ -135,7 +135,8 @@ async fn check_restart_after(
 async fn a_writer_stopped_dead_at_any_compaction_step_loses_no_acknowledged_write() {
     let _scenario = fail::FailScenario::setup();
     for step in COMPACTION_STEPS {
-        let dir = temp_dir("compaction-crash");
+        let dir_tmp = temp_dir("compaction-crash");
+        let dir = dir_tmp.path().to_path_buf();
         let (mut s, admin, mut acked) = two_tables_compacting(&dir).await;
         // The writer thread dies at the step, as a crash there would leave the files. The
         // write whose batch triggered the compaction was acknowledged just before; once the
@@ -158,7 +159,6 @@ async fn a_writer_stopped_dead_at_any_compaction_step_loses_no_acknowledged_writ
             "{step}: the dead writer acknowledged a write"
         );
         check_restart_after(&mut s, &dir, &acked, step).await;
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
 
@@ -168,7 +168,8 @@ async fn obstacles_on_disk_fail_compaction_but_no_acknowledged_write() {
     // Real file-system errors, as an operator's mistake or a full disk gives them: the names
     // compaction writes to are directories.
     for obstacle in ["wal-00000000000000000002.log.tmp", "state.db.tmp"] {
-        let dir = temp_dir("obstacle");
+        let dir_tmp = temp_dir("obstacle");
+        let dir = dir_tmp.path().to_path_buf();
         std::fs::create_dir_all(dir.join(obstacle).join("x")).expect("obstacle");
         let mut s = TestServer::start_configured(dir.clone(), |c| c.compact_wal_bytes = 1).await;
         let admin = s.client(Role::Admin).await;
@@ -188,7 +189,6 @@ async fn obstacles_on_disk_fail_compaction_but_no_acknowledged_write() {
             dir.join("state.db").exists(),
             "{obstacle}: compaction ran once the obstacle was gone"
         );
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
 
@@ -358,7 +358,8 @@ fn writes_are_refused_unavailable_while_the_log_is_poisoned_and_resume_after_com
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_write_over_quic_changes_nothing_after_a_restart() {
     let _scenario = fail::FailScenario::setup();
-    let dir = temp_dir("refused");
+    let dir_tmp = temp_dir("refused");
+    let dir = dir_tmp.path().to_path_buf();
     let mut s = TestServer::start_configured(dir.clone(), |_| {}).await;
     let admin = s.client(Role::Admin).await;
     assert!(put(&admin, 0, 1).await);
@@ -370,7 +371,6 @@ async fn a_refused_write_over_quic_changes_nothing_after_a_restart() {
     fail::remove("wal-append");
     let acked = HashMap::from([(0, 1)]);
     check_restart_after(&mut s, &dir, &acked, "refused write").await;
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A resident table is damaged (as a memory fault would) on a server whose data directory can

@@ -7,236 +7,59 @@
 
 mod common;
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::{Read as _, Write as _};
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{connector, free_port, table};
-use memds_client::{Client, ClientError, Role};
+use common::peers::{CONVERGE, Peers};
+use common::table;
+use memds_client::{ClientError, Role};
 use memds_proto::wire::ErrorCode;
 use memds_proto::{TableMap, synth};
 
-/// Anti-entropy period of the test fleets.
-const PERIOD: &str = "0.3";
-/// How long a fleet may take to converge after a fault: several anti-entropy periods, with
-/// room for a debug build on a loaded two-core machine.
-const CONVERGE: Duration = Duration::from_secs(20);
-
-struct Node {
-    child: Option<Child>,
-    /// Arguments besides the fleet's own.
-    args: Vec<String>,
-    dir: PathBuf,
-    port: u16,
-    metrics: Option<SocketAddr>,
+/// `/ready`'s status and body on server `i`.
+fn ready(fleet: &Peers, i: usize) -> (u16, String) {
+    http_get(fleet.metrics_addr(i), "/ready")
 }
 
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
+/// The sum over the label sets containing `label` (such as `kind="delta"`, or "" for all) of a
+/// counter on server `i`'s `/metrics` page (0 if absent).
+fn counter(fleet: &Peers, i: usize, name: &str, label: &str) -> f64 {
+    let (status, page) = http_get(fleet.metrics_addr(i), "/metrics");
+    assert_eq!(status, 200, "{page}");
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (key, value) = l.rsplit_once(' ')?;
+            let (metric, labels) = key.split_once('{').unwrap_or((key, ""));
+            (metric == name && labels.contains(label)).then(|| value.trim().parse::<f64>().ok())?
+        })
+        .sum()
 }
 
-struct Fleet {
-    root: tempfile::TempDir,
-    nodes: Vec<Node>,
+/// Server `i`'s pulls by kind: (delta, merkle, snapshot).
+fn pulls(fleet: &Peers, i: usize) -> (f64, f64, f64) {
+    let kind = |k: &str| {
+        counter(
+            fleet,
+            i,
+            "memds_anti_entropy_pulls_total",
+            &format!("kind=\"{k}\""),
+        )
+    };
+    (kind("delta"), kind("merkle"), kind("snapshot"))
 }
 
-impl Fleet {
-    /// `n` servers, not started.
-    fn new(n: usize) -> Self {
-        let root = tempfile::tempdir().expect("tempdir");
-        let nodes = (0..n)
-            .map(|i| Node {
-                child: None,
-                args: Vec::new(),
-                dir: root.path().join(format!("server-{i}")),
-                port: free_port(),
-                metrics: None,
-            })
-            .collect();
-        Self { root, nodes }
-    }
-
-    fn tls_dir(&self) -> PathBuf {
-        self.root.path().join("pki")
-    }
-
-    fn addr(&self, i: usize) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.nodes[i].port))
-    }
-
-    /// Starts server `i` with every other server as a peer.
-    fn start(&mut self, i: usize) {
-        let peers: Vec<String> = (0..self.nodes.len())
-            .filter(|&j| j != i)
-            .map(|j| self.addr(j).to_string())
-            .collect();
-        let node = &self.nodes[i];
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_memds-server"));
-        cmd.args(["--listen", &self.addr(i).to_string()])
-            .args(["--metrics-listen", "127.0.0.1:0", "--data-dir"])
-            .arg(&node.dir)
-            .arg("--tls-dir")
-            .arg(self.tls_dir())
-            .args(["--anti-entropy-secs", PERIOD]);
-        for p in &peers {
-            cmd.args(["--peer", p]);
-        }
-        cmd.args(&node.args);
-        let mut child = cmd
-            // `FLEET_LOG=memds_server::fleet=debug` shows what anti-entropy did.
-            .env(
-                "RUST_LOG",
-                std::env::var("FLEET_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("memds-server starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("the announcement");
-        let v: serde_json::Value =
-            serde_json::from_str(&line).unwrap_or_else(|e| panic!("announcement {line:?}: {e}"));
-        let node = &mut self.nodes[i];
-        node.metrics = Some(
-            v["metrics"]
-                .as_str()
-                .expect("metrics address")
-                .parse()
-                .expect("address"),
-        );
-        node.child = Some(child);
-    }
-
-    fn start_all(&mut self) {
-        for i in 0..self.nodes.len() {
-            self.start(i);
-        }
-    }
-
-    fn kill9(&mut self, i: usize) {
-        if let Some(mut c) = self.nodes[i].child.take() {
-            c.kill().expect("SIGKILL");
-            c.wait().expect("reaped");
-        }
-    }
-
-    fn signal(&self, i: usize, signal: libc::c_int) {
-        let pid = self.nodes[i].child.as_ref().expect("running").id();
-        // SAFETY: kill(2) on a child this test started and has not reaped; no memory is shared.
-        #[allow(unsafe_code)]
-        let rc = unsafe { libc::kill(pid as libc::pid_t, signal) };
-        assert_eq!(rc, 0, "kill({pid}, {signal})");
-    }
-
-    /// `/ready`'s status and body.
-    fn ready(&self, i: usize) -> (u16, String) {
-        http_get(self.nodes[i].metrics.expect("started"), "/ready")
-    }
-
-    async fn client(&self, i: usize, role: Role) -> Client {
-        connector(&self.tls_dir(), role)
-            .connect(self.addr(i))
-            .await
-            .expect("connects")
-    }
-
-    /// The version of `table` server `i` holds (0 if none), asked with the admin certificate
-    /// (table lists are served before the server is ready).
-    async fn version(&self, i: usize, name: &str) -> u64 {
-        let c = self.client(i, Role::Admin).await;
-        let v = c
-            .list_tables()
-            .await
-            .expect("table list")
-            .into_iter()
-            .find(|t| t.name == name)
-            .map_or(0, |t| t.version);
-        c.close();
-        v
-    }
-
-    /// Waits until every server in `which` holds `name` at `version`; returns how long it took.
-    async fn converged(&self, which: &[usize], name: &str, version: u64) -> Duration {
-        let started = Instant::now();
-        loop {
-            let mut all = true;
-            for &i in which {
-                all &= self.version(i, name).await == version;
-            }
-            if all {
-                return started.elapsed();
-            }
-            assert!(
-                started.elapsed() < CONVERGE,
-                "servers {which:?} did not all reach {name} v{version} within {CONVERGE:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// The sum over the label sets containing `label` (such as `kind="delta"`, or "" for all)
-    /// of a counter on server `i`'s `/metrics` page (0 if absent).
-    fn counter(&self, i: usize, name: &str, label: &str) -> f64 {
-        let (status, page) = http_get(self.nodes[i].metrics.expect("started"), "/metrics");
-        assert_eq!(status, 200, "{page}");
-        page.lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| {
-                let (key, value) = l.rsplit_once(' ')?;
-                let (metric, labels) = key.split_once('{').unwrap_or((key, ""));
-                (metric == name && labels.contains(label))
-                    .then(|| value.trim().parse::<f64>().ok())?
-            })
-            .sum()
-    }
-
-    /// Server `i`'s pulls by kind: (delta, merkle, snapshot).
-    fn pulls(&self, i: usize) -> (f64, f64, f64) {
-        let kind = |k: &str| {
-            self.counter(
-                i,
-                "memds_anti_entropy_pulls_total",
-                &format!("kind=\"{k}\""),
-            )
-        };
-        (kind("delta"), kind("merkle"), kind("snapshot"))
-    }
-
-    /// The checksum server `i` advertises for `name` in its summary.
-    async fn digest(&self, i: usize, name: &str) -> u64 {
-        let c = self.client(i, Role::Admin).await;
-        let s = c.summary().await.expect("summary");
-        c.close();
-        s.tables
-            .iter()
-            .find(|t| t.name == name && !t.dropped)
-            .map(|t| t.digest)
-            .unwrap_or_else(|| panic!("server {i} does not hold {name}"))
-    }
-
-    async fn wait_ready(&self, i: usize) {
-        let started = Instant::now();
-        loop {
-            let (status, body) = self.ready(i);
-            if status == 200 {
-                return;
-            }
-            assert!(
-                started.elapsed() < CONVERGE,
-                "server {i} not ready after {CONVERGE:?}: {body}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+/// The checksum server `i` advertises for `name` in its summary.
+async fn digest(fleet: &Peers, i: usize, name: &str) -> u64 {
+    fleet
+        .summary(i)
+        .await
+        .tables
+        .iter()
+        .find(|t| t.name == name && !t.dropped)
+        .map(|t| t.digest)
+        .unwrap_or_else(|| panic!("server {i} does not hold {name}"))
 }
 
 fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
@@ -263,14 +86,11 @@ fn split(map: &TableMap, index: usize) -> memds_proto::wire::PartitionUpdate {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_reach_every_server_and_a_killed_server_catches_up() {
-    let mut fleet = Fleet::new(3);
+    let mut fleet = Peers::with_metrics(3);
     fleet.start_all();
     for i in 0..3 {
         fleet.wait_ready(i).await;
-        assert_eq!(
-            http_get(fleet.nodes[i].metrics.expect("up"), "/health").0,
-            200
-        );
+        assert_eq!(http_get(fleet.metrics_addr(i), "/health").0, 200);
     }
 
     // A write to one server reaches the other two by forwarding.
@@ -282,7 +102,7 @@ async fn writes_reach_every_server_and_a_killed_server_catches_up() {
     eprintln!("a put reached both peers in {took:?}");
 
     // Server 2 dies without a word; writes go on; it restarts on its data directory.
-    fleet.kill9(2);
+    fleet.kill(2);
     let mut map = v1.clone();
     for i in 0..3 {
         admin
@@ -322,7 +142,7 @@ async fn writes_reach_every_server_and_a_killed_server_catches_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_server_converges_after_sigcont() {
-    let mut fleet = Fleet::new(3);
+    let mut fleet = Peers::with_metrics(3);
     fleet.start_all();
     for i in 0..3 {
         fleet.wait_ready(i).await;
@@ -334,7 +154,7 @@ async fn a_paused_server_converges_after_sigcont() {
     fleet.converged(&[1, 2], &name, 1).await;
 
     // Paused for ten anti-entropy periods while writes flow.
-    fleet.signal(1, libc::SIGSTOP);
+    fleet.signal(1, "STOP");
     let paused = Instant::now();
     while paused.elapsed() < Duration::from_secs(3) {
         let update = split(&map, (map.version().get() as usize * 7) % 1000);
@@ -348,7 +168,7 @@ async fn a_paused_server_converges_after_sigcont() {
     }
     let last = map.version().get();
     fleet.converged(&[2], &name, last).await;
-    fleet.signal(1, libc::SIGCONT);
+    fleet.signal(1, "CONT");
     let took = fleet.converged(&[1], &name, last).await;
     eprintln!("the paused server converged {took:?} after SIGCONT");
     let c = fleet.client(1, Role::Router).await;
@@ -357,7 +177,7 @@ async fn a_paused_server_converges_after_sigcont() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_server_is_not_ready_until_it_holds_its_peers_tables() {
-    let mut fleet = Fleet::new(3);
+    let mut fleet = Peers::with_metrics(3);
     fleet.start(0);
     fleet.start(1);
     fleet.wait_ready(0).await;
@@ -373,7 +193,7 @@ async fn a_new_server_is_not_ready_until_it_holds_its_peers_tables() {
     let started = Instant::now();
     let mut not_ready_seen = 0;
     loop {
-        let (status, body) = fleet.ready(2);
+        let (status, body) = ready(&fleet, 2);
         let held = fleet.version(2, &name).await;
         if status == 200 {
             assert_eq!(held, 3, "ready before holding the 300,000-partition table");
@@ -390,7 +210,7 @@ async fn a_new_server_is_not_ready_until_it_holds_its_peers_tables() {
             Err(ClientError::Server(e)) => assert_eq!(e.code, ErrorCode::Unavailable, "{e:?}"),
             other => {
                 // Only possible if it became ready between the two checks.
-                assert_eq!(fleet.ready(2).0, 200, "a lookup before ready: {other:?}");
+                assert_eq!(ready(&fleet, 2).0, 200, "a lookup before ready: {other:?}");
             }
         }
         assert!(started.elapsed() < CONVERGE, "never ready: {body}");
@@ -407,7 +227,7 @@ async fn a_new_server_is_not_ready_until_it_holds_its_peers_tables() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_missed_a_write_catches_up_by_delta() {
-    let mut fleet = Fleet::new(3);
+    let mut fleet = Peers::with_metrics(3);
     fleet.start_all();
     for i in 0..3 {
         fleet.wait_ready(i).await;
@@ -420,7 +240,7 @@ async fn a_server_that_missed_a_write_catches_up_by_delta() {
 
     // Server 2 is down when a split is written; it restarts on its data directory and asks a
     // peer for what changed since the version it holds.
-    fleet.kill9(2);
+    fleet.kill(2);
     admin
         .update_partitions(split(&map, 500))
         .await
@@ -428,9 +248,9 @@ async fn a_server_that_missed_a_write_catches_up_by_delta() {
     fleet.converged(&[1], &name, 2).await;
     fleet.start(2);
     fleet.converged(&[2], &name, 2).await;
-    let (delta, merkle, snapshot) = fleet.pulls(2);
+    let (delta, merkle, snapshot) = pulls(&fleet, 2);
     assert_eq!((delta, merkle, snapshot), (1.0, 0.0, 0.0), "pulls by kind");
-    let pulled = fleet.counter(2, "memds_anti_entropy_bytes_pulled_total", "");
+    let pulled = counter(&fleet, 2, "memds_anti_entropy_bytes_pulled_total", "");
     let whole = admin
         .get_table_snapshot(&name, None)
         .await
@@ -447,12 +267,15 @@ async fn a_server_that_missed_a_write_catches_up_by_delta() {
         pulled * 20.0 < whole,
         "{pulled} bytes pulled, snapshot {whole}"
     );
-    assert_eq!(fleet.digest(2, &name).await, fleet.digest(0, &name).await);
+    assert_eq!(
+        digest(&fleet, 2, &name).await,
+        digest(&fleet, 0, &name).await
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_whose_peers_lost_their_history_catches_up_by_merkle_descent() {
-    let mut fleet = Fleet::new(2);
+    let mut fleet = Peers::with_metrics(2);
     fleet.start_all();
     fleet.wait_ready(0).await;
     fleet.wait_ready(1).await;
@@ -466,7 +289,7 @@ async fn a_server_whose_peers_lost_their_history_catches_up_by_merkle_descent() 
     // authority re-putting its map sends it): server 0 keeps no history of what changed (as
     // after a restart from its checkpoint), so it cannot answer a delta, and server 1, started
     // again on its data directory, must find the difference itself.
-    fleet.kill9(1);
+    fleet.kill(1);
     let mut interner = memds_proto::NodeInterner::default();
     let next = memds_proto::CompactTable::new(&map, &mut interner)
         .apply(&split(&map, 40_000).into(), &mut interner)
@@ -489,9 +312,9 @@ async fn a_server_whose_peers_lost_their_history_catches_up_by_merkle_descent() 
     c.close();
     fleet.start(1);
     fleet.converged(&[1], &name, 2).await;
-    let (delta, merkle, snapshot) = fleet.pulls(1);
+    let (delta, merkle, snapshot) = pulls(&fleet, 1);
     assert_eq!((delta, merkle, snapshot), (0.0, 1.0, 0.0), "pulls by kind");
-    let pulled = fleet.counter(1, "memds_anti_entropy_bytes_pulled_total", "");
+    let pulled = counter(&fleet, 1, "memds_anti_entropy_bytes_pulled_total", "");
     let admin = fleet.client(0, Role::Admin).await;
     let whole = admin
         .get_table_snapshot(&name, None)
@@ -506,5 +329,8 @@ async fn a_server_whose_peers_lost_their_history_catches_up_by_merkle_descent() 
         pulled > 0.0 && pulled < 65_536.0,
         "{pulled} bytes for one split"
     );
-    assert_eq!(fleet.digest(1, &name).await, fleet.digest(0, &name).await);
+    assert_eq!(
+        digest(&fleet, 1, &name).await,
+        digest(&fleet, 0, &name).await
+    );
 }

@@ -27,11 +27,14 @@ struct Spawned {
     quic: SocketAddr,
     metrics: SocketAddr,
     tls_dir: PathBuf,
+    /// The data directory, removed after the process is killed.
+    _dir: tempfile::TempDir,
 }
 
 impl Spawned {
     fn start(name: &str, args: &[&str]) -> Self {
-        let dir = common::temp_dir(name);
+        let dir_tmp = common::temp_dir(name);
+        let dir = dir_tmp.path().to_path_buf();
         let mut child = Command::new(env!("CARGO_BIN_EXE_memds-server"))
             .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
             .args(["--scrub-interval-secs", "0", "--data-dir"])
@@ -59,6 +62,7 @@ impl Spawned {
             metrics: addr("metrics"),
             tls_dir: PathBuf::from(v["tls_dir"].as_str().expect("the TLS directory")),
             child,
+            _dir: dir_tmp,
         }
     }
 
@@ -102,6 +106,18 @@ impl Spawned {
 
     async fn metric(&self, series: &str) -> f64 {
         common::metric(&self.scrape().await, series)
+    }
+
+    /// Polls `series` until `done` holds of its value (`within` at most), and answers it.
+    async fn wait_metric(&self, series: &str, within: Duration, done: impl Fn(f64) -> bool) -> f64 {
+        let started = Instant::now();
+        loop {
+            let value = self.metric(series).await;
+            if done(value) || started.elapsed() > within {
+                return value;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// SIGTERM, then how long the process took to exit.
@@ -258,7 +274,14 @@ async fn bare_initials_take_no_connection_slot_and_a_flood_gets_stateless_retrie
     tokio::task::spawn_blocking(move || bare_initials(quic, &ca2, 8))
         .await
         .expect("join");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The eight handshakes reach the server and hang there.
+    server
+        .wait_metric(
+            "memds_handshakes_in_progress",
+            Duration::from_secs(5),
+            |n| n >= 8.0,
+        )
+        .await;
     let admin = tokio::time::timeout(Duration::from_secs(5), server.client(Role::Admin))
         .await
         .expect("the admin connects while eight handshakes hang");
@@ -269,6 +292,7 @@ async fn bare_initials_take_no_connection_slot_and_a_flood_gets_stateless_retrie
     let router = SteadyRouter::start(&server, &table, 100).await;
     let (quic, ca2) = (server.quic, ca.clone());
     let flood = tokio::task::spawn_blocking(move || bare_initials(quic, &ca2, 3_000));
+    // Sampled while the flood is under way (it lasts about a second).
     tokio::time::sleep(Duration::from_millis(300)).await;
     let in_progress = server.metric("memds_handshakes_in_progress").await;
     // A client arriving during the flood answers the Retry and is served.
@@ -352,7 +376,14 @@ async fn handshakes_past_their_bound_are_refused_and_authenticated_connections_p
     tokio::task::spawn_blocking(move || bare_initials(quic, &ca, 100))
         .await
         .expect("join");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Every Initial reached the server: sixteen handshakes hang, the rest were refused.
+    server
+        .wait_metric(
+            "memds_handshakes_in_progress",
+            Duration::from_secs(5),
+            |n| n >= 16.0,
+        )
+        .await;
     let page = server.scrape().await;
     assert_eq!(common::metric(&page, "memds_handshakes_in_progress"), 16.0);
     assert!(
@@ -364,7 +395,14 @@ async fn handshakes_past_their_bound_are_refused_and_authenticated_connections_p
          at the socket)"
     );
     // The hanging handshakes time out; then clients get in again.
-    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    let hanging = server
+        .wait_metric(
+            "memds_handshakes_in_progress",
+            Duration::from_secs(10),
+            |n| n == 0.0,
+        )
+        .await;
+    assert_eq!(hanging, 0.0, "the hanging handshakes never timed out");
     let mut clients = Vec::new();
     for _ in 0..4 {
         let c = server.client(Role::Router).await;
@@ -456,13 +494,23 @@ async fn a_flood_of_authenticated_connections_is_closed_at_the_limit_and_holds_n
     );
     // The slots come back when their connections go.
     drop(held);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    server
-        .client(Role::Admin)
-        .await
-        .stats()
-        .await
-        .expect("a freed slot is taken");
+    let started = Instant::now();
+    loop {
+        let connected = common::connector(&server.tls_dir, Role::Admin)
+            .connect(server.quic)
+            .await;
+        let served = match connected {
+            Ok(c) => c.stats().await.map(|_| ()).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match served {
+            Ok(()) => break,
+            Err(e) if started.elapsed() > Duration::from_secs(10) => {
+                panic!("no freed slot was taken within 10 s: {e}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -501,6 +549,8 @@ async fn a_lookup_flood_is_shed_fairly_while_writes_and_peers_pass() {
             other
         }));
     }
+    // The flooders reach full speed before the measured window opens (a fixed ramp-up: there is
+    // no event to wait for).
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = server
         .client(Role::Admin)
@@ -531,6 +581,7 @@ async fn a_lookup_flood_is_shed_fairly_while_writes_and_peers_pass() {
             .await
             .expect("a peer's lookups are not shed");
     }
+    // The measured window: three seconds of flood.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after = server
         .client(Role::Admin)
@@ -825,7 +876,14 @@ async fn readers_that_never_drain_are_cut_off_and_do_not_hold_up_shutdown() {
         let _ = tokio::time::timeout(Duration::from_secs(2), send.write_all(&frames)).await;
         held.push((conn, send, recv));
     }
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // The stuck readers' streams are reset once the write timeout passes.
+    server
+        .wait_metric(
+            "memds_stream_resets_total{reason=\"write_timeout\"}",
+            Duration::from_secs(20),
+            |n| n >= 10.0,
+        )
+        .await;
     let rss_held = server.rss();
     let page = server.scrape().await;
     let resets = common::metric(&page, "memds_stream_resets_total{reason=\"write_timeout\"}");
@@ -865,6 +923,7 @@ async fn readers_that_never_drain_are_cut_off_and_do_not_hold_up_shutdown() {
         wire::encode_request(id, &range2, &mut frames);
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), send.write_all(&frames)).await;
+    // The server is mid-answer, blocked on the reader, when the signal arrives.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let took = server2.terminate();
     eprintln!("shutdown with a stuck reader took {took:?}");

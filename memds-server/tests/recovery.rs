@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{connector, server_command, spawn_server, table, temp_dir};
+use common::{KillOnDrop, connector, server_command, spawn_server, table, temp_dir};
 use memds_client::Role;
 use memds_proto::TableMap;
 use memds_proto::model::TableSpec;
@@ -85,10 +85,12 @@ fn refused_start(dir: &Path, args: &[&str]) -> String {
 
 /// The version of table 0 that a server started over `dir` with `args` serves, and its stderr.
 async fn served_version(dir: &Path, args: &[&str]) -> (u64, String) {
-    let mut child = server_command(dir, args)
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("memds-server starts");
+    let mut child = KillOnDrop::new(
+        server_command(dir, args)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("memds-server starts"),
+    );
     let stdout = child.stdout.take().expect("stdout");
     let line = tokio::task::spawn_blocking(move || {
         use std::io::BufRead as _;
@@ -116,7 +118,7 @@ async fn served_version(dir: &Path, args: &[&str]) -> (u64, String) {
     .expect("the table is there");
     assert_eq!(map, table(0, PARTITIONS, map.version().get()));
     child.kill().expect("kill");
-    let out = child.wait_with_output().expect("reaped");
+    let out = child.into_inner().wait_with_output().expect("reaped");
     (
         map.version().get(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -125,7 +127,8 @@ async fn served_version(dir: &Path, args: &[&str]) -> (u64, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_byte_inside_the_log_stops_the_server_and_salvage_keeps_the_prefix() {
-    let dir = temp_dir("mid-log");
+    let dir_tmp = temp_dir("mid-log");
+    let dir = dir_tmp.path().to_path_buf();
     three_acknowledged_puts(&dir).await;
     let log = logs(&dir).pop().expect("a log");
     let clean = std::fs::read(&log).expect("read");
@@ -184,12 +187,12 @@ async fn a_damaged_byte_inside_the_log_stops_the_server_and_salvage_keeps_the_pr
     // The directory is whole again: a strict start serves what salvage kept, and takes writes.
     let (version, _) = served_version(&dir, &[]).await;
     assert_eq!(version, 1);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_log_header_stops_the_server() {
-    let dir = temp_dir("magic");
+    let dir_tmp = temp_dir("magic");
+    let dir = dir_tmp.path().to_path_buf();
     three_acknowledged_puts(&dir).await;
     let log = logs(&dir).pop().expect("a log");
     let mut bytes = std::fs::read(&log).expect("read");
@@ -198,12 +201,12 @@ async fn a_damaged_log_header_stops_the_server() {
     let stderr = refused_start(&dir, &[]);
     assert!(stderr.contains("damaged at byte 0"), "{stderr}");
     assert!(stderr.contains("header"), "{stderr}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_torn_tail_is_cut_and_every_acknowledged_write_served() {
-    let dir = temp_dir("torn");
+    let dir_tmp = temp_dir("torn");
+    let dir = dir_tmp.path().to_path_buf();
     three_acknowledged_puts(&dir).await;
     let log = logs(&dir).pop().expect("a log");
     let mut bytes = std::fs::read(&log).expect("read");
@@ -215,12 +218,12 @@ async fn a_torn_tail_is_cut_and_every_acknowledged_write_served() {
     let (version, stderr) = served_version(&dir, &[]).await;
     assert_eq!(version, 3);
     assert!(stderr.contains("cut a torn"), "{stderr}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acknowledged_batch_is_one_record_and_survives_a_kill() {
-    let dir = temp_dir("batch");
+    let dir_tmp = temp_dir("batch");
+    let dir = dir_tmp.path().to_path_buf();
     let (mut child, addr) = spawn_server(&dir, &["--compact-wal-bytes", "1000000000"]);
     let admin = connector(&dir.join("tls"), Role::Admin)
         .connect(addr)
@@ -276,5 +279,4 @@ async fn an_acknowledged_batch_is_one_record_and_survives_a_kill() {
     assert_eq!(got, expected);
     child.kill().expect("kill");
     child.wait().expect("reaped");
-    let _ = std::fs::remove_dir_all(&dir);
 }

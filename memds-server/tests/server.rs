@@ -361,7 +361,8 @@ async fn clients_without_a_trusted_certificate_get_nothing() {
         "a client without a certificate was answered"
     );
     // A certificate from another CA.
-    let other = temp_dir("other-pki");
+    let other_tmp = temp_dir("other-pki");
+    let other = other_tmp.path().to_path_buf();
     memds_server::tls::ensure_dev_pki(&other).expect("pki");
     let foreign = ClientTls::from_files(
         &ca,
@@ -384,7 +385,8 @@ async fn connections_past_the_limit_are_refused_and_others_unaffected() {
         max_connections: 2,
         ..Limits::default()
     };
-    let mut s = TestServer::start_with(temp_dir("connlimit"), limits).await;
+    let dir = temp_dir("connlimit");
+    let mut s = TestServer::start_with(dir.path().to_path_buf(), limits).await;
     let a = s.client(Role::Router).await;
     let b = s.client(Role::Router).await;
     a.list_tables().await.expect("a");
@@ -448,7 +450,8 @@ async fn metrics_endpoint_serves_described_memds_metrics() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_server_has_every_acknowledged_table() {
-    let dir = temp_dir("restart");
+    let dir_tmp = temp_dir("restart");
+    let dir = dir_tmp.path().to_path_buf();
     let mut s = TestServer::start_with(dir.clone(), Limits::default()).await;
     let admin = s.client(Role::Admin).await;
     let maps: Vec<TableMap> = (0..3).map(|i| table(i, 500, 3)).collect();
@@ -488,7 +491,8 @@ async fn a_full_write_queue_answers_overloaded_and_loses_nothing_acknowledged() 
         write_queue: 1,
         ..Limits::default()
     };
-    let mut s = TestServer::start_with(temp_dir("overload"), limits).await;
+    let dir = temp_dir("overload");
+    let mut s = TestServer::start_with(dir.path().to_path_buf(), limits).await;
     // Many admin connections each send a large put at once: the writer works on one, the queue
     // holds one, and the rest must be shed.
     let big: Vec<TableMap> = (0..4).map(|i| table(i, 40_000, 1)).collect();
@@ -531,7 +535,8 @@ async fn a_full_write_queue_answers_overloaded_and_loses_nothing_acknowledged() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_table_comes_back_only_at_a_higher_version_across_restarts_and_compaction() {
-    let dir = temp_dir("tombstone");
+    let dir_tmp = temp_dir("tombstone");
+    let dir = dir_tmp.path().to_path_buf();
     // A one-byte log bound: every batch is followed by a checkpoint, so the tombstone must
     // survive compaction as well as the log.
     let configure = |c: &mut memds_server::ServerConfig| c.compact_wal_bytes = 1;
@@ -647,7 +652,8 @@ async fn a_put_declaring_more_than_the_snapshot_bound_is_refused_before_decoding
         max_snapshot_bytes: 1 << 20,
         ..Limits::default()
     };
-    let mut s = TestServer::start_with(temp_dir("declared"), limits).await;
+    let dir = temp_dir("declared");
+    let mut s = TestServer::start_with(dir.path().to_path_buf(), limits).await;
     let admin = s.client(Role::Admin).await;
     // A snapshot header that declares 4 GiB uncompressed over a few bytes of payload.
     let mut forged = memds_proto::snapshot::encode(&table(0, 10, 1));
@@ -669,4 +675,49 @@ async fn a_put_declaring_more_than_the_snapshot_bound_is_refused_before_decoding
         ErrorCode::TooLarge
     );
     s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_logs_name_the_connection_its_client_and_its_role() {
+    use std::io::{BufRead as _, BufReader};
+    let dir = temp_dir("logs");
+    let mut child = common::KillOnDrop::new(
+        common::server_command(dir.path(), &[])
+            .env("RUST_LOG", "memds_server::server=debug")
+            .env("NO_COLOR", "1")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("memds-server starts"),
+    );
+    let mut announcement = String::new();
+    BufReader::new(child.stdout.take().expect("piped stdout"))
+        .read_line(&mut announcement)
+        .expect("the announcement");
+    let v: serde_json::Value = serde_json::from_str(&announcement).expect("JSON");
+    let addr: std::net::SocketAddr = v["quic"].as_str().expect("quic").parse().expect("addr");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (found_tx, found) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let line = BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .find(|l| l.contains("connection accepted"));
+        let _ = found_tx.send(line);
+    });
+    let admin = connector(&dir.path().join("tls"), Role::Admin)
+        .connect(addr)
+        .await
+        .expect("connects");
+    admin.stats().await.expect("stats");
+    let line = tokio::time::timeout(Duration::from_secs(10), found)
+        .await
+        .expect("a log line within 10 s")
+        .expect("the reader thread answers")
+        .expect("the server logged the connection");
+    assert!(
+        line.contains("connection{id=1 ")
+            && line.contains("remote=127.0.0.1:")
+            && line.contains("role=\"admin\""),
+        "{line}"
+    );
 }

@@ -732,7 +732,7 @@ async fn dial(target: &Target, timeout: Duration) -> Result<Client, ClientError>
         .unwrap_or_else(|_| {
             Err(ClientError::Connect {
                 addr: target.addr,
-                reason: format!("no answer within {timeout:?}"),
+                source: memds_client::ConnectError::Timeout(timeout),
             })
         })
 }

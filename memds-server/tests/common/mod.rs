@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::process::Child;
 
 use memds_client::{Client, ClientTls, ConnectOptions, Connector, Role};
 use memds_proto::TableMap;
@@ -16,28 +16,30 @@ use memds_server::{Limits, RunningServer, ServerConfig};
 /// Fleets of real `memds-server` processes, peers of each other.
 pub mod peers;
 
-/// A fresh, empty directory under the system temp dir, unique to this test process and call.
-pub fn temp_dir(name: &str) -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "memds-test-{name}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("creating a temp dir");
-    dir
+/// A fresh, empty directory under the system temp dir (its name starts with `memds-test-<name>`),
+/// removed when the guard is dropped, a failed assertion included.
+pub fn temp_dir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("memds-test-{name}-"))
+        .tempdir()
+        .expect("creating a temp dir")
 }
 
 pub struct TestServer {
     pub server: Option<RunningServer>,
     pub data_dir: PathBuf,
     pub addr: SocketAddr,
+    /// The data directory, when the server made its own (removed with the server).
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl TestServer {
+    /// A server with default limits over a fresh data directory of its own.
     pub async fn start(name: &str) -> Self {
-        Self::start_with(temp_dir(name), Limits::default()).await
+        let dir = temp_dir(name);
+        let mut s = Self::start_with(dir.path().to_path_buf(), Limits::default()).await;
+        s._dir = Some(dir);
+        s
     }
 
     pub async fn start_with(data_dir: PathBuf, limits: Limits) -> Self {
@@ -60,6 +62,7 @@ impl TestServer {
             server: Some(server),
             data_dir,
             addr,
+            _dir: None,
         }
     }
 
@@ -141,14 +144,55 @@ pub fn metric(page: &str, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// A child process killed (SIGKILL, which also ends a stopped one) and reaped when dropped, so
+/// a failed assertion leaves no server behind. It derefs to the [`Child`].
+#[derive(Debug)]
+pub struct KillOnDrop(Option<Child>);
+
+impl KillOnDrop {
+    pub fn new(child: Child) -> Self {
+        Self(Some(child))
+    }
+
+    /// The child, no longer guarded (for `wait_with_output`, which consumes it).
+    pub fn into_inner(mut self) -> Child {
+        self.0.take().expect("the child is held until dropped")
+    }
+}
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = Child;
+
+    fn deref(&self) -> &Child {
+        self.0.as_ref().expect("the child is held until dropped")
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        self.0.as_mut().expect("the child is held until dropped")
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// Starts the real `memds-server` binary on 127.0.0.1:0 over `dir` with `args` added, and
 /// reads its announcement. Logs go to the test's stderr.
-pub fn spawn_server(dir: &Path, args: &[&str]) -> (std::process::Child, SocketAddr) {
+pub fn spawn_server(dir: &Path, args: &[&str]) -> (KillOnDrop, SocketAddr) {
     use std::io::{BufRead as _, BufReader};
-    let mut child = server_command(dir, args)
-        .stderr(std::process::Stdio::inherit())
-        .spawn()
-        .expect("memds-server starts");
+    let mut child = KillOnDrop::new(
+        server_command(dir, args)
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("memds-server starts"),
+    );
     let stdout = child.stdout.take().expect("piped stdout");
     let mut line = String::new();
     BufReader::new(stdout)

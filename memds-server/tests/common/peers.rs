@@ -5,13 +5,13 @@
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use memds_client::{Client, Role};
 use memds_proto::wire::Summary;
 
-use super::{connector, free_port};
+use super::{KillOnDrop, connector, free_port};
 
 /// Anti-entropy period of the test fleets, in seconds.
 pub const PERIOD: &str = "0.3";
@@ -22,22 +22,16 @@ pub const CONVERGE: Duration = Duration::from_secs(30);
 pub struct Peers {
     root: tempfile::TempDir,
     nodes: Vec<PeerProcess>,
+    /// Whether servers start with a metrics listener (on 127.0.0.1:0).
+    metrics: bool,
 }
 
 struct PeerProcess {
-    child: Option<Child>,
+    child: Option<KillOnDrop>,
     dir: PathBuf,
     port: u16,
-}
-
-impl Drop for PeerProcess {
-    fn drop(&mut self) {
-        // SIGKILL ends a process stopped with SIGSTOP too.
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
+    /// The metrics address the server announced, if it has a listener.
+    metrics: Option<SocketAddr>,
 }
 
 impl Peers {
@@ -49,9 +43,29 @@ impl Peers {
                 child: None,
                 dir: root.path().join(format!("server-{i}")),
                 port: free_port(),
+                metrics: None,
             })
             .collect();
-        Self { root, nodes }
+        Self {
+            root,
+            nodes,
+            metrics: false,
+        }
+    }
+
+    /// Like [`Peers::new`], each server with a metrics listener (`/metrics`, `/ready`).
+    pub fn with_metrics(n: usize) -> Self {
+        Self {
+            metrics: true,
+            ..Self::new(n)
+        }
+    }
+
+    /// Server `i`'s metrics address (a fleet made by [`Peers::with_metrics`], started).
+    pub fn metrics_addr(&self, i: usize) -> SocketAddr {
+        self.nodes[i]
+            .metrics
+            .expect("started, with a metrics listener")
     }
 
     /// A directory for the test's own files, removed with the fleet.
@@ -84,8 +98,13 @@ impl Peers {
     /// neither sends nor pulls anything), and waits for its announcement.
     pub fn start_with_peers(&mut self, i: usize, peers: &[usize]) {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_memds-server"));
-        cmd.args(["--listen", &self.addr(i).to_string(), "--no-metrics"])
-            .arg("--data-dir")
+        cmd.args(["--listen", &self.addr(i).to_string()]);
+        if self.metrics {
+            cmd.args(["--metrics-listen", "127.0.0.1:0"]);
+        } else {
+            cmd.arg("--no-metrics");
+        }
+        cmd.arg("--data-dir")
             .arg(&self.nodes[i].dir)
             .arg("--tls-dir")
             .arg(self.tls_dir())
@@ -93,12 +112,17 @@ impl Peers {
         for &p in peers {
             cmd.args(["--peer", &self.addr(p).to_string()]);
         }
-        let mut child = cmd
-            .env("RUST_LOG", "warn")
+        let mut child = KillOnDrop::new(
+            // `FLEET_LOG=memds_server::fleet=debug` shows what anti-entropy did.
+            cmd.env(
+                "RUST_LOG",
+                std::env::var("FLEET_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("memds-server starts");
+            .expect("memds-server starts"),
+        );
         let mut line = String::new();
         BufReader::new(child.stdout.take().expect("piped stdout"))
             .read_line(&mut line)
@@ -106,6 +130,9 @@ impl Peers {
         let v: serde_json::Value =
             serde_json::from_str(&line).unwrap_or_else(|e| panic!("announcement {line:?}: {e}"));
         assert_eq!(v["quic"], self.addr(i).to_string(), "{line}");
+        self.nodes[i].metrics = v["metrics"]
+            .as_str()
+            .map(|a| a.parse().expect("a metrics address"));
         self.nodes[i].child = Some(child);
     }
 
@@ -165,8 +192,8 @@ impl Peers {
             .map_or(0, |t| t.version)
     }
 
-    /// Waits until every server in `which` holds `name` at `version`.
-    pub async fn converged(&self, which: &[usize], name: &str, version: u64) {
+    /// Waits until every server in `which` holds `name` at `version`; answers how long it took.
+    pub async fn converged(&self, which: &[usize], name: &str, version: u64) -> Duration {
         let started = Instant::now();
         loop {
             let mut all = true;
@@ -174,7 +201,7 @@ impl Peers {
                 all &= self.version(i, name).await == version;
             }
             if all {
-                return;
+                return started.elapsed();
             }
             assert!(
                 started.elapsed() < CONVERGE,
