@@ -47,10 +47,13 @@ pub enum ClientError {
     /// The server answered with a typed error.
     #[error("server answered {}: {}", .0.code.as_str(), .0.message)]
     Server(ErrorReply),
-    /// The server's answer did not decode, was of the wrong kind, or did not answer the
-    /// request (a get-table answered with another table).
+    /// The server's answer was of the wrong kind, or did not answer the request (a get-table
+    /// answered with another table).
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The server's answer did not decode (its archive failed validation).
+    #[error("protocol error: {0}")]
+    Decode(#[source] wire::WireError),
     /// A get-table answer's snapshot was refused: it declares more than
     /// [`ConnectOptions::max_snapshot_bytes`] uncompressed (refused before anything is
     /// allocated for it), or it is damaged or holds an invalid map.
@@ -826,8 +829,7 @@ async fn read_loop(mut recv: quinn::RecvStream, max_frame: usize, shared: Arc<Sh
         loop {
             match decoder.next_frame() {
                 Ok(Some((id, payload))) => {
-                    let reply = wire::decode_response(payload)
-                        .map_err(|e| ClientError::Protocol(e.to_string()));
+                    let reply = wire::decode_response(payload).map_err(ClientError::Decode);
                     if id == 0 {
                         // Id 0 is the server speaking about the connection itself (for
                         // instance a frame over its limit) just before it closes it.
@@ -876,5 +878,14 @@ mod tests {
             ClientError::Protocol(reason) => assert_eq!(reason, "unexpected answer Stats"),
             other => panic!("expected a protocol error, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn an_answer_that_does_not_decode_keeps_the_decoder_error_as_its_source() {
+        let cause = wire::decode_response(&[0xAB; 40]).expect_err("garbage does not decode");
+        let e = ClientError::Decode(cause.clone());
+        let source = std::error::Error::source(&e).expect("a source");
+        assert_eq!(source.to_string(), cause.to_string());
+        assert_eq!(e.to_string(), format!("protocol error: {cause}"));
     }
 }

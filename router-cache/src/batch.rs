@@ -423,6 +423,7 @@ impl From<ClientError> for Unapplied {
         match e {
             // An answer that did not decode, or of another kind than asked for.
             ClientError::Protocol(reason) => Self::Malformed(reason),
+            ClientError::Decode(e) => Self::Malformed(e.to_string()),
             // A node-list fetch the server shed.
             ClientError::Server(e) if is_overloaded(e.code) => Self::Overloaded(e, 1),
             _ => Self::Failed,

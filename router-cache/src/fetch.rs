@@ -239,7 +239,11 @@ impl Inner {
                 Err(ClientError::Server(e)) => return Err(CacheError::Server(e)),
                 // Damaged, of another table, or of another kind: refused before it is used;
                 // another server may send one that is not.
-                Err(e @ (ClientError::Snapshot(_) | ClientError::Protocol(_))) => {
+                Err(
+                    e @ (ClientError::Snapshot(_)
+                    | ClientError::Protocol(_)
+                    | ClientError::Decode(_)),
+                ) => {
                     refuse(self, &server, &t.name, &e.to_string());
                 }
                 Err(_) => {}
