@@ -339,9 +339,8 @@ mod tests {
 
     #[test]
     fn command_line_wins_over_the_file_and_defaults_fill_the_rest() {
-        let dir = std::env::temp_dir().join(format!("memds-config-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("mkdir");
-        let file = dir.join("memds.toml");
+        let dir = tempfile::tempdir().expect("a scratch directory");
+        let file = dir.path().join("memds.toml");
         std::fs::write(
             &file,
             "listen = \"127.0.0.1:7000\"\ndata_dir = \"/from/file\"\nmax_batch = 10\n",
