@@ -1,0 +1,132 @@
+//! The admin writes: `put-table`, `update-partitions`, `update-batch` and `drop-table`, read
+//! from their files and sent to every server given or to the first that takes them.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use memds_client::Client;
+use memds_proto::TableMap;
+use memds_proto::wire::{BatchUpdate, PartitionUpdate, WriteAck};
+use serde::Serialize;
+
+use crate::Command;
+use crate::fanout::{first_answering, on_each};
+use crate::output::print_lines;
+use crate::servers::{Target, with_timeout};
+
+/// An admin write, read from its file.
+#[derive(Debug)]
+pub(crate) enum WriteOp {
+    Put(TableMap),
+    Update(PartitionUpdate),
+    Batch(BatchUpdate),
+    Drop { table: String, version: Option<u64> },
+}
+
+/// A write's acknowledgement, printed as `memds-ctl` always has.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub(crate) enum Ack {
+    Written(WriteAck),
+    Dropped { table: String, version: u64 },
+}
+
+impl WriteOp {
+    /// The write of a write command (its file read and parsed), `None` for other commands.
+    pub(crate) fn load(command: &Command) -> anyhow::Result<Option<Self>> {
+        let read = |file: &PathBuf| {
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))
+        };
+        Ok(Some(match command {
+            Command::PutTable { file } => WriteOp::Put(
+                TableMap::from_json(&read(file)?)
+                    .with_context(|| format!("loading {}", file.display()))?,
+            ),
+            Command::UpdatePartitions { file } => WriteOp::Update(
+                serde_json::from_str(&read(file)?)
+                    .with_context(|| format!("parsing {}", file.display()))?,
+            ),
+            Command::UpdateBatch { file } => WriteOp::Batch(
+                serde_json::from_str(&read(file)?)
+                    .with_context(|| format!("parsing {}", file.display()))?,
+            ),
+            Command::DropTable { table, version } => WriteOp::Drop {
+                table: table.clone(),
+                version: *version,
+            },
+            _ => return Ok(None),
+        }))
+    }
+
+    pub(crate) async fn send(&self, client: &Client, timeout: Duration) -> anyhow::Result<Ack> {
+        Ok(match self {
+            WriteOp::Put(map) => Ack::Written(
+                with_timeout(timeout, client.put_table(map))
+                    .await
+                    .context("put-table")?,
+            ),
+            WriteOp::Update(update) => Ack::Written(
+                with_timeout(timeout, client.update_partitions(update.clone()))
+                    .await
+                    .context("update-partitions")?,
+            ),
+            WriteOp::Batch(update) => Ack::Written(
+                with_timeout(timeout, client.update_batch(update.clone()))
+                    .await
+                    .context("update-batch")?,
+            ),
+            WriteOp::Drop { table, version } => {
+                let dropped = match version {
+                    Some(v) => with_timeout(timeout, client.drop_table_at(table, *v)).await,
+                    None => with_timeout(timeout, client.drop_table(table)).await,
+                };
+                Ack::Dropped {
+                    table: table.clone(),
+                    version: dropped.context("drop-table")?,
+                }
+            }
+        })
+    }
+}
+
+/// `--write-to all`: the write sent to every server at once, one line per server.
+pub(crate) async fn write_to_all(
+    write: WriteOp,
+    targets: &[Target],
+    timeout: Duration,
+    out: &mut impl std::io::Write,
+) -> anyhow::Result<ExitCode> {
+    // Each server's task owns its handle on the write, which is read from its file only once.
+    let write = Arc::new(write);
+    let results = on_each(targets, timeout, move |client| {
+        let write = Arc::clone(&write);
+        async move { write.send(&client, timeout).await }
+    })
+    .await;
+    print_lines(out, targets, results, "ack")
+}
+
+/// `--write-to one`: the first server that takes the write. A refusal (stale, conflict,
+/// invalid) is the write's own fault, which no other server would take either: it ends the
+/// command.
+pub(crate) async fn write_to_one(
+    write: &WriteOp,
+    targets: &[Target],
+    timeout: Duration,
+    out: &mut impl std::io::Write,
+) -> anyhow::Result<ExitCode> {
+    let answered = first_answering(targets, timeout, async |client: Client| {
+        write.send(&client, timeout).await
+    })
+    .await?;
+    answered.note_skipped();
+    print_lines(
+        out,
+        std::slice::from_ref(answered.target),
+        vec![Ok(answered.value)],
+        "ack",
+    )
+}
