@@ -2,10 +2,13 @@
 //! the constant-work invariant, Classic mode, route changes reaching the cache, and losing
 //! servers.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use common::{servers_up, temp_dir};
 use memds_client::{Client, ClientTls, ConnectOptions, Connector, Role};
 use memds_proto::model::PartitionSpec;
 use memds_proto::synth::{self, SynthConfig};
@@ -15,25 +18,6 @@ use memds_server::tls::TlsPaths;
 use memds_server::{RunningServer, ServerConfig};
 use router_cache::{CacheError, Invalidate, Mode, RouterCache};
 use tokio::runtime::Handle;
-
-/// A fresh, empty scratch directory, removed when the guard is dropped.
-fn temp_dir(name: &str) -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix(&format!("memds-cache-{name}-"))
-        .tempdir()
-        .expect("a scratch directory")
-}
-
-/// Waits (bounded) until the cache has `n` servers connected.
-async fn servers_up(c: &RouterCache, n: usize) {
-    let mut up = c.servers_up();
-    let reached = tokio::time::timeout(Duration::from_secs(10), up.wait_for(|&u| u == n)).await;
-    assert!(
-        matches!(reached, Ok(Ok(_))),
-        "{} servers up, not {n}",
-        c.stats().servers_up
-    );
-}
 
 /// Starts a server; the first one of a test creates the PKI, later ones share it.
 async fn server(dir: PathBuf, tls_from: Option<&Path>, listen: SocketAddr) -> RunningServer {

@@ -19,9 +19,7 @@ use std::time::{Duration, Instant};
 use common::{any_port, client, hashes, servers_up, temp_dir};
 use memds_client::{ClientError, ClientTls, Role};
 use memds_proto::synth::{self, SynthConfig};
-use memds_proto::wire::{
-    self, ErrorCode, ErrorReply, FrameDecoder, NodeList, Request, Response, Routes, WireRoute,
-};
+use memds_proto::wire::{self, ErrorCode, ErrorReply, FrameDecoder, Request, Response};
 use memds_proto::{CompactTable, NodeInterner, TableMap, TableVersion};
 use memds_server::tls::TlsPaths;
 use memds_server::{RunningServer, ServerConfig};
@@ -377,37 +375,7 @@ fn answer(table: &CompactTable, request: Request, mode: u8) -> Response {
             "not caught up with its peers since it started",
         ));
     }
-    let hashes = match request {
-        Request::Lookup { hash, .. } => vec![hash],
-        Request::BatchLookup { hashes, .. } => hashes,
-        Request::GetNodes { .. } => {
-            return Response::Nodes(NodeList {
-                version: table.version().get(),
-                digest: table.nodes_digest(),
-                nodes: table.node_specs(),
-            });
-        }
-        _ => return Response::Error(ErrorReply::new(ErrorCode::Internal, "a fake")),
-    };
-    let mut routes = Routes {
-        table_version: table.version().get(),
-        nodes_digest: table.nodes_digest(),
-        ..Routes::default()
-    };
-    for h in hashes {
-        let r = table.route(&table.lookup(h));
-        let ids: Vec<u32> = r.replicas.iter().map(|x| x.id.get()).collect();
-        routes.routes.push(WireRoute {
-            partition: r.partition.get(),
-            start: r.start,
-            end_inclusive: r.end_inclusive,
-            epoch: r.epoch.get(),
-            leader: r.leader,
-            replica_count: u8::try_from(ids.len()).expect("at most 7 replicas"),
-        });
-        routes.replicas.extend(ids);
-    }
-    Response::Routes(routes)
+    common::true_answer(table, request)
 }
 
 /// A server that is not ready answers `unavailable`: the cache's misses go to the other server

@@ -14,11 +14,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};
 
-use common::{hashes, temp_dir};
+use common::{hashes, temp_dir, true_route};
 use memds_client::{ClientError, ClientTls, ConnectOptions, Connector, Role};
 use memds_proto::synth::{self, SynthConfig};
 use memds_proto::wire::{
-    self, ErrorCode, ErrorReply, FrameDecoder, NodeList, Request, Response, Routes, WireRoute,
+    self, ErrorCode, ErrorReply, FrameDecoder, NodeList, Request, Response, Routes,
 };
 use memds_proto::{CompactTable, NodeInterner, SnapshotError, TableMap, snapshot};
 use memds_server::tls::TlsPaths;
@@ -483,20 +483,6 @@ fn nodes(truth: &CompactTable, lie: Lie, digest: u64) -> Option<Response> {
 }
 
 /// The true route of a hash, in its wire form.
-fn true_route(truth: &CompactTable, h: u64) -> (WireRoute, Vec<u32>) {
-    let r = truth.route(&truth.lookup(h));
-    let ids: Vec<u32> = r.replicas.iter().map(|x| x.id.get()).collect();
-    let wire = WireRoute {
-        partition: r.partition.get(),
-        start: r.start,
-        end_inclusive: r.end_inclusive,
-        epoch: r.epoch.get(),
-        leader: r.leader,
-        replica_count: u8::try_from(ids.len()).expect("at most 7 replicas"),
-    };
-    (wire, ids)
-}
-
 fn map() -> TableMap {
     synth::generate_table(
         &SynthConfig {

@@ -158,14 +158,13 @@ async fn serve_held(
     }
 }
 
-/// The answer a real server holding `table` gives to a lookup or a node-list request.
-fn true_answer(
+/// The answer a real server holding `table` gives to a lookup or a node-list request (the
+/// fake servers of the tests answer with it, or lie starting from it).
+pub fn true_answer(
     table: &memds_proto::CompactTable,
     request: memds_proto::wire::Request,
 ) -> memds_proto::wire::Response {
-    use memds_proto::wire::{
-        ErrorCode, ErrorReply, NodeList, Request, Response, Routes, WireRoute,
-    };
+    use memds_proto::wire::{ErrorCode, ErrorReply, NodeList, Request, Response, Routes};
     let hashes = match request {
         Request::Lookup { hash, .. } => vec![hash],
         Request::BatchLookup { hashes, .. } => hashes,
@@ -184,19 +183,29 @@ fn true_answer(
         ..Routes::default()
     };
     for h in hashes {
-        let r = table.route(&table.lookup(h));
-        let ids: Vec<u32> = r.replicas.iter().map(|x| x.id.get()).collect();
-        routes.routes.push(WireRoute {
-            partition: r.partition.get(),
-            start: r.start,
-            end_inclusive: r.end_inclusive,
-            epoch: r.epoch.get(),
-            leader: r.leader,
-            replica_count: u8::try_from(ids.len()).expect("at most 7 replicas"),
-        });
+        let (r, ids) = true_route(table, h);
+        routes.routes.push(r);
         routes.replicas.extend(ids);
     }
     Response::Routes(routes)
+}
+
+/// The wire route of the partition holding `h`, and its replica ids, as a real server answers.
+pub fn true_route(
+    table: &memds_proto::CompactTable,
+    h: u64,
+) -> (memds_proto::wire::WireRoute, Vec<u32>) {
+    let r = table.route(&table.lookup(h));
+    let ids: Vec<u32> = r.replicas.iter().map(|x| x.id.get()).collect();
+    let wire = memds_proto::wire::WireRoute {
+        partition: r.partition.get(),
+        start: r.start,
+        end_inclusive: r.end_inclusive,
+        epoch: r.epoch.get(),
+        leader: r.leader,
+        replica_count: u8::try_from(ids.len()).expect("at most 7 replicas"),
+    };
+    (wire, ids)
 }
 
 /// A synthetic table of `partitions` partitions (seed 0).
