@@ -21,18 +21,20 @@
 //! pulls, forwarded writes) are never shed here, so the fleet can always be repaired and
 //! written to under a lookup flood.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 /// Seconds of capacity the server's bucket holds when full.
 const BURST_SECONDS: f64 = 0.1;
 
-/// The server's lookup limit.
+/// The server's lookup limit. Its rate can be changed while the server runs
+/// ([`LookupLimit::set`], what `RunningServer::set_max_lookups_per_sec` calls); a rate of 0
+/// means no limit, and then admitting a lookup is one atomic load.
 #[derive(Debug)]
 pub struct LookupLimit {
-    rate: f64,
-    burst: f64,
+    /// Lookups a second; 0: no limit.
+    rate: AtomicU64,
     bucket: Mutex<Bucket>,
     connections: AtomicUsize,
 }
@@ -51,25 +53,46 @@ impl Bucket {
     }
 }
 
+/// The burst of a rate: a tenth of a second's worth, at least one lookup.
+fn burst(rate: f64) -> f64 {
+    (rate * BURST_SECONDS).max(1.0)
+}
+
 impl LookupLimit {
     /// A limit of `per_sec` lookups a second.
     pub fn new(per_sec: u64) -> Arc<Self> {
-        let rate = per_sec.max(1) as f64;
-        let burst = (rate * BURST_SECONDS).max(1.0);
+        let limit = Self::unlimited();
+        limit.set(Some(per_sec));
+        limit
+    }
+
+    /// No limit until [`LookupLimit::set`] gives one.
+    pub fn unlimited() -> Arc<Self> {
         Arc::new(Self {
-            rate,
-            burst,
+            rate: AtomicU64::new(0),
             bucket: Mutex::new(Bucket {
-                tokens: burst,
+                tokens: 0.0,
                 at: Instant::now(),
             }),
             connections: AtomicUsize::new(0),
         })
     }
 
-    /// The configured rate.
-    pub fn per_sec(&self) -> u64 {
-        self.rate as u64
+    /// Sets the rate (`None`: no limit). The server's bucket starts full at the new rate;
+    /// connections' shares follow at their next lookup.
+    pub fn set(&self, per_sec: Option<u64>) {
+        let rate = per_sec.map_or(0, |r| r.max(1));
+        let mut bucket = lock(&self.bucket);
+        *bucket = Bucket {
+            tokens: burst(rate as f64),
+            at: Instant::now(),
+        };
+        self.rate.store(rate, Ordering::Release);
+    }
+
+    /// The configured rate, `None` for no limit.
+    pub fn per_sec(&self) -> Option<u64> {
+        Some(self.rate.load(Ordering::Acquire)).filter(|&r| r > 0)
     }
 
     /// A connection's share; it counts towards `n` until dropped.
@@ -95,6 +118,12 @@ pub struct Share {
 }
 
 impl Share {
+    /// Whether the server has a limit now: without one, nothing is shed and the cost of a
+    /// lookup need not be worked out.
+    pub fn limited(&self) -> bool {
+        self.limit.per_sec().is_some()
+    }
+
     /// Admits a lookup costing `cost` tokens now, or refuses it (shed).
     pub fn admit(&self, cost: u64) -> bool {
         self.admit_at(cost, Instant::now())
@@ -103,19 +132,24 @@ impl Share {
     /// [`Self::admit`] at a given time (tests drive the clock).
     pub fn admit_at(&self, cost: u64, now: Instant) -> bool {
         let limit = &*self.limit;
+        let Some(rate) = limit.per_sec() else {
+            return true;
+        };
+        let rate = rate as f64;
         let cost = cost.max(1) as f64;
         let n = limit.connections.load(Ordering::Relaxed).max(1) as f64;
-        let share_rate = limit.rate / n;
+        let share_rate = rate / n;
         // A share may bank a tenth of a second, and at least one request of the size asked, so
         // that a batch larger than a small share's burst is still admitted at the share's rate.
         let share_cap = (share_rate * BURST_SECONDS).max(cost);
         let mut own = lock(&self.bucket);
         own.refill(share_rate, share_cap, now);
         let mut server = lock(&limit.bucket);
-        server.refill(limit.rate, limit.burst, now);
+        let server_burst = burst(rate);
+        server.refill(rate, server_burst, now);
         if own.tokens >= cost {
             own.tokens -= cost;
-            server.tokens = (server.tokens - cost).max(-limit.burst);
+            server.tokens = (server.tokens - cost).max(-server_burst);
             true
         } else if server.tokens >= cost {
             server.tokens -= cost;
@@ -150,19 +184,7 @@ mod tests {
     /// returns how many each had admitted.
     fn run(limit: &Arc<LookupLimit>, offered_per_ms: &[u64], secs: u64) -> Vec<u64> {
         let shares: Vec<Share> = offered_per_ms.iter().map(|_| limit.connection()).collect();
-        let mut admitted = vec![0u64; shares.len()];
-        let start = Instant::now();
-        for ms in 0..secs * 1000 {
-            let now = start + Duration::from_millis(ms);
-            for (i, share) in shares.iter().enumerate() {
-                for _ in 0..offered_per_ms[i] {
-                    if share.admit_at(1, now) {
-                        admitted[i] += 1;
-                    }
-                }
-            }
-        }
-        admitted
+        run_shares(&shares.iter().collect::<Vec<_>>(), offered_per_ms, secs)
     }
 
     #[test]
@@ -231,6 +253,41 @@ mod tests {
                 "lookup {i} of a new connection was shed"
             );
         }
+    }
+
+    #[test]
+    fn the_rate_can_change_while_connections_are_open() {
+        let limit = LookupLimit::unlimited();
+        let a = limit.connection();
+        // No limit: everything passes.
+        assert_eq!(run_shares(&[&a], &[100], 1), vec![100_000]);
+        limit.set(Some(2_000));
+        assert_eq!(limit.per_sec(), Some(2_000));
+        let admitted = run_shares(&[&a], &[100], 4)[0];
+        assert!(
+            (7_800..=8_400).contains(&admitted),
+            "admitted {admitted} in 4 s at 2,000/s"
+        );
+        limit.set(None);
+        assert_eq!(limit.per_sec(), None);
+        assert_eq!(run_shares(&[&a], &[100], 1), vec![100_000]);
+    }
+
+    /// [`run`] on shares already open; the clock starts now.
+    fn run_shares(shares: &[&Share], offered_per_ms: &[u64], secs: u64) -> Vec<u64> {
+        let mut admitted = vec![0u64; shares.len()];
+        let start = Instant::now();
+        for ms in 0..secs * 1000 {
+            let now = start + Duration::from_millis(ms);
+            for (i, share) in shares.iter().enumerate() {
+                for _ in 0..offered_per_ms[i] {
+                    if share.admit_at(1, now) {
+                        admitted[i] += 1;
+                    }
+                }
+            }
+        }
+        admitted
     }
 
     #[test]

@@ -186,6 +186,7 @@ pub struct RunningServer {
     /// The development TLS directory, when the server uses one.
     pub tls_dir: Option<PathBuf>,
     scrub_passes: Option<watch::Receiver<u64>>,
+    lookup_limit: Arc<LookupLimit>,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -205,6 +206,19 @@ impl RunningServer {
     /// of sleeping through a scrub interval.
     pub fn scrub_passes(&self) -> Option<watch::Receiver<u64>> {
         self.scrub_passes.clone()
+    }
+
+    /// Changes the lookups per second the server admits (`--max-lookups-per-sec`; `None`: no
+    /// limit) while it runs; open connections' shares follow at their next lookup. What an
+    /// operator's reprovisioning does, and what `loadgen experiment --provision` uses.
+    pub fn set_max_lookups_per_sec(&self, per_sec: Option<u64>) {
+        self.lookup_limit.set(per_sec);
+        metrics::lookup_limit(self.lookup_limit.per_sec().unwrap_or(0));
+    }
+
+    /// The lookups per second the server admits now, `None` for no limit.
+    pub fn max_lookups_per_sec(&self) -> Option<u64> {
+        self.lookup_limit.per_sec()
     }
 
     /// Stops accepting, lets in-flight requests finish, closes connections, finishes queued
@@ -231,7 +245,7 @@ const BYTES_PER_EXTRA_SECOND: f64 = (1 << 20) as f64;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 struct Ctx {
     store: Arc<Store>,
-    lookup_limit: Option<Arc<LookupLimit>>,
+    lookup_limit: Arc<LookupLimit>,
     writes: tokio::sync::mpsc::Sender<Job>,
     authorizer: Authorizer,
     limits: Limits,
@@ -330,11 +344,12 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         }
         None => None,
     };
-    let lookup_limit = config.limits.max_lookups_per_sec.map(LookupLimit::new);
+    let lookup_limit = LookupLimit::unlimited();
+    lookup_limit.set(config.limits.max_lookups_per_sec);
     metrics::lookup_limit(config.limits.max_lookups_per_sec.unwrap_or(0));
     let ctx = Arc::new(Ctx {
         store,
-        lookup_limit,
+        lookup_limit: Arc::clone(&lookup_limit),
         writes: writer.sender(),
         authorizer,
         limits: config.limits,
@@ -369,6 +384,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         metrics_addr,
         tls_dir,
         scrub_passes,
+        lookup_limit,
         shutdown,
         task,
     })
@@ -581,9 +597,9 @@ async fn handle_connection(
         }
     }
     // Peers are never shed: the fleet must be repairable under any lookup load.
-    let share = match (&ctx.lookup_limit, role) {
-        (Some(limit), ClientRole::Router | ClientRole::Admin) => Some(Arc::new(limit.connection())),
-        _ => None,
+    let share = match role {
+        ClientRole::Router | ClientRole::Admin => Some(Arc::new(ctx.lookup_limit.connection())),
+        ClientRole::Peer => None,
     };
     let open = metrics::connection_opened(role.as_str());
     tracing::debug!("connection accepted");
@@ -833,7 +849,7 @@ fn shed(ctx: &Ctx, cost: u64, limit: &LookupLimit) -> Response {
         ErrorCode::Overloaded,
         format!(
             "this server answers at most {} lookups a second; ask another server",
-            limit.per_sec()
+            limit.per_sec().unwrap_or(0)
         ),
     ))
 }
@@ -846,10 +862,10 @@ async fn answer_frame(
 ) -> Answer {
     Counters::add(&ctx.counters.requests, 1);
     let request = wire::access_request(payload);
-    let over_limit = match (&request, share, &ctx.lookup_limit) {
-        (Ok(req), Some(share), Some(limit)) => lookup_cost(req, ctx.limits.max_batch)
+    let over_limit = match (&request, share) {
+        (Ok(req), Some(share)) if share.limited() => lookup_cost(req, ctx.limits.max_batch)
             .filter(|&cost| !share.admit(cost))
-            .map(|cost| (cost, limit)),
+            .map(|cost| (cost, &*ctx.lookup_limit)),
         _ => None,
     };
     let response = match request {

@@ -721,3 +721,47 @@ async fn connection_logs_name_the_connection_its_client_and_its_role() {
         "{line}"
     );
 }
+
+/// Looks up `n` batches of 100 hashes as fast as answers come: (admitted, shed) hashes.
+async fn lookup_burst(router: &memds_client::Client, table: &str, n: u64) -> (u64, u64) {
+    let (mut admitted, mut shed) = (0, 0);
+    for i in 0..n {
+        let hashes: Vec<u64> = (0..100u64).map(|h| h.wrapping_mul(7_919) + i).collect();
+        match router.batch_lookup(table, hashes).await {
+            Ok(r) => admitted += r.routes.len() as u64,
+            Err(ClientError::Server(e)) if e.code == ErrorCode::Overloaded => shed += 100,
+            Err(e) => panic!("batch {i}: {e}"),
+        }
+    }
+    (admitted, shed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lookup_limit_changes_while_the_server_runs() {
+    let s = TestServer::start("limit-at-runtime").await;
+    let admin = s.client(Role::Admin).await;
+    let router = s.client(Role::Router).await;
+    let map = table(0, 1_000, 1);
+    let name = map.name().as_str().to_owned();
+    admin.put_table(&map).await.expect("put");
+    let running = s.server.as_ref().expect("running");
+    assert_eq!(running.max_lookups_per_sec(), None);
+
+    // No limit: a burst of 20,000 lookups is answered whole.
+    assert_eq!(lookup_burst(&router, &name, 200).await, (20_000, 0));
+
+    // 1,000 a second, set on the running server: the open connection is held to it at once.
+    running.set_max_lookups_per_sec(Some(1_000));
+    assert_eq!(running.max_lookups_per_sec(), Some(1_000));
+    let (admitted, shed) = lookup_burst(&router, &name, 200).await;
+    assert!(
+        shed > 0 && admitted < 20_000,
+        "admitted {admitted}, shed {shed}"
+    );
+    let stats = admin.stats().await.expect("stats");
+    assert_eq!(stats.lookups_shed_total, shed, "{stats:?}");
+
+    // Lifted again: nothing is shed.
+    running.set_max_lookups_per_sec(None);
+    assert_eq!(lookup_burst(&router, &name, 200).await, (20_000, 0));
+}
