@@ -87,6 +87,11 @@ impl Embedded {
             .unwrap_or_else(|| self.data_dir.join("tls"))
     }
 
+    /// Sets the lookups per second the server admits (`None`: no limit), while it runs.
+    pub(crate) fn set_max_lookups_per_sec(&self, per_sec: Option<u64>) {
+        self.server.set_max_lookups_per_sec(per_sec);
+    }
+
     /// Stops the server and removes its data directory.
     pub(crate) fn stop(self) {
         self.runtime.block_on(self.server.shutdown());

@@ -99,7 +99,7 @@ fn assert_svg(path: &Path) {
 }
 
 #[test]
-fn a_flush_amplifies_classic_load_but_not_constant_work() {
+fn on_a_provisioned_fleet_a_flush_takes_classic_down_and_constant_work_keeps_serving() {
     let (out, results) = run_experiment(
         "flush",
         &[
@@ -121,6 +121,10 @@ fn a_flush_amplifies_classic_load_but_not_constant_work() {
             "200",
         ],
     );
+    assert_eq!(
+        results["settings"]["provision"], 3.0,
+        "the default headroom"
+    );
     let runs = results["runs"].as_array().expect("runs");
     assert_eq!(runs.len(), 2);
     for run in runs {
@@ -131,6 +135,11 @@ fn a_flush_amplifies_classic_load_but_not_constant_work() {
             "hit_rate",
             "requests",
             "errors",
+            "availability_before",
+            "availability_after",
+            "offered_lookups_per_s",
+            "shed_lookups_per_s",
+            "provisioned_lookups_per_s",
         ] {
             assert!(run[field].is_number(), "{field} missing from {run}");
         }
@@ -139,9 +148,37 @@ fn a_flush_amplifies_classic_load_but_not_constant_work() {
                 assert!(run[phase][p].is_number(), "{phase}.{p} missing");
             }
         }
+        for phase in ["before", "after"] {
+            let p = &run["phases"][phase];
+            for field in [
+                "availability",
+                "error_rate",
+                "goodput_per_s",
+                "fleet_offered_per_s",
+                "fleet_served_per_s",
+                "fleet_shed_per_s",
+                "capacity_per_s",
+            ] {
+                assert!(p[field].is_number(), "phases.{phase}.{field} missing: {p}");
+            }
+        }
         assert!(run["samples"].as_array().is_some_and(|s| s.len() >= 10));
-        assert_eq!(run["errors"], 0);
+        assert!(
+            run["availability"]
+                .as_array()
+                .is_some_and(|s| s.len() >= 10)
+        );
         assert_eq!(run["scenario"], "flush");
+        // The fleet was provisioned three eighths of the way, its servers' limits summing to
+        // the headroom times the load measured before.
+        let p = &run["provisioning"];
+        assert_eq!(p["policy"], "headroom", "{p}");
+        let basis = p["basis_per_s"].as_f64().expect("basis");
+        let capacity = run["provisioned_lookups_per_s"].as_f64().expect("capacity");
+        assert!(
+            capacity >= 3.0 * basis && capacity <= 3.0 * basis + 3.0,
+            "capacity {capacity} for a basis of {basis}: {p}"
+        );
         // The routers warmed with one get-table each (the default): not one lookup reached the
         // fleet before the load, as its servers counted.
         assert_eq!(run["warmup"]["method"], "table", "{}", run["warmup"]);
@@ -154,35 +191,110 @@ fn a_flush_amplifies_classic_load_but_not_constant_work() {
             "{pushes:?}"
         );
     }
-    let amp = |mode: &str| {
+    let run = |mode: &str| {
         runs.iter()
             .find(|r| r["mode"] == mode)
-            .expect("both modes ran")["amplification"]
-            .as_f64()
-            .expect("a number")
+            .unwrap_or_else(|| panic!("{mode} ran"))
     };
+    let number = |r: &serde_json::Value, field: &str| r[field].as_f64().expect(field);
+    let (constant, classic) = (run("constant-work"), run("classic"));
+
+    // The invariant: constant work offers the fleet the same load whatever the hit rate, so a
+    // fleet provisioned for its steady load serves every request through the flush; classic's
+    // load jumps by 1 / (1 - hit rate), past what its fleet was provisioned for, and requests
+    // fail.
+    assert_eq!(number(constant, "availability_before"), 1.0, "{constant}");
+    assert_eq!(number(constant, "availability_after"), 1.0, "{constant}");
+    assert_eq!(constant["errors"], 0);
     assert!(
-        amp("constant-work") < 1.5,
+        number(classic, "availability_after") < 1.0,
+        "classic served every request after the flush: {}",
+        classic["phases"]["after"]
+    );
+    assert!(number(classic, "shed_lookups_per_s") > 0.0);
+    assert!(
+        number(constant, "amplification") < 1.5,
         "constant work amplified fleet load {:.2}x",
-        amp("constant-work")
+        number(constant, "amplification")
     );
     assert!(
-        amp("classic") > 10.0,
+        number(classic, "amplification") > 10.0,
         "classic amplified fleet load only {:.2}x",
-        amp("classic")
+        number(classic, "amplification")
     );
-    let classic = runs
-        .iter()
-        .find(|r| r["mode"] == "classic")
-        .expect("classic");
+    // What constant work pays every day: a fleet provisioned for all of its routers' lookups.
+    assert!(
+        number(constant, "provisioned_lookups_per_s")
+            > 10.0 * number(classic, "provisioned_lookups_per_s"),
+        "constant work's capacity is not far above classic's"
+    );
     assert!(classic["hit_rate"].as_f64().expect("number") > 0.95);
 
-    for plot in ["flush-fleet-load", "flush-latency"] {
+    for plot in ["flush-availability", "flush-fleet-load", "flush-latency"] {
         assert_png(&out.path().join(format!("{plot}.png")));
         assert_svg(&out.path().join(format!("{plot}.svg")));
     }
     let html = std::fs::read_to_string(out.path().join("report.html")).expect("report.html");
-    assert!(html.contains("<svg") && html.contains("amplification"));
+    assert!(
+        html.contains("<svg") && html.contains("amplification") && html.contains("availability")
+    );
+}
+
+#[test]
+fn a_storage_nodes_corrected_route_spares_the_fleet_lookups_in_an_invalidation_storm() {
+    let (_out, results) = run_experiment(
+        "storm",
+        &[
+            "--scenario",
+            "invalidation-storm",
+            "--mode",
+            "classic",
+            "--provision",
+            "off",
+            "--duration",
+            "4",
+            "--rate",
+            "800",
+            "--routers",
+            "4",
+            "--partitions",
+            "3000",
+            "--keys",
+            "200000",
+            "--sample-ms",
+            "200",
+        ],
+    );
+    let runs = results["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 2, "with and without corrected routes");
+    let run = |corrected: bool| {
+        runs.iter()
+            .find(|r| r["policy"]["corrected_routes"] == corrected)
+            .expect("both ran")
+    };
+    let (with, without) = (run(true), run(false));
+    let after =
+        |r: &serde_json::Value, field: &str| r["phases"]["after"][field].as_u64().expect(field);
+    assert!(
+        after(with, "corrections") > 0,
+        "{}",
+        with["phases"]["after"]
+    );
+    assert_eq!(after(without, "corrections"), 0);
+    assert!(after(without, "stale_rejections") > 0);
+    // Every request succeeded either way (no limit), but without the storage nodes' reply each
+    // rejection cost a fleet lookup.
+    for r in [with, without] {
+        assert_eq!(r["errors"], 0, "{}", r["phases"]["after"]);
+        assert!(r["provisioned_lookups_per_s"].is_null());
+    }
+    let peak = |r: &serde_json::Value| r["peak_lookups_per_s"].as_f64().expect("peak");
+    assert!(
+        peak(with) < peak(without),
+        "peak fleet load {:.0}/s with corrected routes, {:.0}/s without",
+        peak(with),
+        peak(without)
+    );
 }
 
 #[test]

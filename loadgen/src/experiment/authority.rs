@@ -58,13 +58,24 @@ impl Authority {
         m.1 = previous;
     }
 
-    /// Whether a storage node accepts a request for `hash` sent by `route`.
-    pub(super) fn accepts(&self, hash: u64, route: &memds_proto::Route) -> bool {
+    /// A storage node's check of a request for `hash` sent by `route`: `Ok` if it accepts it,
+    /// or the route it would send back with its rejection, the current map's route for `hash`
+    /// (as DynamoDB's storage nodes and TiKV's `EpochNotMatch` answer a stale route).
+    pub(super) fn check(
+        &self,
+        hash: u64,
+        route: &memds_proto::Route,
+    ) -> Result<(), memds_proto::Route> {
         let m = self.map.read().unwrap_or_else(|p| p.into_inner());
-        [&m.0, &m.1].iter().any(|map| {
+        let accepted = [&m.0, &m.1].iter().any(|map| {
             let owner = &map.partitions()[map.floor_index(hash)];
             owner.id == route.partition && owner.epoch == route.epoch
-        })
+        });
+        if accepted {
+            Ok(())
+        } else {
+            Err(m.0.route(hash))
+        }
     }
 
     /// Splits the given partitions (by index) at their midpoints: the new map, or `None` if

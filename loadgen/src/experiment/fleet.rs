@@ -115,8 +115,30 @@ impl Fleet {
     }
 
     /// Zeroed per-server lookup counts for [`Fleet::lookups`].
-    pub(super) fn lookup_counts(&self) -> Vec<u64> {
-        vec![0u64; self.pusher.admins.len()]
+    pub(super) fn lookup_counts(&self) -> Vec<Lookups> {
+        vec![Lookups::default(); self.pusher.admins.len()]
+    }
+
+    /// Gives every running embedded server a lookup limit of `fleet_per_sec` shared evenly
+    /// (rounded up), enforced by the servers themselves; answers the limit each got. An
+    /// external fleet cannot be provisioned this way (`run` refuses `--provision` with
+    /// `--servers`).
+    pub(super) fn provision(&self, fleet_per_sec: f64) -> u64 {
+        let running = self.running_servers().max(1);
+        let per_server = (fleet_per_sec / running as f64).ceil().max(1.0) as u64;
+        for e in self.embedded.iter().flatten() {
+            e.set_max_lookups_per_sec(Some(per_server));
+        }
+        per_server
+    }
+
+    /// Servers still running.
+    pub(super) fn running_servers(&self) -> usize {
+        self.pusher
+            .running
+            .iter()
+            .filter(|r| r.load(Ordering::Relaxed))
+            .count()
     }
 
     /// What replication carried, once the load has stopped: every running server should come
@@ -140,14 +162,20 @@ impl Fleet {
         }
     }
 
-    /// Lookups counted by each server so far (a stopped server keeps its last count).
-    pub(super) async fn lookups(&self, last: &mut [u64]) -> u64 {
+    /// Lookups counted by the servers so far, summed (a stopped server keeps its last count).
+    pub(super) async fn lookups(&self, last: &mut [Lookups]) -> Lookups {
         for (i, a) in self.pusher.admins.iter().enumerate() {
             if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_millis(500), a.stats()).await {
-                last[i] = s.lookups_total;
+                last[i] = Lookups {
+                    served: s.lookups_total,
+                    shed: s.lookups_shed_total,
+                };
             }
         }
-        last.iter().sum()
+        last.iter().fold(Lookups::default(), |a, b| Lookups {
+            served: a.served + b.served,
+            shed: a.shed + b.shed,
+        })
     }
 
     /// Waits until every running server is ready and holds `table` at `version` or newer:
@@ -246,6 +274,29 @@ impl Fleet {
     pub(super) async fn stop(mut self) {
         for i in 0..self.embedded.len() {
             self.stop_server(i).await;
+        }
+    }
+}
+
+/// Lookups a server counted: those it answered and those it shed with `overloaded` (its
+/// lookup limit). Offered load is the sum.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Lookups {
+    pub(super) served: u64,
+    pub(super) shed: u64,
+}
+
+impl Lookups {
+    /// Served and shed: what the routers offered.
+    pub(super) fn offered(self) -> u64 {
+        self.served + self.shed
+    }
+
+    /// What was counted since `earlier`.
+    pub(super) fn since(self, earlier: Lookups) -> Lookups {
+        Lookups {
+            served: self.served.saturating_sub(earlier.served),
+            shed: self.shed.saturating_sub(earlier.shed),
         }
     }
 }

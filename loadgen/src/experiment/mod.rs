@@ -60,7 +60,6 @@ mod triggers;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -73,7 +72,7 @@ use router_cache::{Mode, RouterCache};
 
 use self::authority::Authority;
 use self::fleet::Fleet;
-use self::load::{Load, Meter};
+use self::load::{Backoff, Load, Meter, Policy, Timeline};
 use self::results::{Results, RunResult, Scenario, WarmWith, mode_name};
 use self::routers::Routers;
 use self::sampling::{Sampler, WarmupCost};
@@ -153,8 +152,61 @@ pub(crate) struct Args {
     /// warm start does, a burst on the fleet; kept as the baseline).
     #[arg(long, value_enum, default_value = "table")]
     warm_with: WarmWith,
+    /// How each run's fleet is provisioned once three eighths of the run have measured its
+    /// steady load: HEADROOM (a number: the servers' lookup limits sum to HEADROOM times the fleet
+    /// lookups this mode offered), `worst-case` (3 times what constant work offers, every
+    /// cache call, in both modes: the capacity a classic fleet needs to survive, which it never
+    /// uses), or `off` (no limit). Only the embedded fleet can be provisioned.
+    #[arg(long, default_value = "3", value_parser = parse_provision)]
+    provision: Provision,
+    /// Retries of a failed lookup by the routers' request layer before the request fails.
+    #[arg(long, default_value_t = 2)]
+    retries: u32,
+    /// The wait before each retry.
+    #[arg(long, value_enum, default_value = "exponential")]
+    backoff: Backoff,
+    /// Whether storage nodes that reject a stale route return the corrected route, which the
+    /// router applies instead of asking the fleet: `on`, `off`, or `both` (the invalidation
+    /// storm runs with and without, to compare; the other scenarios with).
+    #[arg(long, value_enum, default_value = "both")]
+    corrected_routes: CorrectedRoutes,
     #[command(flatten)]
     metrics: crate::metrics_listen::Flag,
+}
+
+/// `--provision`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Provision {
+    /// No lookup limit.
+    Off,
+    /// Limits summing to this many times the mode's own steady fleet load.
+    Headroom(f64),
+    /// Limits summing to [`WORST_CASE_HEADROOM`] times what constant work sends, in both modes.
+    WorstCase,
+}
+
+/// The headroom of `--provision worst-case`.
+const WORST_CASE_HEADROOM: f64 = 3.0;
+
+fn parse_provision(s: &str) -> Result<Provision, String> {
+    match s {
+        "off" => Ok(Provision::Off),
+        "worst-case" => Ok(Provision::WorstCase),
+        _ => match s.parse::<f64>() {
+            Ok(h) if h.is_finite() && h > 0.0 => Ok(Provision::Headroom(h)),
+            _ => Err(format!(
+                "`{s}`: a positive number (the headroom), `worst-case` or `off`"
+            )),
+        },
+    }
+}
+
+/// `--corrected-routes`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum CorrectedRoutes {
+    On,
+    Off,
+    Both,
 }
 
 /// Runs every scenario in every mode, then writes and prints the report.
@@ -194,6 +246,12 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         args.servers.is_empty() || args.tls_dir.is_some(),
         "--servers needs --tls-dir"
     );
+    ensure!(
+        args.servers.is_empty() || args.provision == Provision::Off,
+        "--provision sets the embedded servers' lookup limits; with --servers pass --provision off \
+         (and give the servers --max-lookups-per-sec yourself)"
+    );
+    ensure!(args.retries <= 20, "--retries at most 20");
     let modes: Vec<Mode> = match args.mode {
         ModeArg::ConstantWork => vec![Mode::ConstantWork],
         ModeArg::Classic => vec![Mode::Classic { whole_table: false }],
@@ -219,16 +277,42 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let mut runs = Vec::new();
-    for &scenario in &scenarios {
+    let variants: Vec<(Scenario, bool)> = scenarios
+        .iter()
+        .flat_map(|&scenario| {
+            let corrected: &[bool] = match args.corrected_routes {
+                CorrectedRoutes::On => &[true],
+                CorrectedRoutes::Off => &[false],
+                CorrectedRoutes::Both if scenario == Scenario::InvalidationStorm => &[true, false],
+                CorrectedRoutes::Both => &[true],
+            };
+            corrected.iter().map(move |&c| (scenario, c))
+        })
+        .collect();
+    for &(scenario, corrected_routes) in &variants {
+        let policy = Policy {
+            retries: args.retries,
+            backoff: args.backoff,
+            corrected_routes,
+        };
         for &mode in &modes {
             let bar = progress.add(ProgressBar::new((args.duration * 1000.0) as u64));
             bar.set_style(
                 ProgressStyle::with_template("{prefix:>32} [{bar:30}] {msg}")
                     .unwrap_or_else(|_| ProgressStyle::default_bar()),
             );
-            bar.set_prefix(format!("{} / {}", scenario.name(), mode_name(mode)));
+            bar.set_prefix(format!(
+                "{}{} / {}",
+                scenario.name(),
+                if corrected_routes {
+                    ""
+                } else {
+                    " (no corrections)"
+                },
+                mode_name(mode)
+            ));
             let result = runtime
-                .block_on(run_one(args, scenario, mode, &bar))
+                .block_on(run_one(args, scenario, mode, policy, &bar))
                 .with_context(|| format!("running {} in {}", scenario.name(), mode_name(mode)))?;
             bar.finish_with_message(format!("amplification {:.2}", result.amplification));
             runs.push(result);
@@ -243,6 +327,12 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
             "sample_ms": args.sample_ms, "seed": args.seed, "external": !args.servers.is_empty(),
             "anti_entropy_s": args.anti_entropy, "pushes_to": "the first running server",
             "warm_with": args.warm_with,
+            "provision": match args.provision {
+                Provision::Off => serde_json::json!("off"),
+                Provision::Headroom(h) => serde_json::json!(h),
+                Provision::WorstCase => serde_json::json!("worst-case"),
+            },
+            "retries": args.retries, "backoff": args.backoff,
         }),
         runs,
     };
@@ -252,25 +342,31 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// When a run's load starts and ends, and when its trigger fires.
+/// When a run's load starts and ends, when its fleet is provisioned and when its trigger
+/// fires.
 #[derive(Clone, Copy)]
 struct Schedule {
     started: Instant,
     end: Instant,
     duration: Duration,
+    /// Since `started`: three eighths of the way, if the fleet is provisioned (a classic fleet's
+    /// steady load comes in bursts, one per partition split: the mean needs the first two and
+    /// a half seconds of a default run to settle).
+    provision_at: Option<Duration>,
     /// Since `started`: halfway.
     trigger_at: Duration,
 }
 
 impl Schedule {
     /// `--duration` seconds of load from now.
-    fn starting_now(seconds: f64) -> Self {
+    fn starting_now(seconds: f64, provision: Provision) -> Self {
         let duration = Duration::from_secs_f64(seconds);
         let started = Instant::now();
         Self {
             started,
             end: started + duration,
             duration,
+            provision_at: (provision != Provision::Off).then_some(duration * 3 / 8),
             trigger_at: duration / 2,
         }
     }
@@ -281,6 +377,7 @@ async fn run_one(
     args: &Args,
     scenario: Scenario,
     mode: Mode,
+    policy: Policy,
     bar: &ProgressBar,
 ) -> anyhow::Result<RunResult> {
     let mut fleet = Fleet::start(args).await?;
@@ -299,15 +396,20 @@ async fn run_one(
     let warmed = starter
         .start_warm(&fleet, args.routers, args.warm_with)
         .await?;
+    let schedule = Schedule::starting_now(args.duration, args.provision);
     let load = Load {
         routers: Arc::new(RwLock::new(warmed.routers)),
-        meter: Arc::new(Mutex::new(Meter::default())),
-        triggered: Arc::new(AtomicBool::new(false)),
+        meter: Arc::new(Mutex::new(Meter::new(Timeline {
+            started: schedule.started,
+            slot: Duration::from_millis(args.sample_ms),
+            before_from: schedule.provision_at.unwrap_or_default(),
+            trigger_at: schedule.trigger_at,
+        }))),
+        policy,
         authority: Arc::clone(&authority),
         table: Arc::clone(&table),
     };
 
-    let schedule = Schedule::starting_now(args.duration);
     let requests = load.spawn(args, schedule.started, schedule.end);
     let churn = authority::spawn_churn(
         Arc::clone(&authority),
@@ -316,9 +418,10 @@ async fn run_one(
         args,
         schedule.end,
     );
-    let samples = Sampler {
+    let sampled = Sampler {
         args,
         scenario,
+        mode,
         schedule,
         load: &load,
         starter: &starter,
@@ -350,9 +453,11 @@ async fn run_one(
     Ok(sampling::summarize(
         scenario,
         mode,
-        &samples,
+        policy,
+        &sampled,
         &meter,
-        schedule.trigger_at.as_secs_f64(),
+        Duration::from_millis(args.sample_ms),
+        schedule,
         replication,
         WarmupCost {
             method: args.warm_with,

@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use router_cache::Mode;
 use serde::Serialize;
 
+pub(crate) use super::load::Policy;
+
 /// What happens at the trigger.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -69,14 +71,107 @@ pub(crate) struct RunResult {
     pub(crate) requests: u64,
     pub(crate) errors: u64,
     pub(crate) stale_rejections: u64,
+    /// Latency of the requests that succeeded, before and after the trigger.
     pub(crate) latency_before_ms: Percentiles,
     pub(crate) latency_after_ms: Percentiles,
+    /// Seconds from the trigger until fleet load was back within 1.5x of steady.
     pub(crate) time_to_recover_s: Option<f64>,
     pub(crate) trigger_s: f64,
+    /// How the routers' request layer retried, and whether storage nodes returned corrected
+    /// routes.
+    pub(crate) policy: Policy,
+    /// How the fleet was provisioned, if it was (`--provision`).
+    pub(crate) provisioning: Option<Provisioning>,
+    /// The fleet's lookup capacity once provisioned: the servers' limits summed.
+    pub(crate) provisioned_lookups_per_s: Option<f64>,
+    /// Successful requests / offered requests, before the trigger (from provisioning on).
+    pub(crate) availability_before: f64,
+    /// The same after the trigger.
+    pub(crate) availability_after: f64,
+    /// Lookups offered to the fleet (served and shed, by the servers' counters) per second
+    /// after the trigger.
+    pub(crate) offered_lookups_per_s: f64,
+    /// Of those, shed per second.
+    pub(crate) shed_lookups_per_s: f64,
+    /// Seconds from the trigger until availability was back to its level before the trigger
+    /// (or 99.9%) for the rest of the run: 0 if it never fell, `None` if it was not back.
+    pub(crate) availability_recover_s: Option<f64>,
+    /// Everything measured per phase.
+    pub(crate) phases: Phases,
     pub(crate) samples: Vec<Sample>,
+    /// Availability over time: requests by scheduled time, one slot per sampling interval.
+    pub(crate) availability: Vec<AvailabilitySlot>,
     pub(crate) replication: Replication,
     /// How the routers were warmed, and what it cost the fleet.
     pub(crate) warmup: Warmup,
+}
+
+/// How a run's fleet was provisioned.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Provisioning {
+    /// `headroom` (HEADROOM times this mode's steady fleet load) or `worst-case` (HEADROOM
+    /// times what constant work sends: every cache call).
+    pub(crate) policy: &'static str,
+    pub(crate) headroom: f64,
+    /// Seconds into the load when the limits were set.
+    pub(crate) at_s: f64,
+    /// The steady load measured before it: fleet lookups offered per second (`headroom`), or
+    /// the routers' cache calls per second (`worst-case`).
+    pub(crate) basis_per_s: f64,
+    /// Each server's `--max-lookups-per-sec`.
+    pub(crate) per_server: u64,
+    /// Servers provisioned.
+    pub(crate) servers: usize,
+}
+
+/// What one phase of a run (before or after the trigger) measured.
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct PhaseResult {
+    pub(crate) seconds: f64,
+    /// Requests offered (scheduled) in the phase.
+    pub(crate) requests: u64,
+    /// Requests that succeeded.
+    pub(crate) ok: u64,
+    pub(crate) availability: f64,
+    pub(crate) error_rate: f64,
+    /// Latency of the requests that succeeded.
+    pub(crate) latency_ms: Percentiles,
+    /// Successful requests per second.
+    pub(crate) goodput_per_s: f64,
+    /// Requests offered per second.
+    pub(crate) offered_requests_per_s: f64,
+    /// Fleet lookups offered, served and shed per second (servers' counters).
+    pub(crate) fleet_offered_per_s: f64,
+    pub(crate) fleet_served_per_s: f64,
+    pub(crate) fleet_shed_per_s: f64,
+    /// The fleet's capacity (the servers' limits summed), if provisioned.
+    pub(crate) capacity_per_s: Option<f64>,
+    /// Cache lookups that failed, retries of them, storage nodes' rejections of a stale route,
+    /// and corrected routes applied.
+    pub(crate) lookup_errors: u64,
+    pub(crate) retries: u64,
+    pub(crate) stale_rejections: u64,
+    pub(crate) corrections: u64,
+    pub(crate) hit_rate: f64,
+}
+
+/// The phases of a run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct Phases {
+    /// From provisioning (or the start) to the trigger.
+    pub(crate) before: PhaseResult,
+    /// From the trigger to the end.
+    pub(crate) after: PhaseResult,
+}
+
+/// Requests scheduled in one sampling interval, and how many succeeded.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct AvailabilitySlot {
+    /// Seconds since the load started, at the end of the slot.
+    pub(crate) t: f64,
+    pub(crate) offered: u64,
+    pub(crate) ok: u64,
+    pub(crate) availability: f64,
 }
 
 /// Where the authority's changes went, and what every server held once the load had stopped.
@@ -120,10 +215,22 @@ pub(crate) struct Percentiles {
 pub(crate) struct Sample {
     /// Seconds since the load started (end of the interval).
     pub(crate) t: f64,
-    /// Lookups the fleet performed per second in the interval (servers' own counters).
+    /// Lookups offered to the fleet per second in the interval: served and shed (servers' own
+    /// counters).
     pub(crate) fleet_lookups_per_s: f64,
+    /// Of those, served.
+    pub(crate) served_lookups_per_s: f64,
+    /// Of those, shed with `overloaded`.
+    pub(crate) shed_lookups_per_s: f64,
+    /// The fleet's capacity at the end of the interval (the running servers' limits summed),
+    /// once provisioned.
+    pub(crate) capacity_lookups_per_s: Option<f64>,
     /// Requests completed per second in the interval.
     pub(crate) requests_per_s: f64,
+    /// Requests that completed successfully per second in the interval.
+    pub(crate) goodput_per_s: f64,
+    /// Cache calls per second in the interval (what constant work sends the fleet).
+    pub(crate) calls_per_s: f64,
     /// Router latency p99 of requests completed in the interval, ms.
     pub(crate) p99_ms: f64,
     /// Hit rate of cache calls in the interval.
@@ -145,13 +252,42 @@ pub(super) fn mode_name(mode: Mode) -> &'static str {
     }
 }
 
-/// Groups runs by scenario, in order.
-pub(crate) fn by_scenario(runs: &[RunResult]) -> Vec<(Scenario, Vec<&RunResult>)> {
-    let mut out: Vec<(Scenario, Vec<&RunResult>)> = Vec::new();
-    let mut index: HashMap<Scenario, usize> = HashMap::new();
+/// One group of runs the report shows together: a scenario, with or without storage nodes'
+/// corrected routes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Variant {
+    pub(crate) scenario: Scenario,
+    pub(crate) corrected_routes: bool,
+}
+
+impl Variant {
+    /// The name in tables and file names: the scenario's, with `-uncorrected` when storage
+    /// nodes returned no corrected route.
+    pub(crate) fn name(self) -> String {
+        if self.corrected_routes {
+            self.scenario.name().to_owned()
+        } else {
+            format!("{}-uncorrected", self.scenario.name())
+        }
+    }
+}
+
+impl RunResult {
+    pub(crate) fn variant(&self) -> Variant {
+        Variant {
+            scenario: self.scenario,
+            corrected_routes: self.policy.corrected_routes,
+        }
+    }
+}
+
+/// Groups runs by variant, in order.
+pub(crate) fn by_variant(runs: &[RunResult]) -> Vec<(Variant, Vec<&RunResult>)> {
+    let mut out: Vec<(Variant, Vec<&RunResult>)> = Vec::new();
+    let mut index: HashMap<Variant, usize> = HashMap::new();
     for r in runs {
-        let i = *index.entry(r.scenario).or_insert_with(|| {
-            out.push((r.scenario, Vec::new()));
+        let i = *index.entry(r.variant()).or_insert_with(|| {
+            out.push((r.variant(), Vec::new()));
             out.len() - 1
         });
         out[i].1.push(r);

@@ -71,7 +71,8 @@ impl Routers {
         let fleet_lookups = fleet
             .lookups(&mut counted)
             .await
-            .saturating_sub(lookups_before);
+            .since(lookups_before)
+            .offered();
         Ok(Warmed {
             routers,
             seconds,
