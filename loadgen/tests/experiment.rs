@@ -7,8 +7,24 @@ use std::process::Command;
 
 use tempfile::TempDir;
 
-/// Runs `loadgen experiment ARGS` to its end, its outputs in a temporary directory (removed
-/// when the answer is dropped), and reads its results.json.
+/// The settings of a short run: 4 s of 800 requests per second over 4 routers, a 3,000-partition
+/// map and 200,000 keys.
+const SHORT: &[&str] = &[
+    "--duration",
+    "4",
+    "--rate",
+    "800",
+    "--routers",
+    "4",
+    "--partitions",
+    "3000",
+    "--keys",
+    "200000",
+];
+
+/// Runs `loadgen experiment` with the [`SHORT`] settings and then `args` to its end, its
+/// outputs in a temporary directory (removed when the answer is dropped), and reads its
+/// results.json.
 fn run_experiment(name: &str, args: &[&str]) -> (TempDir, serde_json::Value) {
     let out = tempfile::Builder::new()
         .prefix(&format!("memds-exp-test-{name}-"))
@@ -16,6 +32,7 @@ fn run_experiment(name: &str, args: &[&str]) -> (TempDir, serde_json::Value) {
         .expect("creating a temporary directory");
     let status = Command::new(env!("CARGO_BIN_EXE_loadgen"))
         .arg("experiment")
+        .args(SHORT)
         .args(args)
         .arg("--out")
         .arg(out.path())
@@ -102,24 +119,7 @@ fn assert_svg(path: &Path) {
 fn on_a_provisioned_fleet_a_flush_takes_classic_down_and_constant_work_keeps_serving() {
     let (out, results) = run_experiment(
         "flush",
-        &[
-            "--scenario",
-            "flush",
-            "--duration",
-            "4",
-            "--rate",
-            "800",
-            "--routers",
-            "4",
-            "--partitions",
-            "3000",
-            "--keys",
-            "200000",
-            "--churn",
-            "2",
-            "--sample-ms",
-            "200",
-        ],
+        &["--scenario", "flush", "--churn", "2", "--sample-ms", "200"],
     );
     assert_eq!(
         results["settings"]["provision"], 3.0,
@@ -251,16 +251,6 @@ fn a_storage_nodes_corrected_route_spares_the_fleet_lookups_in_an_invalidation_s
             "classic",
             "--provision",
             "off",
-            "--duration",
-            "4",
-            "--rate",
-            "800",
-            "--routers",
-            "4",
-            "--partitions",
-            "3000",
-            "--keys",
-            "200000",
             "--sample-ms",
             "200",
         ],
@@ -306,16 +296,6 @@ fn after_a_server_loss_the_authority_pushes_to_the_next_server_and_routers_keep_
             "server-loss",
             "--mode",
             "constant-work",
-            "--duration",
-            "4",
-            "--rate",
-            "800",
-            "--routers",
-            "4",
-            "--partitions",
-            "3000",
-            "--keys",
-            "200000",
             "--churn",
             "4",
             "--sample-ms",
