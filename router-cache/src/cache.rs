@@ -443,10 +443,12 @@ impl RouterCache {
         self.refresh_snapshots();
     }
 
-    /// Rebuilds every table's hit snapshot that lags its routes (the metrics task does this
-    /// once a second; answers do it as they arrive).
+    /// Rebuilds every table's hit snapshot that lags its routes, however little. (Answers as
+    /// they arrive, and the metrics task once a second, rebuild only a snapshot whose lag is
+    /// worth a rebuild: enough routes changed or hits sent to the map, or lagging for 10 s;
+    /// a hit never returns a route the cache replaced or removed either way.)
     pub fn refresh_snapshots(&self) {
-        self.inner.refresh_snapshots();
+        self.inner.refresh_snapshots(true);
     }
 
     /// The counters.
