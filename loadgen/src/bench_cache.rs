@@ -12,6 +12,20 @@
 //! sizes, so each round is also timed as a whole, and the median over rounds of the mean per
 //! call is reported beside the percentiles, with the route structure alone (`TableRoutes::get`)
 //! timed the same way.
+//!
+//! Memory, before the timed rounds, with the counting allocator (`alloc`: live heap bytes with
+//! glibc's per-chunk overhead) and the process's `VmRSS`:
+//! - a router's fixed cost: a second cache, default configuration, one route cached and hit
+//!   once (its connection, tasks, thread ring, table state); the embedded server runs in this
+//!   process, so its side of that connection is counted too;
+//! - per cached route: the bench's cache from its first route to all of them (warmed, drained,
+//!   the hit snapshot rebuilt and the calling thread's handle on it reloaded), divided by the
+//!   routes added: the route itself, the map's entry and the snapshot's;
+//! - the same for a plain `quick_cache::sync::Cache<u64, Arc<Route>>` (capacity `--entries`)
+//!   filled with its own copies of the same routes (each `Arc<Route>` allocated anew).
+//!
+//! RSS deltas count what the allocator took from the system, freed memory it kept included, so
+//! they are rougher than the heap figures.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -25,6 +39,8 @@ use rand::{Rng, SeedableRng};
 use router_cache::{Mode, RouterCache};
 use serde::Serialize;
 
+use crate::alloc;
+use crate::bench_server_memory::read_rss;
 use crate::embedded::Embedded;
 use crate::histogram;
 
@@ -73,6 +89,32 @@ struct Report {
     refresh_lookups_sent: u64,
     refreshes_dropped: u64,
     timer_overhead_ns: f64,
+    #[serde(flatten)]
+    memory: Memory,
+}
+
+/// Memory figures (see the module docs).
+#[derive(Debug, Serialize)]
+struct Memory {
+    /// Heap of a default-configured cache holding one route.
+    router_fixed_heap_bytes: i64,
+    /// `VmRSS` growth for the same.
+    router_fixed_rss_bytes: i64,
+    /// Heap per cached route of the warmed cache.
+    router_heap_bytes_per_route: f64,
+    /// `VmRSS` growth per cached route while warming.
+    router_rss_bytes_per_route: f64,
+    /// Routes the quick_cache holds (it may evict a few at its capacity).
+    quick_cache_routes: usize,
+    /// Heap per route of the quick_cache with its own copies of the routes.
+    quick_cache_heap_bytes_per_route: f64,
+    /// `VmRSS` growth per route while filling it.
+    quick_cache_rss_bytes_per_route: f64,
+}
+
+/// The process's `VmRSS`, in bytes.
+fn rss() -> anyhow::Result<i64> {
+    Ok(read_rss(std::process::id())?.rss as i64)
 }
 
 pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
@@ -123,6 +165,25 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
             report.refreshes_dropped,
             report.timer_overhead_ns
         );
+        let m = &report.memory;
+        println!(
+            "{:<34} {:>8} {:>8}",
+            "bytes per cached route", "heap", "RSS"
+        );
+        println!(
+            "{:<34} {:>8.0} {:>8.0}",
+            "router-cache (warmed)", m.router_heap_bytes_per_route, m.router_rss_bytes_per_route
+        );
+        println!(
+            "{:<34} {:>8.0} {:>8.0}",
+            format!("quick_cache ({} routes)", m.quick_cache_routes),
+            m.quick_cache_heap_bytes_per_route,
+            m.quick_cache_rss_bytes_per_route
+        );
+        println!(
+            "router fixed cost (default config, one route): heap {} bytes, RSS {} bytes",
+            m.router_fixed_heap_bytes, m.router_fixed_rss_bytes
+        );
     }
     Ok(())
 }
@@ -147,6 +208,30 @@ async fn measure(args: &Args, server: &Embedded) -> anyhow::Result<Report> {
     .context("connecting as admin")?;
     admin.put_table(&map).await.context("loading the table")?;
     let per_round = args.calls / args.rounds;
+    let mut routes: Vec<Arc<Route>> = Vec::with_capacity(args.entries);
+    alloc::start();
+
+    // A router's fixed cost: a default cache holding one route.
+    let (heap0, rss0) = (alloc::live_bytes(), rss()?);
+    let fixed = RouterCache::builder(
+        vec![server.addr()],
+        ClientTls::from_dir(&tls_dir, Role::Router)?,
+    )
+    .build()
+    .await
+    .context("starting the router cache")?;
+    fixed
+        .route_hash(&table, map.partitions()[0].start)
+        .await
+        .context("a first route")?;
+    fixed.drain().await;
+    // And a hit: the calling thread's ring is made with its first hit.
+    fixed.route_hash(&table, map.partitions()[0].start).await?;
+    fixed.drain().await;
+    let (router_fixed_heap_bytes, router_fixed_rss_bytes) =
+        ((alloc::live_bytes() - heap0) as i64, rss()? - rss0);
+    fixed.shutdown_complete().await;
+    drop(fixed);
     let exposed = crate::metrics_listen::ExposedRouters::new("bench-cache");
     let cache = RouterCache::builder(
         vec![server.addr()],
@@ -163,23 +248,54 @@ async fn measure(args: &Args, server: &Embedded) -> anyhow::Result<Report> {
     .await
     .context("starting the router cache")?;
 
-    // Warm: one miss per partition.
-    let mut routes: Vec<Arc<Route>> = Vec::with_capacity(args.entries);
-    for p in map.partitions() {
+    // Warm: one miss per partition. Memory is measured from the first route on.
+    let mut first_route = (0, 0);
+    for (i, p) in map.partitions().iter().enumerate() {
         routes.push(
             cache
                 .route_hash(&table, p.start)
                 .await
                 .context("warming the cache")?,
         );
+        if i == 0 {
+            cache.drain().await;
+            first_route = (alloc::live_bytes(), rss()?);
+        }
     }
     cache.drain().await;
+    // A hit, so the calling thread's handle moves to the snapshot just built and lets the ones
+    // before it go; then its refresh is drained.
+    cache.route_hash(&table, 0).await?;
+    cache.drain().await;
+    let added = args.entries.saturating_sub(1).max(1) as f64;
+    let router_heap_bytes_per_route = (alloc::live_bytes() - first_route.0) as f64 / added;
+    let router_rss_bytes_per_route = (rss()? - first_route.1) as f64 / added;
     ensure!(
         cache.stats().entries as usize == args.entries,
         "the cache holds {} routes, not {}",
         cache.stats().entries,
         args.entries
     );
+    // A plain quick_cache of the same routes, each its own copy.
+    let (heap0, rss0) = (alloc::live_bytes(), rss()?);
+    let plain: quick_cache::sync::Cache<u64, Arc<Route>> =
+        quick_cache::sync::Cache::new(args.entries);
+    for r in &routes {
+        plain.insert(r.start, Arc::new(Route::clone(r)));
+    }
+    let quick_cache_routes = plain.len();
+    let held = quick_cache_routes.max(1) as f64;
+    let memory = Memory {
+        router_fixed_heap_bytes,
+        router_fixed_rss_bytes,
+        router_heap_bytes_per_route,
+        router_rss_bytes_per_route,
+        quick_cache_routes,
+        quick_cache_heap_bytes_per_route: (alloc::live_bytes() - heap0) as f64 / held,
+        quick_cache_rss_bytes_per_route: (rss()? - rss0) as f64 / held,
+    };
+    drop(plain);
+
     let moka: moka::sync::Cache<u64, Arc<Route>> = moka::sync::Cache::new(2 * args.entries as u64);
     let quick: quick_cache::sync::Cache<u64, Arc<Route>> =
         quick_cache::sync::Cache::new(2 * args.entries);
@@ -295,5 +411,6 @@ async fn measure(args: &Args, server: &Embedded) -> anyhow::Result<Report> {
         refresh_lookups_sent: st.lookups_sent - sent_before,
         refreshes_dropped: st.dropped,
         timer_overhead_ns: timer,
+        memory,
     })
 }
