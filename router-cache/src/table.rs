@@ -240,17 +240,22 @@ pub(crate) struct Snapshot {
 
 impl Snapshot {
     /// The route holding `hash`, if the snapshot has it and has not withdrawn it.
-    #[inline]
+    // Always inlined: with the withdrawn check, `#[inline]` alone measured slower in
+    // bench-cache (hit / quick_cache p50 1.44 against 1.34, three runs each).
+    #[inline(always)]
     pub(crate) fn get(&self, hash: u64) -> Option<&Arc<Route>> {
         let i = self
             .index
             .floor_by(self.entries.len(), hash, |i| self.entries[i].0)?;
         let r = &self.entries[i].1;
+        if hash > r.end_inclusive {
+            return None;
+        }
         // Relaxed: a hit that starts after the withdrawing write returned is ordered after it
         // (happens-before), and coherence then shows it the bit; a concurrent hit may see
         // either, as it may see the route before or after the write.
-        let live = self.withdrawn[i / 64].load(Ordering::Relaxed) & (1 << (i % 64)) == 0;
-        (hash <= r.end_inclusive && live).then_some(r)
+        let word = self.withdrawn[i >> 6].load(Ordering::Relaxed);
+        (word >> (i & 63) & 1 == 0).then_some(r)
     }
 
     /// Withdraws the entry starting at `start`, if the snapshot has one.
