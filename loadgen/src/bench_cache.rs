@@ -18,9 +18,10 @@
 //! - a router's fixed cost: a second cache, default configuration, one route cached and hit
 //!   once (its connection, tasks, thread ring, table state); the embedded server runs in this
 //!   process, so its side of that connection is counted too;
-//! - per cached route: the bench's cache from its first route to all of them (warmed, drained,
-//!   the hit snapshot rebuilt and the calling thread's handle on it reloaded), divided by the
-//!   routes added: the route itself, the map's entry and the snapshot's;
+//! - per cached route: the bench's cache from half its routes to all of them (each point
+//!   drained, the hit snapshot rebuilt and the calling thread's handle on it reloaded), divided
+//!   by the routes added: the route itself, the map's entry and the snapshot's (and whatever the
+//!   in-process server keeps per lookup, if anything);
 //! - the same for a plain `quick_cache::sync::Cache<u64, Arc<Route>>` (capacity `--entries`)
 //!   filled with its own copies of the same routes (each `Arc<Route>` allocated anew).
 //!
@@ -104,6 +105,11 @@ struct Memory {
     router_heap_bytes_per_route: f64,
     /// `VmRSS` growth per cached route while warming.
     router_rss_bytes_per_route: f64,
+    /// Of which the route structure alone (`TableRoutes`: map entry and snapshot entry; the
+    /// routes themselves shared, not counted), measured on a copy holding the same `Arc`s.
+    structure_heap_bytes_per_route: f64,
+    /// Of which the route itself (a fresh `Arc<Route>` copy of each).
+    route_heap_bytes: f64,
     /// Routes the quick_cache holds (it may evict a few at its capacity).
     quick_cache_routes: usize,
     /// Heap per route of the quick_cache with its own copies of the routes.
@@ -122,6 +128,8 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         args.entries >= 1 && args.rounds >= 1 && args.calls >= args.rounds,
         "--entries, --rounds and --calls must be positive, --calls at least --rounds"
     );
+    // From the start, so what the server frees later was counted when allocated.
+    alloc::start();
     let _metrics = args.metrics.start()?;
     let server = Embedded::start(1)?;
     let client_rt = tokio::runtime::Builder::new_current_thread()
@@ -184,6 +192,10 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
             "router fixed cost (default config, one route): heap {} bytes, RSS {} bytes",
             m.router_fixed_heap_bytes, m.router_fixed_rss_bytes
         );
+        println!(
+            "of a cached route's heap: the route {:.0}, the route structure (map and snapshot) {:.0}",
+            m.route_heap_bytes, m.structure_heap_bytes_per_route
+        );
     }
     Ok(())
 }
@@ -209,7 +221,6 @@ async fn measure(args: &Args, server: &Embedded) -> anyhow::Result<Report> {
     admin.put_table(&map).await.context("loading the table")?;
     let per_round = args.calls / args.rounds;
     let mut routes: Vec<Arc<Route>> = Vec::with_capacity(args.entries);
-    alloc::start();
 
     // A router's fixed cost: a default cache holding one route.
     let (heap0, rss0) = (alloc::live_bytes(), rss()?);
@@ -248,8 +259,19 @@ async fn measure(args: &Args, server: &Embedded) -> anyhow::Result<Report> {
     .await
     .context("starting the router cache")?;
 
-    // Warm: one miss per partition. Memory is measured from the first route on.
-    let mut first_route = (0, 0);
+    // Warm: one miss per partition. Memory per route is the growth from half the routes to
+    // all of them, each point measured the same way: drained (so the hit snapshot is rebuilt),
+    // then a hit (so the calling thread's handle moves to that snapshot and lets the ones before
+    // it go) and its refresh drained. What the cache and its connection allocate once, and
+    // frees or keeps, is behind it by then.
+    let settled = || async {
+        cache.drain().await;
+        cache.route_hash(&table, map.partitions()[0].start).await?;
+        cache.drain().await;
+        anyhow::Ok((alloc::live_bytes(), rss()?))
+    };
+    let half = (args.entries / 2).max(1);
+    let mut at_half = (0, 0);
     for (i, p) in map.partitions().iter().enumerate() {
         routes.push(
             cache
@@ -257,25 +279,26 @@ async fn measure(args: &Args, server: &Embedded) -> anyhow::Result<Report> {
                 .await
                 .context("warming the cache")?,
         );
-        if i == 0 {
-            cache.drain().await;
-            first_route = (alloc::live_bytes(), rss()?);
+        if i + 1 == half {
+            at_half = settled().await?;
         }
     }
-    cache.drain().await;
-    // A hit, so the calling thread's handle moves to the snapshot just built and lets the ones
-    // before it go; then its refresh is drained.
-    cache.route_hash(&table, 0).await?;
-    cache.drain().await;
-    let added = args.entries.saturating_sub(1).max(1) as f64;
-    let router_heap_bytes_per_route = (alloc::live_bytes() - first_route.0) as f64 / added;
-    let router_rss_bytes_per_route = (rss()? - first_route.1) as f64 / added;
+    let at_full = settled().await?;
+    let added = (args.entries - half).max(1) as f64;
+    let router_heap_bytes_per_route = (at_full.0 - at_half.0) as f64 / added;
+    let router_rss_bytes_per_route = (at_full.1 - at_half.1) as f64 / added;
     ensure!(
         cache.stats().entries as usize == args.entries,
         "the cache holds {} routes, not {}",
         cache.stats().entries,
         args.entries
     );
+    // The routes alone: a copy of each.
+    let heap0 = alloc::live_bytes();
+    let copies: Vec<Arc<Route>> = routes.iter().map(|r| Arc::new(Route::clone(r))).collect();
+    let route_heap_bytes = (alloc::live_bytes() - heap0) as f64 / args.entries as f64
+        - std::mem::size_of::<Arc<Route>>() as f64;
+    drop(copies);
     // A plain quick_cache of the same routes, each its own copy.
     let (heap0, rss0) = (alloc::live_bytes(), rss()?);
     let plain: quick_cache::sync::Cache<u64, Arc<Route>> =
@@ -285,7 +308,9 @@ async fn measure(args: &Args, server: &Embedded) -> anyhow::Result<Report> {
     }
     let quick_cache_routes = plain.len();
     let held = quick_cache_routes.max(1) as f64;
-    let memory = Memory {
+    let mut memory = Memory {
+        structure_heap_bytes_per_route: 0.0,
+        route_heap_bytes,
         router_fixed_heap_bytes,
         router_fixed_rss_bytes,
         router_heap_bytes_per_route,
@@ -307,11 +332,14 @@ async fn measure(args: &Args, server: &Embedded) -> anyhow::Result<Report> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(args.seed ^ 0xCACE);
     let timer = histogram::timer_overhead_ns();
     // The cache's route structure on its own, holding the same routes.
+    let heap0 = alloc::live_bytes();
     let structure = router_cache::table::TableRoutes::default();
     for r in &routes {
         structure.insert(Arc::clone(r), 0);
     }
     structure.maybe_rebuild(1, true);
+    memory.structure_heap_bytes_per_route =
+        (alloc::live_bytes() - heap0) as f64 / args.entries as f64;
     let mut mean_structure = Vec::new();
     let (mut h_hit, mut h_moka, mut h_quick) = (
         histogram::latency(),
