@@ -12,6 +12,21 @@
 //! sizes, so each round is also timed as a whole, and the median over rounds of the mean per
 //! call is reported beside the percentiles, with the route structure alone (`TableRoutes::get`)
 //! timed the same way.
+//!
+//! Memory, before the timed rounds, with the counting allocator (`alloc`: live heap bytes with
+//! glibc's per-chunk overhead) and the process's `VmRSS`:
+//! - a router's fixed cost: a second cache, default configuration, one route cached and hit
+//!   once (its connection, tasks, thread ring, table state); the embedded server runs in this
+//!   process, so its side of that connection is counted too;
+//! - per cached route: the bench's cache from half its routes to all of them (each point
+//!   drained, the hit snapshot rebuilt and the calling thread's handle on it reloaded), divided
+//!   by the routes added: the route itself, the map's entry and the snapshot's (and whatever the
+//!   in-process server keeps per lookup, if anything);
+//! - the same for a plain `quick_cache::sync::Cache<u64, Arc<Route>>` (capacity `--entries`)
+//!   filled with its own copies of the same routes (each `Arc<Route>` allocated anew).
+//!
+//! RSS deltas count what the allocator took from the system, freed memory it kept included, so
+//! they are rougher than the heap figures.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -25,6 +40,8 @@ use rand::{Rng, SeedableRng};
 use router_cache::{Mode, RouterCache};
 use serde::Serialize;
 
+use crate::alloc;
+use crate::bench_server_memory::read_rss;
 use crate::embedded::Embedded;
 use crate::histogram;
 
@@ -73,6 +90,37 @@ struct Report {
     refresh_lookups_sent: u64,
     refreshes_dropped: u64,
     timer_overhead_ns: f64,
+    #[serde(flatten)]
+    memory: Memory,
+}
+
+/// Memory figures (see the module docs).
+#[derive(Debug, Serialize)]
+struct Memory {
+    /// Heap of a default-configured cache holding one route.
+    router_fixed_heap_bytes: i64,
+    /// `VmRSS` growth for the same.
+    router_fixed_rss_bytes: i64,
+    /// Heap per cached route of the warmed cache.
+    router_heap_bytes_per_route: f64,
+    /// `VmRSS` growth per cached route while warming.
+    router_rss_bytes_per_route: f64,
+    /// Of which the route structure alone (`TableRoutes`: map entry and snapshot entry; the
+    /// routes themselves shared, not counted), measured on a copy holding the same `Arc`s.
+    structure_heap_bytes_per_route: f64,
+    /// Of which the route itself (a fresh `Arc<Route>` copy of each).
+    route_heap_bytes: f64,
+    /// Routes the quick_cache holds (it may evict a few at its capacity).
+    quick_cache_routes: usize,
+    /// Heap per route of the quick_cache with its own copies of the routes.
+    quick_cache_heap_bytes_per_route: f64,
+    /// `VmRSS` growth per route while filling it.
+    quick_cache_rss_bytes_per_route: f64,
+}
+
+/// The process's `VmRSS`, in bytes.
+fn rss() -> anyhow::Result<i64> {
+    Ok(read_rss(std::process::id())?.rss as i64)
 }
 
 pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
@@ -80,6 +128,8 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         args.entries >= 1 && args.rounds >= 1 && args.calls >= args.rounds,
         "--entries, --rounds and --calls must be positive, --calls at least --rounds"
     );
+    // From the start, so what the server frees later was counted when allocated.
+    alloc::start();
     let _metrics = args.metrics.start()?;
     let server = Embedded::start(1)?;
     let client_rt = tokio::runtime::Builder::new_current_thread()
@@ -123,6 +173,29 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
             report.refreshes_dropped,
             report.timer_overhead_ns
         );
+        let m = &report.memory;
+        println!(
+            "{:<34} {:>8} {:>8}",
+            "bytes per cached route", "heap", "RSS"
+        );
+        println!(
+            "{:<34} {:>8.0} {:>8.0}",
+            "router-cache (warmed)", m.router_heap_bytes_per_route, m.router_rss_bytes_per_route
+        );
+        println!(
+            "{:<34} {:>8.0} {:>8.0}",
+            format!("quick_cache ({} routes)", m.quick_cache_routes),
+            m.quick_cache_heap_bytes_per_route,
+            m.quick_cache_rss_bytes_per_route
+        );
+        println!(
+            "router fixed cost (default config, one route): heap {} bytes, RSS {} bytes",
+            m.router_fixed_heap_bytes, m.router_fixed_rss_bytes
+        );
+        println!(
+            "of a cached route's heap: the route {:.0}, the route structure (map and snapshot) {:.0}",
+            m.route_heap_bytes, m.structure_heap_bytes_per_route
+        );
     }
     Ok(())
 }
@@ -147,6 +220,29 @@ async fn measure(args: &Args, server: &Embedded) -> anyhow::Result<Report> {
     .context("connecting as admin")?;
     admin.put_table(&map).await.context("loading the table")?;
     let per_round = args.calls / args.rounds;
+    let mut routes: Vec<Arc<Route>> = Vec::with_capacity(args.entries);
+
+    // A router's fixed cost: a default cache holding one route.
+    let (heap0, rss0) = (alloc::live_bytes(), rss()?);
+    let fixed = RouterCache::builder(
+        vec![server.addr()],
+        ClientTls::from_dir(&tls_dir, Role::Router)?,
+    )
+    .build()
+    .await
+    .context("starting the router cache")?;
+    fixed
+        .route_hash(&table, map.partitions()[0].start)
+        .await
+        .context("a first route")?;
+    fixed.drain().await;
+    // And a hit: the calling thread's ring is made with its first hit.
+    fixed.route_hash(&table, map.partitions()[0].start).await?;
+    fixed.drain().await;
+    let (router_fixed_heap_bytes, router_fixed_rss_bytes) =
+        ((alloc::live_bytes() - heap0) as i64, rss()? - rss0);
+    fixed.shutdown_complete().await;
+    drop(fixed);
     let exposed = crate::metrics_listen::ExposedRouters::new("bench-cache");
     let cache = RouterCache::builder(
         vec![server.addr()],
@@ -163,23 +259,68 @@ async fn measure(args: &Args, server: &Embedded) -> anyhow::Result<Report> {
     .await
     .context("starting the router cache")?;
 
-    // Warm: one miss per partition.
-    let mut routes: Vec<Arc<Route>> = Vec::with_capacity(args.entries);
-    for p in map.partitions() {
+    // Warm: one miss per partition. Memory per route is the growth from half the routes to
+    // all of them, each point measured the same way: drained (so the hit snapshot is rebuilt),
+    // then a hit (so the calling thread's handle moves to that snapshot and lets the ones before
+    // it go) and its refresh drained. What the cache and its connection allocate once, and
+    // frees or keeps, is behind it by then.
+    let settled = || async {
+        cache.drain().await;
+        cache.route_hash(&table, map.partitions()[0].start).await?;
+        cache.drain().await;
+        anyhow::Ok((alloc::live_bytes(), rss()?))
+    };
+    let half = (args.entries / 2).max(1);
+    let mut at_half = (0, 0);
+    for (i, p) in map.partitions().iter().enumerate() {
         routes.push(
             cache
                 .route_hash(&table, p.start)
                 .await
                 .context("warming the cache")?,
         );
+        if i + 1 == half {
+            at_half = settled().await?;
+        }
     }
-    cache.drain().await;
+    let at_full = settled().await?;
+    let added = (args.entries - half).max(1) as f64;
+    let router_heap_bytes_per_route = (at_full.0 - at_half.0) as f64 / added;
+    let router_rss_bytes_per_route = (at_full.1 - at_half.1) as f64 / added;
     ensure!(
         cache.stats().entries as usize == args.entries,
         "the cache holds {} routes, not {}",
         cache.stats().entries,
         args.entries
     );
+    // The routes alone: a copy of each.
+    let heap0 = alloc::live_bytes();
+    let copies: Vec<Arc<Route>> = routes.iter().map(|r| Arc::new(Route::clone(r))).collect();
+    let route_heap_bytes = (alloc::live_bytes() - heap0) as f64 / args.entries as f64
+        - std::mem::size_of::<Arc<Route>>() as f64;
+    drop(copies);
+    // A plain quick_cache of the same routes, each its own copy.
+    let (heap0, rss0) = (alloc::live_bytes(), rss()?);
+    let plain: quick_cache::sync::Cache<u64, Arc<Route>> =
+        quick_cache::sync::Cache::new(args.entries);
+    for r in &routes {
+        plain.insert(r.start, Arc::new(Route::clone(r)));
+    }
+    let quick_cache_routes = plain.len();
+    let held = quick_cache_routes.max(1) as f64;
+    let mut memory = Memory {
+        structure_heap_bytes_per_route: 0.0,
+        route_heap_bytes,
+        router_fixed_heap_bytes,
+        router_fixed_rss_bytes,
+        router_heap_bytes_per_route,
+        router_rss_bytes_per_route,
+        quick_cache_routes,
+        quick_cache_heap_bytes_per_route: (alloc::live_bytes() - heap0) as f64 / held,
+        quick_cache_rss_bytes_per_route: (rss()? - rss0) as f64 / held,
+    };
+    drop(plain);
+
     let moka: moka::sync::Cache<u64, Arc<Route>> = moka::sync::Cache::new(2 * args.entries as u64);
     let quick: quick_cache::sync::Cache<u64, Arc<Route>> =
         quick_cache::sync::Cache::new(2 * args.entries);
@@ -191,11 +332,14 @@ async fn measure(args: &Args, server: &Embedded) -> anyhow::Result<Report> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(args.seed ^ 0xCACE);
     let timer = histogram::timer_overhead_ns();
     // The cache's route structure on its own, holding the same routes.
+    let heap0 = alloc::live_bytes();
     let structure = router_cache::table::TableRoutes::default();
     for r in &routes {
         structure.insert(Arc::clone(r), 0);
     }
     structure.maybe_rebuild(1, true);
+    memory.structure_heap_bytes_per_route =
+        (alloc::live_bytes() - heap0) as f64 / args.entries as f64;
     let mut mean_structure = Vec::new();
     let (mut h_hit, mut h_moka, mut h_quick) = (
         histogram::latency(),
@@ -295,5 +439,6 @@ async fn measure(args: &Args, server: &Embedded) -> anyhow::Result<Report> {
         refresh_lookups_sent: st.lookups_sent - sent_before,
         refreshes_dropped: st.dropped,
         timer_overhead_ns: timer,
+        memory,
     })
 }

@@ -442,13 +442,13 @@ impl Drop for ServerProcess {
 
 /// RSS figures of a process, in bytes.
 #[derive(Clone, Copy, Debug)]
-struct Rss {
-    rss: u64,
+pub(crate) struct Rss {
+    pub(crate) rss: u64,
     peak: u64,
 }
 
 /// `VmRSS` and `VmHWM` of process `pid`, from `/proc/<pid>/status`.
-fn read_rss(pid: u32) -> anyhow::Result<Rss> {
+pub(crate) fn read_rss(pid: u32) -> anyhow::Result<Rss> {
     let path = format!("/proc/{pid}/status");
     let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     let field = |name: &str| -> anyhow::Result<u64> {

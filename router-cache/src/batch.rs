@@ -34,7 +34,11 @@ pub(crate) const DISPATCH_BACKSTOP_IDLE: Duration = Duration::from_millis(100);
 pub(crate) async fn dispatch(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
     // Most jobs taken from the miss queue, and from each thread's ring, per round.
     const MAX_TAKE: usize = 4096;
-    let mut buf = Vec::with_capacity(MAX_TAKE);
+    // Grows to what a round takes; shrunk again when the dispatcher sleeps, so an idle
+    // cache keeps no buffer for the largest burst it ever saw (up to `MAX_TAKE` jobs, about
+    // 40 bytes each, per ring and from the miss queue).
+    const IDLE_BUF: usize = 64;
+    let mut buf = Vec::new();
     let mut backstop = DISPATCH_BACKSTOP;
     loop {
         take(&inner, &mut buf, MAX_TAKE);
@@ -42,6 +46,7 @@ pub(crate) async fn dispatch(inner: Arc<Inner>, mut shutdown: watch::Receiver<bo
             // Announce the sleep, then look once more: a miss queued before the flag was seen
             // is caught here, one queued after it notifies (and a notification sent before the
             // wait starts is kept by `Notify`); a refresh is caught by the backstop at worst.
+            buf.shrink_to(IDLE_BUF);
             inner.dispatcher_asleep.store(true, Ordering::SeqCst);
             if inner.queue.is_empty() && inner.threads.iter().all(|t| t.ring.is_empty()) {
                 tokio::select! {

@@ -36,11 +36,11 @@
 use std::cell::RefCell;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use crossbeam_queue::ArrayQueue;
+use crossbeam_queue::SegQueue;
 use memds_client::{ClientTls, Connector};
 use memds_proto::wire;
 use memds_proto::{Route, TableName, key_hash};
@@ -88,9 +88,9 @@ pub(crate) struct Inner {
     /// Each calling thread's refresh ring and counters.
     pub(crate) threads: thread_local::ThreadLocal<PerThread>,
     pub(crate) queue_bound: usize,
-    /// Misses for the fleet: a lock-free bounded queue; the dispatcher is woken only when it
-    /// sleeps.
-    pub(crate) queue: ArrayQueue<Job>,
+    /// Misses for the fleet: a lock-free queue bounded by `queue_bound`; the dispatcher is
+    /// woken only when it sleeps.
+    pub(crate) queue: MissQueue,
     pub(crate) dispatcher_asleep: AtomicBool,
     pub(crate) wake: Notify,
     pub(crate) fleet: Fleet,
@@ -175,7 +175,7 @@ impl RouterCache {
             local: thread_local::ThreadLocal::new(),
             threads: thread_local::ThreadLocal::new(),
             queue_bound: config.queue_bound.max(1),
-            queue: ArrayQueue::new(config.queue_bound.max(1)),
+            queue: MissQueue::new(config.queue_bound.max(1)),
             dispatcher_asleep: AtomicBool::new(false),
             wake: Notify::new(),
             fleet,
@@ -443,10 +443,12 @@ impl RouterCache {
         self.refresh_snapshots();
     }
 
-    /// Rebuilds every table's hit snapshot that lags its routes (the metrics task does this
-    /// once a second; answers do it as they arrive).
+    /// Rebuilds every table's hit snapshot that lags its routes, however little. (Answers as
+    /// they arrive, and the metrics task once a second, rebuild only a snapshot whose lag is
+    /// worth a rebuild: enough routes changed or hits sent to the map, or lagging for 10 s;
+    /// a hit never returns a route the cache replaced or removed either way.)
     pub fn refresh_snapshots(&self) {
-        self.inner.refresh_snapshots();
+        self.inner.refresh_snapshots(true);
     }
 
     /// The counters.
@@ -565,6 +567,49 @@ impl Inner {
             Ok(result) => result,
             Err(_) => Err(CacheError::Timeout(self.request_timeout, self.fleet.up())),
         }
+    }
+}
+
+/// The shared queue of misses: lock-free, bounded, and holding memory for what it holds only
+/// (blocks of 31 jobs, allocated as it fills and freed as it empties), not for its bound: a
+/// cache that misses rarely, as most do once warm, keeps no preallocated array of `queue_bound`
+/// jobs.
+pub(crate) struct MissQueue {
+    jobs: SegQueue<Job>,
+    /// Jobs pushed and not yet popped (a push reserves its place here first).
+    len: AtomicUsize,
+    bound: usize,
+}
+
+impl MissQueue {
+    pub(crate) fn new(bound: usize) -> Self {
+        Self {
+            jobs: SegQueue::new(),
+            len: AtomicUsize::new(0),
+            bound,
+        }
+    }
+
+    /// Queues a job; gives it back if the queue holds `bound` jobs already.
+    pub(crate) fn push(&self, job: Job) -> Result<(), Job> {
+        if self.len.fetch_add(1, Ordering::AcqRel) >= self.bound {
+            self.len.fetch_sub(1, Ordering::AcqRel);
+            return Err(job);
+        }
+        // A sequentially consistent compare-and-swap inside: the dispatcher, which announces
+        // its sleep and then checks `is_empty`, either sees this job or is seen asleep.
+        self.jobs.push(job);
+        Ok(())
+    }
+
+    pub(crate) fn pop(&self) -> Option<Job> {
+        let job = self.jobs.pop()?;
+        self.len.fetch_sub(1, Ordering::AcqRel);
+        Some(job)
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.jobs.is_empty()
     }
 }
 

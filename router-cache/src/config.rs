@@ -46,11 +46,14 @@ pub struct Config {
     pub mode: Mode,
     /// Most routes cached per table; past it a pseudo-random route is evicted.
     pub capacity: usize,
-    /// Most lookups queued for the fleet per calling thread (rounded up to a power of two):
-    /// each thread that calls the cache queues its refreshes on a ring of its own, so a hit's
-    /// enqueue shares no cache line with other threads; past the bound that thread's refreshes
-    /// are dropped (and counted). Misses wait for room in one shared queue of the same bound
-    /// (within their timeout). Memory: 16 bytes per slot per calling thread.
+    /// Most lookups queued for the fleet per calling thread (rounded up to a power of two;
+    /// 4096 by default, what the dispatcher takes from each thread in one round): each thread
+    /// that calls the cache queues its refreshes on a ring of its own, so a hit's enqueue
+    /// shares no cache line with other threads; past the bound that thread's refreshes are
+    /// dropped (and counted). Misses wait for room in one shared queue of the same bound
+    /// (within their timeout). Memory: 16 bytes per slot per calling thread (64 KiB by
+    /// default), allocated with the thread's first hit; the shared queue of misses takes
+    /// memory only for the misses it holds.
     pub queue_bound: usize,
     /// How long a miss waits for the fleet before failing.
     pub request_timeout: Duration,
@@ -89,7 +92,7 @@ impl Config {
             },
             mode: Mode::ConstantWork,
             capacity: 1 << 20,
-            queue_bound: 1 << 14,
+            queue_bound: 1 << 12,
             request_timeout: Duration::from_secs(2),
             hedge_delay: Duration::from_millis(50),
             max_batch: 1024,

@@ -297,11 +297,12 @@ impl Inner {
 }
 
 impl Inner {
-    /// Rebuilds every table's hit snapshot that lags its routes.
-    pub(crate) fn refresh_snapshots(&self) {
+    /// Rebuilds every table's hit snapshot that lags its routes (`force`), or only those whose
+    /// lag is worth a rebuild (`TableRoutes::maybe_rebuild`).
+    pub(crate) fn refresh_snapshots(&self, force: bool) {
         let now = self.now();
         for t in self.all_tables() {
-            t.routes.maybe_rebuild(now, true);
+            t.routes.maybe_rebuild(now, force);
         }
     }
 }

@@ -170,6 +170,9 @@ pub struct CacheStats {
     /// Servers currently connected.
     pub servers_up: u64,
     /// Seconds since the least recently confirmed cached route was last confirmed by the fleet.
+    /// Each table's routes are scanned for it at most every 10 s (the scan visits every route);
+    /// in between the figure comes from the last scan, so it may overstate the age by up to
+    /// 10 s (routes confirmed since the scan), never understate it.
     pub oldest_unconfirmed_seconds: Option<f64>,
     /// Classic whole-table mode: tables downloaded whole (on first touch, or on a refresh no
     /// server could answer with a delta).
@@ -296,7 +299,7 @@ impl Inner {
         let entries = tables.iter().map(|t| t.routes.len() as u64).sum();
         let oldest = tables
             .iter()
-            .filter_map(|t| t.routes.oldest_confirmation())
+            .filter_map(|t| t.routes.oldest_confirmation_at(now))
             .min();
         // Read once each: the published `warms_total{result="whole"}` is the total less the
         // others, and must never go down.
