@@ -164,13 +164,14 @@ fn floor_in(starts: &[u64], value: u64) -> usize {
     starts.partition_point(|&s| s <= value).saturating_sub(1)
 }
 
-/// A storage node's address and zone, stored once however many partitions and tables use it.
+/// A storage node's address and zone, stored once however many partitions and tables use it;
+/// the routes made from it share its strings too ([`CompactTable::route`]).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct NodeInfo {
     /// `host:port`.
-    pub addr: Box<str>,
+    pub addr: Arc<str>,
     /// Availability zone.
-    pub az: Box<str>,
+    pub az: Arc<str>,
 }
 
 /// Interns [`NodeInfo`] records so identical nodes share one allocation across tables.
@@ -218,10 +219,12 @@ impl NodeInterner {
             .iter()
             .map(|r| {
                 // The Arc allocation holds two counters and the record; each string is its own
-                // allocation.
+                // allocation, with two counters of its own.
                 2 * size_of::<usize>()
                     + size_of::<NodeInfo>()
+                    + 2 * size_of::<usize>()
                     + r.addr.len()
+                    + 2 * size_of::<usize>()
                     + r.az.len()
                     + 3 * ALLOC_OVERHEAD
             })
@@ -1214,8 +1217,8 @@ impl CompactTable {
                 .replicas(entry)
                 .map(|(id, info)| RouteReplica {
                     id,
-                    addr: info.addr.to_string(),
-                    az: info.az.to_string(),
+                    addr: Arc::clone(&info.addr),
+                    az: Arc::clone(&info.az),
                 })
                 .collect(),
         }

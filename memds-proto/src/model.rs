@@ -17,6 +17,7 @@
 //! archive.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -75,7 +76,7 @@ id_newtype!(
 
 /// A table's name: non-empty and at most [`MAX_TABLE_NAME_BYTES`] bytes of UTF-8.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct TableName(Box<str>);
+pub struct TableName(Arc<str>);
 
 impl TableName {
     /// Checks and wraps a table name.
@@ -421,8 +422,8 @@ impl TableMap {
                     let node = self.node(id).expect("validated: every replica is listed");
                     RouteReplica {
                         id,
-                        addr: node.addr.clone(),
-                        az: node.az.clone(),
+                        addr: node.addr.as_str().into(),
+                        az: node.az.as_str().into(),
                     }
                 })
                 .collect(),
@@ -485,15 +486,17 @@ impl Route {
     }
 }
 
-/// One replica of a route.
+/// One replica of a route. The strings are shared: the routes a router cache makes from one
+/// table point at one copy of each node's address and zone, so a cached route costs its own
+/// record and its replica list, not two strings per replica.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RouteReplica {
     /// The storage node's id within the table's map.
     pub id: NodeId,
     /// Where to reach it.
-    pub addr: String,
+    pub addr: Arc<str>,
     /// Its availability zone.
-    pub az: String,
+    pub az: Arc<str>,
 }
 
 mod table_name_str {
@@ -825,10 +828,7 @@ mod tests {
         let r = map.route(4999);
         assert_eq!(r.partition, PartitionId(2));
         assert_eq!((r.start, r.end_inclusive), (1000, 4999));
-        assert_eq!(
-            r.leader_replica().map(|l| l.addr.as_str()),
-            Some("10.0.0.3:8100")
-        );
+        assert_eq!(r.leader_replica().map(|l| &*l.addr), Some("10.0.0.3:8100"));
         let last = map.route(u64::MAX);
         assert_eq!((last.start, last.end_inclusive), (5000, u64::MAX));
         assert_eq!(map.route(0).partition, PartitionId(1));

@@ -532,8 +532,8 @@ pub fn resolve_route(
             let n = &nodes.nodes[i];
             Some(RouteReplica {
                 id: NodeId::new(id),
-                addr: n.addr.clone(),
-                az: n.az.clone(),
+                addr: n.addr.as_str().into(),
+                az: n.az.as_str().into(),
             })
         })
         .collect::<Option<Vec<_>>>()?;
@@ -1379,10 +1379,7 @@ mod tests {
             nodes: vec![node(1), node(2)],
         };
         let resolved = routes.resolve(&table, &full).expect("all nodes known");
-        assert_eq!(
-            resolved[1].leader_replica().map(|r| r.addr.as_str()),
-            Some("h2:1")
-        );
+        assert_eq!(resolved[1].leader_replica().map(|r| &*r.addr), Some("h2:1"));
         let partial = NodeList {
             nodes: vec![node(1)],
             ..full

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use memds_client::{ClientError, PendingReply};
 use memds_proto::model::MAX_REPLICAS;
-use memds_proto::wire::{self, ErrorReply, NodeList, Response, Routes};
+use memds_proto::wire::{ErrorReply, Response, Routes};
 use memds_proto::{Route, TableName};
 use tokio::sync::watch;
 
@@ -19,7 +19,7 @@ use crate::dispatcher::{
     is_overloaded, is_refusal,
 };
 use crate::fleet::{Fleet, InFlight, Server};
-use crate::registry::TableState;
+use crate::registry::{Nodes, TableState};
 use crate::stats::{CacheError, add};
 use crate::table::{Applied, Check, RouteSource};
 
@@ -501,13 +501,11 @@ pub(crate) async fn apply(
     let mut resolved = Vec::with_capacity(to_insert.len());
     for k in to_insert {
         let r = &routes.routes[k];
-        let Some(route) = wire::resolve_route(&t.name, routes.table_version, r, ids[k], &nodes)
-        else {
+        let Some(route) = nodes.resolve(&t.name, routes.table_version, r, ids[k]) else {
             // The list carries the answer's digest yet lacks a node the answer names: the
             // server of the answer or that of the list lied. The list is dropped so that the
             // next answer fetches it afresh rather than failing against it too.
-            t.nodes
-                .compare_and_swap(&nodes, Arc::new(NodeList::default()));
+            t.nodes.compare_and_swap(&nodes, Arc::new(Nodes::default()));
             return Err(Unapplied::Malformed(format!(
                 "partition {} names a node missing from the node list of digest {:#018x}",
                 r.partition, routes.nodes_digest
@@ -595,7 +593,7 @@ pub(crate) async fn nodes_for(
     server: &Server,
     digest: u64,
     until: Instant,
-) -> Result<Arc<NodeList>, Unapplied> {
+) -> Result<Arc<Nodes>, Unapplied> {
     let current = t.nodes.load_full();
     if current.digest == digest && !current.nodes.is_empty() {
         return Ok(current);
@@ -613,7 +611,7 @@ pub(crate) async fn nodes_for(
                 w[0].id, w[1].id
             )));
         }
-        let fetched = Arc::new(fetched);
+        let fetched = Arc::new(Nodes::new(fetched));
         t.nodes.store(Arc::clone(&fetched));
         Ok(fetched)
     };

@@ -57,7 +57,7 @@
 //!     .build()
 //!     .await?;
 //! let route = cache.route("orders", b"customer#42").await?;
-//! println!("leader at {}", route.leader_replica().map_or("?", |r| r.addr.as_str()));
+//! println!("leader at {}", route.leader_replica().map_or("?", |r| &*r.addr));
 //! cache.shutdown_complete().await;
 //! # Ok(()) }
 //! ```

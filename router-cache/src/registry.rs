@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex, Weak};
 
 use arc_swap::cache::Cache;
 use arc_swap::{ArcSwap, ArcSwapOption};
-use memds_proto::wire::NodeList;
-use memds_proto::{Route, TableName};
+use memds_proto::wire::{NodeList, WireRoute};
+use memds_proto::{Epoch, NodeId, PartitionId, Route, RouteReplica, TableName, TableVersion};
 use rustc_hash::FxBuildHasher;
 
 use crate::batch::Batch;
@@ -92,6 +92,67 @@ impl Deref for PublishedSnapshot {
     }
 }
 
+/// A table's node list as fetched, and each of its nodes as a route names it: the routes made
+/// from the list share those replicas' strings, so a cached route costs its own record and its
+/// replica list, not two strings per replica.
+#[derive(Debug, Default)]
+pub(crate) struct Nodes {
+    list: NodeList,
+    /// `list.nodes[i]` as a replica.
+    replicas: Vec<RouteReplica>,
+}
+
+impl Nodes {
+    pub(crate) fn new(list: NodeList) -> Self {
+        let replicas = list
+            .nodes
+            .iter()
+            .map(|n| RouteReplica {
+                id: NodeId::new(n.id),
+                addr: n.addr.as_str().into(),
+                az: n.az.as_str().into(),
+            })
+            .collect();
+        Self { list, replicas }
+    }
+
+    /// One full route from its compact form (what `wire::resolve_route` makes, with shared
+    /// strings); `None` if a replica id is not in the list.
+    pub(crate) fn resolve(
+        &self,
+        table: &TableName,
+        version: u64,
+        r: &WireRoute,
+        replica_ids: &[u32],
+    ) -> Option<Route> {
+        let replicas = replica_ids
+            .iter()
+            .map(|&id| {
+                let i = self.list.nodes.binary_search_by_key(&id, |n| n.id).ok()?;
+                self.replicas.get(i).cloned()
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Route {
+            table: table.clone(),
+            version: TableVersion::new(version),
+            partition: PartitionId::new(r.partition),
+            start: r.start,
+            end_inclusive: r.end_inclusive,
+            epoch: Epoch::new(r.epoch),
+            leader: r.leader,
+            replicas,
+        })
+    }
+}
+
+impl Deref for Nodes {
+    type Target = NodeList;
+
+    fn deref(&self) -> &NodeList {
+        &self.list
+    }
+}
+
 /// A cached table: its routes and its node list.
 #[derive(Debug)]
 pub(crate) struct TableState {
@@ -99,7 +160,7 @@ pub(crate) struct TableState {
     pub(crate) id: u32,
     pub(crate) name: TableName,
     pub(crate) routes: TableRoutes,
-    pub(crate) nodes: ArcSwap<NodeList>,
+    pub(crate) nodes: ArcSwap<Nodes>,
     /// Held while fetching the node list, and while downloading, refreshing or warming the
     /// table.
     pub(crate) nodes_fetch: tokio::sync::Mutex<()>,
@@ -203,7 +264,7 @@ impl Inner {
             id: u32::try_from(registry.by_id.len()).expect("fewer than 2^32 tables"),
             name: name.clone(),
             routes: TableRoutes::default(),
-            nodes: ArcSwap::from_pointee(NodeList::default()),
+            nodes: ArcSwap::from_pointee(Nodes::default()),
             nodes_fetch: tokio::sync::Mutex::new(()),
             downloaded: AtomicBool::new(false),
             whole: Mutex::new(WholeCopy::default()),

@@ -25,6 +25,18 @@ pub(crate) struct WholeCopy {
     pub(crate) version: Option<u64>,
     /// The table's nodes by id.
     pub(crate) nodes: BTreeMap<u32, NodeSpec>,
+    /// The same nodes as routes name them: every route made from this copy shares these
+    /// replicas' strings.
+    replicas: BTreeMap<u32, RouteReplica>,
+}
+
+/// A node as a route names it.
+fn replica(n: &NodeSpec) -> RouteReplica {
+    RouteReplica {
+        id: NodeId::new(n.id),
+        addr: n.addr.as_str().into(),
+        az: n.az.as_str().into(),
+    }
 }
 
 /// The routes of a delta, and the nodes it adds.
@@ -39,9 +51,11 @@ pub(crate) struct DeltaRoutes {
 impl WholeCopy {
     /// The copy of a table downloaded at `version` with `nodes`.
     pub(crate) fn downloaded(version: u64, nodes: impl IntoIterator<Item = NodeSpec>) -> Self {
+        let nodes: BTreeMap<u32, NodeSpec> = nodes.into_iter().map(|n| (n.id, n)).collect();
         Self {
             version: Some(version),
-            nodes: nodes.into_iter().map(|n| (n.id, n)).collect(),
+            replicas: nodes.values().map(|n| (n.id, replica(n))).collect(),
+            nodes,
         }
     }
 
@@ -81,7 +95,9 @@ impl WholeCopy {
                 }
             }
         }
-        let node = |id: u32| self.nodes.get(&id).or_else(|| added.get(&id));
+        let added_replicas: BTreeMap<u32, RouteReplica> =
+            added.values().map(|n| (n.id, replica(n))).collect();
+        let node = |id: u32| self.replicas.get(&id).or_else(|| added_replicas.get(&id));
         if delta.ranges.is_empty() {
             return Err("a delta with no ranges".into());
         }
@@ -131,11 +147,7 @@ impl WholeCopy {
                     .iter()
                     .map(|&id| {
                         node(id)
-                            .map(|n| RouteReplica {
-                                id: NodeId::new(id),
-                                addr: n.addr.clone(),
-                                az: n.az.clone(),
-                            })
+                            .cloned()
                             .ok_or_else(|| format!("partition {} names unknown node {id}", p.id))
                     })
                     .collect::<Result<Vec<_>, _>>()?;
@@ -160,6 +172,8 @@ impl WholeCopy {
     /// Records that a delta to `version` adding `added` was applied.
     pub(crate) fn advance(&mut self, version: u64, added: Vec<NodeSpec>) {
         self.version = Some(version);
+        self.replicas
+            .extend(added.iter().map(|n| (n.id, replica(n))));
         self.nodes.extend(added.into_iter().map(|n| (n.id, n)));
     }
 }
@@ -215,7 +229,7 @@ mod tests {
             .map(|r| (r.partition.get(), r.start, r.end_inclusive))
             .collect();
         assert_eq!(spans, [(1, 0, 499), (9, 500, 999)]);
-        assert_eq!(d.routes[1].replicas[0].addr, "n3:1");
+        assert_eq!(&*d.routes[1].replicas[0].addr, "n3:1");
         assert!(d.routes.iter().all(|r| r.version.get() == 5));
         copy.advance(5, d.added);
         assert_eq!(copy.version, Some(5));

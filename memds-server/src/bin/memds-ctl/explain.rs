@@ -108,8 +108,8 @@ pub(crate) async fn explain(
             .enumerate()
             .map(|(i, r)| ExplainedReplica {
                 id: r.id.get(),
-                addr: r.addr.clone(),
-                az: r.az.clone(),
+                addr: r.addr.to_string(),
+                az: r.az.to_string(),
                 leader: i == leader,
             })
             .collect(),
