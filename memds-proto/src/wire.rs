@@ -537,16 +537,23 @@ pub fn resolve_route(
             })
         })
         .collect::<Option<Vec<_>>>()?;
-    Some(Route {
-        table: table.clone(),
-        version: TableVersion::new(version),
-        partition: PartitionId::new(r.partition),
-        start: r.start,
-        end_inclusive: r.end_inclusive,
-        epoch: Epoch::new(r.epoch),
-        leader: r.leader,
-        replicas,
-    })
+    Some(r.to_route(table, version, replicas))
+}
+
+impl WireRoute {
+    /// The full route, given its replicas (in the order of its replica ids).
+    pub fn to_route(&self, table: &TableName, version: u64, replicas: Vec<RouteReplica>) -> Route {
+        Route {
+            table: table.clone(),
+            version: TableVersion::new(version),
+            partition: PartitionId::new(self.partition),
+            start: self.start,
+            end_inclusive: self.end_inclusive,
+            epoch: Epoch::new(self.epoch),
+            leader: self.leader,
+            replicas,
+        }
+    }
 }
 
 /// A table's node list, sorted by id.

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, Weak};
 use arc_swap::cache::Cache;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use memds_proto::wire::{NodeList, WireRoute};
-use memds_proto::{Epoch, NodeId, PartitionId, Route, RouteReplica, TableName, TableVersion};
+use memds_proto::{NodeId, Route, RouteReplica, TableName};
 use rustc_hash::FxBuildHasher;
 
 use crate::batch::Batch;
@@ -132,16 +132,7 @@ impl Nodes {
                 self.replicas.get(i).cloned()
             })
             .collect::<Option<Vec<_>>>()?;
-        Some(Route {
-            table: table.clone(),
-            version: TableVersion::new(version),
-            partition: PartitionId::new(r.partition),
-            start: r.start,
-            end_inclusive: r.end_inclusive,
-            epoch: Epoch::new(r.epoch),
-            leader: r.leader,
-            replicas,
-        })
+        Some(r.to_route(table, version, replicas))
     }
 }
 
