@@ -115,6 +115,21 @@ async fn every_dashboard_query_and_rule_evaluates_against_a_real_fleet() {
     .build()
     .await
     .expect("the cache starts");
+    // The load starts once both servers are ready (peer names resolved, caught up) and the
+    // cache is connected to both: a lookup refused by a server still starting is not what the
+    // dashboards are checked against.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for a in [&admin, &peer_admin] {
+        while !a.summary().await.expect("summary").ready {
+            assert!(Instant::now() < deadline, "a server never became ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let mut up = cache.servers_up();
+    tokio::time::timeout(Duration::from_secs(30), up.wait_for(|&n| n == 2))
+        .await
+        .expect("the cache connects to both servers")
+        .expect("the cache runs");
     let stop = Arc::new(AtomicBool::new(false));
     let load = tokio::spawn({
         let (cache, stop, table) = (cache.clone(), Arc::clone(&stop), table.clone());
