@@ -5,34 +5,21 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use common::{servers_up, temp_dir};
-use memds_client::{Client, ClientTls, ConnectOptions, Connector, Role};
+use common::{any_port, server, servers_up, temp_dir};
+use memds_client::{Client, ClientTls, Role};
 use memds_proto::model::PartitionSpec;
 use memds_proto::synth::{self, SynthConfig};
 use memds_proto::wire::PartitionUpdate;
 use memds_proto::{Epoch, TableMap};
-use memds_server::tls::TlsPaths;
-use memds_server::{RunningServer, ServerConfig};
 use router_cache::{CacheError, Invalidate, Mode, RouterCache};
 use tokio::runtime::Handle;
 
 /// Starts a server; the first one of a test creates the PKI, later ones share it.
-async fn server(dir: PathBuf, tls_from: Option<&Path>, listen: SocketAddr) -> RunningServer {
-    let mut c = ServerConfig::new(listen, dir);
-    c.tls = tls_from.map(TlsPaths::in_dir);
-    memds_server::start(c).await.expect("server starts")
-}
-
 async fn admin(tls: &Path, addr: SocketAddr) -> Client {
-    let t = ClientTls::from_dir(tls, Role::Admin).expect("tls");
-    Connector::new(&t, ConnectOptions::default())
-        .expect("endpoint")
-        .connect(addr)
-        .await
-        .expect("connect")
+    common::client(tls, Role::Admin, addr).await
 }
 
 fn map(partitions: usize) -> TableMap {
@@ -72,12 +59,7 @@ fn hashes(seed: u64, n: usize) -> Vec<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn constant_work_server_lookups_equal_route_calls_at_any_hit_rate() {
     let dir = temp_dir("cw");
-    let s = server(
-        dir.path().to_owned(),
-        None,
-        "127.0.0.1:0".parse().expect("addr"),
-    )
-    .await;
+    let s = server(dir.path().to_owned(), None, any_port()).await;
     let tls = dir.path().join("tls");
     let admin = admin(&tls, s.quic_addr).await;
     let m = map(500);
@@ -158,12 +140,7 @@ fn on_threads<T: Send>(n: usize, f: impl Fn(usize, &Handle) -> T + Sync) -> Vec<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn classic_sends_only_misses_and_whole_table_sends_no_lookups() {
     let dir = temp_dir("classic");
-    let s = server(
-        dir.path().to_owned(),
-        None,
-        "127.0.0.1:0".parse().expect("addr"),
-    )
-    .await;
+    let s = server(dir.path().to_owned(), None, any_port()).await;
     let tls = dir.path().join("tls");
     let admin = admin(&tls, s.quic_addr).await;
     let m = map(300);
@@ -244,12 +221,7 @@ async fn stats_until(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whole_table_mode_refreshes_by_delta_and_downloads_only_when_no_delta_is_known() {
     let dir = temp_dir("whole-delta");
-    let s = server(
-        dir.path().to_owned(),
-        None,
-        "127.0.0.1:0".parse().expect("addr"),
-    )
-    .await;
+    let s = server(dir.path().to_owned(), None, any_port()).await;
     let tls = dir.path().join("tls");
     let admin = admin(&tls, s.quic_addr).await;
     let m = map(3000);
@@ -340,12 +312,7 @@ async fn whole_table_mode_refreshes_by_delta_and_downloads_only_when_no_delta_is
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_split_reaches_the_cache_within_one_request_and_old_answers_never_win() {
     let dir = temp_dir("split");
-    let s = server(
-        dir.path().to_owned(),
-        None,
-        "127.0.0.1:0".parse().expect("addr"),
-    )
-    .await;
+    let s = server(dir.path().to_owned(), None, any_port()).await;
     let tls = dir.path().join("tls");
     let admin = admin(&tls, s.quic_addr).await;
     let m = map(100);
@@ -435,12 +402,7 @@ async fn a_split_reaches_the_cache_within_one_request_and_old_answers_never_win(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_thread_serves_a_replaced_or_invalidated_route_once_the_change_returns() {
     let dir = temp_dir("threads");
-    let s = server(
-        dir.path().to_owned(),
-        None,
-        "127.0.0.1:0".parse().expect("addr"),
-    )
-    .await;
+    let s = server(dir.path().to_owned(), None, any_port()).await;
     let tls = dir.path().join("tls");
     admin(&tls, s.quic_addr)
         .await
@@ -491,20 +453,10 @@ async fn no_thread_serves_a_replaced_or_invalidated_route_once_the_change_return
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_servers_fails_no_hit_and_the_queue_bound_holds() {
     let dir_a = temp_dir("lose-a");
-    let a = server(
-        dir_a.path().to_owned(),
-        None,
-        "127.0.0.1:0".parse().expect("addr"),
-    )
-    .await;
+    let a = server(dir_a.path().to_owned(), None, any_port()).await;
     let tls = dir_a.path().join("tls");
     let dir_b = temp_dir("lose-b");
-    let b = server(
-        dir_b.path().to_owned(),
-        Some(&tls),
-        "127.0.0.1:0".parse().expect("addr"),
-    )
-    .await;
+    let b = server(dir_b.path().to_owned(), Some(&tls), any_port()).await;
     let (addr_a, addr_b) = (a.quic_addr, b.quic_addr);
     let m = map(200);
     let name = m.name().as_str();

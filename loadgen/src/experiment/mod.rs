@@ -188,6 +188,19 @@ pub(crate) enum Provision {
 /// The headroom of `--provision worst-case`.
 const WORST_CASE_HEADROOM: f64 = 3.0;
 
+impl Provision {
+    /// How the fleet is provisioned, `None` for not at all: the policy's name, its headroom,
+    /// and whether the basis is the routers' cache calls (what constant work sends) rather
+    /// than the fleet lookups this mode offered.
+    fn rule(self) -> Option<(&'static str, f64, bool)> {
+        match self {
+            Provision::Off => None,
+            Provision::Headroom(h) => Some(("headroom", h, false)),
+            Provision::WorstCase => Some(("worst-case", WORST_CASE_HEADROOM, true)),
+        }
+    }
+}
+
 fn parse_provision(s: &str) -> Result<Provision, String> {
     match s {
         "off" => Ok(Provision::Off),
@@ -366,7 +379,7 @@ impl Schedule {
             started,
             end: started + duration,
             duration,
-            provision_at: (provision != Provision::Off).then_some(duration * 3 / 8),
+            provision_at: provision.rule().map(|_| duration * 3 / 8),
             trigger_at: duration / 2,
         }
     }

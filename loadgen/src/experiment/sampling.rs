@@ -15,7 +15,7 @@ use super::results::{
     Sample, Scenario, WarmWith, Warmup, mode_name,
 };
 use super::routers::Routers;
-use super::{Args, Provision, Schedule, WORST_CASE_HEADROOM, triggers};
+use super::{Args, Schedule, triggers};
 
 /// Samples before this many seconds into the load (connections and the load settling) do not
 /// count towards the steady load provisioning is based on.
@@ -61,8 +61,9 @@ impl Sampler<'_> {
             if provisioning.is_none()
                 && let Some(at) = provision_at
                 && started.elapsed() >= at
+                && let Some(rule) = self.args.provision.rule()
             {
-                provisioning = Some(self.provision(fleet, &samples, started.elapsed()));
+                provisioning = Some(self.provision(fleet, &samples, rule, started.elapsed()));
             }
             if !fired && started.elapsed() >= trigger_at {
                 fired = true;
@@ -131,16 +132,20 @@ impl Sampler<'_> {
     }
 
     /// Sets the servers' lookup limits from the steady load sampled so far (`--provision`).
-    fn provision(&self, fleet: &Fleet, samples: &[Sample], at: Duration) -> Provisioning {
-        let (policy, headroom) = match self.args.provision {
-            Provision::Headroom(h) => ("headroom", h),
-            Provision::WorstCase | Provision::Off => ("worst-case", WORST_CASE_HEADROOM),
-        };
-        let steady: Vec<&Sample> = samples.iter().filter(|s| s.t > SETTLE_S).collect();
-        let basis_per_s = mean(steady.iter().map(|s| match self.args.provision {
-            // What constant work would send: every cache call is a fleet lookup.
-            Provision::WorstCase => s.calls_per_s,
-            _ => s.fleet_lookups_per_s,
+    fn provision(
+        &self,
+        fleet: &Fleet,
+        samples: &[Sample],
+        (policy, headroom, basis_is_calls): (&'static str, f64, bool),
+        at: Duration,
+    ) -> Provisioning {
+        let steady = samples.iter().filter(|s| s.t > SETTLE_S);
+        let basis_per_s = mean(steady.map(|s| {
+            if basis_is_calls {
+                s.calls_per_s
+            } else {
+                s.fleet_lookups_per_s
+            }
         }));
         let per_server = fleet.provision(headroom * basis_per_s);
         self.bar.println(format!(
