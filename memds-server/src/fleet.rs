@@ -56,6 +56,9 @@ use memds_proto::{CompactTable, NodeInterner};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use crate::metrics::{self, PullKind, RepairResult};
+use crate::replication::{
+    self, Decision, Holding, ReadinessRule, Resolution, RoundOutcome, Verdict,
+};
 use crate::store::{Store, Write};
 use crate::writer::{Job, RepairJob, Repaired, WriteJob};
 
@@ -299,7 +302,7 @@ pub async fn run(tasks: FleetTasks, mut shutdown: watch::Receiver<bool>) {
     metrics::register_fleet_series();
     let (peers_tx, peers_rx) = watch::channel(Vec::<SocketAddr>::new());
     let selves = Arc::new(Mutex::new(HashSet::from([tasks.own_addr])));
-    let resolved = Arc::new(AtomicBool::new(false));
+    let resolved = Arc::new(Mutex::new(Resolved::Pending));
     let resolver = tokio::spawn(resolve_loop(
         tasks.config.peers.clone(),
         Arc::clone(&selves),
@@ -326,8 +329,7 @@ pub async fn run(tasks: FleetTasks, mut shutdown: watch::Receiver<bool>) {
         caught_up: HashMap::new(),
         started: Instant::now(),
         period: tasks.config.anti_entropy,
-        unready_rounds: HashSet::new(),
-        unreachable: HashSet::new(),
+        rule: ReadinessRule::new(true),
     };
     let mut repairs = tasks.repairs;
     let period = tasks.config.anti_entropy;
@@ -371,21 +373,36 @@ pub async fn run(tasks: FleetTasks, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
+/// How the peer names last resolved.
+#[derive(Clone, Debug)]
+enum Resolved {
+    /// Not yet.
+    Pending,
+    /// Every name resolved.
+    All,
+    /// This name did not (the peers behind it are unknown, not absent).
+    Failed(String),
+}
+
 /// Resolves the peer names now and every [`RESOLVE_EVERY`], publishing the addresses that are
 /// not this server.
 async fn resolve_loop(
     names: Vec<String>,
     selves: Arc<Mutex<HashSet<SocketAddr>>>,
     out: watch::Sender<Vec<SocketAddr>>,
-    resolved: Arc<AtomicBool>,
+    resolved: Arc<Mutex<Resolved>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
         let mut found = Vec::new();
+        let mut outcome = Resolved::All;
         for name in &names {
             match tokio::net::lookup_host(name.as_str()).await {
                 Ok(addrs) => found.extend(addrs),
-                Err(e) => tracing::warn!(peer = %name, error = %e, "resolving a peer"),
+                Err(e) => {
+                    tracing::warn!(peer = %name, error = %e, "resolving a peer");
+                    outcome = Resolved::Failed(format!("{name}: {e}"));
+                }
             }
         }
         let selves_now = selves.lock().map(|s| s.clone()).unwrap_or_default();
@@ -402,7 +419,9 @@ async fn resolve_loop(
                 true
             }
         });
-        resolved.store(true, Ordering::Release);
+        if let Ok(mut r) = resolved.lock() {
+            *r = outcome;
+        }
         tokio::select! {
             _ = shutdown.wait_for(|s| *s) => return,
             () = tokio::time::sleep(RESOLVE_EVERY) => {}
@@ -457,10 +476,13 @@ async fn forward_to(peer: SocketAddr, connector: Connector, mut rx: mpsc::Receiv
                 metrics::forward_sent(&label);
                 client = Some(c);
             }
-            // The peer holds something newer, or lacks the base of an update (it catches up by
-            // anti-entropy): delivered, and nothing more to do.
+            // The peer holds something newer, or lacks the base of an update (`behind`: it
+            // catches up by anti-entropy): delivered, and nothing more to do.
             Err(ClientError::Server(e))
-                if matches!(e.code, ErrorCode::Stale | ErrorCode::Conflict) =>
+                if matches!(
+                    e.code,
+                    ErrorCode::Stale | ErrorCode::Conflict | ErrorCode::Behind
+                ) =>
             {
                 metrics::forward_sent(&label);
                 client = Some(c);
@@ -511,8 +533,8 @@ struct AntiEntropy {
     writes: mpsc::Sender<Job>,
     connector: Connector,
     peers: watch::Receiver<Vec<SocketAddr>>,
-    /// Set once the peer names have been resolved (whatever they resolved to).
-    resolved: Arc<AtomicBool>,
+    /// How the peer names last resolved.
+    resolved: Arc<Mutex<Resolved>>,
     selves: Arc<Mutex<HashSet<SocketAddr>>>,
     clients: HashMap<SocketAddr, Client>,
     next: usize,
@@ -521,10 +543,8 @@ struct AntiEntropy {
     started: Instant,
     /// Time between rounds.
     period: Duration,
-    /// Peers with which a round completed while neither side was ready.
-    unready_rounds: HashSet<SocketAddr>,
-    /// Peers whose last round failed (unreachable, or the exchange broke).
-    unreachable: HashSet<SocketAddr>,
+    /// The readiness rule (sans IO), fed every round's outcome.
+    rule: ReadinessRule<SocketAddr>,
 }
 
 /// What a round with one peer found.
@@ -535,6 +555,10 @@ struct RoundReport {
     pulled: u64,
     bytes: u64,
     failed: Vec<String>,
+    /// The peer's summary: what it advertised.
+    advertised: Vec<TableSummary>,
+    /// The connection broke during a pull: it is dropped after the round.
+    broken: bool,
 }
 
 impl AntiEntropy {
@@ -557,92 +581,74 @@ impl AntiEntropy {
         Ok(c)
     }
 
+    /// Publishes what the readiness rule says.
+    fn publish(&self, verdict: Verdict) {
+        match verdict {
+            Verdict::Ready(why) => self.fleet.readiness.set_ready(&why),
+            Verdict::NotReady(why) => self.fleet.readiness.not_ready_because(why),
+        }
+    }
+
     /// One round with the next peer.
     async fn round(&mut self) {
         let peers = self.peer_list();
+        let resolution = match self.resolved.lock().map(|r| r.clone()) {
+            Ok(Resolved::All) => Resolution::Peers(peers.clone()),
+            Ok(Resolved::Failed(why)) => Resolution::Failed(why),
+            Ok(Resolved::Pending) | Err(_) => Resolution::Pending,
+        };
+        let verdict = self.rule.on_resolution(resolution);
         if peers.is_empty() {
-            if self.resolved.load(Ordering::Acquire) {
-                // The names resolve to nothing but this server (the first server of a new
-                // fleet, or a service that lists only ready servers): nobody to catch up with.
-                self.fleet
-                    .readiness
-                    .set_ready("no peer address other than this server's resolves: serving alone");
-            } else {
-                self.fleet
-                    .readiness
-                    .not_ready_because("the peer names have not been resolved yet".into());
-            }
+            self.publish(verdict);
             return;
         }
         let peer = peers[self.next % peers.len()];
         self.next = self.next.wrapping_add(1);
         let label = peer.to_string();
-        let outcome = self.exchange(peer).await;
-        let report = match outcome {
+        let outcome = match self.exchange(peer).await {
             // The address is this server itself.
             Ok(None) => return,
             Ok(Some(report)) => {
-                self.unreachable.remove(&peer);
+                self.unreachable_or_broken(peer, report.broken);
                 metrics::anti_entropy_round_ok(&label, report.lag_versions);
                 if report.failed.is_empty() {
                     self.caught_up.insert(peer, Instant::now());
                 }
-                Ok(report)
+                RoundOutcome::Exchanged {
+                    peer_ready: report.peer_ready,
+                    advertised: report
+                        .advertised
+                        .iter()
+                        .map(|e| (e.name.clone(), Holding::advertised(e)))
+                        .collect(),
+                    failures: report.failed,
+                }
             }
             Err(reason) => {
-                self.unreachable.insert(peer);
                 metrics::anti_entropy_round_failed();
-                if let Some(c) = self.clients.remove(&peer) {
-                    c.close();
-                }
+                self.unreachable_or_broken(peer, true);
                 tracing::debug!(%peer, %reason, "anti-entropy round failed");
-                Err(reason)
+                RoundOutcome::Unreachable(reason)
             }
         };
         let since = self.caught_up.get(&peer).copied().unwrap_or(self.started);
         metrics::peer_lag(&label, since.elapsed());
-        let readiness = &self.fleet.readiness;
-        match report {
-            Ok(r) if !r.failed.is_empty() => readiness.not_ready_because(format!(
-                "pulling from {peer} failed: {}",
-                r.failed.join("; ")
-            )),
-            Ok(r) if r.peer_ready => {
-                readiness.set_ready(&format!("caught up with ready peer {peer}"));
-            }
-            unready_or_failed => {
-                let why = match unready_or_failed {
-                    Ok(_) => {
-                        self.unready_rounds.insert(peer);
-                        format!(
-                            "peer {peer} is not ready either; waiting for a round with a ready peer"
-                        )
-                    }
-                    Err(reason) => format!("anti-entropy with {peer} failed: {reason}"),
-                };
-                if self.fleet_starting(&peers) {
-                    readiness.set_ready(
-                        "exchanged with every reachable peer and none was ready (a fleet starting together)",
-                    );
-                } else {
-                    readiness.not_ready_because(why);
-                }
-            }
+        let tables = self.store.tables();
+        let verdict = self
+            .rule
+            .on_round(peer, outcome, |name| Holding::held(&tables, name));
+        self.publish(verdict);
+    }
+
+    /// Drops the connection to `peer` when it broke.
+    fn unreachable_or_broken(&mut self, peer: SocketAddr, broken: bool) {
+        if broken && let Some(c) = self.clients.remove(&peer) {
+            c.close();
         }
     }
 
-    /// Whether every known peer has been tried and none that answered was ready, with at least
-    /// one answering: the fleet is starting together, and nobody holds more than what was
-    /// exchanged. (Routers that saw newer versions elsewhere are protected by `min_version`.)
-    fn fleet_starting(&self, peers: &[SocketAddr]) -> bool {
-        !self.unready_rounds.is_empty()
-            && peers
-                .iter()
-                .all(|p| self.unready_rounds.contains(p) || self.unreachable.contains(p))
-    }
-
     /// Exchanges summaries with `peer` and pulls what it holds newer. `None` when the peer is
-    /// this server.
+    /// this server; an error when it did not answer its summary.
     async fn exchange(&mut self, peer: SocketAddr) -> Result<Option<RoundReport>, String> {
         let client = self.client(peer).await.map_err(|e| e.to_string())?;
         let theirs = match client
@@ -668,37 +674,40 @@ impl AntiEntropy {
         };
         for entry in &theirs.tables {
             let tables = self.store.tables();
+            let ours = Holding::held(&tables, &entry.name);
             let held = tables.get(&entry.name).cloned();
-            let dropped_at = tables.tombstone(&entry.name);
             drop(tables);
-            let held_version = held.as_ref().map(|t| t.version().get());
-            let local = held_version.max(dropped_at).unwrap_or(0);
-            if local >= entry.version {
-                if let Some(t) = &held
-                    && t.version().get() == entry.version
-                    && !entry.dropped
-                    && t.checksum() != entry.digest
-                {
+            let decision = replication::decide(ours, Holding::advertised(entry));
+            let pulled = match decision {
+                Decision::Nothing => continue,
+                Decision::Diverged => {
                     metrics::digest_mismatch();
                     tracing::error!(table = %entry.name, version = entry.version, %peer, "the peer holds this version with other content");
+                    continue;
                 }
-                continue;
-            }
-            report.lag_versions += entry.version - local;
-            let pulled = if entry.dropped {
-                let write = Write::Drop {
-                    table: entry.name.clone(),
-                    version: Some(entry.version),
-                };
-                self.submit(write).await.map(|()| Some(None))
-            } else {
-                match self.pull(&client, entry, held, &mut report).await {
-                    Ok(kind) => Ok(kind.map(Some)),
-                    Err(Pull::Fatal(e)) => {
-                        report.failed.push(format!("{}: {e}", entry.name));
-                        return Err(e.to_string());
+                Decision::Drop { version } => {
+                    report.lag_versions += version.saturating_sub(ours.version().unwrap_or(0));
+                    let write = Write::Drop {
+                        table: entry.name.clone(),
+                        version: Some(version),
+                    };
+                    self.submit(write).await.map(|()| Some(None))
+                }
+                Decision::Pull { .. } => {
+                    report.lag_versions += entry
+                        .version
+                        .saturating_sub(ours.version().unwrap_or(0))
+                        .max(1);
+                    match self.pull(&client, entry, held, &mut report).await {
+                        Ok(kind) => Ok(kind.map(Some)),
+                        Err(Pull::Fatal(e)) => {
+                            // The connection broke: the rest waits for the next round.
+                            report.failed.push(format!("{}: {e}", entry.name));
+                            report.broken = true;
+                            break;
+                        }
+                        Err(Pull::Failed(e)) => Err(e),
                     }
-                    Err(Pull::Failed(e)) => Err(e),
                 }
             };
             match pulled {
@@ -711,6 +720,7 @@ impl AntiEntropy {
                 Err(e) => report.failed.push(format!("{}: {e}", entry.name)),
             }
         }
+        report.advertised = theirs.tables;
         Ok(Some(report))
     }
 
@@ -789,7 +799,7 @@ impl AntiEntropy {
             );
             return Ok(Step::Next);
         }
-        let Some(delta) = checked(ours, delta, Expected::new(None, entry)).await else {
+        let Some(delta) = checked(ours, delta, entry).await else {
             tracing::warn!(table = %entry.name, since, "anti-entropy: the peer's delta would not give its table here (the copies differed); trying a Merkle descent");
             return Ok(Step::Next);
         };
@@ -840,7 +850,10 @@ impl AntiEntropy {
             return Ok(Step::Next);
         };
         let guess = if at_level.is_empty() { 0 } else { guess };
-        if tree.version <= ours.version().get() {
+        // Only the blocks that differ are pulled: nothing but the summary's checksum vouches for
+        // the rest (and for the node list), and it holds only at the summary's version. A table
+        // that moved since is pulled another way.
+        if tree.version <= ours.version().get() || tree.version != entry.version {
             return Ok(Step::Next);
         }
         let mut level = tree.levels.max(1);
@@ -950,9 +963,8 @@ impl AntiEntropy {
             update.ranges.extend(part.ranges);
         }
         update.nodes = nodes.into_values().collect();
-        let expected = Expected::new(Some(tree.root), entry);
         let update = if ranges_sorted(&update) {
-            checked(ours, update, expected).await
+            checked(ours, update, entry).await
         } else {
             None
         };
@@ -989,6 +1001,9 @@ impl AntiEntropy {
         match got {
             Ok(Some((version, snapshot))) => {
                 count_pulled(report, table_answer_bytes(version, snapshot.len()));
+                let snapshot = snapshot_for(entry, version, snapshot)
+                    .await
+                    .map_err(Pull::Failed)?;
                 self.submit(Write::Put { snapshot })
                     .await
                     .map_err(Pull::Failed)?;
@@ -1109,36 +1124,24 @@ struct PeerTree {
     root: u64,
 }
 
-/// What a table built from a pulled update must match.
-#[derive(Clone, Copy, Debug)]
-struct Expected {
-    /// The peer's content digest at the update's version, if known.
-    root: Option<u64>,
-    /// The version the peer's summary advertised, and its checksum then.
-    version: u64,
-    digest: u64,
-}
-
-impl Expected {
-    fn new(root: Option<u64>, summary: &TableSummary) -> Self {
-        Self {
-            root,
-            version: summary.version,
-            digest: summary.digest,
+/// Whether applying `update` to `ours` gives exactly the table the peer advertised (name,
+/// version and checksum, node list included): checked before the writer makes it durable, since
+/// a wrong result at the peer's version could never be replaced ([`replication::accept_rebuilt`]).
+fn would_match(ours: &CompactTable, update: &BatchUpdate, advertised: &TableSummary) -> bool {
+    let result = match ours.apply(update, &mut NodeInterner::default()) {
+        Ok(result) => result,
+        Err(e) => {
+            tracing::debug!(table = %advertised.name, error = %e, "anti-entropy: the pulled changes do not apply here");
+            return false;
+        }
+    };
+    match replication::accept_rebuilt(&result, advertised) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::info!(table = %advertised.name, reason = %e, "anti-entropy: pulled changes not applied");
+            false
         }
     }
-}
-
-/// Whether applying `update` to `ours` gives the peer's table: checked before the writer makes
-/// it durable, since a wrong result at the peer's version could not be replaced later (a put of
-/// the same version with other content is a conflict).
-fn would_match(ours: &CompactTable, update: &BatchUpdate, expected: Expected) -> bool {
-    let Ok(result) = ours.apply(update, &mut NodeInterner::default()) else {
-        return false;
-    };
-    let root_ok = expected.root.is_none_or(|root| result.digest() == root);
-    let summary_ok = update.version != expected.version || result.checksum() == expected.digest;
-    root_ok && summary_ok
 }
 
 /// [`would_match`] on a blocking thread (a large update costs more than a runtime thread should
@@ -1146,13 +1149,43 @@ fn would_match(ours: &CompactTable, update: &BatchUpdate, expected: Expected) ->
 async fn checked(
     ours: &Arc<CompactTable>,
     update: BatchUpdate,
-    expected: Expected,
+    advertised: &TableSummary,
 ) -> Option<BatchUpdate> {
     let ours = Arc::clone(ours);
-    tokio::task::spawn_blocking(move || would_match(&ours, &update, expected).then_some(update))
+    let advertised = advertised.clone();
+    tokio::task::spawn_blocking(move || would_match(&ours, &update, &advertised).then_some(update))
         .await
         .ok()
         .flatten()
+}
+
+/// The snapshot a peer answered, if it is the table asked for at the advertised version or
+/// later ([`replication::accept_snapshot`]); decoded on a blocking thread, as the writer will
+/// again.
+async fn snapshot_for(
+    entry: &TableSummary,
+    answered: u64,
+    snapshot: Vec<u8>,
+) -> Result<Vec<u8>, String> {
+    let entry = entry.clone();
+    tokio::task::spawn_blocking(move || {
+        let map = memds_proto::snapshot::decode(
+            &snapshot,
+            memds_proto::snapshot::DEFAULT_MAX_ARCHIVE_BYTES,
+        )
+        .map_err(|e| format!("the peer's snapshot does not decode: {e}"))?;
+        let version = map.version().get();
+        if version != answered {
+            return Err(format!(
+                "the peer answered version {answered} with a snapshot of version {version}"
+            ));
+        }
+        replication::accept_snapshot(map.name().as_str(), version, &entry)
+            .map_err(|e| e.to_string())?;
+        Ok(snapshot)
+    })
+    .await
+    .map_err(|e| format!("checking the peer's snapshot: {e}"))?
 }
 
 /// One Merkle descent's requests to a peer.
@@ -1495,24 +1528,24 @@ mod tests {
             digest: theirs.checksum(),
             dropped: false,
         };
-        let right = Expected::new(Some(theirs.digest()), &summary);
         assert!(ranges_sorted(&update));
-        assert!(would_match(&ours, &update, right));
-        // Another root, another checksum at the summary's version, or a batch that does not
-        // apply here: refused before the writer sees it.
-        assert!(!would_match(
-            &ours,
-            &update,
-            Expected::new(Some(1), &summary)
-        ));
+        assert!(would_match(&ours, &update, &summary));
+        // Another checksum at the summary's version, or a batch that gives another version
+        // (the peer's table moved since its summary: nothing vouches for the rest of it), or a
+        // batch that does not apply here: refused before the writer sees it.
         let other = TableSummary {
             digest: 1,
             ..summary.clone()
         };
-        assert!(!would_match(&ours, &update, Expected::new(None, &other)));
+        assert!(!would_match(&ours, &update, &other));
+        let older = TableSummary {
+            version: summary.version - 1,
+            ..summary.clone()
+        };
+        assert!(!would_match(&ours, &update, &older));
         let mut misaligned = update.clone();
         misaligned.ranges[0].partitions[0].start += 1;
-        assert!(!would_match(&ours, &misaligned, right));
+        assert!(!would_match(&ours, &misaligned, &summary));
         let mut unsorted = update.clone();
         unsorted.ranges.push(RangeUpdate {
             end_inclusive: 5,

@@ -19,7 +19,10 @@
 //! - [`scrub`]: the background verification of resident tables, and their repair from disk.
 //! - [`tls`]: the development PKI, the rustls/quinn server configuration, router vs admin.
 //! - [`admission`]: the lookup limit and each connection's fair share of it.
-//! - [`fleet`]: peers, write forwarding, anti-entropy and readiness.
+//! - [`fleet`]: peers, write forwarding, anti-entropy and readiness: the async shell.
+//! - [`replication`]: the fleet's decisions with no IO: the order of holdings (absent, a
+//!   table's version, a tombstone), what to do about a peer's table, whether a pulled table may
+//!   be installed, the readiness rule. The deterministic simulation drives it (`sim`, tests).
 //! - [`metrics`]: every metric series, named and described once, with the typed functions and
 //!   label enums ([`metrics::LookupOp`], [`metrics::WriteResult`], ...) the other modules
 //!   record through, and the `/metrics` page. It depends on no other module of the crate, so
@@ -38,9 +41,12 @@ pub mod fleet;
 pub mod fuzzing;
 pub mod http;
 pub mod metrics;
+pub mod replication;
 pub mod scrub;
 pub mod server;
 pub mod service;
+#[cfg(test)]
+mod sim;
 pub mod snapshots;
 pub mod store;
 pub mod tls;

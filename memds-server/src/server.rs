@@ -880,13 +880,12 @@ async fn answer_frame(
         Ok(req) if req.is_write() => {
             metrics::request(RequestKind::Write);
             match role {
-                // An admin's write is forwarded to the peers once applied here.
-                ClientRole::Admin => submit_write(req, ctx, true).await,
-                // A peer's write was forwarded to every server already. One that does not
-                // apply here because this server lacks its base is caught up by anti-entropy.
-                ClientRole::Peer => {
-                    let r = submit_write(req, ctx, false).await;
-                    if matches!(&r, Response::Error(e) if e.code == ErrorCode::Conflict) {
+                // An admin's write is forwarded to the peers once applied here; a peer's was
+                // forwarded to every server already. One that does not apply here because this
+                // server lacks its base (`behind`) starts a catch-up by anti-entropy.
+                role @ (ClientRole::Admin | ClientRole::Peer) => {
+                    let r = submit_write(req, ctx, role == ClientRole::Admin).await;
+                    if matches!(&r, Response::Error(e) if e.code == ErrorCode::Behind) {
                         ctx.fleet.catch_up();
                     }
                     r
@@ -1000,6 +999,19 @@ async fn submit_write(req: &ArchivedRequest, ctx: &Ctx, forward: bool) -> Respon
     let to_forward = (forward && ctx.fleet.has_peers())
         .then(|| owned.clone())
         .filter(|r| !matches!(r, Request::DropTable { .. }));
+    // A drop that names no version removes what this server holds: one that has not caught
+    // up with its peers would leave a tombstone below the fleet's version, and the table would
+    // come back. Such a drop waits for readiness (memds-ctl names the newest version the fleet
+    // holds instead).
+    if matches!(&owned, Request::DropTable { version: None, .. }) && !ctx.fleet.is_ready() {
+        return Response::Error(ErrorReply::new(
+            ErrorCode::Unavailable,
+            format!(
+                "a drop without a version needs a ready server, and this one is not ({}): name the version, or ask another server",
+                ctx.fleet.readiness().reason()
+            ),
+        ));
+    }
     let write = match owned {
         Request::PutTable { snapshot } => Write::Put { snapshot },
         Request::UpdatePartitions(u) => Write::Update(u),

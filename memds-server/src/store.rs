@@ -429,6 +429,16 @@ fn plan_batch(
     let current = tables
         .get(u.table.as_str())
         .ok_or_else(|| match tables.tombstone(&u.table) {
+            // An update based on a version above the drop: the table was put again elsewhere
+            // and this server has not seen it yet.
+            Some(dropped) if u.base_version > dropped => versioned(
+                ErrorCode::Behind,
+                format!(
+                    "table {} was dropped here at version {dropped}; this server has not yet seen version {} the update is based on: it is catching up, ask another server",
+                    u.table, u.base_version
+                ),
+                dropped,
+            ),
             Some(dropped) => versioned(
                 ErrorCode::UnknownTable,
                 format!("table {} was dropped at version {dropped}", u.table),
@@ -469,6 +479,18 @@ fn plan_batch(
             format!(
                 "table {} is at version {current_version}; version {} is older",
                 u.table, u.version
+            ),
+            current_version,
+        ));
+    }
+    // Based on a version this server has not seen: it is behind (the write went elsewhere
+    // first), not in conflict. It catches up; the writer may retry here or on another server.
+    if u.base_version > current_version {
+        return Err(versioned(
+            ErrorCode::Behind,
+            format!(
+                "update is based on version {} but this server holds table {} at version {current_version}: it is catching up, ask another server",
+                u.base_version, u.table
             ),
             current_version,
         ));

@@ -334,3 +334,128 @@ async fn a_server_whose_peers_lost_their_history_catches_up_by_merkle_descent() 
         digest(&fleet, 0, &name).await
     );
 }
+
+/// What server `i` advertises of `name`: its version and whether it is a tombstone.
+async fn holding(fleet: &Peers, i: usize, name: &str) -> Option<(u64, bool)> {
+    fleet
+        .summary(i)
+        .await
+        .tables
+        .iter()
+        .find(|t| t.name == name)
+        .map(|t| (t.version, t.dropped))
+}
+
+/// Waits (bounded) until server `i` advertises `name` as `want`.
+async fn wait_holding(fleet: &Peers, i: usize, name: &str, want: (u64, bool)) {
+    let started = Instant::now();
+    loop {
+        let got = holding(fleet, i, name).await;
+        if got == Some(want) {
+            return;
+        }
+        assert!(
+            started.elapsed() < CONVERGE,
+            "server {i} holds {name} as {got:?}, not {want:?}, after {CONVERGE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Issue 23, divergence 1: a tombstone at the version a peer holds must win over that table.
+/// Anti-entropy compared the greater of held version and tombstone with the peer's entry and
+/// skipped equal versions, so the peer served the dropped table for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drop_reaches_a_peer_that_holds_the_dropped_version() {
+    let mut fleet = Peers::with_metrics(2);
+    fleet.start_all();
+    fleet.wait_ready(0).await;
+    fleet.wait_ready(1).await;
+    let map = table(0, 500, 5);
+    let name = map.name().as_str().to_owned();
+    let admin = fleet.client(0, Role::Admin).await;
+    admin.put_table(&map).await.expect("put");
+    fleet.converged(&[1], &name, 5).await;
+
+    fleet.kill(1);
+    assert_eq!(admin.drop_table(&name).await.expect("drop"), 5);
+    fleet.start(1);
+    wait_holding(&fleet, 1, &name, (5, true)).await;
+    fleet.wait_ready(1).await;
+    let router = fleet.client(1, Role::Router).await;
+    match router.lookup(&name, 42).await {
+        Err(ClientError::Server(e)) => assert_eq!(e.code, ErrorCode::UnknownTable, "{e:?}"),
+        other => panic!("the dropped table is still served: {other:?}"),
+    }
+}
+
+/// Issue 23, divergence 2: "not held" read as version 0, so a table put at version 0 never
+/// reached a peer that missed its forward, and that peer became ready without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_put_at_version_0_reaches_a_peer_that_missed_its_forward() {
+    let mut fleet = Peers::with_metrics(2);
+    fleet.start_all();
+    fleet.wait_ready(0).await;
+    fleet.wait_ready(1).await;
+    fleet.kill(1);
+    let map = table(1, 500, 0);
+    let name = map.name().as_str().to_owned();
+    let admin = fleet.client(0, Role::Admin).await;
+    admin.put_table(&map).await.expect("put");
+    fleet.start(1);
+    wait_holding(&fleet, 1, &name, (0, false)).await;
+    fleet.wait_ready(1).await;
+    let router = fleet.client(1, Role::Router).await;
+    let routes = router.lookup(&name, 42).await.expect("served");
+    assert_eq!(routes.table_version, 0);
+    assert_eq!(
+        digest(&fleet, 1, &name).await,
+        digest(&fleet, 0, &name).await
+    );
+}
+
+/// Issue 23, divergence 8: an update based on a version this server has not seen answers
+/// `behind` (retryable elsewhere) instead of `conflict`, and starts a catch-up that brings the
+/// base here, after which the same update applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_based_on_a_version_not_seen_here_is_behind_and_catches_up() {
+    let mut fleet = Peers::with_metrics(2);
+    fleet.start_all();
+    fleet.wait_ready(0).await;
+    fleet.wait_ready(1).await;
+    let map = table(2, 2000, 1);
+    let name = map.name().as_str().to_owned();
+    let a0 = fleet.client(0, Role::Admin).await;
+    a0.put_table(&map).await.expect("put");
+    fleet.converged(&[1], &name, 1).await;
+
+    // Server 1 misses version 2.
+    fleet.kill(1);
+    a0.update_partitions(split(&map, 10)).await.expect("v2");
+    let v2 = a0.get_table(&name, None).await.expect("get").expect("held");
+    // Started alone first, it cannot catch up: the update based on version 2 is `behind`,
+    // not `conflict`, and changes nothing.
+    fleet.start_with_peers(1, &[]);
+    fleet.wait_ready(1).await;
+    let a1 = fleet.client(1, Role::Admin).await;
+    let v3 = split(&v2, 20);
+    match a1.update_partitions(v3.clone()).await {
+        Err(ClientError::Server(e)) => {
+            assert_eq!((e.code, e.current_version), (ErrorCode::Behind, 1), "{e:?}")
+        }
+        other => panic!("expected behind, got {other:?}"),
+    }
+    assert_eq!(fleet.version(1, &name).await, 1);
+    a1.close();
+    // With its peers again, it catches up, and the same update applies there.
+    fleet.kill(1);
+    fleet.start(1);
+    fleet.converged(&[1], &name, 2).await;
+    let a1 = fleet.client(1, Role::Admin).await;
+    let ack = a1
+        .update_partitions(v3)
+        .await
+        .expect("applies once caught up");
+    assert!(ack.applied);
+    fleet.converged(&[0, 1], &name, 3).await;
+}

@@ -1,0 +1,631 @@
+//! The fleet's replication decisions, with no IO: what a server holds of a table compared with
+//! what a peer advertises, whether a pulled table may be installed, and when the server is
+//! ready. [`crate::fleet`] feeds it summaries, pull results and round outcomes and does what it
+//! answers; the deterministic simulation (`sim`, in the tests) drives the same functions with a
+//! simulated network, disks and authority over many seeds.
+//!
+//! # The order of holdings
+//!
+//! A table name is, on each server, absent, held at a version, or dropped at a version (a
+//! tombstone). Replication moves every server up one total order of those holdings, the order
+//! the writer's rules ([`crate::store::plan`]) already follow:
+//!
+//! ```text
+//! absent < table(0) < dropped(0) < table(1) < dropped(1) < ...
+//! ```
+//!
+//! A drop at version `v` removes the table held at `v` (a drop names the version it removes),
+//! and a table of that name comes back only at a higher version. Absent is below everything, a
+//! table put at version 0 included. Equal holdings of a table must have equal content
+//! (checksums, which cover the node list).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use memds_proto::CompactTable;
+use memds_proto::wire::TableSummary;
+
+use crate::store::Tables;
+
+/// What a server holds of one table name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Holding {
+    /// Nothing: never seen here.
+    Absent,
+    /// The table, at a version, with its checksum.
+    Table {
+        /// The table's version.
+        version: u64,
+        /// Its checksum (name, version, node list and partitions).
+        checksum: u64,
+    },
+    /// A tombstone: the table was dropped at this version.
+    Dropped {
+        /// The version dropped.
+        version: u64,
+    },
+}
+
+impl Holding {
+    /// What `tables` holds of `name`.
+    pub fn held(tables: &Tables, name: &str) -> Self {
+        match (tables.get(name), tables.tombstone(name)) {
+            (Some(t), _) => Holding::Table {
+                version: t.version().get(),
+                checksum: t.checksum(),
+            },
+            (None, Some(version)) => Holding::Dropped { version },
+            (None, None) => Holding::Absent,
+        }
+    }
+
+    /// What a peer's summary entry advertises.
+    pub fn advertised(entry: &TableSummary) -> Self {
+        if entry.dropped {
+            Holding::Dropped {
+                version: entry.version,
+            }
+        } else {
+            Holding::Table {
+                version: entry.version,
+                checksum: entry.digest,
+            }
+        }
+    }
+
+    /// The holding's place in the order (`None` for absent, below every other).
+    fn rank(&self) -> Option<(u64, bool)> {
+        match *self {
+            Holding::Absent => None,
+            Holding::Table { version, .. } => Some((version, false)),
+            Holding::Dropped { version } => Some((version, true)),
+        }
+    }
+
+    /// Whether this holding is at least `other` in the order (equal tables count, whatever
+    /// their content: [`decide`] reports content that differs).
+    pub fn at_least(&self, other: &Holding) -> bool {
+        self.rank() >= other.rank()
+    }
+
+    /// The version held or dropped, if any.
+    pub fn version(&self) -> Option<u64> {
+        self.rank().map(|(v, _)| v)
+    }
+}
+
+impl fmt::Display for Holding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Holding::Absent => f.write_str("absent"),
+            Holding::Table { version, .. } => write!(f, "version {version}"),
+            Holding::Dropped { version } => write!(f, "dropped at version {version}"),
+        }
+    }
+}
+
+/// What to do about one table a peer advertises.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// This server holds as much or more.
+    Nothing,
+    /// Both hold the same version with different content: an error to report (neither copy
+    /// can replace the other; the authority's next version repairs it).
+    Diverged,
+    /// Record the peer's drop: a tombstone at its version (removing the table held here).
+    Drop {
+        /// The version the peer dropped.
+        version: u64,
+    },
+    /// Pull the peer's table.
+    Pull {
+        /// The version of the older table held here, the base of a delta; `None` when no table
+        /// is held (only the whole snapshot will do).
+        since: Option<u64>,
+    },
+}
+
+/// What to do about a table held here as `ours` that a peer holds as `theirs`.
+pub fn decide(ours: Holding, theirs: Holding) -> Decision {
+    if ours.at_least(&theirs) {
+        return match (ours, theirs) {
+            (
+                Holding::Table {
+                    version: a,
+                    checksum: x,
+                },
+                Holding::Table {
+                    version: b,
+                    checksum: y,
+                },
+            ) if a == b && x != y => Decision::Diverged,
+            _ => Decision::Nothing,
+        };
+    }
+    match theirs {
+        Holding::Dropped { version } => Decision::Drop { version },
+        Holding::Table { .. } => Decision::Pull {
+            since: match ours {
+                Holding::Table { version, .. } => Some(version),
+                Holding::Absent | Holding::Dropped { .. } => None,
+            },
+        },
+        // Nothing is below absent.
+        Holding::Absent => Decision::Nothing,
+    }
+}
+
+/// Why a pulled table may not be installed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// The pulled table has another name than the one asked for.
+    #[error("the peer sent table {got:?} for {asked:?}")]
+    OtherTable {
+        /// The table asked for.
+        asked: String,
+        /// The table the answer holds.
+        got: String,
+    },
+    /// The pulled table is older than what the peer advertised.
+    #[error("the peer sent version {got}, older than the version {advertised} it advertised")]
+    Older {
+        /// The version of the peer's summary.
+        advertised: u64,
+        /// The version pulled.
+        got: u64,
+    },
+    /// A table rebuilt here from a part of the peer's (a delta or the blocks a Merkle descent
+    /// found) is not the table the peer advertised: another version (the peer's table moved
+    /// meanwhile, so nothing vouches for the parts not pulled, node list included) or another
+    /// checksum (the copies differed outside what was pulled).
+    #[error(
+        "the table rebuilt from the peer's changes is not the one it advertised (version {got}, expected {advertised} with checksum {checksum:016x})"
+    )]
+    NotAdvertised {
+        /// The version of the peer's summary.
+        advertised: u64,
+        /// Its checksum there.
+        checksum: u64,
+        /// The version rebuilt.
+        got: u64,
+    },
+}
+
+/// Whether a table rebuilt here by applying a peer's partial changes (a delta, or a Merkle
+/// descent's blocks) to our copy may be installed: only when it is exactly the table the peer
+/// advertised, the same version and checksum. A version equal to one held is never replaced,
+/// so a wrong table installed here would stay wrong, and spread.
+pub fn accept_rebuilt(rebuilt: &CompactTable, advertised: &TableSummary) -> Result<(), Refused> {
+    let version = rebuilt.version().get();
+    if rebuilt.name().as_str() != advertised.name {
+        return Err(Refused::OtherTable {
+            asked: advertised.name.clone(),
+            got: rebuilt.name().as_str().to_owned(),
+        });
+    }
+    if advertised.dropped
+        || version != advertised.version
+        || rebuilt.checksum() != advertised.digest
+    {
+        return Err(Refused::NotAdvertised {
+            advertised: advertised.version,
+            checksum: advertised.digest,
+            got: version,
+        });
+    }
+    Ok(())
+}
+
+/// Whether a whole table pulled from a peer (a snapshot: complete and checked by its own
+/// checksum) may be installed: it must be the table asked for, at the advertised version or a
+/// later one (the peer's table may have moved since its summary).
+pub fn accept_snapshot(name: &str, version: u64, advertised: &TableSummary) -> Result<(), Refused> {
+    if name != advertised.name {
+        return Err(Refused::OtherTable {
+            asked: advertised.name.clone(),
+            got: name.to_owned(),
+        });
+    }
+    if version < advertised.version {
+        return Err(Refused::Older {
+            advertised: advertised.version,
+            got: version,
+        });
+    }
+    Ok(())
+}
+
+/// The tables a peer advertised that `tables` does not hold at least as it advertised them.
+pub fn missing(tables: &Tables, advertised: &[TableSummary]) -> Vec<String> {
+    advertised
+        .iter()
+        .filter(|e| !Holding::held(tables, &e.name).at_least(&Holding::advertised(e)))
+        .map(|e| e.name.clone())
+        .collect()
+}
+
+/// How a round of anti-entropy with one peer ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RoundOutcome {
+    /// The peer could not be reached, or did not answer its summary.
+    Unreachable(String),
+    /// The peer answered its summary; the pulls it called for were tried.
+    Exchanged {
+        /// Whether the peer said it was ready.
+        peer_ready: bool,
+        /// Its summary's tables (name and holding), what a ready peer requires of us.
+        advertised: Vec<(String, Holding)>,
+        /// Why pulls failed, if any did.
+        failures: Vec<String>,
+    },
+}
+
+/// Whether a server is ready, as the readiness rule last said.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Ready (for ever, once reached), and why it became so.
+    Ready(String),
+    /// Not ready yet, and why.
+    NotReady(String),
+}
+
+/// What the peer names resolved to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Resolution<P> {
+    /// Not resolved yet.
+    Pending,
+    /// Some name did not resolve: the peers behind it are unknown, not absent.
+    Failed(String),
+    /// Every name resolved; these are the peers other than this server.
+    Peers(Vec<P>),
+}
+
+/// What the readiness rule last heard of one peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Seen {
+    /// Its last round failed.
+    Unreachable,
+    /// Its last round completed; it was not ready; whether every pull succeeded.
+    NotReady { complete: bool },
+    /// Its last round completed and it was ready.
+    Ready,
+}
+
+/// The readiness rule, with no IO: a server with peers starts not ready and becomes ready
+/// when
+///
+/// - a round with a ready peer ends with this server holding every table at least as that
+///   peer advertised it, and as every ready peer advertised it in its last summary; or
+/// - no peer has been seen ready, every known peer's last round completed (with every pull
+///   done) or failed, and at least one completed: a fleet starting together, where nobody
+///   holds more than what was exchanged; or
+/// - every peer name resolved, and to nothing but this server.
+///
+/// A name that fails to resolve is not "no peer": it holds readiness back. Each peer's state is
+/// the outcome of its last round only, so a peer that was not ready once and is ready now
+/// counts as ready. Readiness is never lost once reached.
+#[derive(Debug)]
+pub struct ReadinessRule<P: Ord> {
+    ready: bool,
+    resolution: Resolution<P>,
+    seen: BTreeMap<P, Seen>,
+    /// What ready peers advertised, the highest holding of each table: none of it may be
+    /// missing here when this server becomes ready.
+    required: BTreeMap<String, Holding>,
+}
+
+impl<P: Ord + Clone + fmt::Display> ReadinessRule<P> {
+    /// The rule of a server with (`has_peers`) or without peers (ready at once).
+    pub fn new(has_peers: bool) -> Self {
+        Self {
+            ready: !has_peers,
+            resolution: Resolution::Pending,
+            seen: BTreeMap::new(),
+            required: BTreeMap::new(),
+        }
+    }
+
+    /// Whether the server is ready.
+    pub fn is_ready(&self) -> bool {
+        self.ready
+    }
+
+    /// The peer names resolved (or failed to).
+    pub fn on_resolution(&mut self, resolution: Resolution<P>) -> Verdict {
+        if let Resolution::Peers(peers) = &resolution {
+            self.seen.retain(|p, _| peers.contains(p));
+        }
+        self.resolution = resolution;
+        match &self.resolution {
+            Resolution::Peers(peers) if peers.is_empty() => self
+                .become_ready("no peer address other than this server's resolves: serving alone"),
+            _ => self.verdict(),
+        }
+    }
+
+    /// A round with `peer` ended; `holds` says what this server holds of a table now.
+    pub fn on_round(
+        &mut self,
+        peer: P,
+        outcome: RoundOutcome,
+        holds: impl Fn(&str) -> Holding,
+    ) -> Verdict {
+        if self.ready {
+            return self.verdict();
+        }
+        let peer_ready = match outcome {
+            RoundOutcome::Unreachable(reason) => {
+                self.seen.insert(peer.clone(), Seen::Unreachable);
+                return self.starting_or(format!("anti-entropy with {peer} failed: {reason}"));
+            }
+            RoundOutcome::Exchanged {
+                peer_ready,
+                advertised,
+                failures,
+            } => {
+                if peer_ready {
+                    for (name, holding) in advertised {
+                        let slot = self.required.entry(name).or_insert(holding);
+                        if !slot.at_least(&holding) {
+                            *slot = holding;
+                        }
+                    }
+                }
+                let seen = if peer_ready {
+                    Seen::Ready
+                } else {
+                    Seen::NotReady {
+                        complete: failures.is_empty(),
+                    }
+                };
+                self.seen.insert(peer.clone(), seen);
+                if !failures.is_empty() {
+                    return self.starting_or(format!(
+                        "pulling from {peer} failed: {}",
+                        failures.join("; ")
+                    ));
+                }
+                peer_ready
+            }
+        };
+        let lacking: Vec<String> = self
+            .required
+            .iter()
+            .filter(|(name, need)| !holds(name).at_least(need))
+            .map(|(name, need)| format!("{name} ({need})"))
+            .collect();
+        if !lacking.is_empty() {
+            return self.starting_or(format!(
+                "still missing what ready peers advertised: {}",
+                lacking.join(", ")
+            ));
+        }
+        if peer_ready {
+            return self.become_ready(&format!("caught up with ready peer {peer}"));
+        }
+        self.starting_or(format!(
+            "peer {peer} is not ready either; waiting for a round with a ready peer"
+        ))
+    }
+
+    /// Ready if the fleet is starting together, else not ready for `why`.
+    fn starting_or(&mut self, why: String) -> Verdict {
+        if self.fleet_starting() {
+            return self.become_ready(
+                "exchanged with every reachable peer and none was ready (a fleet starting together)",
+            );
+        }
+        Verdict::NotReady(why)
+    }
+
+    /// Whether the fleet is starting together: every peer known, none seen ready, every one's
+    /// last round complete or failed, at least one complete.
+    fn fleet_starting(&self) -> bool {
+        let Resolution::Peers(peers) = &self.resolution else {
+            return false;
+        };
+        let mut answered = false;
+        for p in peers {
+            match self.seen.get(p) {
+                Some(Seen::NotReady { complete: true }) => answered = true,
+                Some(Seen::Unreachable) => {}
+                Some(Seen::NotReady { complete: false } | Seen::Ready) | None => return false,
+            }
+        }
+        answered && self.required.is_empty()
+    }
+
+    fn become_ready(&mut self, why: &str) -> Verdict {
+        self.ready = true;
+        Verdict::Ready(why.to_owned())
+    }
+
+    fn verdict(&self) -> Verdict {
+        match (&self.resolution, self.ready) {
+            (_, true) => Verdict::Ready("ready".into()),
+            (Resolution::Pending, false) => {
+                Verdict::NotReady("the peer names have not been resolved yet".into())
+            }
+            (Resolution::Failed(why), false) => {
+                Verdict::NotReady(format!("a peer name does not resolve: {why}"))
+            }
+            (Resolution::Peers(_), false) => {
+                Verdict::NotReady("no anti-entropy round with a peer has completed yet".into())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(version: u64, checksum: u64) -> Holding {
+        Holding::Table { version, checksum }
+    }
+
+    fn dropped(version: u64) -> Holding {
+        Holding::Dropped { version }
+    }
+
+    #[test]
+    fn holdings_are_ordered_absent_then_by_version_a_drop_above_its_table() {
+        let order = [
+            Holding::Absent,
+            table(0, 1),
+            dropped(0),
+            table(1, 1),
+            dropped(1),
+            table(5, 9),
+            dropped(5),
+            table(6, 2),
+        ];
+        for (i, a) in order.iter().enumerate() {
+            for (j, b) in order.iter().enumerate() {
+                assert_eq!(a.at_least(b), i >= j, "{a} against {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_peer_newer_in_the_order_is_followed() {
+        // A drop at the version held removes the table (divergence 1).
+        assert_eq!(
+            decide(table(5, 1), dropped(5)),
+            Decision::Drop { version: 5 }
+        );
+        // A table put at version 0 is pulled by a server that never saw it (divergence 2).
+        assert_eq!(
+            decide(Holding::Absent, table(0, 1)),
+            Decision::Pull { since: None }
+        );
+        assert_eq!(
+            decide(table(3, 1), table(7, 2)),
+            Decision::Pull { since: Some(3) }
+        );
+        assert_eq!(
+            decide(dropped(3), table(7, 2)),
+            Decision::Pull { since: None }
+        );
+        // Nothing comes back at or below its tombstone; equal content is nothing to do.
+        assert_eq!(decide(dropped(5), table(5, 1)), Decision::Nothing);
+        assert_eq!(decide(dropped(5), table(4, 1)), Decision::Nothing);
+        assert_eq!(decide(table(5, 1), table(5, 1)), Decision::Nothing);
+        assert_eq!(decide(table(5, 1), table(5, 2)), Decision::Diverged);
+        assert_eq!(decide(table(6, 1), dropped(5)), Decision::Nothing);
+        assert_eq!(decide(Holding::Absent, Holding::Absent), Decision::Nothing);
+    }
+
+    fn exchanged(ready: bool, advertised: &[(&str, Holding)], failures: &[&str]) -> RoundOutcome {
+        RoundOutcome::Exchanged {
+            peer_ready: ready,
+            advertised: advertised
+                .iter()
+                .map(|(n, h)| ((*n).to_owned(), *h))
+                .collect(),
+            failures: failures.iter().map(|f| (*f).to_owned()).collect(),
+        }
+    }
+
+    fn ready(v: &Verdict) -> bool {
+        matches!(v, Verdict::Ready(_))
+    }
+
+    #[test]
+    fn a_failed_pull_from_a_ready_peer_never_makes_a_server_ready() {
+        // Divergence 5: a pull that timed out made the ready peer count as unreachable, and
+        // with the other peer not ready the server declared the fleet to be starting.
+        let mut rule = ReadinessRule::new(true);
+        rule.on_resolution(Resolution::Peers(vec![1u32, 2]));
+        let nothing = |_: &str| Holding::Absent;
+        let v = rule.on_round(
+            1,
+            exchanged(true, &[("t", table(4, 1))], &["t: timed out"]),
+            nothing,
+        );
+        assert!(!ready(&v), "{v:?}");
+        let v = rule.on_round(2, exchanged(false, &[], &[]), nothing);
+        assert!(!ready(&v), "{v:?}");
+        // The ready peer, unreachable now: still not ready without its table.
+        let v = rule.on_round(1, RoundOutcome::Unreachable("down".into()), nothing);
+        assert!(!ready(&v), "{v:?}");
+        let v = rule.on_round(2, exchanged(false, &[], &[]), nothing);
+        assert!(!ready(&v), "{v:?}");
+        // Holding it (pulled from the other peer, say), a round with a ready peer does it.
+        let holds = |name: &str| {
+            if name == "t" {
+                table(4, 1)
+            } else {
+                Holding::Absent
+            }
+        };
+        let v = rule.on_round(1, exchanged(true, &[("t", table(4, 1))], &[]), holds);
+        assert!(ready(&v), "{v:?}");
+    }
+
+    #[test]
+    fn a_peer_not_ready_once_and_ready_later_counts_as_ready() {
+        let mut rule = ReadinessRule::new(true);
+        rule.on_resolution(Resolution::Peers(vec![1u32, 2]));
+        let nothing = |_: &str| Holding::Absent;
+        assert!(!ready(&rule.on_round(
+            1,
+            exchanged(false, &[], &[]),
+            nothing
+        )));
+        // Peer 1 became ready with a table; peer 2 unreachable: not a fleet starting.
+        let v = rule.on_round(
+            1,
+            exchanged(true, &[("t", table(1, 1))], &["t: refused"]),
+            nothing,
+        );
+        assert!(!ready(&v));
+        let v = rule.on_round(2, RoundOutcome::Unreachable("down".into()), nothing);
+        assert!(!ready(&v), "{v:?}");
+    }
+
+    #[test]
+    fn a_fleet_starting_together_becomes_ready_and_a_name_that_fails_to_resolve_holds_it_back() {
+        let nothing = |_: &str| Holding::Absent;
+        let mut rule = ReadinessRule::new(true);
+        rule.on_resolution(Resolution::Peers(vec![1u32, 2]));
+        assert!(!ready(&rule.on_round(
+            1,
+            exchanged(false, &[], &[]),
+            nothing
+        )));
+        let v = rule.on_round(2, RoundOutcome::Unreachable("down".into()), nothing);
+        assert!(ready(&v), "{v:?}");
+
+        // Divergence 5: a DNS failure is not "resolves to nothing".
+        let mut rule = ReadinessRule::<u32>::new(true);
+        let v = rule.on_resolution(Resolution::Failed("memds-peers: no such host".into()));
+        assert!(!ready(&v), "{v:?}");
+        let v = rule.on_resolution(Resolution::Peers(Vec::new()));
+        assert!(ready(&v), "{v:?}");
+
+        // Nor does a peer whose name failed to resolve let the others decide alone.
+        let mut rule = ReadinessRule::new(true);
+        rule.on_resolution(Resolution::Failed("a name".into()));
+        assert!(!ready(&rule.on_round(
+            1u32,
+            exchanged(false, &[], &[]),
+            nothing
+        )));
+    }
+
+    #[test]
+    fn a_server_without_peers_is_ready_and_readiness_is_never_lost() {
+        assert!(ReadinessRule::<u32>::new(false).is_ready());
+        let mut rule = ReadinessRule::new(true);
+        rule.on_resolution(Resolution::Peers(vec![1u32]));
+        assert!(ready(
+            &rule.on_round(1, exchanged(true, &[], &[]), |_| Holding::Absent)
+        ));
+        let v = rule.on_round(1, RoundOutcome::Unreachable("gone".into()), |_| {
+            Holding::Absent
+        });
+        assert!(ready(&v));
+        assert!(ready(&rule.on_resolution(Resolution::Failed("x".into()))));
+    }
+}
