@@ -89,6 +89,9 @@ impl SimWrite {
 #[derive(Clone, Debug)]
 enum PullAnswer {
     Delta(BatchUpdate),
+    /// What a Merkle descent brings: the partitions of the blocks that differ, with only the
+    /// nodes they name, at the peer's current version.
+    Blocks(BatchUpdate),
     Snapshot(TableMap),
     Gone,
 }
@@ -103,10 +106,12 @@ enum Msg {
         ready: bool,
         tables: Vec<TableSummary>,
     },
+    /// `base`: the puller's table, standing for the tree digests a Merkle descent compares.
     Pull {
         round: u64,
         table: String,
         since: Option<u64>,
+        base: Option<TableMap>,
     },
     Pulled {
         round: u64,
@@ -567,13 +572,20 @@ impl Sim {
                 round,
                 table,
                 since,
+                base,
             } => {
                 let answer = match self.servers[s].tables.get(&table) {
                     None => PullAnswer::Gone,
-                    Some(t) => match since.and_then(|v| t.delta_since(v)) {
-                        Some(delta) if self.rng.random_bool(0.7) => PullAnswer::Delta(delta),
-                        _ => PullAnswer::Snapshot(t.to_map()),
-                    },
+                    Some(t) => {
+                        let delta = since.and_then(|v| t.delta_since(v));
+                        let theirs = t.to_map();
+                        let blocks = base.and_then(|b| blocks(&b, &theirs));
+                        match (delta, blocks, self.rng.random_range(0..3)) {
+                            (Some(delta), _, 0) => PullAnswer::Delta(delta),
+                            (_, Some(blocks), 1) => PullAnswer::Blocks(blocks),
+                            _ => PullAnswer::Snapshot(theirs),
+                        }
+                    }
                 };
                 self.send(
                     Addr::Server(s),
@@ -802,10 +814,14 @@ impl Sim {
                 }
                 Decision::Pull { since } => {
                     self.begin_pull(s, &entry.name);
+                    let base = since
+                        .and_then(|_| self.servers[s].tables.get(&entry.name))
+                        .map(|t| t.to_map());
                     let msg = Msg::Pull {
                         round,
                         table: entry.name.clone(),
                         since,
+                        base,
                     };
                     self.send(Addr::Server(s), Addr::Server(peer), msg);
                 }
@@ -854,7 +870,7 @@ impl Sim {
                     Err(e) => self.pull_done(s, round, &table, Some(e.to_string())),
                 }
             }
-            PullAnswer::Delta(delta) => {
+            PullAnswer::Delta(delta) | PullAnswer::Blocks(delta) => {
                 let ours = self.servers[s].tables.get(&table).cloned();
                 let rebuilt = ours.and_then(|t| t.apply(&delta, &mut NodeInterner::default()).ok());
                 match rebuilt.map(|t| replication::accept_rebuilt(&t, &advertised)) {
@@ -865,6 +881,7 @@ impl Sim {
                             round,
                             table,
                             since: None,
+                            base: None,
                         };
                         self.send(Addr::Server(s), Addr::Server(peer), msg);
                     }
@@ -1164,6 +1181,56 @@ fn summary_of(tables: &Tables) -> Vec<TableSummary> {
     out
 }
 
+/// What a Merkle descent of `ours` against `theirs` would pull: for each of our partitions whose
+/// span holds other partitions in theirs, their partitions there, with only the nodes those
+/// name (as get-ranges answers), at their version. `None` when nothing differs in partitions or
+/// the spans do not align (the real descent then pulls the snapshot).
+fn blocks(ours: &TableMap, theirs: &TableMap) -> Option<BatchUpdate> {
+    let (ours_spec, theirs_spec) = (TableSpec::from(ours), TableSpec::from(theirs));
+    let end_of = |spec: &TableSpec, i: usize| {
+        spec.partitions
+            .get(i + 1)
+            .map_or(u64::MAX, |next| next.start - 1)
+    };
+    let mut ranges = Vec::new();
+    for (i, p) in ours_spec.partitions.iter().enumerate() {
+        let end = end_of(&ours_spec, i);
+        let inside: Vec<_> = theirs_spec
+            .partitions
+            .iter()
+            .filter(|q| q.start >= p.start && q.start <= end)
+            .cloned()
+            .collect();
+        if inside.first().map(|q| q.start) != Some(p.start) {
+            return None;
+        }
+        if inside.len() != 1 || inside[0] != *p {
+            ranges.push(memds_proto::wire::RangeUpdate {
+                end_inclusive: end,
+                partitions: inside,
+            });
+        }
+    }
+    if ranges.is_empty() {
+        return None;
+    }
+    let named: BTreeSet<u32> = ranges
+        .iter()
+        .flat_map(|r| r.partitions.iter().flat_map(|p| p.replicas.iter().copied()))
+        .collect();
+    Some(BatchUpdate {
+        table: theirs_spec.table.clone(),
+        base_version: ours_spec.version,
+        version: theirs_spec.version,
+        nodes: theirs_spec
+            .nodes
+            .into_iter()
+            .filter(|n| named.contains(&n.id))
+            .collect(),
+        ranges,
+    })
+}
+
 /// Table `index`'s map number `contents`, at `version`.
 fn make_map(index: usize, contents: u64, version: u64) -> TableMap {
     let cfg = SynthConfig {
@@ -1191,7 +1258,7 @@ mod tests {
     use super::*;
 
     /// Seeds run by the test suite; `MEMDS_SIM_SEEDS` runs more, `MEMDS_SIM_SEED` one.
-    const CI_SEEDS: u64 = 200;
+    const CI_SEEDS: u64 = 300;
 
     #[test]
     fn the_fleet_keeps_its_promises_under_simulated_faults() {
