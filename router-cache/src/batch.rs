@@ -449,9 +449,12 @@ pub(crate) fn refuse(inner: &Inner, server: &Server, table: &TableName, reason: 
     }
 }
 
-/// Applies an answer: confirm or insert each route, complete the waiting misses. `subset` maps
-/// the answer's routes to batch indexes when the answer is a hedge's; a node list it needs is
-/// fetched by `until`. An answer that fails [`check_answer`] is refused whole before anything
+/// Applies an answer: confirm or insert each route, complete the waiting misses. A route is
+/// confirmed in place only by an answer from the node list it was resolved from; any other is
+/// resolved through the answer's list (fetched by its digest) and inserted, so a node that
+/// moved under the same id reaches the cache as a new epoch would. `subset` maps the answer's
+/// routes to batch indexes when the answer is a hedge's; a node list it needs is fetched by
+/// `until`. An answer that fails [`check_answer`] is refused whole before anything
 /// of it is used, and one whose routes name nodes missing from its node list before any of its
 /// routes is inserted. An answer at an older table version than the cache has seen is not
 /// used at all ([`Unapplied::Outdated`]): a miss is never handed a route older than one the
@@ -482,7 +485,10 @@ pub(crate) async fn apply(
     t.saw_version(routes.table_version);
     let mut to_insert = Vec::new();
     for (k, r) in routes.routes.iter().enumerate() {
-        match t.routes.check(routes.table_version, r, ids[k], now) {
+        match t
+            .routes
+            .check(routes.table_version, r, ids[k], routes.nodes_digest, now)
+        {
             Check::Confirmed | Check::Stale => {
                 let i = index_of(k);
                 if let Some(route) = t.routes.get(batch.hashes[i]) {
@@ -522,7 +528,10 @@ pub(crate) async fn apply(
         } else {
             RouteSource::Refresh
         };
-        if t.routes.insert_from(Arc::clone(&route), now, source) == Applied::Changed {
+        let applied = t
+            .routes
+            .insert_answer(Arc::clone(&route), routes.nodes_digest, now, source);
+        if applied == Applied::Changed {
             changed += 1;
         }
         // A waiting miss gets the answer even if the cache kept something newer.

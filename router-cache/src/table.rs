@@ -25,6 +25,15 @@
 //! it) the table version; for overlapping routes of different partitions the table version
 //! decides. Versions are compared against the highest version that confirmed the cached route.
 //!
+//! Addresses: a fleet answer names replicas by node id and carries the digest of the table's
+//! node list (addresses and zones). A cached route remembers the digest of the list its
+//! addresses were resolved from, and an answer confirms it in place only with the same ids
+//! *and* that digest: a node that came back at a new address under the same id (a restarted
+//! pod) changes the digest, so the answer is resolved through the new list and inserted,
+//! replacing the route if its addresses differ, under the same staleness rules. A route made
+//! elsewhere (a whole table, a delta, a storage node's correction) has no digest, and an
+//! answer confirms it only once resolved ([`TableRoutes::insert_answer`]).
+//!
 //! Bookkeeping for explanations (`RouterCache::explain`, `RouterCache::dump`): each route keeps
 //! where it came from ([`RouteSource`], set when it is inserted and never changed by a
 //! confirmation), the highest version that confirmed it, when the fleet last confirmed it, and
@@ -73,16 +82,22 @@ struct Entry {
     /// Whether the fleet has confirmed the route: false only for a correction until an answer
     /// of the fleet confirms it.
     fleet_confirmed: AtomicBool,
+    /// The digest of the node list the route's addresses were resolved from (a fleet answer's
+    /// `nodes_digest`), last set by an answer that confirmed it through its list; `None` for
+    /// a route made elsewhere (a whole table, a delta, a correction). Written under the
+    /// write lock only.
+    nodes_digest: Option<u64>,
 }
 
 impl Entry {
-    fn new(route: Arc<Route>, now: u64, source: RouteSource) -> Self {
+    fn new(route: Arc<Route>, now: u64, source: RouteSource, nodes_digest: Option<u64>) -> Self {
         Self {
             seen_version: AtomicU64::new(route.version.get()),
             route,
             confirmed_at: AtomicU64::new(now),
             source,
             fleet_confirmed: AtomicBool::new(source != RouteSource::Correction),
+            nodes_digest,
         }
     }
 
@@ -435,11 +450,24 @@ impl TableRoutes {
         self.len() == 0
     }
 
-    /// Compares a fleet answer with the cache, confirming it in place when it is the cached
-    /// route. Only the read lock is taken.
-    pub fn check(&self, version: u64, r: &WireRoute, replica_ids: &[u32], now: u64) -> Check {
+    /// Compares a fleet answer (at table `version`, naming its replicas by id in the node list
+    /// of digest `nodes_digest`) with the cache, confirming it in place when it is the cached
+    /// route: the same partition, range, epoch, leader and replica ids, resolved from the same
+    /// node list. The same ids in another list may be other addresses: that answer is to be
+    /// resolved and inserted ([`Check::Insert`]) unless the cache holds something newer. Only
+    /// the read lock is taken.
+    pub fn check(
+        &self,
+        version: u64,
+        r: &WireRoute,
+        replica_ids: &[u32],
+        nodes_digest: u64,
+        now: u64,
+    ) -> Check {
         let routes = self.read();
-        if let Some(e) = routes.by_start.get(&r.start) {
+        if let Some(e) = routes.by_start.get(&r.start)
+            && e.nodes_digest == Some(nodes_digest)
+        {
             let c = &e.route;
             if c.partition.get() == r.partition
                 && c.epoch.get() == r.epoch
@@ -471,9 +499,38 @@ impl TableRoutes {
     }
 
     /// [`TableRoutes::insert`], recording where the route came from. A route equal to the
-    /// cached one only confirms it (and keeps its source); a [`RouteSource::Correction`] does
-    /// not count as the fleet's confirmation.
+    /// cached one (addresses and version included) only confirms it (and keeps its source);
+    /// a [`RouteSource::Correction`] does not count as the fleet's confirmation.
     pub fn insert_from(&self, route: Arc<Route>, now: u64, source: RouteSource) -> Applied {
+        self.insert_entry(route, now, source, None)
+    }
+
+    /// Inserts a fleet answer resolved through the node list of digest `nodes_digest` (what
+    /// follows [`Check::Insert`]), under the rules of [`TableRoutes::insert_from`], except that
+    /// a cached route it resolves to the same addresses at another version is confirmed, as
+    /// [`TableRoutes::check`] confirms one (it keeps its version and source), and remembers
+    /// the digest, so the next answer from that list is confirmed in place. A list that
+    /// changed elsewhere (another node added or moved) thus costs each route one resolve, not
+    /// a replacement.
+    pub fn insert_answer(
+        &self,
+        route: Arc<Route>,
+        nodes_digest: u64,
+        now: u64,
+        source: RouteSource,
+    ) -> Applied {
+        self.insert_entry(route, now, source, Some(nodes_digest))
+    }
+
+    /// [`TableRoutes::insert_from`] and [`TableRoutes::insert_answer`]: `nodes_digest` is the
+    /// node list an answer was resolved from, `None` for a route made elsewhere.
+    fn insert_entry(
+        &self,
+        route: Arc<Route>,
+        now: u64,
+        source: RouteSource,
+        nodes_digest: Option<u64>,
+    ) -> Applied {
         let version = route.version.get();
         let (start, end) = (route.start, route.end_inclusive);
         // Routes come from outside (a storage node's correction through
@@ -497,11 +554,21 @@ impl TableRoutes {
             return Applied::Stale;
         }
         routes.invalidated.remove(&route.partition.get());
-        if let Some(e) = routes.by_start.get(&start)
-            && *e.route == *route
-        {
-            e.confirm(version, now, source != RouteSource::Correction);
-            return Applied::Confirmed;
+        if let Some(e) = routes.by_start.get_mut(&start) {
+            // An answer's route carries the answer's version, which need not be the one the
+            // cached route was first cached at (`check` confirms across versions too); any
+            // other route confirms only its exact equal.
+            let same = match nodes_digest {
+                Some(_) => same_but_version(&e.route, &route),
+                None => *e.route == *route,
+            };
+            if same {
+                e.confirm(version, now, source != RouteSource::Correction);
+                if nodes_digest.is_some() {
+                    e.nodes_digest = nodes_digest;
+                }
+                return Applied::Confirmed;
+            }
         }
         for (s, id, _) in overlap {
             self.changed(Some(s));
@@ -514,7 +581,7 @@ impl TableRoutes {
         routes.start_of_id.insert(route.partition.get(), start);
         routes
             .by_start
-            .insert(start, Entry::new(route, now, source));
+            .insert(start, Entry::new(route, now, source, nodes_digest));
         Applied::Changed
     }
 
@@ -681,6 +748,39 @@ fn overlapping(routes: &Routes, start: u64, end: u64) -> impl Iterator<Item = (&
     )
 }
 
+/// Whether two routes are the same but for their table version: the same range, partition,
+/// epoch, leader and replicas, addresses and zones included. (A full destructuring, so a field
+/// added to `Route` must be placed here.)
+fn same_but_version(a: &Route, b: &Route) -> bool {
+    let Route {
+        table,
+        version: _,
+        partition,
+        start,
+        end_inclusive,
+        epoch,
+        leader,
+        replicas,
+    } = a;
+    (
+        table,
+        partition,
+        start,
+        end_inclusive,
+        epoch,
+        leader,
+        replicas,
+    ) == (
+        &b.table,
+        &b.partition,
+        &b.start,
+        &b.end_inclusive,
+        &b.epoch,
+        &b.leader,
+        &b.replicas,
+    )
+}
+
 /// Whether a cached entry is newer than an answer: by epoch for the same partition (then by
 /// table version at the same epoch: a leader change need not bump the epoch, and an answer
 /// from a lagging server must not undo it), by table version otherwise.
@@ -716,8 +816,19 @@ mod tests {
         })
     }
 
+    /// The digest of the node list the tests' answers come with.
+    const NODES: u64 = 0xD1;
+
     fn ids(r: &Route) -> Vec<u32> {
         r.replicas.iter().map(|x| x.id.get()).collect()
+    }
+
+    /// `r` as an answer at table version `version` carries it.
+    fn at_version(r: &Route, version: u64) -> Arc<Route> {
+        Arc::new(Route {
+            version: TableVersion::new(version),
+            ..r.clone()
+        })
     }
 
     fn wire(r: &Route) -> WireRoute {
@@ -899,12 +1010,12 @@ mod tests {
     fn the_oldest_confirmation_is_scanned_rarely_and_never_later_than_the_truth() {
         let t = TableRoutes::default();
         assert_eq!(t.oldest_confirmation_at(0), None);
-        t.insert(route(1, 0, 99, 1, 1), 5);
+        t.insert_answer(route(1, 0, 99, 1, 1), NODES, 5, RouteSource::Miss);
         // The last scan found nothing: a table that filled since is scanned again.
         assert_eq!(t.oldest_confirmation_at(6), Some(5));
         t.insert(route(2, 100, 199, 1, 1), 7);
         let r = route(1, 0, 99, 1, 1);
-        assert_eq!(t.check(2, &wire(&r), &ids(&r), 8), Check::Confirmed);
+        assert_eq!(t.check(2, &wire(&r), &ids(&r), NODES, 8), Check::Confirmed);
         assert_eq!(t.oldest_confirmation(), Some(7));
         // Within the interval the last scan's answer stands (earlier than the truth).
         assert_eq!(t.oldest_confirmation_at(9), Some(5));
@@ -938,15 +1049,24 @@ mod tests {
             t.get(100).is_none(),
             "the parent overlapping the right child is gone"
         );
-        assert_eq!(t.insert(left.clone(), 1), Applied::Changed);
+        assert_eq!(
+            t.insert_answer(left.clone(), NODES, 1, RouteSource::Miss),
+            Applied::Changed
+        );
         assert_eq!(t.len(), 2);
         // The parent's answer arrives late: it is older and changes nothing.
-        assert_eq!(t.check(10, &wire(&parent), &ids(&parent), 2), Check::Stale);
+        assert_eq!(
+            t.check(10, &wire(&parent), &ids(&parent), NODES, 2),
+            Check::Stale
+        );
         assert_eq!(t.insert(parent, 2), Applied::Stale);
         assert_eq!(t.get(700).map(|r| r.partition.get()), Some(2));
         assert_eq!(t.get(100).map(|r| r.epoch.get()), Some(5));
         // The same route again only confirms.
-        assert_eq!(t.check(12, &wire(&left), &ids(&left), 3), Check::Confirmed);
+        assert_eq!(
+            t.check(12, &wire(&left), &ids(&left), NODES, 3),
+            Check::Confirmed
+        );
         assert_eq!(t.oldest_confirmation(), Some(1));
     }
 
@@ -955,7 +1075,10 @@ mod tests {
         let t = TableRoutes::default();
         t.insert(route(7, 0, u64::MAX, 9, 5), 0);
         let lagging = route(7, 0, u64::MAX, 8, 8);
-        assert_eq!(t.check(8, &wire(&lagging), &ids(&lagging), 1), Check::Stale);
+        assert_eq!(
+            t.check(8, &wire(&lagging), &ids(&lagging), NODES, 1),
+            Check::Stale
+        );
         assert_eq!(t.insert(route(7, 0, u64::MAX, 8, 8), 1), Applied::Stale);
         assert_eq!(t.get(5).map(|r| r.epoch.get()), Some(9));
     }
@@ -974,22 +1097,129 @@ mod tests {
         let mut v1 = Arc::clone(&v2);
         Arc::make_mut(&mut v1).version = TableVersion::new(1);
         Arc::make_mut(&mut v1).leader = 0;
-        assert_eq!(t.insert(Arc::clone(&v2), 0), Applied::Changed);
+        assert_eq!(
+            t.insert_answer(Arc::clone(&v2), NODES, 0, RouteSource::Miss),
+            Applied::Changed
+        );
         // A lagging server's answer at version 1: the same partition and epoch, the old leader.
-        assert_eq!(t.check(1, &wire(&v1), &ids(&v1), 1), Check::Stale);
+        assert_eq!(t.check(1, &wire(&v1), &ids(&v1), NODES, 1), Check::Stale);
         assert_eq!(t.insert(Arc::clone(&v1), 1), Applied::Stale);
         assert_eq!(t.get(5).map(|r| r.leader), Some(1));
         // Once a route is confirmed at a later version, an answer between the two is older too.
-        assert_eq!(t.check(5, &wire(&v2), &ids(&v2), 2), Check::Confirmed);
+        assert_eq!(
+            t.check(5, &wire(&v2), &ids(&v2), NODES, 2),
+            Check::Confirmed
+        );
         let mut v4 = Arc::clone(&v1);
         Arc::make_mut(&mut v4).version = TableVersion::new(4);
         assert_eq!(t.insert(v4, 3), Applied::Stale);
         // A later version at the same epoch is newer, and replaces it.
         let mut v6 = Arc::clone(&v1);
         Arc::make_mut(&mut v6).version = TableVersion::new(6);
-        assert_eq!(t.check(6, &wire(&v6), &ids(&v6), 4), Check::Insert);
+        assert_eq!(t.check(6, &wire(&v6), &ids(&v6), NODES, 4), Check::Insert);
         assert_eq!(t.insert(v6, 4), Applied::Changed);
         assert_eq!(t.get(5).map(|r| (r.leader, r.version.get())), Some((0, 6)));
+    }
+
+    #[test]
+    fn a_node_that_moved_under_the_same_id_replaces_the_route_and_is_never_a_confirmation() {
+        let t = TableRoutes::default();
+        let old = route(3, 0, u64::MAX, 4, 10);
+        assert_eq!(
+            t.insert_answer(Arc::clone(&old), NODES, 0, RouteSource::Miss),
+            Applied::Changed
+        );
+        assert_eq!(
+            t.check(10, &wire(&old), &ids(&old), NODES, 1),
+            Check::Confirmed
+        );
+        // Version 11 lists node 1 at a new address (a restarted pod): same partition, epoch,
+        // leader and replica ids, another node list. Not a confirmation, at any version.
+        let (moved_nodes, moved_addr) = (0xD2, "a:2");
+        let mut moved = route(3, 0, u64::MAX, 4, 11);
+        Arc::make_mut(&mut moved).replicas[0].addr = moved_addr.into();
+        assert_eq!(
+            t.check(11, &wire(&moved), &ids(&moved), moved_nodes, 2),
+            Check::Insert
+        );
+        assert_eq!(
+            t.check(10, &wire(&moved), &ids(&moved), moved_nodes, 2),
+            Check::Insert
+        );
+        // Resolved through the new list, it replaces the route.
+        assert_eq!(
+            t.insert_answer(Arc::clone(&moved), moved_nodes, 2, RouteSource::Refresh),
+            Applied::Changed
+        );
+        let cached = t.get(5).expect("cached");
+        assert_eq!(
+            (&*cached.replicas[0].addr, cached.version.get()),
+            (moved_addr, 11)
+        );
+        assert_eq!(
+            t.check(11, &wire(&moved), &ids(&moved), moved_nodes, 3),
+            Check::Confirmed
+        );
+        // The old address never comes back: not by an answer of the old list at the old
+        // version, nor by a storage node's correction carrying the old route.
+        assert_eq!(t.check(10, &wire(&old), &ids(&old), NODES, 4), Check::Stale);
+        assert_eq!(
+            t.insert_answer(Arc::clone(&old), NODES, 4, RouteSource::Refresh),
+            Applied::Stale
+        );
+        assert_eq!(
+            t.insert_from(Arc::clone(&old), 4, RouteSource::Correction),
+            Applied::Stale
+        );
+        assert_eq!(
+            t.get(5).map(|r| r.replicas[0].addr.clone()),
+            Some(moved_addr.into())
+        );
+        // A list that changed elsewhere (version 12 added a node no replica of this route is
+        // on): resolved to the same addresses, the route is confirmed, keeps its version, and
+        // the next answer of that list is confirmed in place.
+        let elsewhere = 0xD3;
+        assert_eq!(
+            t.check(12, &wire(&moved), &ids(&moved), elsewhere, 5),
+            Check::Insert
+        );
+        assert_eq!(
+            t.insert_answer(at_version(&moved, 12), elsewhere, 5, RouteSource::Refresh),
+            Applied::Confirmed
+        );
+        assert_eq!(
+            t.check(12, &wire(&moved), &ids(&moved), elsewhere, 6),
+            Check::Confirmed
+        );
+        let record = t.describe(5).route.expect("cached");
+        assert_eq!(
+            (
+                record.route.version.get(),
+                record.confirmed_version,
+                record.source
+            ),
+            (11, 12, RouteSource::Refresh)
+        );
+        // A route from a whole table carries no list's digest: an answer confirms it only
+        // once resolved.
+        let t = TableRoutes::default();
+        t.insert_from(Arc::clone(&old), 0, RouteSource::Warm);
+        assert_eq!(
+            t.check(10, &wire(&old), &ids(&old), NODES, 1),
+            Check::Insert
+        );
+        assert_eq!(
+            t.insert_answer(Arc::clone(&old), NODES, 1, RouteSource::Refresh),
+            Applied::Confirmed
+        );
+        assert_eq!(
+            t.check(10, &wire(&old), &ids(&old), NODES, 2),
+            Check::Confirmed
+        );
+        assert_eq!(
+            t.describe(5).route.map(|r| r.source),
+            Some(RouteSource::Warm)
+        );
     }
 
     #[test]
@@ -1019,12 +1249,15 @@ mod tests {
         t.insert(r.clone(), 0);
         assert!(t.invalidate_partition(4, 6));
         // The fleet's answer was produced before it learned of the change: same epoch.
-        assert_eq!(t.check(11, &wire(&r), &ids(&r), 1), Check::Stale);
+        assert_eq!(t.check(11, &wire(&r), &ids(&r), NODES, 1), Check::Stale);
         assert_eq!(t.insert(r.clone(), 1), Applied::Stale);
         assert!(t.get(5).is_none());
         // The next epoch is the fix, and clears the memory of the invalidation.
         let fixed = route(4, 0, u64::MAX, 7, 11);
-        assert_eq!(t.check(11, &wire(&fixed), &ids(&fixed), 2), Check::Insert);
+        assert_eq!(
+            t.check(11, &wire(&fixed), &ids(&fixed), NODES, 2),
+            Check::Insert
+        );
         assert_eq!(t.insert(fixed, 2), Applied::Changed);
         assert!(t.invalidate_hash(5, 7));
         assert_eq!(t.insert(route(4, 0, u64::MAX, 7, 11), 3), Applied::Stale);
@@ -1059,18 +1292,24 @@ mod tests {
             (RouteSource::Correction, 3, None)
         );
         // The same correction again is not the fleet's confirmation; the fleet's answer is,
-        // and neither changes the source.
+        // and neither changes the source. The correction's addresses came from no node list
+        // of the fleet's: the answer confirms it only once resolved to the same addresses.
         let r = route(2, 100, 199, 1, 3);
         assert_eq!(
             t.insert_from(Arc::clone(&r), 30, RouteSource::Correction),
             Applied::Confirmed
         );
         assert_eq!(t.describe(150).route.expect("cached").confirmed_at, None);
-        assert_eq!(t.check(4, &wire(&r), &ids(&r), 40), Check::Confirmed);
+        assert_eq!(t.check(4, &wire(&r), &ids(&r), NODES, 40), Check::Insert);
+        assert_eq!(
+            t.insert_answer(at_version(&r, 4), NODES, 40, RouteSource::Refresh),
+            Applied::Confirmed
+        );
+        assert_eq!(t.check(4, &wire(&r), &ids(&r), NODES, 41), Check::Confirmed);
         let fix = t.describe(150).route.expect("cached");
         assert_eq!(
             (fix.source, fix.confirmed_version, fix.confirmed_at),
-            (RouteSource::Correction, 4, Some(40))
+            (RouteSource::Correction, 4, Some(41))
         );
         // Called wrong: no route, and the range it had.
         assert!(t.invalidate_partition(2, 1));

@@ -13,8 +13,8 @@ use memds_client::{Client, ClientTls, Role};
 use memds_proto::model::PartitionSpec;
 use memds_proto::synth::{self, SynthConfig};
 use memds_proto::wire::PartitionUpdate;
-use memds_proto::{Epoch, TableMap};
-use router_cache::{CacheError, Invalidate, Mode, RouterCache};
+use memds_proto::{Epoch, TableMap, TableVersion};
+use router_cache::{CacheError, Invalidate, Mode, RouteSource, RouterCache};
 use tokio::runtime::Handle;
 
 /// Starts a server; the first one of a test creates the PKI, later ones share it.
@@ -447,6 +447,112 @@ async fn no_thread_serves_a_replaced_or_invalidated_route_once_the_change_return
         assert_eq!(*r, old, "a thread answered an invalidated route");
     }
     c.shutdown();
+    s.shutdown().await;
+}
+
+/// The table at the next version with node `id` moved to `addr` (a pod restarted under the
+/// same id at a new IP): nothing else changes, no partition, no epoch.
+fn with_node_moved(m: &TableMap, id: memds_proto::NodeId, addr: &str) -> TableMap {
+    let (name, version, mut nodes, partitions) = m.clone().into_parts();
+    nodes
+        .iter_mut()
+        .find(|n| n.id == id)
+        .expect("a listed node")
+        .addr = addr.to_owned();
+    TableMap::new(
+        name,
+        TableVersion::new(version.get() + 1),
+        nodes,
+        partitions,
+    )
+    .expect("the same map at the next version is valid")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_back_at_a_new_address_under_the_same_id_reaches_the_cache() {
+    let dir = temp_dir("moved");
+    let s = server(dir.path().to_owned(), None, any_port()).await;
+    let tls = dir.path().join("tls");
+    let admin = admin(&tls, s.quic_addr).await;
+    let m = map(100);
+    admin.put_table(&m).await.expect("put");
+    let name = m.name().as_str();
+    let c = cache(vec![s.quic_addr], &tls, Mode::ConstantWork).await;
+    let whole = RouterCache::builder(
+        vec![s.quic_addr],
+        ClientTls::from_dir(&tls, Role::Router).expect("tls"),
+    )
+    .mode(Mode::Classic { whole_table: true })
+    .request_timeout(Duration::from_secs(5))
+    .build()
+    .await
+    .expect("cache starts");
+
+    let h = m.partitions()[40].start;
+    let old = c.route_hash(name, h).await.expect("a miss fills the cache");
+    assert_eq!(*old, m.route(h));
+    assert_eq!(
+        *whole.route_hash(name, h).await.expect("download"),
+        m.route(h)
+    );
+    let (_, hit) = c.route_hash_traced(name, h).await.expect("route");
+    assert!(hit, "the route is cached");
+    c.drain().await;
+
+    // The leader's node comes back at a new address under its id: version N + 1, same
+    // partitions and epochs.
+    let leader = old.leader_replica().expect("a leader").id;
+    let moved_to = "10.99.0.7:7000";
+    let moved = with_node_moved(&m, leader, moved_to);
+    admin.put_table(&moved).await.expect("put");
+    let want = moved.route(h);
+    assert_eq!(
+        (want.partition, want.epoch, want.leader),
+        (old.partition, old.epoch, old.leader)
+    );
+
+    // Each hit answers from the cache and queues a refresh; the refresh's answer brings the
+    // new address (waited for, bounded).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (got, hit) = c.route_hash_traced(name, h).await.expect("route");
+        assert!(hit, "a moved node is no reason for a miss");
+        if *got == want {
+            break;
+        }
+        assert_eq!(*got, *old, "the old route or the new one, nothing else");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the refreshes kept confirming the old address {:?}: {:?}",
+            old.leader_replica(),
+            c.explain_hash(name, h)
+        );
+        c.drain().await;
+    }
+    let cached = c.explain_hash(name, h).route.expect("cached");
+    assert_eq!(
+        (
+            &*cached.route.leader_replica().expect("leader").addr,
+            cached.source
+        ),
+        (moved_to, RouteSource::Refresh)
+    );
+    assert!(c.stats().refreshes_changed >= 1);
+
+    // The old route, older by a version, never replaces it (as a storage node's late
+    // correction), and the next refresh confirms the new one.
+    assert!(!c.apply_route((*old).clone()));
+    assert_eq!(*c.route_hash(name, h).await.expect("hit"), want);
+    c.drain().await;
+    assert_eq!(*c.route_hash(name, h).await.expect("hit"), want);
+
+    // Whole-table mode: the put leaves no delta, the refresh downloads the table whole and
+    // its routes carry the new address.
+    whole.refresh_tables().await.expect("refresh");
+    let got = whole.route_hash(name, h).await.expect("route");
+    assert_eq!(*got, want);
+    c.shutdown();
+    whole.shutdown();
     s.shutdown().await;
 }
 
