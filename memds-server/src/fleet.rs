@@ -56,9 +56,7 @@ use memds_proto::{CompactTable, NodeInterner};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use crate::metrics::{self, PullKind, RepairResult};
-use crate::replication::{
-    self, Decision, Holding, ReadinessRule, Resolution, RoundOutcome, Verdict,
-};
+use crate::replication::{self, Action, Holding, Replicator, Resolution, TableResult, Verdict};
 use crate::store::{Store, Write};
 use crate::writer::{Job, RepairJob, Repaired, WriteJob};
 
@@ -325,11 +323,10 @@ pub async fn run(tasks: FleetTasks, mut shutdown: watch::Receiver<bool>) {
         resolved,
         selves,
         clients: HashMap::new(),
-        next: 0,
         caught_up: HashMap::new(),
         started: Instant::now(),
         period: tasks.config.anti_entropy,
-        rule: ReadinessRule::new(true),
+        machine: Replicator::new(true),
     };
     let mut repairs = tasks.repairs;
     let period = tasks.config.anti_entropy;
@@ -537,28 +534,19 @@ struct AntiEntropy {
     resolved: Arc<Mutex<Resolved>>,
     selves: Arc<Mutex<HashSet<SocketAddr>>>,
     clients: HashMap<SocketAddr, Client>,
-    next: usize,
     /// When this server last held everything each peer advertised.
     caught_up: HashMap<SocketAddr, Instant>,
     started: Instant,
     /// Time between rounds.
     period: Duration,
-    /// The readiness rule (sans IO), fed every round's outcome.
-    rule: ReadinessRule<SocketAddr>,
+    /// The decisions (sans IO): rounds, pulls, drops, readiness.
+    machine: Replicator<SocketAddr>,
 }
 
-/// What a round with one peer found.
+/// What a round's pulls read from the peer.
 #[derive(Debug, Default)]
 struct RoundReport {
-    peer_ready: bool,
-    lag_versions: u64,
-    pulled: u64,
     bytes: u64,
-    failed: Vec<String>,
-    /// The peer's summary: what it advertised.
-    advertised: Vec<TableSummary>,
-    /// The connection broke during a pull: it is dropped after the round.
-    broken: bool,
 }
 
 impl AntiEntropy {
@@ -589,67 +577,127 @@ impl AntiEntropy {
         }
     }
 
-    /// One round with the next peer.
+    /// One round with the next peer: the machine ([`Replicator`]) decides, this shell moves
+    /// the bytes (the summary, the pulls, the writes) and feeds the results back.
     async fn round(&mut self) {
         let peers = self.peer_list();
         let resolution = match self.resolved.lock().map(|r| r.clone()) {
-            Ok(Resolved::All) => Resolution::Peers(peers.clone()),
+            Ok(Resolved::All) => Resolution::Peers(peers),
             Ok(Resolved::Failed(why)) => Resolution::Failed(why),
             Ok(Resolved::Pending) | Err(_) => Resolution::Pending,
         };
-        let verdict = self.rule.on_resolution(resolution);
-        if peers.is_empty() {
+        let verdict = self.machine.on_resolution(resolution);
+        let Some(Action::AskSummary { round, peer }) = self.machine.start_round() else {
+            // No peer to ask: the resolution alone decides.
             self.publish(verdict);
             return;
-        }
-        let peer = peers[self.next % peers.len()];
-        self.next = self.next.wrapping_add(1);
+        };
         let label = peer.to_string();
-        let outcome = match self.exchange(peer).await {
+        let answer = match self.ask_summary(peer).await {
             // The address is this server itself.
-            Ok(None) => return,
-            Ok(Some(report)) => {
-                self.unreachable_or_broken(peer, report.broken);
-                metrics::anti_entropy_round_ok(&label, report.lag_versions);
-                if report.failed.is_empty() {
-                    self.caught_up.insert(peer, Instant::now());
-                }
-                RoundOutcome::Exchanged {
-                    peer_ready: report.peer_ready,
-                    advertised: report
-                        .advertised
-                        .iter()
-                        .map(|e| (e.name.clone(), Holding::advertised(e)))
-                        .collect(),
-                    failures: report.failed,
-                }
+            Ok(None) => {
+                self.machine.abandon(round);
+                return;
             }
+            Ok(Some(summary)) => Ok((summary.ready, summary.tables)),
             Err(reason) => {
                 metrics::anti_entropy_round_failed();
-                self.unreachable_or_broken(peer, true);
+                self.close_client(peer);
                 tracing::debug!(%peer, %reason, "anti-entropy round failed");
-                RoundOutcome::Unreachable(reason)
+                Err(reason)
             }
         };
+        let answered = answer.is_ok();
+        let tables = self.store.tables();
+        let plan = self
+            .machine
+            .on_summary(round, answer, |n| Holding::held(&tables, n));
+        drop(tables);
+        let mut verdict = plan.verdict;
+        let mut report = RoundReport::default();
+        if answered {
+            metrics::anti_entropy_round_ok(&label, plan.lag_versions);
+        }
+        let mut complete = answered;
+        for action in plan.actions {
+            let (table, result) = match action {
+                Action::AskSummary { .. } => continue,
+                Action::Diverged { table, version } => {
+                    metrics::digest_mismatch();
+                    tracing::error!(%table, version, %peer, "the peer holds this version with other content");
+                    continue;
+                }
+                Action::Drop { table, version, .. } => {
+                    let write = Write::Drop {
+                        table: table.clone(),
+                        version: Some(version),
+                    };
+                    let result = match self.submit(write).await {
+                        Ok(()) => {
+                            metrics::table_pulled(None);
+                            TableResult::Done
+                        }
+                        Err(e) => TableResult::Failed(e),
+                    };
+                    (table, result)
+                }
+                Action::Pull { entry, .. } => {
+                    let result = match self.client(peer).await {
+                        Err(e) => TableResult::Broken(e.to_string()),
+                        Ok(client) => {
+                            let held = self.store.table(&entry.name);
+                            match self.pull(&client, &entry, held, &mut report).await {
+                                Ok(kind) => {
+                                    if kind.is_some() {
+                                        metrics::table_pulled(kind);
+                                    }
+                                    TableResult::Done
+                                }
+                                Err(Pull::Fatal(e)) => TableResult::Broken(e.to_string()),
+                                Err(Pull::Failed(e)) => TableResult::Failed(e),
+                            }
+                        }
+                    };
+                    (entry.name, result)
+                }
+            };
+            match &result {
+                TableResult::Done => {}
+                TableResult::Failed(_) => complete = false,
+                TableResult::Broken(_) => {
+                    complete = false;
+                    self.close_client(peer);
+                }
+            }
+            let tables = self.store.tables();
+            if let Some(v) = self
+                .machine
+                .on_table(round, &table, result, |n| Holding::held(&tables, n))
+            {
+                verdict = Some(v);
+            }
+            if !self.machine.is_current(round) {
+                break;
+            }
+        }
+        if complete {
+            self.caught_up.insert(peer, Instant::now());
+        }
         let since = self.caught_up.get(&peer).copied().unwrap_or(self.started);
         metrics::peer_lag(&label, since.elapsed());
-        let tables = self.store.tables();
-        let verdict = self
-            .rule
-            .on_round(peer, outcome, |name| Holding::held(&tables, name));
-        self.publish(verdict);
+        if let Some(verdict) = verdict {
+            self.publish(verdict);
+        }
     }
 
-    /// Drops the connection to `peer` when it broke.
-    fn unreachable_or_broken(&mut self, peer: SocketAddr, broken: bool) {
-        if broken && let Some(c) = self.clients.remove(&peer) {
+    fn close_client(&mut self, peer: SocketAddr) {
+        if let Some(c) = self.clients.remove(&peer) {
             c.close();
         }
     }
 
-    /// Exchanges summaries with `peer` and pulls what it holds newer. `None` when the peer is
-    /// this server; an error when it did not answer its summary.
-    async fn exchange(&mut self, peer: SocketAddr) -> Result<Option<RoundReport>, String> {
+    /// Asks `peer` for its summary. `None` when the peer is this server.
+    async fn ask_summary(&mut self, peer: SocketAddr) -> Result<Option<Summary>, String> {
         let client = self.client(peer).await.map_err(|e| e.to_string())?;
         let theirs = match client
             .call_timeout(&Request::Summary, summary_timeout(self.period))
@@ -668,60 +716,7 @@ impl AntiEntropy {
             client.close();
             return Ok(None);
         }
-        let mut report = RoundReport {
-            peer_ready: theirs.ready,
-            ..RoundReport::default()
-        };
-        for entry in &theirs.tables {
-            let tables = self.store.tables();
-            let ours = Holding::held(&tables, &entry.name);
-            let held = tables.get(&entry.name).cloned();
-            drop(tables);
-            let decision = replication::decide(ours, Holding::advertised(entry));
-            let pulled = match decision {
-                Decision::Nothing => continue,
-                Decision::Diverged => {
-                    metrics::digest_mismatch();
-                    tracing::error!(table = %entry.name, version = entry.version, %peer, "the peer holds this version with other content");
-                    continue;
-                }
-                Decision::Drop { version } => {
-                    report.lag_versions += version.saturating_sub(ours.version().unwrap_or(0));
-                    let write = Write::Drop {
-                        table: entry.name.clone(),
-                        version: Some(version),
-                    };
-                    self.submit(write).await.map(|()| Some(None))
-                }
-                Decision::Pull { .. } => {
-                    report.lag_versions += entry
-                        .version
-                        .saturating_sub(ours.version().unwrap_or(0))
-                        .max(1);
-                    match self.pull(&client, entry, held, &mut report).await {
-                        Ok(kind) => Ok(kind.map(Some)),
-                        Err(Pull::Fatal(e)) => {
-                            // The connection broke: the rest waits for the next round.
-                            report.failed.push(format!("{}: {e}", entry.name));
-                            report.broken = true;
-                            break;
-                        }
-                        Err(Pull::Failed(e)) => Err(e),
-                    }
-                }
-            };
-            match pulled {
-                // Dropped or replaced meanwhile: the next round sees it.
-                Ok(None) => {}
-                Ok(Some(kind)) => {
-                    report.pulled += 1;
-                    metrics::table_pulled(kind);
-                }
-                Err(e) => report.failed.push(format!("{}: {e}", entry.name)),
-            }
-        }
-        report.advertised = theirs.tables;
-        Ok(Some(report))
+        Ok(Some(theirs))
     }
 
     /// Brings `entry`'s table up to the peer's version, held here as `held` (if at all), in the

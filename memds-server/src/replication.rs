@@ -19,7 +19,7 @@
 //! table put at version 0 included. Equal holdings of a table must have equal content
 //! (checksums, which cover the node list).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use memds_proto::CompactTable;
@@ -453,6 +453,298 @@ impl<P: Ord + Clone + fmt::Display> ReadinessRule<P> {
                 Verdict::NotReady("no anti-entropy round with a peer has completed yet".into())
             }
         }
+    }
+}
+
+/// How pulling (or dropping) one table of a round ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TableResult {
+    /// Done: the table is held as advertised, or something newer arrived meanwhile.
+    Done,
+    /// This table could not be brought up (the writer refused it, every way of pulling failed).
+    Failed(String),
+    /// The connection to the peer broke: the round ends here, the rest waits for the next.
+    Broken(String),
+}
+
+/// What a [`Replicator`] asks its shell to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action<P> {
+    /// Ask `peer` for its summary; answer with [`Replicator::on_summary`].
+    AskSummary {
+        /// The round.
+        round: u64,
+        /// The peer.
+        peer: P,
+    },
+    /// Bring the table of `entry` up to what the peer advertised: its delta since `since`,
+    /// else a Merkle descent, else the snapshot, each result checked with [`accept_rebuilt`]
+    /// or [`accept_snapshot`]; answer with [`Replicator::on_table`].
+    Pull {
+        /// The round.
+        round: u64,
+        /// What the peer advertised.
+        entry: TableSummary,
+        /// The version of the older table held here, if any.
+        since: Option<u64>,
+    },
+    /// Submit a drop of `table` at `version` to the writer; answer with
+    /// [`Replicator::on_table`].
+    Drop {
+        /// The round.
+        round: u64,
+        /// The table.
+        table: String,
+        /// The version the peer dropped.
+        version: u64,
+    },
+    /// Report that the peer holds `table` at the version held here with other content.
+    Diverged {
+        /// The table.
+        table: String,
+        /// The version.
+        version: u64,
+    },
+}
+
+/// What a summary called for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan<P> {
+    /// The pulls and drops to do, and divergences to report.
+    pub actions: Vec<Action<P>>,
+    /// How many versions this server lacked, summed over the tables the peer holds newer.
+    pub lag_versions: u64,
+    /// The round's verdict if it ended already (nothing to pull).
+    pub verdict: Option<Verdict>,
+}
+
+/// The round in progress.
+#[derive(Debug)]
+struct Active<P> {
+    id: u64,
+    peer: P,
+    /// The peer's readiness and summary, once answered.
+    summary: Option<(bool, Vec<TableSummary>)>,
+    /// Tables whose pull or drop has not ended.
+    pending: BTreeSet<String>,
+    failures: Vec<String>,
+}
+
+/// Anti-entropy and readiness as a state machine with no IO: one round at a time, with the
+/// next peer (round robin); the peer's summary goes in, pulls and drops come out, their results
+/// go in, and the round's outcome feeds the [`ReadinessRule`]. The server's async shell
+/// ([`crate::fleet`]) and the deterministic simulation (`sim`) drive the same machine.
+#[derive(Debug)]
+pub struct Replicator<P: Ord> {
+    rule: ReadinessRule<P>,
+    peers: Vec<P>,
+    next: usize,
+    rounds: u64,
+    round: Option<Active<P>>,
+}
+
+impl<P: Ord + Clone + fmt::Display> Replicator<P> {
+    /// The machine of a server with (`has_peers`) or without peers.
+    pub fn new(has_peers: bool) -> Self {
+        Self {
+            rule: ReadinessRule::new(has_peers),
+            peers: Vec::new(),
+            next: 0,
+            rounds: 0,
+            round: None,
+        }
+    }
+
+    /// Whether the server is ready.
+    pub fn is_ready(&self) -> bool {
+        self.rule.is_ready()
+    }
+
+    /// The peer names resolved (or failed to); with `Peers`, the peers other than this server.
+    pub fn on_resolution(&mut self, resolution: Resolution<P>) -> Verdict {
+        match &resolution {
+            Resolution::Peers(peers) => self.peers = peers.clone(),
+            Resolution::Failed(_) | Resolution::Pending => {}
+        }
+        self.rule.on_resolution(resolution)
+    }
+
+    /// A timer tick (or a catch-up): starts a round with the next peer, unless one is running
+    /// or no peer is known.
+    pub fn start_round(&mut self) -> Option<Action<P>> {
+        if self.round.is_some() || self.peers.is_empty() {
+            return None;
+        }
+        let peer = self.peers[self.next % self.peers.len()].clone();
+        self.next = self.next.wrapping_add(1);
+        self.rounds += 1;
+        self.round = Some(Active {
+            id: self.rounds,
+            peer: peer.clone(),
+            summary: None,
+            pending: BTreeSet::new(),
+            failures: Vec::new(),
+        });
+        Some(Action::AskSummary {
+            round: self.rounds,
+            peer,
+        })
+    }
+
+    /// Whether `round` is the round in progress (answers to others are ignored).
+    pub fn is_current(&self, round: u64) -> bool {
+        self.round.as_ref().is_some_and(|r| r.id == round)
+    }
+
+    /// The peer of `round` turned out to be this server itself: the round ends, counting for
+    /// nothing (the shell stops asking that address).
+    pub fn abandon(&mut self, round: u64) {
+        if self.is_current(round) {
+            self.round = None;
+        }
+    }
+
+    /// The peer's summary (its readiness and tables), or why it did not answer. `holds` says
+    /// what this server holds of a table now.
+    pub fn on_summary(
+        &mut self,
+        round: u64,
+        answer: Result<(bool, Vec<TableSummary>), String>,
+        holds: impl Fn(&str) -> Holding,
+    ) -> Plan<P> {
+        let mut plan = Plan {
+            actions: Vec::new(),
+            lag_versions: 0,
+            verdict: None,
+        };
+        let Some(active) = self
+            .round
+            .as_mut()
+            .filter(|r| r.id == round && r.summary.is_none())
+        else {
+            return plan;
+        };
+        let (ready, tables) = match answer {
+            Ok(summary) => summary,
+            Err(reason) => {
+                let peer = active.peer.clone();
+                self.round = None;
+                plan.verdict = Some(self.rule.on_round(
+                    peer,
+                    RoundOutcome::Unreachable(reason),
+                    holds,
+                ));
+                return plan;
+            }
+        };
+        for entry in &tables {
+            let ours = holds(&entry.name);
+            let lag = |plan: &mut Plan<P>| {
+                plan.lag_versions += entry
+                    .version
+                    .saturating_sub(ours.version().unwrap_or(0))
+                    .max(1);
+            };
+            match decide(ours, Holding::advertised(entry)) {
+                Decision::Nothing => {}
+                Decision::Diverged => plan.actions.push(Action::Diverged {
+                    table: entry.name.clone(),
+                    version: entry.version,
+                }),
+                Decision::Drop { version } => {
+                    lag(&mut plan);
+                    active.pending.insert(entry.name.clone());
+                    plan.actions.push(Action::Drop {
+                        round,
+                        table: entry.name.clone(),
+                        version,
+                    });
+                }
+                Decision::Pull { since } => {
+                    lag(&mut plan);
+                    active.pending.insert(entry.name.clone());
+                    plan.actions.push(Action::Pull {
+                        round,
+                        entry: entry.clone(),
+                        since,
+                    });
+                }
+            }
+        }
+        active.summary = Some((ready, tables));
+        if active.pending.is_empty() {
+            plan.verdict = Some(self.finish(holds));
+        }
+        plan
+    }
+
+    /// How the pull or drop of `table` in `round` ended; the round's verdict once it ends.
+    pub fn on_table(
+        &mut self,
+        round: u64,
+        table: &str,
+        result: TableResult,
+        holds: impl Fn(&str) -> Holding,
+    ) -> Option<Verdict> {
+        let active = self.round.as_mut().filter(|r| r.id == round)?;
+        if !active.pending.remove(table) {
+            return None;
+        }
+        match result {
+            TableResult::Done => {}
+            TableResult::Failed(why) => active.failures.push(format!("{table}: {why}")),
+            TableResult::Broken(why) => {
+                active.failures.push(format!("{table}: {why}"));
+                // The rest waits for the next round.
+                let rest = std::mem::take(&mut active.pending);
+                active
+                    .failures
+                    .extend(rest.iter().map(|t| format!("{t}: not pulled")));
+            }
+        }
+        if active.pending.is_empty() {
+            return Some(self.finish(holds));
+        }
+        None
+    }
+
+    /// `round`'s deadline passed: whatever has not ended failed.
+    pub fn on_deadline(&mut self, round: u64, holds: impl Fn(&str) -> Holding) -> Option<Verdict> {
+        let active = self.round.as_mut().filter(|r| r.id == round)?;
+        if active.summary.is_none() {
+            let peer = active.peer.clone();
+            self.round = None;
+            return Some(self.rule.on_round(
+                peer,
+                RoundOutcome::Unreachable("no summary before the deadline".into()),
+                holds,
+            ));
+        }
+        let rest = std::mem::take(&mut active.pending);
+        active
+            .failures
+            .extend(rest.iter().map(|t| format!("{t}: timed out")));
+        Some(self.finish(holds))
+    }
+
+    fn finish(&mut self, holds: impl Fn(&str) -> Holding) -> Verdict {
+        let active = self
+            .round
+            .take()
+            .expect("finish is called on the round in progress");
+        let (peer_ready, tables) = active.summary.unwrap_or_default();
+        self.rule.on_round(
+            active.peer,
+            RoundOutcome::Exchanged {
+                peer_ready,
+                advertised: tables
+                    .iter()
+                    .map(|e| (e.name.clone(), Holding::advertised(e)))
+                    .collect(),
+                failures: active.failures,
+            },
+            holds,
+        )
     }
 }
 

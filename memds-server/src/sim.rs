@@ -23,9 +23,7 @@ use memds_proto::{CompactTable, NodeInterner, TableMap};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::replication::{
-    self, Decision, Holding, ReadinessRule, Resolution, RoundOutcome, Verdict,
-};
+use crate::replication::{self, Action, Holding, Replicator, Resolution, TableResult, Verdict};
 use crate::store::{self, Decoded, Plan, Tables};
 
 /// Virtual time, in milliseconds.
@@ -183,12 +181,15 @@ enum Waiter {
 }
 
 #[derive(Debug)]
+/// The round in progress, as the simulation tracks it beside the machine.
 struct Round {
+    /// The id messages carry.
     id: u64,
+    /// The machine's round.
+    machine: u64,
     peer: ServerId,
-    summary: Option<(bool, Vec<TableSummary>)>,
-    outstanding: BTreeSet<String>,
-    failures: Vec<String>,
+    /// What the peer advertised of each table being pulled.
+    pulls: BTreeMap<String, TableSummary>,
 }
 
 #[derive(Debug)]
@@ -202,10 +203,8 @@ struct Server {
     /// Writes queued for the writer, not yet durable.
     queued: Vec<(SimWrite, Waiter)>,
     sync_scheduled: bool,
-    rule: ReadinessRule<ServerId>,
-    next_peer: usize,
+    machine: Replicator<ServerId>,
     round: Option<Round>,
-    resolved: bool,
     /// What ready peers advertised to this server in this incarnation (the checker's record,
     /// kept apart from the rule's).
     advertised_by_ready: BTreeMap<String, Holding>,
@@ -389,34 +388,35 @@ impl Sim {
             }
             Event::Tick(s, inc) => {
                 if self.servers[s].up && self.servers[s].incarnation == inc {
-                    if self.servers[s].round.is_none() {
-                        self.start_round(s);
-                    }
+                    self.start_round(s);
                     let period = self.cfg.period;
                     self.at(period, Event::Tick(s, inc));
                 }
                 Ok(())
             }
             Event::CatchUp(s, inc) => {
-                if self.servers[s].up
-                    && self.servers[s].incarnation == inc
-                    && self.servers[s].round.is_none()
-                {
+                if self.servers[s].up && self.servers[s].incarnation == inc {
                     self.start_round(s);
                 }
                 Ok(())
             }
             Event::RoundDeadline(s, id) => {
-                if self.servers[s].round.as_ref().is_some_and(|r| r.id == id) {
-                    self.finish_round(s, true);
+                if let Some((round, _)) = self.round_of(s, id) {
+                    let server = &mut self.servers[s];
+                    let held = &server.tables;
+                    let _: Option<Verdict> = server
+                        .machine
+                        .on_deadline(round, |n| Holding::held(held, n));
+                    self.round_ended(s);
                 }
                 Ok(())
             }
             Event::ResolveOk(s, inc) => {
                 if self.servers[s].up && self.servers[s].incarnation == inc {
-                    self.servers[s].resolved = true;
                     let peers = self.peers_of(s);
-                    let _: Verdict = self.servers[s].rule.on_resolution(Resolution::Peers(peers));
+                    let _: Verdict = self.servers[s]
+                        .machine
+                        .on_resolution(Resolution::Peers(peers));
                 }
                 Ok(())
             }
@@ -552,7 +552,7 @@ impl Sim {
             Msg::Summary { round } => {
                 let server = &self.servers[s];
                 let tables = summary_of(&server.tables);
-                let ready = server.rule.is_ready();
+                let ready = server.machine.is_ready();
                 self.send(
                     Addr::Server(s),
                     from,
@@ -610,7 +610,7 @@ impl Sim {
                 min_version,
             } => {
                 let server = &self.servers[s];
-                let answer = if !server.rule.is_ready() {
+                let answer = if !server.machine.is_ready() {
                     Err(ErrorCode::Unavailable)
                 } else {
                     match Holding::held(&server.tables, &table) {
@@ -717,13 +717,13 @@ impl Sim {
                     }
                 }
                 Waiter::Pull { round, table } => {
-                    let failure = match result {
-                        Ok(_) | Err(ErrorCode::Stale) => None,
+                    let done = match result {
+                        Ok(_) | Err(ErrorCode::Stale) => TableResult::Done,
                         Err(code) => {
-                            Some(format!("{table}: the writer refused the pull ({code:?})"))
+                            TableResult::Failed(format!("the writer refused the pull ({code:?})"))
                         }
                     };
-                    self.pull_done(s, round, &table, failure);
+                    self.table_done(s, round, &table, done);
                 }
             }
         }
@@ -736,24 +736,20 @@ impl Sim {
         self.at(50, Event::CatchUp(s, inc));
     }
 
+    /// A tick: the machine starts a round if it will.
     fn start_round(&mut self, s: ServerId) {
-        let peers = self.peers_of(s);
-        if peers.is_empty() || !self.servers[s].resolved {
+        let Some(Action::AskSummary { round, peer }) = self.servers[s].machine.start_round() else {
             return;
-        }
-        // Round ids are unique across incarnations, so no answer to an old round is taken
-        // for one of the new.
+        };
+        // Messages name rounds by an id unique across incarnations, so no answer to an old
+        // incarnation's round is taken for one of the new.
         self.seq += 1;
         let id = self.seq;
-        let server = &mut self.servers[s];
-        let peer = peers[server.next_peer % peers.len()];
-        server.next_peer += 1;
-        server.round = Some(Round {
+        self.servers[s].round = Some(Round {
             id,
+            machine: round,
             peer,
-            summary: None,
-            outstanding: BTreeSet::new(),
-            failures: Vec::new(),
+            pulls: BTreeMap::new(),
         });
         self.send(
             Addr::Server(s),
@@ -764,23 +760,36 @@ impl Sim {
         self.at(deadline, Event::RoundDeadline(s, id));
     }
 
+    /// The round in progress if it is `id`: its machine round and peer.
+    fn round_of(&self, s: ServerId, id: u64) -> Option<(u64, ServerId)> {
+        self.servers[s]
+            .round
+            .as_ref()
+            .filter(|r| r.id == id)
+            .map(|r| (r.machine, r.peer))
+    }
+
+    /// Forgets the round once the machine ended it.
+    fn round_ended(&mut self, s: ServerId) {
+        let server = &mut self.servers[s];
+        if let Some(r) = &server.round
+            && !server.machine.is_current(r.machine)
+        {
+            server.round = None;
+        }
+    }
+
     fn summary_received(
         &mut self,
         s: ServerId,
-        round: u64,
+        id: u64,
         ready: bool,
         tables: Vec<TableSummary>,
     ) -> Result<(), String> {
-        let Some(r) = self.servers[s]
-            .round
-            .as_mut()
-            .filter(|r| r.id == round && r.summary.is_none())
-        else {
+        let Some((round, peer)) = self.round_of(s, id) else {
             return Ok(());
         };
-        let peer = r.peer;
-        r.summary = Some((ready, tables.clone()));
-        if ready && !self.servers[s].rule.is_ready() {
+        if ready && !self.servers[s].machine.is_ready() {
             let record = &mut self.servers[s].advertised_by_ready;
             for e in &tables {
                 let h = Holding::advertised(e);
@@ -790,76 +799,65 @@ impl Sim {
                 }
             }
         }
-        for entry in &tables {
-            let ours = Holding::held(&self.servers[s].tables, &entry.name);
-            match replication::decide(ours, Holding::advertised(entry)) {
-                Decision::Nothing => {}
-                Decision::Diverged => {
+        let server = &mut self.servers[s];
+        let held = &server.tables;
+        let plan = server
+            .machine
+            .on_summary(round, Ok((ready, tables)), |n| Holding::held(held, n));
+        for action in plan.actions {
+            match action {
+                Action::AskSummary { .. } => {}
+                Action::Diverged { table, version } => {
                     return Err(format!(
-                        "servers {s} and {peer} hold {} at version {} with other content",
-                        entry.name, entry.version
+                        "servers {s} and {peer} hold {table} at version {version} with other content"
                     ));
                 }
-                Decision::Drop { version } => {
-                    self.begin_pull(s, &entry.name);
+                Action::Drop { table, version, .. } => {
                     let write = SimWrite::Drop {
-                        table: entry.name.clone(),
+                        table: table.clone(),
                         version,
                     };
-                    let waiter = Waiter::Pull {
-                        round,
-                        table: entry.name.clone(),
-                    };
-                    self.queue(s, write, waiter);
+                    self.queue(s, write, Waiter::Pull { round: id, table });
                 }
-                Decision::Pull { since } => {
-                    self.begin_pull(s, &entry.name);
+                Action::Pull { entry, since, .. } => {
                     let base = since
                         .and_then(|_| self.servers[s].tables.get(&entry.name))
                         .map(|t| t.to_map());
                     let msg = Msg::Pull {
-                        round,
+                        round: id,
                         table: entry.name.clone(),
                         since,
                         base,
                     };
+                    if let Some(r) = self.servers[s].round.as_mut() {
+                        r.pulls.insert(entry.name.clone(), entry);
+                    }
                     self.send(Addr::Server(s), Addr::Server(peer), msg);
                 }
             }
         }
-        if self.servers[s]
-            .round
-            .as_ref()
-            .is_some_and(|r| r.outstanding.is_empty())
-        {
-            self.finish_round(s, false);
-        }
+        self.round_ended(s);
         Ok(())
     }
 
-    fn begin_pull(&mut self, s: ServerId, table: &str) {
-        if let Some(r) = self.servers[s].round.as_mut() {
-            r.outstanding.insert(table.to_owned());
-        }
-    }
-
-    fn pulled(&mut self, s: ServerId, round: u64, table: String, answer: PullAnswer) {
-        let Some(r) = self.servers[s].round.as_ref().filter(|r| r.id == round) else {
+    fn pulled(&mut self, s: ServerId, id: u64, table: String, answer: PullAnswer) {
+        let Some((_, peer)) = self.round_of(s, id) else {
             return;
         };
-        let (peer, advertised) = match &r.summary {
-            Some((_, tables)) => match tables.iter().find(|e| e.name == table) {
-                Some(e) if r.outstanding.contains(&table) => (r.peer, e.clone()),
-                _ => return,
-            },
-            None => return,
+        let Some(advertised) = self.servers[s]
+            .round
+            .as_ref()
+            .and_then(|r| r.pulls.get(&table))
+            .cloned()
+        else {
+            return;
         };
         let waiter = Waiter::Pull {
-            round,
+            round: id,
             table: table.clone(),
         };
         match answer {
-            PullAnswer::Gone => self.pull_done(s, round, &table, None),
+            PullAnswer::Gone => self.table_done(s, id, &table, TableResult::Done),
             PullAnswer::Snapshot(map) => {
                 match replication::accept_snapshot(
                     map.name().as_str(),
@@ -867,7 +865,7 @@ impl Sim {
                     &advertised,
                 ) {
                     Ok(()) => self.queue(s, SimWrite::Put(map), waiter),
-                    Err(e) => self.pull_done(s, round, &table, Some(e.to_string())),
+                    Err(e) => self.table_done(s, id, &table, TableResult::Failed(e.to_string())),
                 }
             }
             PullAnswer::Delta(delta) | PullAnswer::Blocks(delta) => {
@@ -875,10 +873,10 @@ impl Sim {
                 let rebuilt = ours.and_then(|t| t.apply(&delta, &mut NodeInterner::default()).ok());
                 match rebuilt.map(|t| replication::accept_rebuilt(&t, &advertised)) {
                     Some(Ok(())) => self.queue(s, SimWrite::Batch(delta), waiter),
-                    // The delta would not give the advertised table: the whole snapshot.
+                    // The changes would not give the advertised table: the whole snapshot.
                     _ => {
                         let msg = Msg::Pull {
-                            round,
+                            round: id,
                             table,
                             since: None,
                             base: None,
@@ -890,46 +888,16 @@ impl Sim {
         }
     }
 
-    fn pull_done(&mut self, s: ServerId, round: u64, table: &str, failure: Option<String>) {
-        let Some(r) = self.servers[s].round.as_mut().filter(|r| r.id == round) else {
+    fn table_done(&mut self, s: ServerId, id: u64, table: &str, result: TableResult) {
+        let Some((round, _)) = self.round_of(s, id) else {
             return;
-        };
-        if !r.outstanding.remove(table) {
-            return;
-        }
-        r.failures.extend(failure);
-        if r.outstanding.is_empty() {
-            self.finish_round(s, false);
-        }
-    }
-
-    fn finish_round(&mut self, s: ServerId, timed_out: bool) {
-        let Some(r) = self.servers[s].round.take() else {
-            return;
-        };
-        let outcome = match r.summary {
-            None => RoundOutcome::Unreachable("no summary before the deadline".into()),
-            Some((peer_ready, tables)) => {
-                let mut failures = r.failures;
-                if timed_out {
-                    failures.extend(r.outstanding.iter().map(|t| format!("{t}: timed out")));
-                }
-                RoundOutcome::Exchanged {
-                    peer_ready,
-                    advertised: tables
-                        .iter()
-                        .map(|e| (e.name.clone(), Holding::advertised(e)))
-                        .collect(),
-                    failures,
-                }
-            }
         };
         let server = &mut self.servers[s];
-        let tables = &server.tables;
-        // What it says is checked in `check`, after the step.
-        let _: Verdict = server
-            .rule
-            .on_round(r.peer, outcome, |name| Holding::held(tables, name));
+        let held = &server.tables;
+        let _: Option<Verdict> = server
+            .machine
+            .on_table(round, table, result, |n| Holding::held(held, n));
+        self.round_ended(s);
     }
 
     fn authority_step(&mut self) {
@@ -1078,7 +1046,7 @@ impl Sim {
                 }
             }
             // A ready server holds everything ready peers advertised to it.
-            if server.up && server.rule.is_ready() {
+            if server.up && server.machine.is_ready() {
                 for (name, need) in &server.advertised_by_ready {
                     let held = Holding::held(&server.tables, name);
                     if !held.at_least(need) {
@@ -1134,7 +1102,7 @@ impl Sim {
             }
         }
         for (s, server) in self.servers.iter().enumerate() {
-            if !server.rule.is_ready() {
+            if !server.machine.is_ready() {
                 return Err(format!("server {s} is not ready after the faults stopped"));
             }
         }
@@ -1151,10 +1119,8 @@ impl Server {
             interner: NodeInterner::default(),
             queued: Vec::new(),
             sync_scheduled: false,
-            rule: ReadinessRule::new(has_peers),
-            next_peer: 0,
+            machine: Replicator::new(has_peers),
             round: None,
-            resolved: false,
             advertised_by_ready: BTreeMap::new(),
         }
     }

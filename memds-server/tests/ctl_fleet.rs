@@ -671,3 +671,53 @@ async fn a_host_name_is_resolved_and_names_the_certificate() {
         run.stderr
     );
 }
+
+/// Issue 23, divergence 8: a drop's effect must not depend on which server takes it. Server 1
+/// lags (started alone, it missed version 6); `drop-table` without a version drops the newest
+/// version any server listed holds, so the lagging server's tombstone is at 6 and version 6
+/// never brings the table back there. Sent to the lagging server alone, the plain drop would
+/// have dropped 5.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drop_without_a_version_drops_the_newest_version_the_servers_hold() {
+    let mut peers = Peers::new(2);
+    peers.start_all();
+    peers.wait_ready(0).await;
+    peers.wait_ready(1).await;
+    let ctl = Ctl::new(&peers);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let v5 = table(2, 50, 5);
+    let v5_file = write_json(dir.path(), "v5.json", &v5.to_json());
+    let all = servers(&peers, &[0, 1]);
+    ctl.run(&all, &["put-table", &v5_file]).ok();
+    peers.converged(&[0, 1], "table-0002", 5).await;
+
+    // Server 1 misses version 6: it runs alone while server 0 takes it.
+    peers.kill(1);
+    let v6 = table(2, 51, 6);
+    let v6_file = write_json(dir.path(), "v6.json", &v6.to_json());
+    ctl.run(&servers(&peers, &[0]), &["put-table", &v6_file])
+        .ok();
+    peers.start_with_peers(1, &[]);
+    assert_eq!(peers.version(1, "table-0002").await, 5);
+
+    let lines = ctl.run(&all, &["drop-table", "table-0002"]).ok().lines();
+    for (line, i) in lines.iter().zip([0, 1]) {
+        assert_eq!(
+            line["ack"],
+            json!({"table": "table-0002", "version": 6}),
+            "server {i}: {line}"
+        );
+    }
+    // Back with its peer, version 6 does not resurrect the table on server 1.
+    peers.kill(1);
+    peers.start(1);
+    peers.wait_ready(1).await;
+    let status = status_until(&ctl, &all, |s| {
+        s["tables"][0]["servers_at_newest"]
+            .as_array()
+            .is_some_and(|a| a.len() == 2)
+    })
+    .await;
+    assert_eq!(status["tables"][0]["dropped"], true, "{status}");
+    assert_eq!(status["tables"][0]["newest_version"], 6, "{status}");
+}

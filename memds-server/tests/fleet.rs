@@ -346,6 +346,18 @@ async fn holding(fleet: &Peers, i: usize, name: &str) -> Option<(u64, bool)> {
         .map(|t| (t.version, t.dropped))
 }
 
+/// Waits (bounded) until server `i` has counted a write it could not forward.
+async fn wait_forward_failed(fleet: &Peers, i: usize) {
+    let started = Instant::now();
+    while counter(fleet, i, "memds_forwards_total", "result=\"failed\"") == 0.0 {
+        assert!(
+            started.elapsed() < CONVERGE,
+            "server {i} never gave up forwarding"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Waits (bounded) until server `i` advertises `name` as `want`.
 async fn wait_holding(fleet: &Peers, i: usize, name: &str, want: (u64, bool)) {
     let started = Instant::now();
@@ -379,6 +391,7 @@ async fn a_drop_reaches_a_peer_that_holds_the_dropped_version() {
 
     fleet.kill(1);
     assert_eq!(admin.drop_table(&name).await.expect("drop"), 5);
+    wait_forward_failed(&fleet, 0).await;
     fleet.start(1);
     wait_holding(&fleet, 1, &name, (5, true)).await;
     fleet.wait_ready(1).await;
@@ -402,6 +415,9 @@ async fn a_table_put_at_version_0_reaches_a_peer_that_missed_its_forward() {
     let name = map.name().as_str().to_owned();
     let admin = fleet.client(0, Role::Admin).await;
     admin.put_table(&map).await.expect("put");
+    // The forward must have failed (else a connection retried while the peer restarts can
+    // deliver it): only anti-entropy can bring the table then.
+    wait_forward_failed(&fleet, 0).await;
     fleet.start(1);
     wait_holding(&fleet, 1, &name, (0, false)).await;
     fleet.wait_ready(1).await;

@@ -60,7 +60,7 @@
 //!   let another server be tried.
 //! - `writes`: the admin writes (`put-table`, `update-partitions`, `update-batch`,
 //!   `drop-table`) read from their files and sent to all servers or to the first that takes
-//!   them.
+//!   them; a drop without a version drops the newest version any of the servers holds.
 //! - `reads`: `get-table` and `lookup`, and the route resolution `explain` shares.
 //! - `fleet_status`: gathering every server's summary and counters, comparing their tables,
 //!   and the aligned-table rendering.
@@ -223,7 +223,8 @@ enum Command {
         /// The table.
         table: String,
         /// Drop this version (refused if the server holds a newer one; recorded as the
-        /// tombstone even where it holds an older one or none).
+        /// tombstone even where it holds an older one or none). Without it, the newest version
+        /// any of the servers given holds, so that the drop does what it would on any of them.
         #[arg(long)]
         version: Option<u64>,
     },
@@ -405,13 +406,17 @@ async fn run_one(
     timeout: Duration,
     out: &mut impl std::io::Write,
 ) -> anyhow::Result<()> {
-    let client = connect(target, timeout).await?;
     if let Some(write) = WriteOp::load(&command)? {
+        let write = write
+            .resolved(std::slice::from_ref(target), timeout)
+            .await?;
+        let client = connect(target, timeout).await?;
         let ack = write.send(&client, timeout).await?;
         writeln!(out, "{}", serde_json::to_string(&ack)?)?;
         client.close();
         return Ok(());
     }
+    let client = connect(target, timeout).await?;
     match command {
         Command::GetTable { table } => {
             writeln!(out, "{}", get_table(&client, &table, timeout).await?)?;
@@ -461,6 +466,7 @@ async fn run_many(
     out: &mut impl std::io::Write,
 ) -> anyhow::Result<ExitCode> {
     if let Some(write) = WriteOp::load(&command)? {
+        let write = write.resolved(targets, timeout).await?;
         return match write_to {
             WriteTo::All => write_to_all(write, targets, timeout, out).await,
             WriteTo::One => write_to_one(&write, targets, timeout, out).await,

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use memds_client::Client;
 use memds_proto::TableMap;
 use memds_proto::wire::{BatchUpdate, PartitionUpdate, WriteAck};
@@ -59,6 +59,60 @@ impl WriteOp {
             },
             _ => return Ok(None),
         }))
+    }
+
+    /// A drop that names no version drops the newest version any of `targets` holds (or has
+    /// dropped), so that its effect does not depend on which server takes it: a server that
+    /// lags would leave a tombstone below the fleet's version, and the table would come back
+    /// when the newer version reached it. Other writes are returned as they are.
+    pub(crate) async fn resolved(
+        self,
+        targets: &[Target],
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let WriteOp::Drop {
+            table,
+            version: None,
+        } = self
+        else {
+            return Ok(self);
+        };
+        let name = table.clone();
+        let answers = on_each(targets, timeout, move |client| async move {
+            with_timeout(timeout, client.summary())
+                .await
+                .context("summary")
+        })
+        .await;
+        let mut newest: Option<u64> = None;
+        let mut failures = Vec::new();
+        for (target, answer) in targets.iter().zip(answers) {
+            match answer {
+                Ok(summary) => {
+                    let held = summary
+                        .tables
+                        .iter()
+                        .filter(|t| t.name == name)
+                        .map(|t| t.version);
+                    newest = newest.max(held.max());
+                }
+                Err(e) => failures.push(format!("{}: {e:#}", target.label())),
+            }
+        }
+        if failures.len() == targets.len() {
+            bail!(
+                "drop-table: no server said which version of {name} it holds ({}); name the version with --version",
+                failures.join("; ")
+            );
+        }
+        for failure in &failures {
+            eprintln!("drop-table: {failure} (the drop's version is the newest the others hold)");
+        }
+        Ok(WriteOp::Drop {
+            table,
+            // No server knows the table: sent as it is, for the servers to say so.
+            version: newest,
+        })
     }
 
     pub(crate) async fn send(&self, client: &Client, timeout: Duration) -> anyhow::Result<Ack> {
