@@ -932,6 +932,14 @@ pub enum EditError {
         /// That partition's end.
         end: u64,
     },
+    /// The update's node list names an id twice. As in a put ([`MapError::DuplicateNodeId`]),
+    /// node ids must be unique: an update adds or replaces each node it lists, and two records
+    /// of one id would leave which one the table holds to their order.
+    #[error("node id {id} is listed twice in the update's nodes; node ids must be unique")]
+    DuplicateNodeId {
+        /// The repeated id (the lowest, when several repeat).
+        id: NodeId,
+    },
     /// The resident table fails its digests where the update reads it.
     #[error("the resident table is damaged where the update applies")]
     Damaged,
@@ -1452,6 +1460,27 @@ fn merge_spans(spans: impl IntoIterator<Item = (u64, u64)>) -> Vec<(u64, u64)> {
 }
 
 impl CompactTable {
+    /// Checks the rules an update breaks whatever table and version it meets: it names no range,
+    /// a range with no partitions, or a node id twice. [`CompactTable::apply`] checks them
+    /// first, before anything (the interner included) is changed; a server checks them before
+    /// its version rules, so such an update is refused even as a retry.
+    pub fn check_update(update: &BatchUpdate) -> Result<(), EditError> {
+        if update.ranges.is_empty() {
+            return Err(EditError::NoRanges);
+        }
+        if let Some(range) = update.ranges.iter().position(|r| r.partitions.is_empty()) {
+            return Err(EditError::EmptyRange { range });
+        }
+        let mut ids: Vec<u32> = update.nodes.iter().map(|n| n.id).collect();
+        ids.sort_unstable();
+        match ids.windows(2).find(|w| w[0] == w[1]) {
+            Some(pair) => Err(EditError::DuplicateNodeId {
+                id: NodeId::new(pair[0]),
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// Applies a batch of range replacements, giving the table at `update.version` (the version
     /// rules are the caller's: this checks the ranges and the result's rules over the touched
     /// ranges and their neighbours, with the errors [`TableMap::new`] gives, indexes being
@@ -1462,9 +1491,7 @@ impl CompactTable {
         update: &BatchUpdate,
         interner: &mut NodeInterner,
     ) -> Result<CompactTable, EditError> {
-        if update.ranges.is_empty() {
-            return Err(EditError::NoRanges);
-        }
+        Self::check_update(update)?;
         let nodes = self.merged_nodes(&update.nodes, interner)?;
         let known = |id: NodeId| nodes.binary_search_by_key(&id, |n| n.id).is_ok();
 
@@ -2749,6 +2776,46 @@ mod tests {
             table.apply(&bad, &mut interner),
             Err(EditError::NotSorted { range: 1, .. })
         ));
+        // A node id listed twice, as a put refuses it: whether the records agree or not, and
+        // whether the id is new to the table or already in it.
+        let known = table.node_specs()[0].clone();
+        let fresh = NodeSpec {
+            id: 999_999,
+            addr: "10.9.9.9:7000".into(),
+            az: "az-9".into(),
+        };
+        let moved = NodeSpec {
+            addr: "10.8.8.8:7000".into(),
+            ..fresh.clone()
+        };
+        let interned = interner.len();
+        for (nodes, id) in [
+            (vec![fresh.clone(), known.clone(), fresh.clone()], fresh.id),
+            (vec![fresh.clone(), moved], fresh.id),
+            (vec![known.clone(), fresh.clone(), known.clone()], known.id),
+        ] {
+            let mut bad = good.clone();
+            bad.nodes = nodes;
+            let err = table
+                .apply(&bad, &mut interner)
+                .expect_err("repeated node id");
+            assert_eq!(
+                err,
+                EditError::DuplicateNodeId {
+                    id: NodeId::new(id)
+                }
+            );
+            assert!(err.to_string().contains(&format!("node id {id} ")), "{err}");
+            assert_eq!(CompactTable::check_update(&bad), Err(err));
+        }
+        assert_eq!(
+            interner.len(),
+            interned,
+            "a refused update interned nothing"
+        );
+        let mut distinct = good.clone();
+        distinct.nodes = vec![known, fresh];
+        assert!(table.apply(&distinct, &mut interner).is_ok());
         // A damaged block where the update reads is refused, not spliced in.
         let damaged = table.damaged_copy(64 * 5 + 3);
         assert!(!damaged.verify());

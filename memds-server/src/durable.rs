@@ -19,11 +19,13 @@
 //! Read `state.db` (any damage stops the server), then every log whose generation is above the
 //! one the checkpoint covers, in order; they must follow each other without a gap, starting at
 //! the next generation after the checkpoint's, and a log after generation 1 needs the checkpoint
-//! it follows. In the last log, a frame that is incomplete or fails a checksum, with no valid
-//! frame anywhere after it, is a torn write that was never acknowledged (the crash came before
-//! its sync): it is cut. Anything else (a bad frame followed by a valid one, a bad frame in an
-//! earlier log, a bad header, a frame whose checksums pass but whose records do not decode) is
-//! damage to acknowledged data: [`Durable::open`] refuses it with [`DurableError::Corrupt`],
+//! it follows. In the last log written to (the last one, or one that only empty logs follow: see
+//! compaction below), a frame that is incomplete or fails a checksum, with no valid frame
+//! anywhere after it, is a torn write that was never acknowledged (the crash came before its
+//! sync): it is cut, and the cut synced before anything is appended. Anything else (a bad frame
+//! followed by a valid one, a bad frame in a log that a later log holding a frame follows, a bad
+//! header, a frame whose checksums pass but whose records do not decode) is damage to
+//! acknowledged data: [`Durable::open`] refuses it with [`DurableError::Corrupt`],
 //! naming the file, the offset, what was found and how to proceed. In
 //! [`RecoveryMode::Salvage`] the damaged files are linked aside into `damaged-<unix time>/`
 //! (never deleted), recovery keeps what precedes the damage, lists every write it found after
@@ -39,6 +41,17 @@
 //! (the new log is empty); after (3) the new checkpoint covers every write logged so far and the
 //! new log is already there to follow it. A failure before (3) keeps appending to the current
 //! log, which recovery reads.
+//!
+//! Such a failure leaves the next log behind, empty, and writes go on in the current log before
+//! it; appends move to the next log only once a compaction succeeds (a retry recreates it, empty
+//! again). So a crash can tear the tail of a log that an empty log follows. Recovery treats it as
+//! the last log's tail: an empty log holds no write, so a bad frame with nothing after it but
+//! empty logs still has no acknowledged write after it anywhere, which is all that makes a bad
+//! frame a torn write rather than damage. Removing the empty log when the compaction fails would
+//! not be enough: a crash before the removal, or a failed removal, leaves it all the same (and a
+//! crash in the middle of compacting a poisoned log does so before any failure is seen). The
+//! empty logs are never ones a checkpoint covers: recovery reads only the logs after the
+//! checkpoint's generation.
 //!
 //! An append that fails is cut back from the log, so the failed batch is neither acknowledged
 //! nor replayed. If even the cut fails, the log's tail is unknown: the log is poisoned, every
@@ -177,7 +190,8 @@ impl std::fmt::Display for Origin {
 pub struct Recovered {
     /// Each record and where it was read.
     pub records: Vec<(Origin, WalRecord)>,
-    /// A torn, unacknowledged write cut from the end of the last log: where, and how many bytes.
+    /// A torn, unacknowledged write cut from the end of the last log written to: where, and how
+    /// many bytes.
     pub truncated: Option<(Origin, u64)>,
     /// Salvage only: what was set aside, and the writes it held that are not restored.
     pub salvage: Option<Salvaged>,
@@ -221,6 +235,24 @@ impl Durable {
         remove_leftovers(dir)?;
         let history = read_history(dir, mode)?;
         let mut recovered = history.recovered;
+        // The cut is on disk before anything is appended, to this log or to an empty one after
+        // it: once a later log holds a frame, a torn tail here would be damage.
+        if let Some(torn) = history.torn {
+            let path = log_path(dir, torn.generation);
+            let f = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(io_err("opening", &path))?;
+            f.set_len(torn.valid).map_err(io_err("truncating", &path))?;
+            f.sync_all().map_err(io_err("syncing", &path))?;
+            recovered.truncated = Some((
+                Origin {
+                    path,
+                    offset: torn.valid,
+                },
+                torn.cut,
+            ));
+        }
         let (generation, wal, wal_bytes) = match history.last_log {
             Some(last) => {
                 let path = log_path(dir, last.generation);
@@ -228,17 +260,6 @@ impl Durable {
                     .write(true)
                     .open(&path)
                     .map_err(io_err("opening", &path))?;
-                if let Some(cut) = last.cut {
-                    f.set_len(last.valid).map_err(io_err("truncating", &path))?;
-                    f.sync_all().map_err(io_err("syncing", &path))?;
-                    recovered.truncated = Some((
-                        Origin {
-                            path: path.clone(),
-                            offset: last.valid,
-                        },
-                        cut,
-                    ));
-                }
                 (last.generation, f, last.valid)
             }
             None => {
@@ -455,15 +476,25 @@ struct History {
     /// The generation the checkpoint covers (0: none).
     covers: u64,
     state_bytes: u64,
+    /// The log appends go on in.
     last_log: Option<LastLog>,
+    /// A torn tail to cut: in the last log, or in the last one holding frames when only empty
+    /// logs follow it.
+    torn: Option<TornTail>,
 }
 
 struct LastLog {
     generation: u64,
     /// Length of the valid prefix.
     valid: u64,
-    /// Bytes of a torn tail to cut, if any.
-    cut: Option<u64>,
+}
+
+struct TornTail {
+    generation: u64,
+    /// Length of the valid prefix, where the cut goes.
+    valid: u64,
+    /// Bytes cut.
+    cut: u64,
 }
 
 /// How a file's frames read.
@@ -554,15 +585,31 @@ fn read_history(dir: &Path, mode: RecoveryMode) -> Result<History, DurableError>
         }
     }
 
+    // Which logs hold anything past their header: a log that only empty ones follow is the last
+    // one written to (see the module docs on compaction).
+    let mut holds_frames = Vec::with_capacity(usable.len());
+    for &g in &usable {
+        let path = log_path(dir, g);
+        let len = fs::metadata(&path).map_err(io_err("reading", &path))?.len();
+        holds_frames.push(len != HEADER_LEN as u64);
+    }
     let mut last_log = None;
+    let mut torn = None;
     for (i, &g) in usable.iter().enumerate() {
         let path = log_path(dir, g);
         let bytes = fs::read(&path).map_err(io_err("reading", &path))?;
-        let is_last = i + 1 == usable.len();
-        let read = read_log(&path, &bytes, g, is_last);
+        let last_written = !holds_frames[i + 1..].contains(&true);
+        let read = read_log(&path, &bytes, g, last_written);
         recovered.records.extend(read.records);
-        let torn = match judge_log(&path, &bytes, read.verdict, mode, &mut salvaged)? {
-            LogOutcome::Kept(cut) => cut,
+        match judge_log(&path, &bytes, read.verdict, mode, &mut salvaged)? {
+            LogOutcome::Kept(None) => {}
+            LogOutcome::Kept(Some(cut)) => {
+                torn = Some(TornTail {
+                    generation: g,
+                    valid: read.valid.max(HEADER_LEN) as u64,
+                    cut,
+                })
+            }
             LogOutcome::Damaged => {
                 set_aside.push(path.clone());
                 for &later in &usable[i + 1..] {
@@ -572,11 +619,10 @@ fn read_history(dir: &Path, mode: RecoveryMode) -> Result<History, DurableError>
                 }
                 break;
             }
-        };
+        }
         last_log = Some(LastLog {
             generation: g,
             valid: read.valid.max(HEADER_LEN) as u64,
-            cut: torn,
         });
     }
 
@@ -584,14 +630,15 @@ fn read_history(dir: &Path, mode: RecoveryMode) -> Result<History, DurableError>
         salvaged.folder = link_aside(dir, &set_aside)?;
         recovered.salvage = Some(salvaged);
         // The damaged files stay where they are until the caller's checkpoint covers what was
-        // kept; appends go to a fresh log after every generation seen.
+        // kept; appends go to a fresh log after every generation seen. So a torn tail in a kept
+        // log is not cut either: that checkpoint covers it too.
         let next = logs.last().copied().unwrap_or(covers).max(covers) + 1;
-        last_log = None;
         return Ok(History {
             recovered,
             covers: next - 1,
             state_bytes: 0,
-            last_log,
+            last_log: None,
+            torn: None,
         });
     }
     Ok(History {
@@ -599,6 +646,7 @@ fn read_history(dir: &Path, mode: RecoveryMode) -> Result<History, DurableError>
         covers,
         state_bytes,
         last_log,
+        torn,
     })
 }
 
@@ -682,10 +730,10 @@ enum Verdict {
     },
 }
 
-/// Reads the log of `generation` (`is_last`: no later log follows it) and judges what follows
-/// its valid prefix: a bad frame with no valid frame after it, at the end of the last log, is a
-/// torn tail; anything else is damage (see the module docs).
-fn read_log(path: &Path, bytes: &[u8], generation: u64, is_last: bool) -> LogRead {
+/// Reads the log of `generation` (`last_written`: no later log holds a frame) and judges what
+/// follows its valid prefix: a bad frame with no valid frame after it, at the end of the last
+/// log written to, is a torn tail; anything else is damage (see the module docs).
+fn read_log(path: &Path, bytes: &[u8], generation: u64, last_written: bool) -> LogRead {
     let header_ok = parse_header(bytes, WAL_MAGIC) == Some(generation);
     let scan = if header_ok {
         scan_frames(path, bytes)
@@ -704,7 +752,7 @@ fn read_log(path: &Path, bytes: &[u8], generation: u64, is_last: bool) -> LogRea
     };
     let verdict = match scan.bad {
         None => Verdict::Clean,
-        Some(bad) if is_last && header_ok && bad.followed_at.is_none() => {
+        Some(bad) if last_written && header_ok && bad.followed_at.is_none() => {
             Verdict::Torn((bytes.len() - bad.offset) as u64)
         }
         Some(bad) => {
@@ -712,7 +760,10 @@ fn read_log(path: &Path, bytes: &[u8], generation: u64, is_last: bool) -> LogRea
                 Some(at) if header_ok => {
                     format!("{}, with a valid frame after it at byte {at}", bad.found)
                 }
-                _ if !is_last => format!("{}, in a log that a later log follows", bad.found),
+                _ if !last_written => format!(
+                    "{}, in a log that a later log holding writes follows",
+                    bad.found
+                ),
                 _ => bad.found,
             };
             Verdict::Damaged {
@@ -1058,9 +1109,10 @@ pub mod fuzz_support {
     /// The part a file plays in a data directory.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub enum Role {
-        /// The newest log (generation 1), where a torn tail is cut.
+        /// The last log written to (generation 1; any later log is empty), where a torn tail
+        /// is cut.
         LastLog,
-        /// A log (generation 1) that a later log follows.
+        /// A log (generation 1) that a later log holding a frame follows.
         EarlierLog,
         /// `state.db`.
         Checkpoint,
@@ -1285,6 +1337,62 @@ mod tests {
             open(dir.path()),
             Err(DurableError::Corrupt { .. })
         ));
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_from_a_log_that_only_empty_logs_follow_and_is_damage_before_a_write() {
+        // As a compaction that failed after creating log 2 leaves the directory, after a crash
+        // tore the write that went on in log 1.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut d, _) = open(dir.path()).expect("open");
+        d.append(vec![put(&table(0))]).expect("append");
+        let torn_at = d.wal_bytes();
+        d.append(vec![put(&table(1))]).expect("append");
+        drop(d);
+        let log1 = log_path(dir.path(), 1);
+        let len = fs::metadata(&log1).expect("stat").len();
+        OpenOptions::new()
+            .write(true)
+            .open(&log1)
+            .and_then(|f| f.set_len(len - 3))
+            .expect("tear");
+        let torn = fs::read(&log1).expect("read");
+        let mut written = Vec::new();
+        written.extend_from_slice(WAL_MAGIC);
+        written.extend_from_slice(&2u64.to_le_bytes());
+        write_frame(&serialize(vec![drop_of("x", 1)]), &mut written);
+
+        // Log 2 holds a write: whatever log 1's tail is, writes were logged after it.
+        fs::write(log_path(dir.path(), 2), &written).expect("write");
+        match open(dir.path()) {
+            Err(DurableError::Corrupt {
+                path,
+                offset,
+                found,
+            }) => {
+                assert_eq!((path, offset), (log1.clone(), torn_at));
+                assert!(found.contains("later log holding writes"), "{found}");
+            }
+            other => panic!("expected damage, got {other:?}"),
+        }
+        assert_eq!(fs::read(&log1).expect("read"), torn, "nothing was cut");
+
+        // Log 2 is empty: the torn write is the last one anywhere, and is cut.
+        drop(create_log(dir.path(), 2).expect("empty log"));
+        let (mut d, rec) = open(dir.path()).expect("recovery");
+        assert_eq!(records(&rec), vec![put(&table(0))]);
+        let (origin, cut) = rec.truncated.expect("a cut");
+        assert_eq!(
+            (origin.path, origin.offset, cut),
+            (log1.clone(), torn_at, len - 3 - torn_at)
+        );
+        assert_eq!(fs::metadata(&log1).expect("stat").len(), torn_at);
+        assert_eq!(d.generation(), 2, "appends go to the last log");
+        d.append(vec![put(&table(2))]).expect("append");
+        drop(d);
+        let (_, rec) = open(dir.path()).expect("reopen");
+        assert_eq!(records(&rec), vec![put(&table(0)), put(&table(2))]);
+        assert!(rec.truncated.is_none());
     }
 
     #[test]

@@ -450,12 +450,7 @@ fn plan_batch(
     let invalid =
         |e: EditError| ErrorReply::new(ErrorCode::Invalid, format!("update-partitions: {e}"));
     // What no version can make valid is refused first, as it always was.
-    if u.ranges.is_empty() {
-        return Err(invalid(EditError::NoRanges));
-    }
-    if let Some(range) = u.ranges.iter().position(|r| r.partitions.is_empty()) {
-        return Err(invalid(EditError::EmptyRange { range }));
-    }
+    CompactTable::check_update(u).map_err(invalid)?;
     if u.version == current_version {
         return if current.holds(u) {
             Ok(Plan::Unchanged {

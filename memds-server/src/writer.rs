@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Instant;
 
+use memds_proto::model::NodeSpec;
 use memds_proto::wire::{BatchUpdate, ErrorCode, ErrorReply, Response, WriteAck};
 use memds_proto::{CompactTable, NodeInterner, snapshot};
 use tokio::sync::{mpsc, oneshot};
@@ -148,8 +149,14 @@ pub fn replay(
     for (origin, r) in records {
         let write = match r {
             WalRecord::Put { snapshot } => Write::Put { snapshot },
-            WalRecord::Update(u) => Write::Update(u),
-            WalRecord::Batch(u) => Write::Batch(u),
+            WalRecord::Update(mut u) => {
+                keep_last_node_records(&mut u.nodes, &origin);
+                Write::Update(u)
+            }
+            WalRecord::Batch(mut u) => {
+                keep_last_node_records(&mut u.nodes, &origin);
+                Write::Batch(u)
+            }
             WalRecord::Drop { table, version } => Write::Drop {
                 table,
                 version: Some(version),
@@ -177,6 +184,26 @@ pub fn replay(
     }
     interner.purge();
     Ok(out)
+}
+
+/// An update logged before an update's node list had to name each id once
+/// ([`CompactTable::check_update`]) may repeat an id: it was applied with the last record of
+/// each id winning. Replay keeps only those records, so the write applies again exactly as it
+/// did instead of stopping recovery.
+fn keep_last_node_records(nodes: &mut Vec<NodeSpec>, origin: &Origin) {
+    let mut seen = HashSet::new();
+    let mut kept: Vec<NodeSpec> = nodes
+        .iter()
+        .rev()
+        .filter(|n| seen.insert(n.id))
+        .cloned()
+        .collect();
+    if kept.len() == nodes.len() {
+        return;
+    }
+    kept.reverse();
+    tracing::warn!(%origin, "a logged update repeats a node id; replaying it as it was applied, with the last record of each id");
+    *nodes = kept;
 }
 
 /// What [`replay`] rebuilt.
@@ -626,6 +653,65 @@ mod tests {
         let damaged = tables.get(name).expect("held").damaged_copy(bit);
         tables.insert(name.to_owned(), Arc::new(damaged));
         store.publish(tables, &NodeInterner::default());
+    }
+
+    #[test]
+    fn a_logged_update_that_repeats_a_node_id_replays_as_it_was_applied() {
+        let a = map(0, 1);
+        let name = a.name().as_str().to_owned();
+        let node = |addr: &str| NodeSpec {
+            id: 999_999,
+            addr: addr.into(),
+            az: "az-9".into(),
+        };
+        // As a release that took such updates logged one: the last record of the id won.
+        let mut update = BatchUpdate::from(synth::split_update(&a, 3, 9_000_000));
+        update.nodes = vec![node("10.0.0.1:7000"), node("10.0.0.2:7000")];
+        let origin = |offset| Origin {
+            path: "wal-00000000000000000001.log".into(),
+            offset,
+        };
+        let records = vec![
+            (
+                origin(16),
+                WalRecord::Put {
+                    snapshot: snapshot::encode(&a),
+                },
+            ),
+            (origin(4096), WalRecord::Batch(update.clone())),
+        ];
+        let mut interner = NodeInterner::default();
+        let replayed = replay(records, &mut interner, RecoveryMode::Strict).expect("replays");
+        let t = replayed.tables.get(&name).expect("held");
+        assert_eq!(t.version().get(), update.version);
+        assert!(
+            t.node(memds_proto::NodeId::new(999_999))
+                .is_some_and(|n| &*n.addr == "10.0.0.2:7000"),
+            "the last record of the id won"
+        );
+        // Offered now, the same update is refused before the version rules.
+        let mut tables = Tables::new();
+        let p = plan(
+            &tables,
+            &Write::Put {
+                snapshot: snapshot::encode(&a),
+            },
+            &mut interner,
+            u64::MAX,
+        )
+        .expect("put");
+        apply(&mut tables, p);
+        match plan(&tables, &Write::Batch(update), &mut interner, u64::MAX) {
+            Err(e) => {
+                assert_eq!(e.code, ErrorCode::Invalid, "{e:?}");
+                assert!(
+                    e.message.contains("node id 999999 is listed twice"),
+                    "{}",
+                    e.message
+                );
+            }
+            Ok(_) => panic!("an update repeating a node id was planned"),
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@ mod common;
 
 use common::{TestServer, table, temp_dir};
 use memds_client::{Client, ClientError, DeltaAnswer, Role};
-use memds_proto::model::{PartitionSpec, TableSpec};
+use memds_proto::model::{NodeSpec, PartitionSpec, TableSpec};
 use memds_proto::synth::split_update;
 use memds_proto::wire::{BatchUpdate, ErrorCode, HashRange};
 use memds_proto::{CompactTable, NodeInterner, TableMap};
@@ -143,6 +143,31 @@ async fn a_batch_with_one_invalid_range_is_refused_and_changes_nothing() {
     batch.ranges[1] = batch.ranges[0].clone();
     let e = server_error(admin.update_batch(batch).await);
     assert_eq!(e.code, ErrorCode::Invalid, "{e:?}");
+    // A node id listed twice in the update's nodes, as a put refuses it: in a batch, and in a
+    // single-range update (the same record twice).
+    let node = |addr: &str| NodeSpec {
+        id: 4_000_000,
+        addr: addr.into(),
+        az: "az-x".into(),
+    };
+    let mut batch = split_batch(&map, &[10, 20], 5_000_000);
+    batch.nodes = vec![node("10.1.0.1:7000"), node("10.1.0.2:7000")];
+    let e = server_error(admin.update_batch(batch).await);
+    assert_eq!(e.code, ErrorCode::Invalid, "{e:?}");
+    assert!(
+        e.message.contains("node id 4000000 is listed twice"),
+        "{}",
+        e.message
+    );
+    let mut update = split_update(&map, 10, 5_000_000);
+    update.nodes = vec![node("10.1.0.1:7000"), node("10.1.0.1:7000")];
+    let e = server_error(admin.update_partitions(update).await);
+    assert_eq!(e.code, ErrorCode::Invalid, "{e:?}");
+    assert!(
+        e.message.contains("node id 4000000 is listed twice"),
+        "{}",
+        e.message
+    );
 
     assert_eq!(digest(&admin, &name).await, before);
     assert_eq!(held(&admin, &name).await, map);

@@ -332,6 +332,104 @@ fn a_failed_append_is_cut_back_and_a_failed_cut_poisons_the_log_until_compaction
     assert_eq!(got, vec![put(1), put(3), put(6)]);
 }
 
+/// The compaction steps whose failure leaves the next log created (empty) while appends go on
+/// in the current one.
+const FAILS_AFTER_THE_NEXT_LOG: [&str; 2] = ["compact-write-state", "compact-rename-state"];
+
+fn put_record(version: u64) -> WalRecord {
+    WalRecord::Put {
+        snapshot: snapshot::encode(&table(0, PARTITIONS, version)),
+    }
+}
+
+fn recovered(dir: &Path, what: &str) -> (Durable, Vec<WalRecord>, Option<(u64, u64)>) {
+    let (d, rec) = Durable::open(dir, 1 << 20, RecoveryMode::Strict)
+        .unwrap_or_else(|e| panic!("{what}: recovery refused: {e}"));
+    let cut = rec.truncated.as_ref().map(|(o, n)| (o.offset, *n));
+    (d, rec.records.into_iter().map(|(_, r)| r).collect(), cut)
+}
+
+/// Issue 23, divergence 6: a compaction fails after creating the next log, appends go on in the
+/// current log, and a crash tears that log's tail. Recovery cuts the torn write (it was never
+/// acknowledged) and restores every write acknowledged before it, and the cut holds once writes
+/// reach the later log.
+#[test]
+fn a_torn_tail_after_a_failed_compaction_is_cut_and_every_acknowledged_write_recovered() {
+    let _scenario = fail::FailScenario::setup();
+    for step in FAILS_AFTER_THE_NEXT_LOG {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut d, _) = Durable::open(dir.path(), 1 << 20, RecoveryMode::Strict).expect("open");
+        d.append(vec![put_record(1)]).expect("append");
+        fail::cfg(step, "return").expect("failpoint");
+        assert!(d.compact(std::iter::once(put_record(1))).is_err(), "{step}");
+        fail::remove(step);
+        assert_eq!(d.generation(), 1, "{step}: appends stay in the current log");
+        d.append(vec![put_record(2)]).expect("append");
+        d.append(vec![put_record(3)]).expect("append");
+        // The crash comes while the next batch is written: only part of its frame is on disk,
+        // and its append never returned.
+        let torn_at = d.wal_bytes();
+        d.append(vec![put_record(4)]).expect("append");
+        drop(d);
+        let log = memds_server::durable::log_path(dir.path(), 1);
+        let len = std::fs::metadata(&log).expect("stat").len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&log)
+            .and_then(|f| f.set_len(len - 5))
+            .expect("tearing the tail");
+
+        let (mut d, got, cut) = recovered(dir.path(), step);
+        assert_eq!(
+            got,
+            vec![put_record(1), put_record(2), put_record(3)],
+            "{step}"
+        );
+        assert_eq!(cut, Some((torn_at, len - 5 - torn_at)), "{step}");
+        // Appends go on after the restart; the torn write must not come back as damage then.
+        d.append(vec![put_record(5)])
+            .expect("append after recovery");
+        drop(d);
+        let (_, got, cut) = recovered(dir.path(), step);
+        assert_eq!(
+            got,
+            vec![put_record(1), put_record(2), put_record(3), put_record(5)],
+            "{step}"
+        );
+        assert_eq!(cut, None, "{step}: the torn tail was cut for good");
+    }
+}
+
+/// A crash right after a failed compaction (no torn write): every acknowledged write comes back,
+/// and so does compaction.
+#[test]
+fn a_crash_right_after_a_failed_compaction_loses_no_acknowledged_write() {
+    let _scenario = fail::FailScenario::setup();
+    for step in FAILS_AFTER_THE_NEXT_LOG {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut d, _) = Durable::open(dir.path(), 1 << 20, RecoveryMode::Strict).expect("open");
+        d.append(vec![put_record(1)]).expect("append");
+        d.append(vec![put_record(2)]).expect("append");
+        fail::cfg(step, "return").expect("failpoint");
+        assert!(d.compact(std::iter::once(put_record(2))).is_err(), "{step}");
+        fail::remove(step);
+        drop(d);
+
+        let (mut d, got, cut) = recovered(dir.path(), step);
+        assert_eq!(got, vec![put_record(1), put_record(2)], "{step}");
+        assert_eq!(cut, None, "{step}");
+        d.append(vec![put_record(3)])
+            .expect("append after recovery");
+        d.compact(std::iter::once(put_record(3)))
+            .expect("compaction works once the fault is gone");
+        d.append(vec![put_record(4)])
+            .expect("append after compaction");
+        drop(d);
+        let (_, got, _) = recovered(dir.path(), step);
+        assert_eq!(got, vec![put_record(3), put_record(4)], "{step}");
+    }
+}
+
 #[test]
 fn writes_are_refused_unavailable_while_the_log_is_poisoned_and_resume_after_compaction() {
     let _scenario = fail::FailScenario::setup();
