@@ -920,4 +920,113 @@ mod tests {
         assert!(ready(&v));
         assert!(ready(&rule.on_resolution(Resolution::Failed("x".into()))));
     }
+
+    fn summary(name: &str, version: u64, digest: u64, dropped: bool) -> TableSummary {
+        TableSummary {
+            name: name.into(),
+            version,
+            digest,
+            dropped,
+        }
+    }
+
+    #[test]
+    fn a_snapshot_must_be_the_table_asked_for_at_the_advertised_version_or_later() {
+        let advertised = summary("orders", 5, 9, false);
+        assert_eq!(accept_snapshot("orders", 5, &advertised), Ok(()));
+        assert_eq!(accept_snapshot("orders", 6, &advertised), Ok(()));
+        assert!(matches!(
+            accept_snapshot("users", 5, &advertised),
+            Err(Refused::OtherTable { .. })
+        ));
+        assert_eq!(
+            accept_snapshot("orders", 4, &advertised),
+            Err(Refused::Older {
+                advertised: 5,
+                got: 4
+            })
+        );
+    }
+
+    #[test]
+    fn a_round_pulls_and_drops_what_the_peer_holds_higher_and_a_broken_pull_ends_it_not_ready() {
+        let mut m = Replicator::new(true);
+        assert_eq!(m.start_round(), None, "no peer known yet");
+        m.on_resolution(Resolution::Peers(vec![7u32]));
+        let Some(Action::AskSummary { round, peer: 7 }) = m.start_round() else {
+            panic!("a round with the only peer");
+        };
+        assert_eq!(m.start_round(), None, "one round at a time");
+        let held = |name: &str| match name {
+            "a" => table(3, 1),
+            "b" => table(5, 2),
+            _ => Holding::Absent,
+        };
+        let tables = vec![
+            summary("a", 4, 1, false),
+            summary("b", 5, 0, true),
+            summary("c", 0, 3, false),
+            summary("d", 0, 0, true),
+        ];
+        let plan = m.on_summary(round, Ok((true, tables)), held);
+        assert_eq!(plan.verdict, None);
+        let pulled: Vec<(String, Option<u64>)> = plan
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Pull { entry, since, .. } => Some((entry.name.clone(), *since)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(pulled, [("a".into(), Some(3)), ("c".into(), None)]);
+        let drops: Vec<(&str, u64)> = plan
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Drop { table, version, .. } => Some((table.as_str(), *version)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(drops, [("b", 5), ("d", 0)]);
+        assert_eq!(m.on_table(round, "a", TableResult::Done, held), None);
+        // The connection breaks: the round ends, not ready (the ready peer's tables are not
+        // all here), and later results of that round are ignored.
+        let verdict = m.on_table(round, "b", TableResult::Broken("reset".into()), held);
+        assert!(matches!(verdict, Some(Verdict::NotReady(_))), "{verdict:?}");
+        assert!(!m.is_current(round));
+        assert_eq!(m.on_table(round, "c", TableResult::Done, held), None);
+        // The next round, with everything held, makes it ready.
+        let Some(Action::AskSummary { round, .. }) = m.start_round() else {
+            panic!("the next round");
+        };
+        let all = |name: &str| match name {
+            "a" => table(4, 1),
+            "b" => dropped(5),
+            "c" => table(0, 3),
+            "d" => dropped(0),
+            _ => Holding::Absent,
+        };
+        let plan = m.on_summary(round, Ok((true, vec![summary("a", 4, 1, false)])), all);
+        assert!(plan.actions.is_empty());
+        assert!(matches!(plan.verdict, Some(Verdict::Ready(_))), "{plan:?}");
+        assert!(m.is_ready());
+    }
+
+    #[test]
+    fn a_round_whose_summary_never_comes_counts_the_peer_unreachable() {
+        let mut m = Replicator::new(true);
+        m.on_resolution(Resolution::Peers(vec![1u32, 2]));
+        let nothing = |_: &str| Holding::Absent;
+        let Some(Action::AskSummary { round, peer: 1 }) = m.start_round() else {
+            panic!("peer 1 first");
+        };
+        let v = m.on_deadline(round, nothing);
+        assert!(matches!(v, Some(Verdict::NotReady(_))), "{v:?}");
+        let Some(Action::AskSummary { round, peer: 2 }) = m.start_round() else {
+            panic!("then peer 2");
+        };
+        // Peer 2 is not ready and holds nothing: a fleet starting together.
+        let plan = m.on_summary(round, Ok((false, Vec::new())), nothing);
+        assert!(matches!(plan.verdict, Some(Verdict::Ready(_))), "{plan:?}");
+    }
 }

@@ -475,3 +475,37 @@ async fn an_update_based_on_a_version_not_seen_here_is_behind_and_catches_up() {
     assert!(ack.applied);
     fleet.converged(&[0, 1], &name, 3).await;
 }
+
+/// Issue 23, divergence 5: a peer name that fails to resolve is not "no peer". Before, a DNS
+/// failure read as the names resolving to nothing but this server, and the server declared
+/// itself ready alone, without the tables its peers hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_name_that_does_not_resolve_holds_readiness_back() {
+    let mut fleet = Peers::with_metrics(1);
+    // `.invalid` never resolves (RFC 6761).
+    fleet.start_with_peer_names(0, &["memds-peers.invalid:7000".to_owned()]);
+    let started = Instant::now();
+    loop {
+        let (status, body) = ready(&fleet, 0);
+        if body.contains("does not resolve") {
+            assert_eq!(status, 503, "{body}");
+            assert!(body.contains("memds-peers.invalid"), "{body}");
+            break;
+        }
+        assert_ne!(
+            status, 200,
+            "ready with a peer name that does not resolve: {body}"
+        );
+        assert!(
+            started.elapsed() < CONVERGE,
+            "no resolution after {CONVERGE:?}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A router is sent elsewhere.
+    let router = fleet.client(0, Role::Router).await;
+    match router.lookup("table-0000", 1).await {
+        Err(ClientError::Server(e)) => assert_eq!(e.code, ErrorCode::Unavailable, "{e:?}"),
+        other => panic!("served while not ready: {other:?}"),
+    }
+}

@@ -97,6 +97,13 @@ impl Peers {
     /// Starts server `i` with exactly `peers` as its peers (none: a server on its own, which
     /// neither sends nor pulls anything), and waits for its announcement.
     pub fn start_with_peers(&mut self, i: usize, peers: &[usize]) {
+        let names: Vec<String> = peers.iter().map(|&p| self.addr(p).to_string()).collect();
+        self.start_with_peer_names(i, &names);
+    }
+
+    /// Starts server `i` with `names` as its `--peer` arguments (addresses or names, resolved
+    /// by the server), and waits for its announcement.
+    pub fn start_with_peer_names(&mut self, i: usize, names: &[String]) {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_memds-server"));
         cmd.args(["--listen", &self.addr(i).to_string()]);
         if self.metrics {
@@ -109,8 +116,8 @@ impl Peers {
             .arg("--tls-dir")
             .arg(self.tls_dir())
             .args(["--anti-entropy-secs", PERIOD]);
-        for &p in peers {
-            cmd.args(["--peer", &self.addr(p).to_string()]);
+        for name in names {
+            cmd.args(["--peer", name]);
         }
         let mut child = KillOnDrop::new(
             // `FLEET_LOG=memds_server::fleet=debug` shows what anti-entropy did.
