@@ -6,11 +6,15 @@
 //! - **Forwarding.** A write an admin sends to one server is, once applied there, queued to each
 //!   peer (a bounded queue per peer; a write that does not fit, or whose send fails, is counted
 //!   and left to anti-entropy). Writes that arrive from peers are not forwarded again.
-//! - **Anti-entropy.** Every `period`, and a moment after a lookup found this server behind, the
-//!   server asks one peer (round robin) for its [`Summary`] (every table's version and digest and
-//!   every tombstone: one entry per table, whatever changed) and pulls each table the peer holds
-//!   newer, through the writer, as any write. A round always runs and always exchanges the
-//!   whole summary: the work of a round does not depend on how much changed, only the pulls do.
+//! - **Anti-entropy.** Every `period`, and a moment after a lookup or a write found this server
+//!   behind, the server asks one peer (round robin) for its [`Summary`] (every table's version
+//!   and checksum and every tombstone: one entry per table, whatever changed) and pulls each
+//!   table, or records each drop, the peer holds higher in the order of holdings
+//!   ([`replication::Holding`]: absent, then by version, a drop above the table it removes),
+//!   through the writer, as any write. A round always runs and always exchanges the whole
+//!   summary: the work of a round does not depend on how much changed, only the pulls do. What
+//!   to pull or drop, and when the round and readiness change, is decided by
+//!   [`replication::Replicator`], a state machine with no IO; this module moves the bytes.
 //! - **Pulls cost what changed.** A table held here at an older version is pulled in the
 //!   cheapest way that works: (1) the peer's delta since our version (`get-delta`, from its
 //!   bounded log of recent changes), applied as a batch; else (2) a Merkle descent: the peer's
@@ -18,23 +22,26 @@
 //!   hold (same span, same digest), down to the differing blocks of about 64 partitions, whose
 //!   partitions `get-ranges` brings back (in requests of bounded size) and a batch applies; it
 //!   is given up when more than a quarter of the table differs; else (3) the whole snapshot. A
-//!   batch is applied to our copy first, off the writer, and submitted only if the result has
-//!   the peer's content digest (and, at the summary's version, its checksum): a wrong result
-//!   at the peer's version could never be replaced. A batch the writer refuses (its ranges do
-//!   not align with ours, or a forward moved the table meanwhile) falls through to the next
-//!   way. `memds_anti_entropy_pulls_total{kind}` counts tables pulled each way, and
+//!   batch is applied to our copy first, off the writer, and submitted only if the result is
+//!   exactly the table the peer advertised, version and checksum, node list included
+//!   ([`replication::accept_rebuilt`]): a wrong result at the peer's version could never be
+//!   replaced, and if the peer's table moved since its summary nothing vouches for the parts
+//!   not pulled. A snapshot must be the table asked for, at the advertised version or later
+//!   ([`replication::accept_snapshot`]). A batch the writer refuses (its ranges do not align
+//!   with ours, or a forward moved the table meanwhile) falls through to the next way.
+//!   `memds_anti_entropy_pulls_total{kind}` counts tables pulled each way, and
 //!   `memds_anti_entropy_bytes_pulled_total` the bytes of every answer a pull read, as framed
 //!   on the wire (header and rkyv archive; a snapshot's answer without encoding it again, exact
 //!   up to the archive's alignment padding).
 //! - **Readiness.** A server with peers starts not ready: lookups from routers are answered
-//!   `unavailable` (the router cache asks another server). It becomes ready when a round with a
-//!   ready peer ends holding every table at least at the version that peer advertised, or when
-//!   it has completed a round with every peer it knows and none of them was ready (a fleet
-//!   starting together, where nobody holds more than what was exchanged; peers that cannot be
-//!   reached do not hold it back, but at least one must answer). A server with no peer
-//!   configured, or whose peer names resolve to no address but its own, is ready at once.
-//!   Readiness is never lost once reached: a server that falls behind answers `behind` to
-//!   routers that have seen newer versions, and catches up.
+//!   `unavailable` (the router cache asks another server). The rule is
+//!   [`replication::ReadinessRule`]: ready when a round with a ready peer ends holding every
+//!   table at least as that peer, and every ready peer heard from, advertised it; or when no
+//!   peer has been seen ready and every known peer's last round completed (every pull done) or
+//!   failed, at least one completed (a fleet starting together); or when every peer name
+//!   resolved, and to nothing but this server. A name that fails to resolve holds readiness
+//!   back. Readiness is never lost once reached: a server that falls behind answers `behind`
+//!   to routers that have seen newer versions, and catches up.
 //!
 //! Peers are named by address or DNS name (a Kubernetes headless service resolves to every
 //! pod); names are resolved again every [`RESOLVE_EVERY`], and an address that answers with this
@@ -230,27 +237,10 @@ impl Fleet {
 
 /// The summary of `store`.
 pub fn summary_of(store: &Store, instance: u64, ready: bool) -> Summary {
-    let tables = store.tables();
-    let mut entries: Vec<TableSummary> = tables
-        .iter()
-        .map(|(name, t)| TableSummary {
-            name: name.clone(),
-            version: t.version().get(),
-            digest: t.checksum(),
-            dropped: false,
-        })
-        .chain(tables.tombstones().map(|(name, version)| TableSummary {
-            name: name.clone(),
-            version,
-            digest: 0,
-            dropped: true,
-        }))
-        .collect();
-    entries.sort_by(|a, b| a.name.cmp(&b.name));
     Summary {
         instance,
         ready,
-        tables: entries,
+        tables: replication::summary_entries(&store.tables()),
     }
 }
 

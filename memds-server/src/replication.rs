@@ -235,13 +235,26 @@ pub fn accept_snapshot(name: &str, version: u64, advertised: &TableSummary) -> R
     Ok(())
 }
 
-/// The tables a peer advertised that `tables` does not hold at least as it advertised them.
-pub fn missing(tables: &Tables, advertised: &[TableSummary]) -> Vec<String> {
-    advertised
+/// What a server advertises in its summary: every table's version and checksum and every
+/// tombstone, one entry per name, sorted by name.
+pub fn summary_entries(tables: &Tables) -> Vec<TableSummary> {
+    let mut entries: Vec<TableSummary> = tables
         .iter()
-        .filter(|e| !Holding::held(tables, &e.name).at_least(&Holding::advertised(e)))
-        .map(|e| e.name.clone())
-        .collect()
+        .map(|(name, t)| TableSummary {
+            name: name.clone(),
+            version: t.version().get(),
+            digest: t.checksum(),
+            dropped: false,
+        })
+        .chain(tables.tombstones().map(|(name, version)| TableSummary {
+            name: name.clone(),
+            version,
+            digest: 0,
+            dropped: true,
+        }))
+        .collect();
+    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    entries
 }
 
 /// How a round of anti-entropy with one peer ended.

@@ -190,6 +190,9 @@ struct Round {
     peer: ServerId,
     /// What the peer advertised of each table being pulled.
     pulls: BTreeMap<String, TableSummary>,
+    /// Whether its summary came (a duplicated request is answered twice, perhaps
+    /// differently; only the first answer counts, for the machine as for the checker).
+    answered: bool,
 }
 
 #[derive(Debug)]
@@ -259,6 +262,8 @@ struct Sim {
     /// Every holding each server has had of each table (restarts included): never goes back.
     high_water: BTreeMap<(ServerId, String), Holding>,
     faults: bool,
+    /// `MEMDS_SIM_TRACE` is set: replication's steps are printed.
+    trace: bool,
 }
 
 /// Runs one seed; an error names the broken invariant.
@@ -301,6 +306,7 @@ impl Sim {
             stats: Stats::default(),
             high_water: BTreeMap::new(),
             faults: true,
+            trace: std::env::var_os("MEMDS_SIM_TRACE").is_some(),
         }
     }
 
@@ -404,9 +410,10 @@ impl Sim {
                 if let Some((round, _)) = self.round_of(s, id) {
                     let server = &mut self.servers[s];
                     let held = &server.tables;
-                    let _: Option<Verdict> = server
+                    let verdict = server
                         .machine
                         .on_deadline(round, |n| Holding::held(held, n));
+                    self.trace(s, format_args!("round {id} deadline: {verdict:?}"));
                     self.round_ended(s);
                 }
                 Ok(())
@@ -414,9 +421,10 @@ impl Sim {
             Event::ResolveOk(s, inc) => {
                 if self.servers[s].up && self.servers[s].incarnation == inc {
                     let peers = self.peers_of(s);
-                    let _: Verdict = self.servers[s]
+                    let verdict = self.servers[s]
                         .machine
                         .on_resolution(Resolution::Peers(peers));
+                    self.trace(s, format_args!("resolved: {verdict:?}"));
                 }
                 Ok(())
             }
@@ -551,7 +559,7 @@ impl Sim {
         match msg {
             Msg::Summary { round } => {
                 let server = &self.servers[s];
-                let tables = summary_of(&server.tables);
+                let tables = replication::summary_entries(&server.tables);
                 let ready = server.machine.is_ready();
                 self.send(
                     Addr::Server(s),
@@ -750,6 +758,7 @@ impl Sim {
             machine: round,
             peer,
             pulls: BTreeMap::new(),
+            answered: false,
         });
         self.send(
             Addr::Server(s),
@@ -789,6 +798,10 @@ impl Sim {
         let Some((round, peer)) = self.round_of(s, id) else {
             return Ok(());
         };
+        match self.servers[s].round.as_mut() {
+            Some(r) if !r.answered => r.answered = true,
+            _ => return Ok(()),
+        }
         if ready && !self.servers[s].machine.is_ready() {
             let record = &mut self.servers[s].advertised_by_ready;
             for e in &tables {
@@ -801,9 +814,21 @@ impl Sim {
         }
         let server = &mut self.servers[s];
         let held = &server.tables;
+        let holdings: Vec<String> = tables
+            .iter()
+            .map(|e| format!("{} {}", e.name, Holding::advertised(e)))
+            .collect();
         let plan = server
             .machine
             .on_summary(round, Ok((ready, tables)), |n| Holding::held(held, n));
+        self.trace(
+            s,
+            format_args!(
+                "round {id}: server {peer} (ready: {ready}) holds {holdings:?}: {:?} {:?}",
+                plan.actions.iter().map(short_action).collect::<Vec<_>>(),
+                plan.verdict
+            ),
+        );
         for action in plan.actions {
             match action {
                 Action::AskSummary { .. } => {}
@@ -894,10 +919,22 @@ impl Sim {
         };
         let server = &mut self.servers[s];
         let held = &server.tables;
-        let _: Option<Verdict> = server
+        let now = Holding::held(held, table);
+        let verdict = server
             .machine
-            .on_table(round, table, result, |n| Holding::held(held, n));
+            .on_table(round, table, result.clone(), |n| Holding::held(held, n));
+        self.trace(
+            s,
+            format_args!("round {id}: {table} {result:?}, held {now}: {verdict:?}"),
+        );
         self.round_ended(s);
+    }
+
+    /// With `MEMDS_SIM_TRACE` set, says what happened on server `s`.
+    fn trace(&self, s: ServerId, what: std::fmt::Arguments<'_>) {
+        if self.trace {
+            eprintln!("{:>7} ms server {s}: {what}", self.now);
+        }
     }
 
     fn authority_step(&mut self) {
@@ -1126,25 +1163,14 @@ impl Server {
     }
 }
 
-/// The summary a server sends, as `fleet::summary_of` builds it.
-fn summary_of(tables: &Tables) -> Vec<TableSummary> {
-    let mut out: Vec<TableSummary> = tables
-        .iter()
-        .map(|(name, t)| TableSummary {
-            name: name.clone(),
-            version: t.version().get(),
-            digest: t.checksum(),
-            dropped: false,
-        })
-        .chain(tables.tombstones().map(|(name, version)| TableSummary {
-            name: name.clone(),
-            version,
-            digest: 0,
-            dropped: true,
-        }))
-        .collect();
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    out
+/// An action, in a trace.
+fn short_action(a: &Action<ServerId>) -> String {
+    match a {
+        Action::AskSummary { peer, .. } => format!("ask {peer}"),
+        Action::Pull { entry, since, .. } => format!("pull {} since {since:?}", entry.name),
+        Action::Drop { table, version, .. } => format!("drop {table} at {version}"),
+        Action::Diverged { table, version } => format!("diverged {table} {version}"),
+    }
 }
 
 /// What a Merkle descent of `ours` against `theirs` would pull: for each of our partitions whose
