@@ -28,7 +28,7 @@ use memds_proto::wire::TableSummary;
 use crate::store::Tables;
 
 /// What a server holds of one table name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Holding {
     /// Nothing: never seen here.
     Absent,
