@@ -23,7 +23,7 @@ use memds_proto::{CompactTable, NodeInterner, TableMap};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::replication::{self, Action, Holding, Replicator, Resolution, TableResult, Verdict};
+use crate::replication::{self, Action, Holding, Replicator, Resolution, TableResult};
 use crate::store::{self, Decoded, Plan, Tables};
 
 /// Virtual time, in milliseconds.
