@@ -39,8 +39,8 @@
 //!   table at least as that peer, and every ready peer heard from, advertised it; or when no
 //!   peer has been seen ready and every known peer's last round completed (every pull done) or
 //!   failed, at least one completed (a fleet starting together); or when every peer name
-//!   resolved, and to nothing but this server. A name that fails to resolve holds readiness
-//!   back. Readiness is never lost once reached: a server that falls behind answers `behind`
+//!   resolved, and to nothing but this server. A name that fails to resolve is not "no
+//!   peer": until it resolves, only catching up with a ready peer makes the server ready. Readiness is never lost once reached: a server that falls behind answers `behind`
 //!   to routers that have seen newer versions, and catches up.
 //!
 //! Peers are named by address or DNS name (a Kubernetes headless service resolves to every

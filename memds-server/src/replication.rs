@@ -314,7 +314,8 @@ enum Seen {
 ///   holds more than what was exchanged; or
 /// - every peer name resolved, and to nothing but this server.
 ///
-/// A name that fails to resolve is not "no peer": it holds readiness back. Each peer's state is
+/// A name that fails to resolve is not "no peer": until it resolves, only a round with a ready
+/// peer makes the server ready. Each peer's state is
 /// the outcome of its last round only, so a peer that was not ready once and is ready now
 /// counts as ready. Readiness is never lost once reached.
 #[derive(Debug)]
