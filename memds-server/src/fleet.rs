@@ -40,8 +40,9 @@
 //!   peer has been seen ready and every known peer's last round completed (every pull done) or
 //!   failed, at least one completed (a fleet starting together); or when every peer name
 //!   resolved, and to nothing but this server. A name that fails to resolve is not "no
-//!   peer": until it resolves, only catching up with a ready peer makes the server ready. Readiness is never lost once reached: a server that falls behind answers `behind`
-//!   to routers that have seen newer versions, and catches up.
+//!   peer": until it resolves, only catching up with a ready peer makes the server ready.
+//!   Readiness is never lost once reached: a server that falls behind answers `behind` to
+//!   routers that have seen newer versions, and catches up.
 //!
 //! Peers are named by address or DNS name (a Kubernetes headless service resolves to every
 //! pod); names are resolved again every [`RESOLVE_EVERY`], and an address that answers with this
