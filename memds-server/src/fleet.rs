@@ -64,7 +64,9 @@ use memds_proto::{CompactTable, NodeInterner};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use crate::metrics::{self, PullKind, RepairResult};
-use crate::replication::{self, Action, Holding, Replicator, Resolution, TableResult, Verdict};
+use crate::replication::{
+    self, Action, Holding, Replicator, Resolution, TableResult, Verdict, Way,
+};
 use crate::store::{Store, Write};
 use crate::writer::{Job, RepairJob, Repaired, WriteJob};
 
@@ -610,7 +612,8 @@ impl AntiEntropy {
             metrics::anti_entropy_round_ok(&label, plan.lag_versions);
         }
         let mut complete = answered;
-        for action in plan.actions {
+        let mut actions: std::collections::VecDeque<Action<SocketAddr>> = plan.actions.into();
+        while let Some(action) = actions.pop_front() {
             let (table, result) = match action {
                 Action::AskSummary { .. } => continue,
                 Action::Diverged { table, version } => {
@@ -632,28 +635,25 @@ impl AntiEntropy {
                     };
                     (table, result)
                 }
-                Action::Pull { entry, .. } => {
+                Action::Pull { entry, way, .. } => {
                     let result = match self.client(peer).await {
                         Err(e) => TableResult::Broken(e.to_string()),
-                        Ok(client) => {
-                            let held = self.store.table(&entry.name);
-                            match self.pull(&client, &entry, held, &mut report).await {
-                                Ok(kind) => {
-                                    if kind.is_some() {
-                                        metrics::table_pulled(kind);
-                                    }
-                                    TableResult::Done
+                        Ok(client) => match self.pull(&client, &entry, way, &mut report).await {
+                            Ok((result, kind)) => {
+                                if kind.is_some() {
+                                    metrics::table_pulled(kind);
                                 }
-                                Err(Pull::Fatal(e)) => TableResult::Broken(e.to_string()),
-                                Err(Pull::Failed(e)) => TableResult::Failed(e),
+                                result
                             }
-                        }
+                            Err(Pull::Fatal(e)) => TableResult::Broken(e.to_string()),
+                            Err(Pull::Failed(e)) => TableResult::Failed(e),
+                        },
                     };
                     (entry.name, result)
                 }
             };
             match &result {
-                TableResult::Done => {}
+                TableResult::Done | TableResult::Next => {}
                 TableResult::Failed(_) => complete = false,
                 TableResult::Broken(_) => {
                     complete = false;
@@ -661,11 +661,14 @@ impl AntiEntropy {
                 }
             }
             let tables = self.store.tables();
-            if let Some(v) = self
+            let next = self
                 .machine
-                .on_table(round, &table, result, |n| Holding::held(&tables, n))
-            {
-                verdict = Some(v);
+                .on_table(round, &table, result, |n| Holding::held(&tables, n));
+            if let Some(action) = next.action {
+                actions.push_front(action);
+            }
+            if next.verdict.is_some() {
+                verdict = next.verdict;
             }
             if !self.machine.is_current(round) {
                 break;
@@ -710,39 +713,46 @@ impl AntiEntropy {
         Ok(Some(theirs))
     }
 
-    /// Brings `entry`'s table up to the peer's version, held here as `held` (if at all), in the
-    /// cheapest way that works: the peer's delta since our version, else the blocks a Merkle
-    /// descent finds different, else the whole snapshot. Answers how it was pulled, or `None`
-    /// when there was nothing to pull after all (the peer no longer holds anything newer).
+    /// Brings `entry`'s table up to the peer's version one way (the one the machine chose):
+    /// `Next` when this way did not work or would not pay, with how the table was pulled when
+    /// it was.
     async fn pull(
         &self,
         client: &Client,
         entry: &TableSummary,
-        held: Option<Arc<CompactTable>>,
+        way: Way,
         report: &mut RoundReport,
-    ) -> Result<Option<PullKind>, Pull> {
-        if let Some(ours) = held {
-            match self.pull_delta(client, entry, &ours, report).await? {
-                Step::Applied => return Ok(Some(PullKind::Delta)),
-                Step::Nothing => return Ok(None),
-                Step::Next => {}
-            }
-            // A delta refused because a forward moved the table meanwhile: start again from
-            // what is held now.
-            let ours = match self.store.table(&entry.name) {
-                Some(t) if t.version().get() >= entry.version => return Ok(None),
-                Some(t) => t,
-                None => return self.pull_snapshot(client, entry, None, report).await,
-            };
-            match self.pull_merkle(client, entry, &ours, report).await? {
-                Step::Applied => return Ok(Some(PullKind::Merkle)),
-                Step::Nothing => return Ok(None),
-                Step::Next => {}
-            }
-            let ours = self.store.table(&entry.name).map(|t| t.version().get());
-            return self.pull_snapshot(client, entry, ours, report).await;
+    ) -> Result<(TableResult, Option<PullKind>), Pull> {
+        let held = self.store.table(&entry.name);
+        // A forward brought as much or more meanwhile: nothing left to pull.
+        if held
+            .as_ref()
+            .is_some_and(|t| t.version().get() >= entry.version)
+        {
+            return Ok((TableResult::Done, None));
         }
-        self.pull_snapshot(client, entry, None, report).await
+        let (step, kind) = match (way, held) {
+            // The table held here went away meanwhile: only the snapshot will do.
+            (Way::Delta | Way::Merkle, None) => return Ok((TableResult::Next, None)),
+            (Way::Delta, Some(ours)) => (
+                self.pull_delta(client, entry, &ours, report).await?,
+                PullKind::Delta,
+            ),
+            (Way::Merkle, Some(ours)) => (
+                self.pull_merkle(client, entry, &ours, report).await?,
+                PullKind::Merkle,
+            ),
+            (Way::Snapshot, held) => {
+                let ours = held.map(|t| t.version().get());
+                let kind = self.pull_snapshot(client, entry, ours, report).await?;
+                return Ok((TableResult::Done, kind));
+            }
+        };
+        Ok(match step {
+            Step::Applied => (TableResult::Done, Some(kind)),
+            Step::Nothing => (TableResult::Done, None),
+            Step::Next => (TableResult::Next, None),
+        })
     }
 
     /// Asks the peer what changed since our version and applies it.

@@ -19,7 +19,7 @@
 //! table put at version 0 included. Equal holdings of a table must have equal content
 //! (checksums, which cover the node list).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
 
 use memds_proto::CompactTable;
@@ -475,6 +475,10 @@ impl<P: Ord + Clone + fmt::Display> ReadinessRule<P> {
 pub enum TableResult {
     /// Done: the table is held as advertised, or something newer arrived meanwhile.
     Done,
+    /// This way of pulling did not work or would not pay (no delta from our version, too much
+    /// differs for a Merkle descent, the rebuilt table is not the advertised one, the writer
+    /// refused the batch): the machine answers the next way.
+    Next,
     /// This table could not be brought up (the writer refused it, every way of pulling failed).
     Failed(String),
     /// The connection to the peer broke: the round ends here, the rest waits for the next.
@@ -491,16 +495,16 @@ pub enum Action<P> {
         /// The peer.
         peer: P,
     },
-    /// Bring the table of `entry` up to what the peer advertised: its delta since `since`,
-    /// else a Merkle descent, else the snapshot, each result checked with [`accept_rebuilt`]
-    /// or [`accept_snapshot`]; answer with [`Replicator::on_table`].
+    /// Bring the table of `entry` up to what the peer advertised, this way (the result
+    /// checked with [`accept_rebuilt`] or [`accept_snapshot`]); answer with
+    /// [`Replicator::on_table`], which may answer the next way.
     Pull {
         /// The round.
         round: u64,
         /// What the peer advertised.
         entry: TableSummary,
-        /// The version of the older table held here, if any.
-        since: Option<u64>,
+        /// How.
+        way: Way,
     },
     /// Submit a drop of `table` at `version` to the writer; answer with
     /// [`Replicator::on_table`].
@@ -521,6 +525,38 @@ pub enum Action<P> {
     },
 }
 
+/// A way of pulling a table, cheapest first: a table held here at an older version is pulled
+/// by delta, else by Merkle descent, else whole; one not held, whole.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Way {
+    /// The peer's delta since the version held here, from its bounded history of changes.
+    Delta,
+    /// A Merkle descent: the partitions of the blocks whose digests differ.
+    Merkle,
+    /// The whole snapshot.
+    Snapshot,
+}
+
+impl Way {
+    /// The way to try after this one, if any.
+    fn next(self) -> Option<Way> {
+        match self {
+            Way::Delta => Some(Way::Merkle),
+            Way::Merkle => Some(Way::Snapshot),
+            Way::Snapshot => None,
+        }
+    }
+}
+
+/// What a table's result called for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Next<P> {
+    /// The next way of pulling the table, if the last did not work.
+    pub action: Option<Action<P>>,
+    /// The round's verdict if it ended.
+    pub verdict: Option<Verdict>,
+}
+
 /// What a summary called for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan<P> {
@@ -539,8 +575,9 @@ struct Active<P> {
     peer: P,
     /// The peer's readiness and summary, once answered.
     summary: Option<(bool, Vec<TableSummary>)>,
-    /// Tables whose pull or drop has not ended.
-    pending: BTreeSet<String>,
+    /// Tables whose pull (what the peer advertised, and the way being tried) or drop (`None`)
+    /// has not ended.
+    pending: BTreeMap<String, Option<(TableSummary, Way)>>,
     failures: Vec<String>,
 }
 
@@ -596,7 +633,7 @@ impl<P: Ord + Clone + fmt::Display> Replicator<P> {
             id: self.rounds,
             peer: peer.clone(),
             summary: None,
-            pending: BTreeSet::new(),
+            pending: BTreeMap::new(),
             failures: Vec::new(),
         });
         Some(Action::AskSummary {
@@ -667,7 +704,7 @@ impl<P: Ord + Clone + fmt::Display> Replicator<P> {
                 }),
                 Decision::Drop { version } => {
                     lag(&mut plan);
-                    active.pending.insert(entry.name.clone());
+                    active.pending.insert(entry.name.clone(), None);
                     plan.actions.push(Action::Drop {
                         round,
                         table: entry.name.clone(),
@@ -676,11 +713,18 @@ impl<P: Ord + Clone + fmt::Display> Replicator<P> {
                 }
                 Decision::Pull { since } => {
                     lag(&mut plan);
-                    active.pending.insert(entry.name.clone());
+                    let way = if since.is_some() {
+                        Way::Delta
+                    } else {
+                        Way::Snapshot
+                    };
+                    active
+                        .pending
+                        .insert(entry.name.clone(), Some((entry.clone(), way)));
                     plan.actions.push(Action::Pull {
                         round,
                         entry: entry.clone(),
-                        since,
+                        way,
                     });
                 }
             }
@@ -692,20 +736,44 @@ impl<P: Ord + Clone + fmt::Display> Replicator<P> {
         plan
     }
 
-    /// How the pull or drop of `table` in `round` ended; the round's verdict once it ends.
+    /// How the pull (this way) or drop of `table` in `round` ended: the next way to pull it,
+    /// if this one did not work, and the round's verdict once it ends.
     pub fn on_table(
         &mut self,
         round: u64,
         table: &str,
         result: TableResult,
         holds: impl Fn(&str) -> Holding,
-    ) -> Option<Verdict> {
-        let active = self.round.as_mut().filter(|r| r.id == round)?;
-        if !active.pending.remove(table) {
-            return None;
-        }
+    ) -> Next<P> {
+        let mut next = Next {
+            action: None,
+            verdict: None,
+        };
+        let Some(active) = self.round.as_mut().filter(|r| r.id == round) else {
+            return next;
+        };
+        let Some(pulling) = active.pending.remove(table) else {
+            return next;
+        };
         match result {
             TableResult::Done => {}
+            TableResult::Next => match pulling {
+                Some((entry, way)) => match way.next() {
+                    Some(way) => {
+                        active
+                            .pending
+                            .insert(table.to_owned(), Some((entry.clone(), way)));
+                        next.action = Some(Action::Pull { round, entry, way });
+                        return next;
+                    }
+                    None => active
+                        .failures
+                        .push(format!("{table}: no way of pulling it worked")),
+                },
+                None => active
+                    .failures
+                    .push(format!("{table}: the drop was refused")),
+            },
             TableResult::Failed(why) => active.failures.push(format!("{table}: {why}")),
             TableResult::Broken(why) => {
                 active.failures.push(format!("{table}: {why}"));
@@ -713,13 +781,13 @@ impl<P: Ord + Clone + fmt::Display> Replicator<P> {
                 let rest = std::mem::take(&mut active.pending);
                 active
                     .failures
-                    .extend(rest.iter().map(|t| format!("{t}: not pulled")));
+                    .extend(rest.keys().map(|t| format!("{t}: not pulled")));
             }
         }
         if active.pending.is_empty() {
-            return Some(self.finish(holds));
+            next.verdict = Some(self.finish(holds));
         }
-        None
+        next
     }
 
     /// `round`'s deadline passed: whatever has not ended failed.
@@ -737,7 +805,7 @@ impl<P: Ord + Clone + fmt::Display> Replicator<P> {
         let rest = std::mem::take(&mut active.pending);
         active
             .failures
-            .extend(rest.iter().map(|t| format!("{t}: timed out")));
+            .extend(rest.keys().map(|t| format!("{t}: timed out")));
         Some(self.finish(holds))
     }
 
@@ -984,15 +1052,18 @@ mod tests {
         ];
         let plan = m.on_summary(round, Ok((true, tables)), held);
         assert_eq!(plan.verdict, None);
-        let pulled: Vec<(String, Option<u64>)> = plan
+        let pulled: Vec<(String, Way)> = plan
             .actions
             .iter()
             .filter_map(|a| match a {
-                Action::Pull { entry, since, .. } => Some((entry.name.clone(), *since)),
+                Action::Pull { entry, way, .. } => Some((entry.name.clone(), *way)),
                 _ => None,
             })
             .collect();
-        assert_eq!(pulled, [("a".into(), Some(3)), ("c".into(), None)]);
+        assert_eq!(
+            pulled,
+            [("a".into(), Way::Delta), ("c".into(), Way::Snapshot)]
+        );
         let drops: Vec<(&str, u64)> = plan
             .actions
             .iter()
@@ -1002,13 +1073,26 @@ mod tests {
             })
             .collect();
         assert_eq!(drops, [("b", 5), ("d", 0)]);
-        assert_eq!(m.on_table(round, "a", TableResult::Done, held), None);
+        // No delta, then too much differs for a Merkle descent: the snapshot, which works.
+        let ways: Vec<Option<Way>> = [TableResult::Next, TableResult::Next]
+            .into_iter()
+            .map(|r| match m.on_table(round, "a", r, held).action {
+                Some(Action::Pull { way, .. }) => Some(way),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ways, [Some(Way::Merkle), Some(Way::Snapshot)]);
+        let next = m.on_table(round, "a", TableResult::Done, held);
+        assert_eq!((next.action, next.verdict), (None, None));
         // The connection breaks: the round ends, not ready (the ready peer's tables are not
         // all here), and later results of that round are ignored.
-        let verdict = m.on_table(round, "b", TableResult::Broken("reset".into()), held);
+        let verdict = m
+            .on_table(round, "b", TableResult::Broken("reset".into()), held)
+            .verdict;
         assert!(matches!(verdict, Some(Verdict::NotReady(_))), "{verdict:?}");
         assert!(!m.is_current(round));
-        assert_eq!(m.on_table(round, "c", TableResult::Done, held), None);
+        let late = m.on_table(round, "c", TableResult::Done, held);
+        assert_eq!((late.action, late.verdict), (None, None));
         // The next round, with everything held, makes it ready.
         let Some(Action::AskSummary { round, .. }) = m.start_round() else {
             panic!("the next round");

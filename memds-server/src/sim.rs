@@ -23,7 +23,7 @@ use memds_proto::{CompactTable, NodeInterner, TableMap};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::replication::{self, Action, Holding, Replicator, Resolution, TableResult};
+use crate::replication::{self, Action, Holding, Replicator, Resolution, TableResult, Way};
 use crate::store::{self, Decoded, Plan, Tables};
 
 /// Virtual time, in milliseconds.
@@ -91,6 +91,9 @@ enum PullAnswer {
     /// nodes they name, at the peer's current version.
     Blocks(BatchUpdate),
     Snapshot(TableMap),
+    /// No delta from that version (the history is bounded), or too much differs for a Merkle
+    /// descent: the next way.
+    Cannot,
     Gone,
 }
 
@@ -108,6 +111,7 @@ enum Msg {
     Pull {
         round: u64,
         table: String,
+        way: Way,
         since: Option<u64>,
         base: Option<TableMap>,
     },
@@ -175,9 +179,15 @@ enum Event {
 /// Who waits for a queued write.
 #[derive(Clone, Debug)]
 enum Waiter {
-    Authority { op: u64 },
+    Authority {
+        op: u64,
+    },
     Peer,
-    Pull { round: u64, table: String },
+    Pull {
+        round: u64,
+        table: String,
+        way: Option<Way>,
+    },
 }
 
 #[derive(Debug)]
@@ -188,8 +198,8 @@ struct Round {
     /// The machine's round.
     machine: u64,
     peer: ServerId,
-    /// What the peer advertised of each table being pulled.
-    pulls: BTreeMap<String, TableSummary>,
+    /// What the peer advertised of each table being pulled, and the way being tried.
+    pulls: BTreeMap<String, (TableSummary, Way)>,
     /// Whether its summary came (a duplicated request is answered twice, perhaps
     /// differently; only the first answer counts, for the machine as for the checker).
     answered: bool,
@@ -579,21 +589,24 @@ impl Sim {
             Msg::Pull {
                 round,
                 table,
+                way,
                 since,
                 base,
             } => {
-                let answer = match self.servers[s].tables.get(&table) {
-                    None => PullAnswer::Gone,
-                    Some(t) => {
-                        let delta = since.and_then(|v| t.delta_since(v));
-                        let theirs = t.to_map();
-                        let blocks = base.and_then(|b| blocks(&b, &theirs));
-                        match (delta, blocks, self.rng.random_range(0..3)) {
-                            (Some(delta), _, 0) => PullAnswer::Delta(delta),
-                            (_, Some(blocks), 1) => PullAnswer::Blocks(blocks),
-                            _ => PullAnswer::Snapshot(theirs),
-                        }
-                    }
+                // A delta or a descent is sometimes not to be had (the history is bounded;
+                // too much may differ), so that every way is exercised.
+                let can = self.rng.random_bool(0.7);
+                let answer = match (self.servers[s].tables.get(&table), way) {
+                    (None, _) => PullAnswer::Gone,
+                    (Some(t), Way::Delta) => match since.and_then(|v| t.delta_since(v)) {
+                        Some(delta) if can => PullAnswer::Delta(delta),
+                        _ => PullAnswer::Cannot,
+                    },
+                    (Some(t), Way::Merkle) => match base.and_then(|b| blocks(&b, &t.to_map())) {
+                        Some(blocks) if can => PullAnswer::Blocks(blocks),
+                        _ => PullAnswer::Cannot,
+                    },
+                    (Some(t), Way::Snapshot) => PullAnswer::Snapshot(t.to_map()),
                 };
                 self.send(
                     Addr::Server(s),
@@ -724,10 +737,12 @@ impl Sim {
                         ));
                     }
                 }
-                Waiter::Pull { round, table } => {
-                    let done = match result {
-                        Ok(_) | Err(ErrorCode::Stale) => TableResult::Done,
-                        Err(code) => {
+                Waiter::Pull { round, table, way } => {
+                    let done = match (result, way) {
+                        (Ok(_) | Err(ErrorCode::Stale), _) => TableResult::Done,
+                        // A pulled batch the writer refuses: the next way.
+                        (Err(_), Some(Way::Delta | Way::Merkle)) => TableResult::Next,
+                        (Err(code), Some(Way::Snapshot) | None) => {
                             TableResult::Failed(format!("the writer refused the pull ({code:?})"))
                         }
                     };
@@ -842,36 +857,52 @@ impl Sim {
                         table: table.clone(),
                         version,
                     };
-                    self.queue(s, write, Waiter::Pull { round: id, table });
-                }
-                Action::Pull { entry, since, .. } => {
-                    let base = since
-                        .and_then(|_| self.servers[s].tables.get(&entry.name))
-                        .map(|t| t.to_map());
-                    let msg = Msg::Pull {
+                    let waiter = Waiter::Pull {
                         round: id,
-                        table: entry.name.clone(),
-                        since,
-                        base,
+                        table,
+                        way: None,
                     };
-                    if let Some(r) = self.servers[s].round.as_mut() {
-                        r.pulls.insert(entry.name.clone(), entry);
-                    }
-                    self.send(Addr::Server(s), Addr::Server(peer), msg);
+                    self.queue(s, write, waiter);
                 }
+                Action::Pull { entry, way, .. } => self.send_pull(s, id, entry, way),
             }
         }
         self.round_ended(s);
         Ok(())
     }
 
-    fn pulled(&mut self, s: ServerId, id: u64, table: String, answer: PullAnswer) {
+    /// Pulls `entry`'s table one way (the machine's choice), from the round's peer.
+    fn send_pull(&mut self, s: ServerId, id: u64, entry: TableSummary, way: Way) {
         let Some((_, peer)) = self.round_of(s, id) else {
             return;
         };
-        let Some(advertised) = self.servers[s]
+        let held = self.servers[s].tables.get(&entry.name).cloned();
+        // As the server's shell: a forward brought as much or more meanwhile.
+        if held
+            .as_ref()
+            .is_some_and(|t| t.version().get() >= entry.version)
+        {
+            self.table_done(s, id, &entry.name, TableResult::Done);
+            return;
+        }
+        let msg = Msg::Pull {
+            round: id,
+            table: entry.name.clone(),
+            way,
+            since: held.as_ref().map(|t| t.version().get()),
+            base: held.filter(|_| way == Way::Merkle).map(|t| t.to_map()),
+        };
+        if let Some(r) = self.servers[s].round.as_mut() {
+            r.pulls.insert(entry.name.clone(), (entry, way));
+        }
+        self.send(Addr::Server(s), Addr::Server(peer), msg);
+    }
+
+    fn pulled(&mut self, s: ServerId, id: u64, table: String, answer: PullAnswer) {
+        let Some((advertised, way)) = self.servers[s]
             .round
             .as_ref()
+            .filter(|r| r.id == id)
             .and_then(|r| r.pulls.get(&table))
             .cloned()
         else {
@@ -880,9 +911,11 @@ impl Sim {
         let waiter = Waiter::Pull {
             round: id,
             table: table.clone(),
+            way: Some(way),
         };
         match answer {
             PullAnswer::Gone => self.table_done(s, id, &table, TableResult::Done),
+            PullAnswer::Cannot => self.table_done(s, id, &table, TableResult::Next),
             PullAnswer::Snapshot(map) => {
                 match replication::accept_snapshot(
                     map.name().as_str(),
@@ -898,16 +931,8 @@ impl Sim {
                 let rebuilt = ours.and_then(|t| t.apply(&delta, &mut NodeInterner::default()).ok());
                 match rebuilt.map(|t| replication::accept_rebuilt(&t, &advertised)) {
                     Some(Ok(())) => self.queue(s, SimWrite::Batch(delta), waiter),
-                    // The changes would not give the advertised table: the whole snapshot.
-                    _ => {
-                        let msg = Msg::Pull {
-                            round: id,
-                            table,
-                            since: None,
-                            base: None,
-                        };
-                        self.send(Addr::Server(s), Addr::Server(peer), msg);
-                    }
+                    // The changes would not give the advertised table: the next way.
+                    _ => self.table_done(s, id, &table, TableResult::Next),
                 }
             }
         }
@@ -920,13 +945,16 @@ impl Sim {
         let server = &mut self.servers[s];
         let held = &server.tables;
         let now = Holding::held(held, table);
-        let verdict = server
+        let next = server
             .machine
             .on_table(round, table, result.clone(), |n| Holding::held(held, n));
         self.trace(
             s,
-            format_args!("round {id}: {table} {result:?}, held {now}: {verdict:?}"),
+            format_args!("round {id}: {table} {result:?}, held {now}: {next:?}"),
         );
+        if let Some(Action::Pull { entry, way, .. }) = next.action {
+            self.send_pull(s, id, entry, way);
+        }
         self.round_ended(s);
     }
 
@@ -1167,7 +1195,7 @@ impl Server {
 fn short_action(a: &Action<ServerId>) -> String {
     match a {
         Action::AskSummary { peer, .. } => format!("ask {peer}"),
-        Action::Pull { entry, since, .. } => format!("pull {} since {since:?}", entry.name),
+        Action::Pull { entry, way, .. } => format!("pull {} by {way:?}", entry.name),
         Action::Drop { table, version, .. } => format!("drop {table} at {version}"),
         Action::Diverged { table, version } => format!("diverged {table} {version}"),
     }
