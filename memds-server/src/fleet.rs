@@ -466,13 +466,10 @@ async fn forward_to(peer: SocketAddr, connector: Connector, mut rx: mpsc::Receiv
                 metrics::forward_sent(&label);
                 client = Some(c);
             }
-            // The peer holds something newer, or lacks the base of an update (`behind`: it
-            // catches up by anti-entropy): delivered, and nothing more to do.
+            // The peer holds something newer, or lacks the base of an update: delivered, and
+            // nothing more to do (`replication::forwarded` says which answers count so).
             Err(ClientError::Server(e))
-                if matches!(
-                    e.code,
-                    ErrorCode::Stale | ErrorCode::Conflict | ErrorCode::Behind
-                ) =>
+                if replication::forwarded(e.code) == replication::Forwarded::Delivered =>
             {
                 metrics::forward_sent(&label);
                 client = Some(c);

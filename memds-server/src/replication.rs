@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use memds_proto::CompactTable;
-use memds_proto::wire::TableSummary;
+use memds_proto::wire::{ErrorCode, TableSummary};
 
 use crate::store::Tables;
 
@@ -255,6 +255,33 @@ pub fn summary_entries(tables: &Tables) -> Vec<TableSummary> {
         .collect();
     entries.sort_by(|a, b| a.name.cmp(&b.name));
     entries
+}
+
+/// What a peer's refusal of a forwarded write means to the forwarder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Forwarded {
+    /// Delivered, nothing more to do: the peer holds something newer (`stale`), holds this
+    /// version with other content (`conflict`: anti-entropy's checksum comparison reports it),
+    /// or lacks the update's base (`behind`: it catches up by anti-entropy).
+    Delivered,
+    /// Refused: counted and logged; anti-entropy carries the table if the peer lacks it.
+    Refused,
+}
+
+/// How the forwarder counts a peer's error answer to a forwarded write. Exhaustive, so that a
+/// new error code is a decision here, not a silent default.
+pub fn forwarded(code: ErrorCode) -> Forwarded {
+    match code {
+        ErrorCode::Stale | ErrorCode::Conflict | ErrorCode::Behind => Forwarded::Delivered,
+        ErrorCode::UnknownTable
+        | ErrorCode::Invalid
+        | ErrorCode::TooLarge
+        | ErrorCode::Unauthorized
+        | ErrorCode::Overloaded
+        | ErrorCode::Malformed
+        | ErrorCode::Internal
+        | ErrorCode::Unavailable => Forwarded::Refused,
+    }
 }
 
 /// How a round of anti-entropy with one peer ended.
@@ -1126,5 +1153,20 @@ mod tests {
         // Peer 2 is not ready and holds nothing: a fleet starting together.
         let plan = m.on_summary(round, Ok((false, Vec::new())), nothing);
         assert!(matches!(plan.verdict, Some(Verdict::Ready(_))), "{plan:?}");
+    }
+
+    #[test]
+    fn a_forward_answered_stale_conflict_or_behind_is_delivered() {
+        for code in [ErrorCode::Stale, ErrorCode::Conflict, ErrorCode::Behind] {
+            assert_eq!(forwarded(code), Forwarded::Delivered, "{code:?}");
+        }
+        for code in [
+            ErrorCode::UnknownTable,
+            ErrorCode::Invalid,
+            ErrorCode::Overloaded,
+            ErrorCode::Unavailable,
+        ] {
+            assert_eq!(forwarded(code), Forwarded::Refused, "{code:?}");
+        }
     }
 }
