@@ -573,7 +573,7 @@ impl AntiEntropy {
         let peers = self.peer_list();
         let resolution = match self.resolved.lock().map(|r| r.clone()) {
             Ok(Resolved::All) => Resolution::Peers(peers),
-            Ok(Resolved::Failed(why)) => Resolution::Failed(why),
+            Ok(Resolved::Failed(why)) => Resolution::Failed { peers, why },
             Ok(Resolved::Pending) | Err(_) => Resolution::Pending,
         };
         let verdict = self.machine.on_resolution(resolution);

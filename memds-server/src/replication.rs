@@ -314,8 +314,14 @@ pub enum Verdict {
 pub enum Resolution<P> {
     /// Not resolved yet.
     Pending,
-    /// Some name did not resolve: the peers behind it are unknown, not absent.
-    Failed(String),
+    /// Some name did not resolve (`why`): the peers behind it are unknown, not absent. `peers`
+    /// are those the other names resolved to, asked as usual.
+    Failed {
+        /// The peers the names that resolved stand for, other than this server.
+        peers: Vec<P>,
+        /// Which name failed, and how.
+        why: String,
+    },
     /// Every name resolved; these are the peers other than this server.
     Peers(Vec<P>),
 }
@@ -487,7 +493,7 @@ impl<P: Ord + Clone + fmt::Display> ReadinessRule<P> {
             (Resolution::Pending, false) => {
                 Verdict::NotReady("the peer names have not been resolved yet".into())
             }
-            (Resolution::Failed(why), false) => {
+            (Resolution::Failed { why, .. }, false) => {
                 Verdict::NotReady(format!("a peer name does not resolve: {why}"))
             }
             (Resolution::Peers(_), false) => {
@@ -577,7 +583,7 @@ impl Way {
 
 /// What a table's result called for.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Next<P> {
+pub struct AfterTable<P> {
     /// The next way of pulling the table, if the last did not work.
     pub action: Option<Action<P>>,
     /// The round's verdict if it ended.
@@ -586,7 +592,7 @@ pub struct Next<P> {
 
 /// What a summary called for.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Plan<P> {
+pub struct RoundPlan<P> {
     /// The pulls and drops to do, and divergences to report.
     pub actions: Vec<Action<P>>,
     /// How many versions this server lacked, summed over the tables the peer holds newer.
@@ -638,11 +644,14 @@ impl<P: Ord + Clone + fmt::Display> Replicator<P> {
         self.rule.is_ready()
     }
 
-    /// The peer names resolved (or failed to); with `Peers`, the peers other than this server.
+    /// The peer names resolved (or some failed to); the peers they stand for, other than this
+    /// server, are asked in turn.
     pub fn on_resolution(&mut self, resolution: Resolution<P>) -> Verdict {
         match &resolution {
-            Resolution::Peers(peers) => self.peers = peers.clone(),
-            Resolution::Failed(_) | Resolution::Pending => {}
+            Resolution::Peers(peers) | Resolution::Failed { peers, .. } => {
+                self.peers = peers.clone();
+            }
+            Resolution::Pending => {}
         }
         self.rule.on_resolution(resolution)
     }
@@ -689,8 +698,8 @@ impl<P: Ord + Clone + fmt::Display> Replicator<P> {
         round: u64,
         answer: Result<(bool, Vec<TableSummary>), String>,
         holds: impl Fn(&str) -> Holding,
-    ) -> Plan<P> {
-        let mut plan = Plan {
+    ) -> RoundPlan<P> {
+        let mut plan = RoundPlan {
             actions: Vec::new(),
             lag_versions: 0,
             verdict: None,
@@ -717,7 +726,7 @@ impl<P: Ord + Clone + fmt::Display> Replicator<P> {
         };
         for entry in &tables {
             let ours = holds(&entry.name);
-            let lag = |plan: &mut Plan<P>| {
+            let lag = |plan: &mut RoundPlan<P>| {
                 plan.lag_versions += entry
                     .version
                     .saturating_sub(ours.version().unwrap_or(0))
@@ -771,8 +780,8 @@ impl<P: Ord + Clone + fmt::Display> Replicator<P> {
         table: &str,
         result: TableResult,
         holds: impl Fn(&str) -> Holding,
-    ) -> Next<P> {
-        let mut next = Next {
+    ) -> AfterTable<P> {
+        let mut next = AfterTable {
             action: None,
             verdict: None,
         };
@@ -1000,14 +1009,14 @@ mod tests {
 
         // Divergence 5: a DNS failure is not "resolves to nothing".
         let mut rule = ReadinessRule::<u32>::new(true);
-        let v = rule.on_resolution(Resolution::Failed("memds-peers: no such host".into()));
+        let v = rule.on_resolution(failed(&[], "memds-peers: no such host"));
         assert!(!ready(&v), "{v:?}");
         let v = rule.on_resolution(Resolution::Peers(Vec::new()));
         assert!(ready(&v), "{v:?}");
 
         // Nor does a peer whose name failed to resolve let the others decide alone.
         let mut rule = ReadinessRule::new(true);
-        rule.on_resolution(Resolution::Failed("a name".into()));
+        rule.on_resolution(failed(&[1], "a name"));
         assert!(!ready(&rule.on_round(
             1u32,
             exchanged(false, &[], &[]),
@@ -1027,7 +1036,7 @@ mod tests {
             Holding::Absent
         });
         assert!(ready(&v));
-        assert!(ready(&rule.on_resolution(Resolution::Failed("x".into()))));
+        assert!(ready(&rule.on_resolution(failed(&[], "x"))));
     }
 
     fn summary(name: &str, version: u64, digest: u64, dropped: bool) -> TableSummary {
@@ -1168,5 +1177,35 @@ mod tests {
         ] {
             assert_eq!(forwarded(code), Forwarded::Refused, "{code:?}");
         }
+    }
+
+    fn failed(peers: &[u32], why: &str) -> Resolution<u32> {
+        Resolution::Failed {
+            peers: peers.to_vec(),
+            why: why.into(),
+        }
+    }
+
+    #[test]
+    fn peers_behind_the_names_that_resolve_are_asked_while_another_name_fails() {
+        let mut m = Replicator::new(true);
+        m.on_resolution(failed(&[1], "memds-b.invalid: no such host"));
+        let nothing = |_: &str| Holding::Absent;
+        // Not ready with a peer that is not ready either: the unresolved name may hide a ready
+        // one.
+        let Some(Action::AskSummary { round, peer: 1 }) = m.start_round() else {
+            panic!("the resolved peer is asked");
+        };
+        let plan = m.on_summary(round, Ok((false, Vec::new())), nothing);
+        assert!(
+            matches!(plan.verdict, Some(Verdict::NotReady(_))),
+            "{plan:?}"
+        );
+        // Caught up with a ready one: ready.
+        let Some(Action::AskSummary { round, peer: 1 }) = m.start_round() else {
+            panic!("asked again");
+        };
+        let plan = m.on_summary(round, Ok((true, Vec::new())), nothing);
+        assert!(matches!(plan.verdict, Some(Verdict::Ready(_))), "{plan:?}");
     }
 }

@@ -382,8 +382,19 @@ impl Sim {
         server.tables = recovered;
         server.interner = interner;
         self.servers[s] = server;
-        // Name resolution: at once, or failing for a while first.
+        // Name resolution: at once, or failing for a while first, some names (so some peers)
+        // resolving meanwhile.
         let resolve_after = if self.faults && self.rng.random_bool(0.3) {
+            let peers: Vec<ServerId> = self
+                .peers_of(s)
+                .into_iter()
+                .filter(|_| self.rng.random_bool(0.5))
+                .collect();
+            let failed = Resolution::Failed {
+                peers,
+                why: "a peer name: no such host".into(),
+            };
+            let _: crate::replication::Verdict = self.servers[s].machine.on_resolution(failed);
             self.rng.random_range(100..3_000)
         } else {
             1
