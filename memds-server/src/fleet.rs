@@ -27,8 +27,9 @@
 //!   ([`replication::accept_rebuilt`]): a wrong result at the peer's version could never be
 //!   replaced, and if the peer's table moved since its summary nothing vouches for the parts
 //!   not pulled. A snapshot must be the table asked for, at the advertised version or later
-//!   ([`replication::accept_snapshot`]). A batch the writer refuses (its ranges do not align
-//!   with ours, or a forward moved the table meanwhile) falls through to the next way.
+//!   ([`replication::accept_snapshot`], checked by the writer as it decodes it). A batch the
+//!   writer refuses (its ranges do not align with ours, or a forward moved the table
+//!   meanwhile) falls through to the next way.
 //!   `memds_anti_entropy_pulls_total{kind}` counts tables pulled each way, and
 //!   `memds_anti_entropy_bytes_pulled_total` the bytes of every answer a pull read, as framed
 //!   on the wire (header and rkyv archive; a snapshot's answer without encoding it again, exact
@@ -994,12 +995,12 @@ impl AntiEntropy {
         match got {
             Ok(Some((version, snapshot))) => {
                 count_pulled(report, table_answer_bytes(version, snapshot.len()));
-                let snapshot = snapshot_for(entry, version, snapshot)
-                    .await
-                    .map_err(Pull::Failed)?;
-                self.submit(Write::Put { snapshot })
-                    .await
-                    .map_err(Pull::Failed)?;
+                // The writer checks that it is the table advertised as it decodes it.
+                let write = Write::Pulled {
+                    snapshot,
+                    advertised: entry.clone(),
+                };
+                self.submit(write).await.map_err(Pull::Failed)?;
                 Ok(Some(PullKind::Snapshot))
             }
             // Dropped or replaced meanwhile: the next round sees it.
@@ -1150,35 +1151,6 @@ async fn checked(
         .await
         .ok()
         .flatten()
-}
-
-/// The snapshot a peer answered, if it is the table asked for at the advertised version or
-/// later ([`replication::accept_snapshot`]); decoded on a blocking thread, as the writer will
-/// again.
-async fn snapshot_for(
-    entry: &TableSummary,
-    answered: u64,
-    snapshot: Vec<u8>,
-) -> Result<Vec<u8>, String> {
-    let entry = entry.clone();
-    tokio::task::spawn_blocking(move || {
-        let map = memds_proto::snapshot::decode(
-            &snapshot,
-            memds_proto::snapshot::DEFAULT_MAX_ARCHIVE_BYTES,
-        )
-        .map_err(|e| format!("the peer's snapshot does not decode: {e}"))?;
-        let version = map.version().get();
-        if version != answered {
-            return Err(format!(
-                "the peer answered version {answered} with a snapshot of version {version}"
-            ));
-        }
-        replication::accept_snapshot(map.name().as_str(), version, &entry)
-            .map_err(|e| e.to_string())?;
-        Ok(snapshot)
-    })
-    .await
-    .map_err(|e| format!("checking the peer's snapshot: {e}"))?
 }
 
 /// One Merkle descent's requests to a peer.

@@ -10,10 +10,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
-use memds_proto::wire::{BatchUpdate, ErrorCode, ErrorReply, PartitionUpdate};
+use memds_proto::wire::{BatchUpdate, ErrorCode, ErrorReply, PartitionUpdate, TableSummary};
 use memds_proto::{CompactTable, EditError, NodeInterner, TableMap, snapshot};
 
 use crate::metrics::{self, WriteOp};
+use crate::replication;
 use crate::snapshots::SnapshotCache;
 
 /// Every table by name, and the tombstones of dropped ones.
@@ -179,6 +180,15 @@ pub enum Write {
         /// The snapshot bytes.
         snapshot: Vec<u8>,
     },
+    /// Store a whole map pulled from a peer: a put, refused unless the snapshot holds the
+    /// table the peer advertised, at that version or later ([`replication::accept_snapshot`],
+    /// checked on the map the put decodes anyway). Logged as a put.
+    Pulled {
+        /// The snapshot bytes.
+        snapshot: Vec<u8>,
+        /// What the peer's summary advertised.
+        advertised: TableSummary,
+    },
     /// Replace the partitions of a range.
     Update(PartitionUpdate),
     /// Replace the partitions of many ranges of one table, atomically at one version.
@@ -196,7 +206,7 @@ impl Write {
     /// The operation's name in metrics.
     pub fn op(&self) -> WriteOp {
         match self {
-            Write::Put { .. } => WriteOp::PutTable,
+            Write::Put { .. } | Write::Pulled { .. } => WriteOp::PutTable,
             Write::Update(_) => WriteOp::UpdatePartitions,
             Write::Batch(_) => WriteOp::UpdateBatch,
             Write::Drop { .. } => WriteOp::DropTable,
@@ -295,14 +305,15 @@ impl Write {
     /// (checked before anything is allocated for it).
     pub fn decode(&self, max_archive_bytes: u64) -> Result<Decoded<'_>, ErrorReply> {
         Ok(match self {
-            Write::Put { snapshot } => {
-                Decoded::Put(snapshot::decode(snapshot, max_archive_bytes).map_err(|e| {
-                    let code = match e {
-                        snapshot::SnapshotError::TooLarge { .. } => ErrorCode::TooLarge,
-                        _ => ErrorCode::Invalid,
-                    };
-                    ErrorReply::new(code, format!("put-table: {e}"))
-                })?)
+            Write::Put { snapshot } => Decoded::Put(decode_put(snapshot, max_archive_bytes)?),
+            Write::Pulled {
+                snapshot,
+                advertised,
+            } => {
+                let map = decode_put(snapshot, max_archive_bytes)?;
+                replication::accept_snapshot(map.name().as_str(), map.version().get(), advertised)
+                    .map_err(|e| ErrorReply::new(ErrorCode::Invalid, e.to_string()))?;
+                Decoded::Put(map)
             }
             Write::Update(u) => Decoded::Update(u),
             Write::Batch(u) => Decoded::Batch(u),
@@ -312,6 +323,17 @@ impl Write {
             },
         })
     }
+}
+
+/// A put's snapshot, decoded and checked.
+fn decode_put(snapshot: &[u8], max_archive_bytes: u64) -> Result<TableMap, ErrorReply> {
+    snapshot::decode(snapshot, max_archive_bytes).map_err(|e| {
+        let code = match e {
+            snapshot::SnapshotError::TooLarge { .. } => ErrorCode::TooLarge,
+            _ => ErrorCode::Invalid,
+        };
+        ErrorReply::new(code, format!("put-table: {e}"))
+    })
 }
 
 /// Decides what a write does to `tables`: [`Write::decode`], then [`plan_decoded`].
@@ -556,6 +578,36 @@ mod tests {
     fn put(m: &TableMap) -> Write {
         Write::Put {
             snapshot: snapshot::encode(m),
+        }
+    }
+
+    #[test]
+    fn a_pulled_snapshot_must_be_the_table_advertised_at_that_version_or_later() {
+        let mut i = NodeInterner::default();
+        let tables = Tables::new();
+        let m = map(100, 5);
+        let advertised = |name: &str, version: u64| TableSummary {
+            name: name.into(),
+            version,
+            digest: 0,
+            dropped: false,
+        };
+        let pulled = |a: TableSummary| Write::Pulled {
+            snapshot: snapshot::encode(&m),
+            advertised: a,
+        };
+        let name = m.name().as_str();
+        assert!(matches!(
+            plan(&tables, &pulled(advertised(name, 5)), &mut i),
+            Ok(Plan::Install(_))
+        ));
+        assert!(matches!(
+            plan(&tables, &pulled(advertised(name, 4)), &mut i),
+            Ok(Plan::Install(_))
+        ));
+        for wrong in [advertised("other", 5), advertised(name, 6)] {
+            let e = plan(&tables, &pulled(wrong), &mut i).expect_err("not the table advertised");
+            assert_eq!(e.code, ErrorCode::Invalid, "{e}");
         }
     }
 

@@ -586,7 +586,7 @@ pub fn apply(tables: &mut Tables, p: Plan) {
 /// need), so a big write is not copied again.
 fn record_of(write: &mut Write) -> WalRecord {
     match write {
-        Write::Put { snapshot } => WalRecord::Put {
+        Write::Put { snapshot } | Write::Pulled { snapshot, .. } => WalRecord::Put {
             snapshot: std::mem::take(snapshot),
         },
         Write::Update(u) => WalRecord::Update(u.clone()),
