@@ -463,7 +463,7 @@ fn write_to_all(
             let hash = update.partitions[1].start;
             let sent = Instant::now();
             admin
-                .update_partitions(update)
+                .update_partitions(update.into())
                 .await
                 .with_context(|| format!("write {} to server 0", k + 1))?;
             ack.saturating_record(sent.elapsed().as_micros() as u64);
@@ -865,7 +865,7 @@ fn delta_sync(
 
         // One split, written to A and B: C pulls their delta.
         let before = Pulls::read();
-        let acked = write_both(Request::UpdatePartitions(first))?;
+        let acked = write_both(Request::UpdatePartitions(first.into()))?;
         let delta = caught_up(runtime, admins, c, &table, version + 1, acked, before)?;
         let mut holds_table = same_table(runtime, admins, [a, c], &table)?;
 

@@ -24,9 +24,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use hdrhistogram::Histogram;
-use memds_proto::model::{PartitionSpec, TableSpec};
+use memds_proto::model::{BatchEdit, PartitionSpec, RangeEdit, TableSpec};
+use memds_proto::snapshot::SnapshotTable;
 use memds_proto::synth::{self, SynthConfig};
-use memds_proto::wire::{BatchUpdate, RangeUpdate};
 use memds_proto::{CompactTable, NodeInterner, TableMap};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -274,7 +274,7 @@ struct Writes {
 /// The split of the partition holding `hash` at the middle of its range, as the authority would
 /// send it (the left half keeps the id, the right half gets `new_id`, both at the next epoch),
 /// if the partition is wide enough to split.
-fn split_at(table: &CompactTable, hash: u64, new_id: u64) -> Option<RangeUpdate> {
+fn split_at(table: &CompactTable, hash: u64, new_id: u64) -> Option<RangeEdit> {
     let e = table.lookup(hash);
     if e.end_inclusive - e.start < 2 {
         return None;
@@ -288,14 +288,14 @@ fn split_at(table: &CompactTable, hash: u64, new_id: u64) -> Option<RangeUpdate>
         replicas: replicas.clone(),
         leader: u64::from(e.leader),
     };
-    Some(RangeUpdate {
+    Some(RangeEdit {
         end_inclusive: e.end_inclusive,
         partitions: vec![half(e.id.get(), e.start), half(new_id, mid)],
     })
 }
 
-fn batch(table: &CompactTable, ranges: Vec<RangeUpdate>) -> BatchUpdate {
-    BatchUpdate {
+fn batch(table: &CompactTable, ranges: Vec<RangeEdit>) -> BatchEdit {
+    BatchEdit {
         table: table.name().as_str().to_owned(),
         base_version: table.version().get(),
         version: table.version().get() + 1,
@@ -448,7 +448,10 @@ fn time_scrub(compact: &[CompactTable]) -> anyhow::Result<(f64, u64)> {
 
 /// Size of the plain records of every table, archived with rkyv and zstd-compressed as one blob.
 fn zstd_blob_len(maps: &[TableMap]) -> anyhow::Result<usize> {
-    let specs: Vec<TableSpec> = maps.iter().map(TableSpec::from).collect();
+    let specs: Vec<SnapshotTable> = maps
+        .iter()
+        .map(|m| SnapshotTable::from(TableSpec::from(m)))
+        .collect();
     let raw =
         rkyv::to_bytes::<rkyv::rancor::Error>(&specs).context("archiving the plain records")?;
     drop(specs);

@@ -57,9 +57,16 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static GLOBAL: alloc::Counting = alloc::Counting;
 
+/// What `--version` prints: the build, the protocol versions and the snapshot format.
+static LONG_VERSION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    memds_proto::versions::version_text(&memds_proto::versions::info(vec![
+        memds_proto::versions::snapshot_format(),
+    ]))
+});
+
 /// MemDS experiments and benchmarks.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version, long_version = LONG_VERSION.as_str(), about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

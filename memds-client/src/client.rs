@@ -16,8 +16,8 @@ use std::time::Duration;
 use memds_proto::TableMap;
 use memds_proto::snapshot::{self, SnapshotError};
 use memds_proto::wire::{
-    self, BatchUpdate, ErrorReply, FrameDecoder, HashRange, NodeList, PartitionUpdate, Request,
-    Response, Routes, ServerStats, Summary, TableInfo, TreeDigests, WriteAck,
+    self, BatchUpdate, ErrorReply, FrameDecoder, HashRange, NodeList, PartitionUpdate, Protocol,
+    Request, Response, Routes, ServerInfo, ServerStats, Summary, TableInfo, TreeDigests, WriteAck,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -62,6 +62,17 @@ pub enum ClientError {
     /// No answer within the caller's timeout.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
+    /// The request is not in the protocol version the connection speaks (a memds/2 request to
+    /// a server of the previous release): nothing was sent.
+    #[error("the server speaks {protocol}, which has no {request} request (it needs {needs})")]
+    NotInProtocol {
+        /// The request.
+        request: &'static str,
+        /// The connection's protocol version.
+        protocol: Protocol,
+        /// The version the request needs.
+        needs: Protocol,
+    },
 }
 
 /// Why a connection could not be established: the error that stopped it.
@@ -77,6 +88,9 @@ pub enum ConnectError {
     /// No connection within the caller's timeout.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
+    /// The handshake settled on no protocol version this build speaks.
+    #[error("the server chose protocol {0:?}, which this build does not speak")]
+    Protocol(String),
 }
 
 /// Why a connection closed: what was under way, and the error that closed it, if any (a
@@ -233,13 +247,27 @@ impl Connector {
             .connect_with(self.config.clone(), addr, &self.options.server_name)
             .map_err(|e| connect_error(e.into()))?;
         let conn = connecting.await.map_err(|e| connect_error(e.into()))?;
+        let protocol = negotiated(&conn).map_err(connect_error)?;
         let (send, recv) = conn.open_bi().await.map_err(|e| connect_error(e.into()))?;
-        Ok(Client::start(conn, send, recv, &self.options))
+        Ok(Client::start(conn, protocol, send, recv, &self.options))
     }
 
     /// Closes the endpoint and every connection made from it.
     pub fn close(&self) {
         self.endpoint.close(0u32.into(), b"closing");
+    }
+}
+
+/// The protocol version the handshake settled on.
+fn negotiated(conn: &quinn::Connection) -> Result<Protocol, ConnectError> {
+    let alpn = conn
+        .handshake_data()
+        .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|d| d.protocol);
+    match alpn {
+        Some(id) => Protocol::from_alpn(&id)
+            .ok_or_else(|| ConnectError::Protocol(String::from_utf8_lossy(&id).into_owned())),
+        None => Err(ConnectError::Protocol("none".into())),
     }
 }
 
@@ -275,6 +303,7 @@ impl Shared {
 #[derive(Clone)]
 pub struct Client {
     conn: quinn::Connection,
+    protocol: Protocol,
     frames: mpsc::Sender<Vec<u8>>,
     shared: Arc<Shared>,
     max_snapshot_bytes: u64,
@@ -291,6 +320,7 @@ impl std::fmt::Debug for Client {
 impl Client {
     fn start(
         conn: quinn::Connection,
+        protocol: Protocol,
         send: quinn::SendStream,
         recv: quinn::RecvStream,
         options: &ConnectOptions,
@@ -310,10 +340,16 @@ impl Client {
         ));
         Self {
             conn,
+            protocol,
             frames,
             shared,
             max_snapshot_bytes: options.max_snapshot_bytes,
         }
+    }
+
+    /// The protocol version this connection speaks (the newest both sides offered).
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
     }
 
     /// The server's address.
@@ -362,6 +398,14 @@ impl Client {
         if self.is_closed() {
             return Err(ClientError::Closed(self.close_reason()));
         }
+        let needs = request.since();
+        if needs > self.protocol {
+            return Err(ClientError::NotInProtocol {
+                request: request.kind(),
+                protocol: self.protocol,
+                needs,
+            });
+        }
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let mut frame = Vec::new();
         wire::encode_request(id, request, &mut frame);
@@ -388,6 +432,15 @@ impl Client {
 
     fn close_reason(&self) -> CloseReason {
         close_reason(&self.conn, &self.shared)
+    }
+
+    /// The server's release, build, protocol versions and format versions (memds/2; a server
+    /// of the previous release answers [`ClientError::NotInProtocol`] without anything sent).
+    pub async fn server_info(&self) -> Result<ServerInfo, ClientError> {
+        match self.call(&Request::ServerInfo).await? {
+            Response::ServerInfo(info) => Ok(info),
+            other => Err(ClientError::unexpected(&other)),
+        }
     }
 
     /// The route of one hash.

@@ -155,7 +155,7 @@ impl ClientTls {
         Ok(Self { roots, identity })
     }
 
-    /// The QUIC client configuration: TLS 1.3 with ring, ALPN `memds/1`.
+    /// The QUIC client configuration: TLS 1.3 with ring, ALPN `memds/2` and `memds/1`, newest first.
     pub fn quic_config(&self) -> Result<quinn::ClientConfig, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = rustls::RootCertStore::empty();
@@ -174,7 +174,7 @@ impl ClientTls {
                 .map_err(|e| TlsError::Config(e.to_string()))?,
             None => builder.with_no_client_auth(),
         };
-        config.alpn_protocols = vec![memds_proto::wire::ALPN.to_vec()];
+        config.alpn_protocols = memds_proto::wire::Protocol::alpn_ids();
         let quic = quinn::crypto::rustls::QuicClientConfig::try_from(config)
             .map_err(|e| TlsError::Config(e.to_string()))?;
         Ok(quinn::ClientConfig::new(Arc::new(quic)))

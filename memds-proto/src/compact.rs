@@ -85,10 +85,11 @@ use xxhash_rust::xxh3::Xxh3;
 
 use crate::bits::{self, BitWriter};
 use crate::model::{
-    Epoch, MAX_REPLICAS, MapError, NodeId, NodeSpec, Partition, PartitionId, PartitionSpec,
-    Replicas, Route, RouteReplica, StorageNode, TableMap, TableName, TableVersion, check_node,
+    BatchEdit, Epoch, MAX_REPLICAS, MapError, NodeId, NodeSpec, Partition, PartitionId,
+    PartitionSpec, RangeEdit, Replicas, Route, RouteReplica, StorageNode, TableMap, TableName,
+    TableVersion, check_node,
 };
-use crate::wire::{BatchUpdate, HashRange, RangeUpdate, TreeDigests, TreeEntry};
+use crate::wire::{HashRange, TreeDigests, TreeEntry};
 
 const HEADER_WORDS: usize = 4;
 /// What a heap allocation costs beyond its payload (glibc's chunk header and rounding), used to
@@ -1464,7 +1465,7 @@ impl CompactTable {
     /// a range with no partitions, or a node id twice. [`CompactTable::apply`] checks them
     /// first, before anything (the interner included) is changed; a server checks them before
     /// its version rules, so such an update is refused even as a retry.
-    pub fn check_update(update: &BatchUpdate) -> Result<(), EditError> {
+    pub fn check_update(update: &BatchEdit) -> Result<(), EditError> {
         if update.ranges.is_empty() {
             return Err(EditError::NoRanges);
         }
@@ -1488,7 +1489,7 @@ impl CompactTable {
     /// path above them; everything else is shared with `self`.
     pub fn apply(
         &self,
-        update: &BatchUpdate,
+        update: &BatchEdit,
         interner: &mut NodeInterner,
     ) -> Result<CompactTable, EditError> {
         Self::check_update(update)?;
@@ -1934,7 +1935,7 @@ impl CompactTable {
     /// The history after an update changing `spans`: this change in front of the remembered
     /// ones, trimmed to [`HISTORY_VERSIONS`] and [`HISTORY_RANGES`] now and then (so trimming
     /// costs O(1) per update on average).
-    fn next_history(&self, update: &BatchUpdate, spans: &[(u64, u64)]) -> Option<Arc<Change>> {
+    fn next_history(&self, update: &BatchEdit, spans: &[(u64, u64)]) -> Option<Arc<Change>> {
         if spans.len() > HISTORY_RANGES {
             return None;
         }
@@ -1998,7 +1999,7 @@ impl CompactTable {
     /// answer). Applying the delta to the table at `since` gives this table exactly: a range
     /// changed by any update since is replaced whole, and partitions outside every such range
     /// are the same in both versions.
-    pub fn delta_since(&self, since: u64) -> Option<BatchUpdate> {
+    pub fn delta_since(&self, since: u64) -> Option<BatchEdit> {
         if since >= self.version.get() {
             return None;
         }
@@ -2047,7 +2048,7 @@ impl CompactTable {
     /// The current partitions covering each range (widened to partition boundaries, ranges
     /// that then overlap merged), with the specs of the nodes they use, as an update with
     /// `base_version` 0 (peers pull the blocks that differ with it).
-    pub fn ranges_update(&self, ranges: &[HashRange]) -> BatchUpdate {
+    pub fn ranges_update(&self, ranges: &[HashRange]) -> BatchEdit {
         let mut sorted = ranges.to_vec();
         sorted.sort_unstable_by_key(|r| (r.from, r.end_inclusive));
         let mut update = self
@@ -2074,7 +2075,7 @@ impl CompactTable {
 
     /// The partitions covering sorted ranges, widened to partition boundaries and merged; `None`
     /// past `limit` partitions.
-    fn partitions_covering(&self, ranges: &[HashRange], limit: usize) -> Option<BatchUpdate> {
+    fn partitions_covering(&self, ranges: &[HashRange], limit: usize) -> Option<BatchEdit> {
         let widened = merge_spans(
             ranges
                 .iter()
@@ -2103,12 +2104,12 @@ impl CompactTable {
                     break;
                 }
             }
-            out.push(RangeUpdate {
+            out.push(RangeEdit {
                 end_inclusive: b,
                 partitions,
             });
         }
-        Some(BatchUpdate {
+        Some(BatchEdit {
             table: self.name.as_str().into(),
             base_version: 0,
             version: self.version.get(),
@@ -2119,7 +2120,7 @@ impl CompactTable {
 
     /// Whether the table already holds exactly what `update` writes: every range's partitions
     /// and every node (an update retried at the version it gave).
-    pub fn holds(&self, update: &BatchUpdate) -> bool {
+    pub fn holds(&self, update: &BatchEdit) -> bool {
         update.nodes.iter().all(|n| {
             self.node(NodeId::new(n.id))
                 .is_some_and(|info| *info.addr == n.addr && *info.az == n.az)
@@ -2523,7 +2524,7 @@ mod tests {
 
     /// A random batch of changes to `map` (splits, merges, replica moves, id changes), as the
     /// authority would send them, and the map they give (built the slow, fully validated way).
-    fn random_batch(map: &TableMap, seed: u64, ranges: usize) -> (BatchUpdate, TableMap) {
+    fn random_batch(map: &TableMap, seed: u64, ranges: usize) -> (BatchEdit, TableMap) {
         use rand::{Rng, SeedableRng};
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let parts = map.partitions();
@@ -2590,7 +2591,7 @@ mod tests {
                     }
                 }
             }
-            out_ranges.push(RangeUpdate {
+            out_ranges.push(RangeEdit {
                 end_inclusive: end,
                 partitions: new
                     .iter()
@@ -2616,7 +2617,7 @@ mod tests {
             result,
         )
         .expect("the changes keep the map valid");
-        let update = BatchUpdate {
+        let update = BatchEdit {
             table: map.name().as_str().into(),
             base_version: map.version().get(),
             version,
@@ -2686,7 +2687,7 @@ mod tests {
         let mut interner = NodeInterner::default();
         let table = CompactTable::new(&map, &mut interner);
         assert!(table.levels() >= 3, "{} levels", table.levels());
-        let update = BatchUpdate::from(synth::split_update(&map, 50_000, 1 << 50));
+        let update = BatchEdit::from(synth::split_update(&map, 50_000, 1 << 50));
         let next = table.apply(&update, &mut interner).expect("applies");
         // Blocks: all but the touched one (or two, if the split opened a block) are shared.
         let before = table.tree_digests(1, 0, u64::MAX, usize::MAX).entries;
@@ -2731,7 +2732,7 @@ mod tests {
         );
         let mut interner = NodeInterner::default();
         let table = CompactTable::new(&map, &mut interner);
-        let good = BatchUpdate::from(synth::split_update(&map, 10, 1 << 50));
+        let good = BatchEdit::from(synth::split_update(&map, 10, 1 << 50));
         let mut bad = good.clone();
         bad.ranges[0].end_inclusive -= 1;
         assert!(matches!(
@@ -2819,7 +2820,7 @@ mod tests {
         // A damaged block where the update reads is refused, not spliced in.
         let damaged = table.damaged_copy(64 * 5 + 3);
         assert!(!damaged.verify());
-        let first_run_update = BatchUpdate::from(synth::split_update(&map, 0, 1 << 50));
+        let first_run_update = BatchEdit::from(synth::split_update(&map, 0, 1 << 50));
         assert_eq!(
             damaged
                 .apply(&first_run_update, &mut interner)

@@ -17,12 +17,12 @@ use rand_chacha::ChaCha8Rng;
 use rkyv::util::AlignedVec;
 
 use crate::compact::{CompactTable, NodeInterner};
-use crate::model::{NodeSpec, PartitionSpec, TableMap};
+use crate::model::{BatchEdit, NodeSpec, PartitionSpec, TableMap, UpdateSpec};
 use crate::synth::{self, SynthConfig};
 use crate::wire::{
-    self, BatchUpdate, ErrorCode, ErrorReply, FrameDecoder, HashRange, NodeList, PartitionUpdate,
-    RangeUpdate, Request, Response, Routes, ServerStats, Summary, TableInfo, TableSummary,
-    TreeDigests, TreeEntry, WireError, WireRoute, WriteAck,
+    self, BatchUpdate, ErrorCode, ErrorReply, FormatVersions, FrameDecoder, HashRange, NodeList,
+    PartitionUpdate, RangeUpdate, Request, Response, Routes, ServerInfo, ServerStats, Summary,
+    TableInfo, TableSummary, TreeDigests, TreeEntry, WireError, WireNode, WireRoute, WriteAck,
 };
 use crate::{snapshot, wire::FRAME_HEADER_LEN};
 
@@ -366,7 +366,7 @@ pub fn sample_requests(map: &TableMap) -> Vec<Request> {
     let update = if map.partitions().len() > 1 && map.end_inclusive(0) >= 2 {
         synth::split_update(map, 0, 1 << 40)
     } else {
-        PartitionUpdate {
+        UpdateSpec {
             table: table.clone(),
             base_version: map.version().get(),
             version: map.version().get() + 1,
@@ -410,8 +410,8 @@ pub fn sample_requests(map: &TableMap) -> Vec<Request> {
         Request::PutTable {
             snapshot: snapshot::encode(map),
         },
-        Request::UpdatePartitions(update.clone()),
-        Request::UpdateBatch(BatchUpdate::from(update)),
+        Request::UpdatePartitions(PartitionUpdate::from(update.clone())),
+        Request::UpdateBatch(BatchUpdate::from(BatchEdit::from(update))),
         Request::GetDelta {
             table: table.clone(),
             since: map.version().get().saturating_sub(1),
@@ -437,6 +437,7 @@ pub fn sample_requests(map: &TableMap) -> Vec<Request> {
             table,
             version: None,
         },
+        Request::ServerInfo,
     ]
 }
 
@@ -462,7 +463,7 @@ pub fn sample_responses(map: &TableMap) -> Vec<Response> {
         Response::Nodes(NodeList {
             version,
             digest: 7,
-            nodes: vec![NodeSpec {
+            nodes: vec![WireNode {
                 id: 1,
                 addr: "10.0.0.1:8100".into(),
                 az: "az-a".into(),
@@ -539,6 +540,16 @@ pub fn sample_responses(map: &TableMap) -> Vec<Response> {
             code: ErrorCode::Stale,
             message: "table is at a newer version".into(),
             current_version: version + 1,
+        }),
+        Response::ServerInfo(ServerInfo {
+            release: "0.2.0".into(),
+            build: "0.2.0 (commit 1234567)".into(),
+            protocols: vec!["memds/2".into(), "memds/1".into()],
+            formats: vec![FormatVersions {
+                name: "log".into(),
+                writes: 2,
+                reads_oldest: 2,
+            }],
         }),
     ]
 }

@@ -20,6 +20,7 @@
 //!   splits, replica moves and leader changes) that tests, benchmarks and experiments share.
 //! - [`wire`]: the QUIC protocol's messages and framing, sans IO: a frame decoder that takes
 //!   bytes in and gives validated archives out.
+//! - [`versions`]: the release, build, protocol and format versions `--version` prints.
 //! - [`key_hash`]: the one hash function every router uses to place a key.
 //! - `fuzzing` (hidden): the fuzz targets over every decoder here, shared by the cargo-fuzz
 //!   crate and the test suite (`docs/fuzzing.md`).
@@ -29,6 +30,7 @@ pub mod model;
 pub mod radix;
 pub mod snapshot;
 pub mod synth;
+pub mod versions;
 pub mod wire;
 
 #[doc(hidden)]

@@ -13,8 +13,10 @@
 //!  "partitions": [{"id": 1, "start": 0, "epoch": 3, "replicas": [1], "leader": 0}]}
 //! ```
 //!
-//! [`TableSpec`] is that format as plain, unvalidated records; it is also what snapshots
-//! archive.
+//! [`TableSpec`] is that format as plain, unvalidated records. [`UpdateSpec`] and
+//! [`BatchSpec`] are the JSON of partial updates; [`BatchEdit`] is the in-memory form of an
+//! update, whatever boundary it came through (JSON, the wire, the log), and the argument of
+//! [`crate::CompactTable::apply`].
 
 use std::fmt;
 use std::sync::Arc;
@@ -624,19 +626,10 @@ pub enum MapError {
 
 /// The JSON ingestion format as plain records, before validation.
 ///
-/// This is also what a snapshot archives with rkyv: plain records, which decode with bytecheck
-/// validation and then go through [`TableMap::try_from`] like any other input.
-#[derive(
-    Clone,
-    Debug,
-    PartialEq,
-    Eq,
-    Serialize,
-    Deserialize,
-    rkyv::Archive,
-    rkyv::Serialize,
-    rkyv::Deserialize,
-)]
+/// This is the JSON boundary's type and nothing else's: snapshots archive their own records
+/// ([`crate::snapshot`]), the wire and the log theirs, so a field added here for JSON changes
+/// no persisted or wire format.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TableSpec {
     /// The table's name.
@@ -650,17 +643,7 @@ pub struct TableSpec {
 }
 
 /// A storage node record of the ingestion format.
-#[derive(
-    Clone,
-    Debug,
-    PartialEq,
-    Eq,
-    Serialize,
-    Deserialize,
-    rkyv::Archive,
-    rkyv::Serialize,
-    rkyv::Deserialize,
-)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeSpec {
     /// The node's id, scoped to the table.
@@ -672,17 +655,7 @@ pub struct NodeSpec {
 }
 
 /// A partition record of the ingestion format.
-#[derive(
-    Clone,
-    Debug,
-    PartialEq,
-    Eq,
-    Serialize,
-    Deserialize,
-    rkyv::Archive,
-    rkyv::Serialize,
-    rkyv::Deserialize,
-)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PartitionSpec {
     /// The partition's id.
@@ -695,6 +668,121 @@ pub struct PartitionSpec {
     pub replicas: Vec<u32>,
     /// Index into `replicas` of the leader.
     pub leader: u64,
+}
+
+/// The JSON of a partial update of one range (`memds-ctl update-partitions`): the partitions
+/// covering `[partitions[0].start, end_inclusive]` are replaced by `partitions`, turning the
+/// table at `base_version` into the table at `version`; `nodes` are added to the table's node
+/// list, replacing any listed node with the same id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateSpec {
+    /// Table name.
+    pub table: String,
+    /// The version the update is based on.
+    pub base_version: u64,
+    /// The version the table has after the update.
+    pub version: u64,
+    /// Last hash (inclusive) of the replaced range.
+    pub end_inclusive: u64,
+    /// Nodes to add or replace.
+    #[serde(default)]
+    pub nodes: Vec<NodeSpec>,
+    /// The new partitions of the range, in start order.
+    pub partitions: Vec<PartitionSpec>,
+}
+
+/// The JSON of a batch of range updates of one table (`memds-ctl update-batch`), applied
+/// atomically at one version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchSpec {
+    /// Table name.
+    pub table: String,
+    /// The version the update is based on.
+    pub base_version: u64,
+    /// The version the table has after the update.
+    pub version: u64,
+    /// Nodes to add or replace.
+    #[serde(default)]
+    pub nodes: Vec<NodeSpec>,
+    /// The ranges replaced, sorted by start, disjoint.
+    pub ranges: Vec<RangeSpec>,
+}
+
+/// One range of a [`BatchSpec`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RangeSpec {
+    /// Last hash (inclusive) of the replaced range.
+    pub end_inclusive: u64,
+    /// The new partitions of the range, in start order.
+    pub partitions: Vec<PartitionSpec>,
+}
+
+/// An update of one table in memory, whichever boundary it came through (JSON, the wire, the
+/// log): the ranges' partitions are replaced, turning the table at `base_version` into the
+/// table at `version`, and `nodes` are added to the node list (replacing any listed node with
+/// the same id). Splits, merges, replica moves and leader changes are all this one operation.
+/// Ranges are sorted by start and disjoint; each range's first partition starts at an existing
+/// partition's start and `end_inclusive` is an existing partition's end. It has no serialized
+/// form of its own: each boundary converts from and to its own type.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchEdit {
+    /// Table name.
+    pub table: String,
+    /// The version the update is based on.
+    pub base_version: u64,
+    /// The version the table has after the update.
+    pub version: u64,
+    /// Nodes to add or replace.
+    pub nodes: Vec<NodeSpec>,
+    /// The ranges replaced, sorted by start, disjoint.
+    pub ranges: Vec<RangeEdit>,
+}
+
+/// One range of a [`BatchEdit`]: the partitions covering `[partitions[0].start,
+/// end_inclusive]` are replaced by `partitions`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RangeEdit {
+    /// Last hash (inclusive) of the replaced range.
+    pub end_inclusive: u64,
+    /// The new partitions of the range, in start order.
+    pub partitions: Vec<PartitionSpec>,
+}
+
+impl From<UpdateSpec> for BatchEdit {
+    fn from(u: UpdateSpec) -> Self {
+        BatchEdit {
+            table: u.table,
+            base_version: u.base_version,
+            version: u.version,
+            nodes: u.nodes,
+            ranges: vec![RangeEdit {
+                end_inclusive: u.end_inclusive,
+                partitions: u.partitions,
+            }],
+        }
+    }
+}
+
+impl From<BatchSpec> for BatchEdit {
+    fn from(b: BatchSpec) -> Self {
+        BatchEdit {
+            table: b.table,
+            base_version: b.base_version,
+            version: b.version,
+            nodes: b.nodes,
+            ranges: b
+                .ranges
+                .into_iter()
+                .map(|r| RangeEdit {
+                    end_inclusive: r.end_inclusive,
+                    partitions: r.partitions,
+                })
+                .collect(),
+        }
+    }
 }
 
 impl TryFrom<TableSpec> for TableMap {

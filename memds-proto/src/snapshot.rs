@@ -17,12 +17,121 @@
 //! | 6..8 | reserved, zero |
 //! | 8..16 | length of the uncompressed archive, u64 little-endian |
 //! | 16..24 | XXH3-64 of the compressed payload, u64 little-endian |
-//! | 24.. | zstd frame of the rkyv archive of a [`TableSpec`] |
+//! | 24.. | zstd frame of the rkyv archive of a [`SnapshotTable`] |
+//!
+//! The archived records are this module's own ([`SnapshotTable`], [`SnapshotNode`],
+//! [`SnapshotPartition`]), not the JSON ingestion records nor the wire's: they change only with
+//! a new format version. Format 1 is the one release 0.1.0 wrote; its bytes are pinned by the
+//! fixtures under `memds-proto/tests/fixtures/`.
 
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
 
-use crate::model::{MapError, TableMap, TableSpec};
+use crate::model::{MapError, NodeSpec, PartitionSpec, TableMap, TableSpec};
+
+pub use records::{SnapshotNode, SnapshotPartition, SnapshotTable};
+
+/// The records a snapshot archives. Format 1: never change a field's type or order here; a
+/// change is a new format version, with this one kept for reading.
+#[allow(missing_docs)]
+mod records {
+    /// A table, as format 1 archives it.
+    #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+    pub struct SnapshotTable {
+        /// The table's name.
+        pub table: String,
+        /// The map's version.
+        pub version: u64,
+        /// The storage nodes the map uses.
+        pub nodes: Vec<SnapshotNode>,
+        /// The partitions, in start order.
+        pub partitions: Vec<SnapshotPartition>,
+    }
+
+    /// A storage node, as format 1 archives it.
+    #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+    pub struct SnapshotNode {
+        /// The node's id.
+        pub id: u32,
+        /// `host:port`.
+        pub addr: String,
+        /// Availability zone.
+        pub az: String,
+    }
+
+    /// A partition, as format 1 archives it.
+    #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+    pub struct SnapshotPartition {
+        /// The partition's id.
+        pub id: u64,
+        /// First hash (inclusive).
+        pub start: u64,
+        /// The partition's epoch.
+        pub epoch: u64,
+        /// Node ids of the replicas.
+        pub replicas: Vec<u32>,
+        /// Index into `replicas` of the leader.
+        pub leader: u64,
+    }
+}
+
+impl From<TableSpec> for SnapshotTable {
+    fn from(t: TableSpec) -> Self {
+        SnapshotTable {
+            table: t.table,
+            version: t.version,
+            nodes: t
+                .nodes
+                .into_iter()
+                .map(|n| SnapshotNode {
+                    id: n.id,
+                    addr: n.addr,
+                    az: n.az,
+                })
+                .collect(),
+            partitions: t
+                .partitions
+                .into_iter()
+                .map(|p| SnapshotPartition {
+                    id: p.id,
+                    start: p.start,
+                    epoch: p.epoch,
+                    replicas: p.replicas,
+                    leader: p.leader,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<SnapshotTable> for TableSpec {
+    fn from(t: SnapshotTable) -> Self {
+        TableSpec {
+            table: t.table,
+            version: t.version,
+            nodes: t
+                .nodes
+                .into_iter()
+                .map(|n| NodeSpec {
+                    id: n.id,
+                    addr: n.addr,
+                    az: n.az,
+                })
+                .collect(),
+            partitions: t
+                .partitions
+                .into_iter()
+                .map(|p| PartitionSpec {
+                    id: p.id,
+                    start: p.start,
+                    epoch: p.epoch,
+                    replicas: p.replicas,
+                    leader: p.leader,
+                })
+                .collect(),
+        }
+    }
+}
 
 /// The four bytes every snapshot starts with.
 pub const MAGIC: [u8; 4] = *b"MDSS";
@@ -52,7 +161,10 @@ pub enum SnapshotError {
     #[error("not a MemDS snapshot (bad magic)")]
     BadMagic,
     /// A format version this code does not read.
-    #[error("unsupported snapshot format version {0}")]
+    #[error(
+        "snapshot format version {0}: this build reads snapshot format {FORMAT_VERSION} only; a \
+         newer format was written by a newer release (run that release, or one that reads it)"
+    )]
     UnsupportedVersion(u16),
     /// The declared archive length is over the caller's limit.
     #[error("snapshot declares {declared} bytes uncompressed, more than the limit of {limit}")]
@@ -85,7 +197,7 @@ pub enum SnapshotError {
 
 /// The rkyv archive of a map's plain records, uncompressed.
 pub fn archive(map: &TableMap) -> AlignedVec {
-    rkyv::to_bytes::<rancor::Error>(&TableSpec::from(map))
+    rkyv::to_bytes::<rancor::Error>(&SnapshotTable::from(TableSpec::from(map)))
         .expect("serializing plain records into memory cannot fail")
 }
 
@@ -158,9 +270,9 @@ pub fn decode(bytes: &[u8], max_archive_bytes: u64) -> Result<TableMap, Snapshot
     let mut aligned = AlignedVec::<16>::with_capacity(raw.len());
     aligned.extend_from_slice(&raw);
     drop(raw);
-    let spec = rkyv::from_bytes::<TableSpec, rancor::Error>(&aligned)
+    let table = rkyv::from_bytes::<SnapshotTable, rancor::Error>(&aligned)
         .map_err(|e| SnapshotError::Archive(e.to_string()))?;
-    Ok(TableMap::try_from(spec)?)
+    Ok(TableMap::try_from(TableSpec::from(table))?)
 }
 
 #[cfg(test)]
@@ -295,7 +407,7 @@ mod tests {
             Err(SnapshotError::Archive(_))
         ));
 
-        let mut spec = TableSpec::from(&map);
+        let mut spec = SnapshotTable::from(TableSpec::from(&map));
         spec.partitions[5].start = spec.partitions[4].start;
         let raw = rkyv::to_bytes::<rancor::Error>(&spec).expect("archive");
         let invalid = frame(

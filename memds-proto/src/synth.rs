@@ -30,9 +30,8 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::model::{
     Epoch, MAX_REPLICAS, NodeId, Partition, PartitionId, PartitionSpec, Replicas, StorageNode,
-    TableMap, TableName, TableVersion,
+    TableMap, TableName, TableVersion, UpdateSpec,
 };
-use crate::wire::PartitionUpdate;
 
 /// The knobs of the generator. `Default` gives a small fleet-like map.
 #[derive(Clone, Debug, PartialEq)]
@@ -323,7 +322,7 @@ fn pool_node(cfg: &SynthConfig, g: usize) -> StorageNode {
 /// authority would send it: the left half keeps the id, the right half gets `new_id`, both at
 /// the next epoch on the parent's replicas and leader, and the table moves to the next version.
 /// The partition's range must hold at least three hashes (so the halves are not empty).
-pub fn split_update(map: &TableMap, index: usize, new_id: u64) -> PartitionUpdate {
+pub fn split_update(map: &TableMap, index: usize, new_id: u64) -> UpdateSpec {
     let p = map.partitions()[index];
     let end = map.end_inclusive(index);
     let mid = p.start + (end - p.start) / 2;
@@ -334,7 +333,7 @@ pub fn split_update(map: &TableMap, index: usize, new_id: u64) -> PartitionUpdat
         replicas: p.replicas.as_slice().iter().map(|r| r.get()).collect(),
         leader: u64::from(p.leader),
     };
-    PartitionUpdate {
+    UpdateSpec {
         table: map.name().as_str().into(),
         base_version: map.version().get(),
         version: map.version().get() + 1,

@@ -1,4 +1,18 @@
-//! The wire protocol: messages and framing for MemDS over QUIC (ALPN `memds/1`).
+//! The wire protocol: messages and framing for MemDS over QUIC (ALPN `memds/2` and `memds/1`).
+//!
+//! # Versions
+//!
+//! Each side offers every protocol version it speaks in ALPN, newest first ([`Protocol::SPOKEN`]);
+//! the TLS handshake settles on one, and every frame of that connection is in it. A build speaks
+//! the current version and the previous one, so a fleet rolls one server at a time and routers
+//! of either release work against servers of either. Versions grow by appending: memds/2 is
+//! memds/1 with [`Request::ServerInfo`] and [`Response::ServerInfo`] added at the end of the
+//! enums, so every message memds/1 has is the same bytes in both, which [`v1`] (memds/1's
+//! message enums, frozen as release 0.1.0 spoke them) and the release's fixtures check. Neither
+//! side sends what the connection's version lacks: [`Request::since`] says which version a
+//! message needs, the client refuses to send it on an older connection and the server answers
+//! it with `malformed`. A change that cannot append (a field changed in a message both versions
+//! carry) freezes the old type into the previous version's module and converts at the edge.
 //!
 //! # Framing
 //!
@@ -36,12 +50,56 @@ use rkyv::util::AlignedVec;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    Epoch, NodeId, NodeSpec, PartitionId, PartitionSpec, Route, RouteReplica, TableName,
-    TableVersion,
+    BatchEdit, Epoch, NodeId, NodeSpec, PartitionId, PartitionSpec, RangeEdit, Route, RouteReplica,
+    TableName, TableVersion, UpdateSpec,
 };
 
-/// The ALPN protocol id.
-pub const ALPN: &[u8] = b"memds/1";
+pub mod v1;
+
+/// A protocol version, as ALPN names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    /// `memds/1`: release 0.1.0.
+    V1 = 1,
+    /// `memds/2`: memds/1 plus [`Request::ServerInfo`].
+    V2 = 2,
+}
+
+impl Protocol {
+    /// The version this build prefers.
+    pub const CURRENT: Protocol = Protocol::V2;
+    /// Every version this build speaks, newest first: the ALPN list both sides offer.
+    pub const SPOKEN: [Protocol; 2] = [Protocol::V2, Protocol::V1];
+
+    /// The ALPN id.
+    pub fn alpn(self) -> &'static [u8] {
+        self.name().as_bytes()
+    }
+
+    /// The ALPN id as text (`memds/2`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::V1 => "memds/1",
+            Protocol::V2 => "memds/2",
+        }
+    }
+
+    /// The version an ALPN id names, if this build speaks it.
+    pub fn from_alpn(id: &[u8]) -> Option<Protocol> {
+        Self::SPOKEN.into_iter().find(|p| p.alpn() == id)
+    }
+
+    /// The ALPN list to offer: every spoken version, newest first.
+    pub fn alpn_ids() -> Vec<Vec<u8>> {
+        Self::SPOKEN.iter().map(|p| p.alpn().to_vec()).collect()
+    }
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 /// Application error codes a server closes connections and resets streams with.
 pub mod close_code {
     /// No client certificate, or one without a valid role.
@@ -70,8 +128,8 @@ pub use messages::{ArchivedRequest, ArchivedResponse, Request, Response};
 #[allow(missing_docs)]
 mod messages {
     use super::{
-        BatchUpdate, ErrorReply, HashRange, NodeList, PartitionUpdate, Routes, ServerStats,
-        Summary, TableInfo, TreeDigests, WriteAck,
+        BatchUpdate, ErrorReply, HashRange, NodeList, PartitionUpdate, Routes, ServerInfo,
+        ServerStats, Summary, TableInfo, TreeDigests, WriteAck,
     };
 
     /// A request.
@@ -181,6 +239,8 @@ mod messages {
             /// and puts forwarded in any order end in the same state.
             version: Option<u64>,
         },
+        /// The server's release, build, protocol versions and format versions (memds/2).
+        ServerInfo,
     }
 
     /// A response.
@@ -231,6 +291,8 @@ mod messages {
         },
         /// The request failed.
         Error(/** The answer. */ ErrorReply),
+        /// Answer to [`Request::ServerInfo`] (memds/2).
+        ServerInfo(/** The answer. */ ServerInfo),
     }
 }
 
@@ -247,7 +309,57 @@ impl Request {
     }
 }
 
+impl Request {
+    /// The request's name, for errors and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::Lookup { .. } => "lookup",
+            Request::BatchLookup { .. } => "batch-lookup",
+            Request::Range { .. } => "range",
+            Request::GetNodes { .. } => "get-nodes",
+            Request::GetTable { .. } => "get-table",
+            Request::ListTables => "list-tables",
+            Request::Stats => "stats",
+            Request::Summary => "summary",
+            Request::PutTable { .. } => "put-table",
+            Request::UpdatePartitions(_) => "update-partitions",
+            Request::UpdateBatch(_) => "update-batch",
+            Request::GetDelta { .. } => "get-delta",
+            Request::TreeDigests { .. } => "tree-digests",
+            Request::GetRanges { .. } => "get-ranges",
+            Request::DropTable { .. } => "drop-table",
+            Request::ServerInfo => "server-info",
+        }
+    }
+
+    /// The first protocol version that carries this request.
+    pub fn since(&self) -> Protocol {
+        match self {
+            Request::ServerInfo => Protocol::V2,
+            _ => Protocol::V1,
+        }
+    }
+}
+
+impl Response {
+    /// The first protocol version that carries this response.
+    pub fn since(&self) -> Protocol {
+        match self {
+            Response::ServerInfo(_) => Protocol::V2,
+            _ => Protocol::V1,
+        }
+    }
+}
+
 impl ArchivedRequest {
+    /// The first protocol version that carries this request.
+    pub fn since(&self) -> Protocol {
+        match self {
+            ArchivedRequest::ServerInfo => Protocol::V2,
+            _ => Protocol::V1,
+        }
+    }
+
     /// Whether the request changes state, and so needs an admin certificate.
     pub fn is_write(&self) -> bool {
         matches!(
@@ -268,18 +380,7 @@ impl ArchivedRequest {
 ///
 /// `partitions[0].start` must be an existing partition's start and `end_inclusive` an existing
 /// partition's end; the result must be a valid map.
-#[derive(
-    Clone,
-    Debug,
-    PartialEq,
-    Eq,
-    Serialize,
-    Deserialize,
-    rkyv::Archive,
-    rkyv::Serialize,
-    rkyv::Deserialize,
-)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct PartitionUpdate {
     /// Table name.
     pub table: String,
@@ -290,48 +391,25 @@ pub struct PartitionUpdate {
     /// Last hash (inclusive) of the replaced range.
     pub end_inclusive: u64,
     /// Nodes to add or replace.
-    #[serde(default)]
-    pub nodes: Vec<NodeSpec>,
+    pub nodes: Vec<WireNode>,
     /// The new partitions of the range, in start order.
-    pub partitions: Vec<PartitionSpec>,
+    pub partitions: Vec<WirePartition>,
 }
 
 /// One range of a [`BatchUpdate`]: the partitions covering `[partitions[0].start,
 /// end_inclusive]` are replaced by `partitions`, under the rules of [`PartitionUpdate`].
-#[derive(
-    Clone,
-    Debug,
-    PartialEq,
-    Eq,
-    Serialize,
-    Deserialize,
-    rkyv::Archive,
-    rkyv::Serialize,
-    rkyv::Deserialize,
-)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct RangeUpdate {
     /// Last hash (inclusive) of the replaced range.
     pub end_inclusive: u64,
     /// The new partitions of the range, in start order.
-    pub partitions: Vec<PartitionSpec>,
+    pub partitions: Vec<WirePartition>,
 }
 
 /// Many independent partition updates of one table (an invalidation storm, a delta between
 /// two versions), applied atomically: the table at `base_version` becomes the table at
 /// `version`, logged as one record. Ranges are sorted by start and do not overlap.
-#[derive(
-    Clone,
-    Debug,
-    PartialEq,
-    Eq,
-    Serialize,
-    Deserialize,
-    rkyv::Archive,
-    rkyv::Serialize,
-    rkyv::Deserialize,
-)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct BatchUpdate {
     /// Table name.
     pub table: String,
@@ -340,8 +418,7 @@ pub struct BatchUpdate {
     /// The version the table has after the update.
     pub version: u64,
     /// Nodes to add or replace.
-    #[serde(default)]
-    pub nodes: Vec<NodeSpec>,
+    pub nodes: Vec<WireNode>,
     /// The ranges replaced, sorted by start, disjoint.
     pub ranges: Vec<RangeUpdate>,
 }
@@ -357,6 +434,143 @@ impl From<PartitionUpdate> for BatchUpdate {
                 end_inclusive: u.end_inclusive,
                 partitions: u.partitions,
             }],
+        }
+    }
+}
+
+/// A storage node on the wire: an update's added node, or an entry of a [`NodeList`].
+#[derive(
+    Clone,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+pub struct WireNode {
+    /// The node's id, scoped to the table.
+    pub id: u32,
+    /// `host:port`.
+    pub addr: String,
+    /// Availability zone.
+    pub az: String,
+}
+
+/// A partition of an update on the wire.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct WirePartition {
+    /// The partition's id.
+    pub id: u64,
+    /// First hash (inclusive).
+    pub start: u64,
+    /// The partition's epoch.
+    pub epoch: u64,
+    /// Node ids of the replicas.
+    pub replicas: Vec<u32>,
+    /// Index into `replicas` of the leader.
+    pub leader: u64,
+}
+
+impl From<NodeSpec> for WireNode {
+    fn from(n: NodeSpec) -> Self {
+        WireNode {
+            id: n.id,
+            addr: n.addr,
+            az: n.az,
+        }
+    }
+}
+
+impl From<WireNode> for NodeSpec {
+    fn from(n: WireNode) -> Self {
+        NodeSpec {
+            id: n.id,
+            addr: n.addr,
+            az: n.az,
+        }
+    }
+}
+
+impl From<PartitionSpec> for WirePartition {
+    fn from(p: PartitionSpec) -> Self {
+        WirePartition {
+            id: p.id,
+            start: p.start,
+            epoch: p.epoch,
+            replicas: p.replicas,
+            leader: p.leader,
+        }
+    }
+}
+
+impl From<WirePartition> for PartitionSpec {
+    fn from(p: WirePartition) -> Self {
+        PartitionSpec {
+            id: p.id,
+            start: p.start,
+            epoch: p.epoch,
+            replicas: p.replicas,
+            leader: p.leader,
+        }
+    }
+}
+
+impl From<BatchUpdate> for BatchEdit {
+    fn from(b: BatchUpdate) -> Self {
+        BatchEdit {
+            table: b.table,
+            base_version: b.base_version,
+            version: b.version,
+            nodes: b.nodes.into_iter().map(NodeSpec::from).collect(),
+            ranges: b
+                .ranges
+                .into_iter()
+                .map(|r| RangeEdit {
+                    end_inclusive: r.end_inclusive,
+                    partitions: r.partitions.into_iter().map(PartitionSpec::from).collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<PartitionUpdate> for BatchEdit {
+    fn from(u: PartitionUpdate) -> Self {
+        BatchEdit::from(BatchUpdate::from(u))
+    }
+}
+
+impl From<UpdateSpec> for PartitionUpdate {
+    fn from(u: UpdateSpec) -> Self {
+        PartitionUpdate {
+            table: u.table,
+            base_version: u.base_version,
+            version: u.version,
+            end_inclusive: u.end_inclusive,
+            nodes: u.nodes.into_iter().map(WireNode::from).collect(),
+            partitions: u.partitions.into_iter().map(WirePartition::from).collect(),
+        }
+    }
+}
+
+impl From<BatchEdit> for BatchUpdate {
+    fn from(b: BatchEdit) -> Self {
+        BatchUpdate {
+            table: b.table,
+            base_version: b.base_version,
+            version: b.version,
+            nodes: b.nodes.into_iter().map(WireNode::from).collect(),
+            ranges: b
+                .ranges
+                .into_iter()
+                .map(|r| RangeUpdate {
+                    end_inclusive: r.end_inclusive,
+                    partitions: r.partitions.into_iter().map(WirePartition::from).collect(),
+                })
+                .collect(),
         }
     }
 }
@@ -575,7 +789,7 @@ pub struct NodeList {
     /// Digest of the list, as in [`Routes::nodes_digest`].
     pub digest: u64,
     /// The nodes, sorted by id.
-    pub nodes: Vec<NodeSpec>,
+    pub nodes: Vec<WireNode>,
 }
 
 /// One table of a table list.
@@ -693,6 +907,51 @@ pub struct TableSummary {
     pub digest: u64,
     /// A tombstone: the table was dropped at `version`.
     pub dropped: bool,
+}
+
+/// What a server is and speaks, as [`Request::ServerInfo`] answers it and `--version` prints it.
+#[derive(
+    Clone,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+pub struct ServerInfo {
+    /// The release (semantic version), e.g. `0.2.0`.
+    pub release: String,
+    /// The build: the release and the commit it was built from, if recorded.
+    pub build: String,
+    /// The protocol versions it speaks, newest first (`memds/2`, `memds/1`).
+    pub protocols: Vec<String>,
+    /// The persisted formats it reads and writes.
+    pub formats: Vec<FormatVersions>,
+}
+
+/// One persisted format: the version written, and the range read.
+#[derive(
+    Clone,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+pub struct FormatVersions {
+    /// The format: `log`, `checkpoint` or `snapshot`.
+    pub name: String,
+    /// The version written.
+    pub writes: u32,
+    /// The oldest version read; every version from it to `writes` is read.
+    pub reads_oldest: u32,
 }
 
 /// Acknowledgement of a durable write.
@@ -1140,12 +1399,12 @@ mod tests {
                 base_version: 1,
                 version: 2,
                 end_inclusive: 99,
-                nodes: vec![NodeSpec {
+                nodes: vec![WireNode {
                     id: 1,
                     addr: "a:1".into(),
                     az: "z".into(),
                 }],
-                partitions: vec![PartitionSpec {
+                partitions: vec![WirePartition {
                     id: 1,
                     start: 0,
                     epoch: 1,
@@ -1374,7 +1633,7 @@ mod tests {
             replicas: vec![1, 1, 2],
             truncated: false,
         };
-        let node = |id: u32| NodeSpec {
+        let node = |id: u32| WireNode {
             id,
             addr: format!("h{id}:1"),
             az: "z".into(),

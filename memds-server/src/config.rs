@@ -28,9 +28,13 @@ use crate::fleet::{DEFAULT_ANTI_ENTROPY, FleetConfig};
 use crate::server::{DEFAULT_SCRUB_INTERVAL, Limits, ServerConfig};
 use crate::tls::TlsPaths;
 
+/// What `--version` prints: the build, the protocol versions and the format versions.
+static LONG_VERSION: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| memds_proto::versions::version_text(&crate::server_info()));
+
 /// MemDS server: routing metadata in memory, served over QUIC.
 #[derive(Debug, Default, clap::Parser, Deserialize)]
-#[command(version, about)]
+#[command(version, long_version = LONG_VERSION.as_str(), about)]
 #[serde(deny_unknown_fields)]
 pub struct Args {
     /// TOML file with any of these options (command-line options win).

@@ -62,11 +62,22 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 
+use memds_proto::model::{BatchEdit, NodeSpec, PartitionSpec, RangeEdit};
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
 
+/// The log format this build writes. A log's header names its format: `MDSWAL` and two digits.
+pub const LOG_FORMAT: u32 = 2;
+/// The oldest log format this build reads (every one from it to [`LOG_FORMAT`]).
+pub const LOG_FORMAT_OLDEST: u32 = 2;
+/// The checkpoint format this build writes: `MDSSTAT` and one digit.
+pub const CHECKPOINT_FORMAT: u32 = 2;
+/// The oldest checkpoint format this build reads.
+pub const CHECKPOINT_FORMAT_OLDEST: u32 = 2;
 const WAL_MAGIC: &[u8; 8] = b"MDSWAL02";
 const STATE_MAGIC: &[u8; 8] = b"MDSSTAT2";
+const WAL_PREFIX: &[u8] = b"MDSWAL";
+const STATE_PREFIX: &[u8] = b"MDSSTAT";
 const HEADER_LEN: usize = 16;
 const FRAME_HEADER_LEN: usize = 24;
 /// Seed of the frame header's own check, so a run of zeros or a copy of a payload checksum is
@@ -75,13 +86,14 @@ const FRAME_SEED: u64 = 0x4d44_5346_5241_4d45;
 const STATE_FILE: &str = "state.db";
 const STATE_TMP: &str = "state.db.tmp";
 
-pub use record::WalRecord;
+pub use record::{LogBatch, LogNode, LogPartition, LogRange, LogUpdate, WalRecord};
 
-/// rkyv derives resolver types whose fields carry no docs; the allowance stays in here.
+/// The records of log format 2 and checkpoint format 2, the storage boundary's own types: no
+/// wire or JSON type appears in them, so a protocol change never changes the log. Nothing here
+/// changes a field's type or order; a change is a new format version, with this one kept for
+/// reading. rkyv derives resolver types whose fields carry no docs; the allowance stays in here.
 #[allow(missing_docs)]
 mod record {
-    use memds_proto::wire::{BatchUpdate, PartitionUpdate};
-
     /// One logged write (or, in a checkpoint, one table or tombstone). Variants are only ever
     /// added at the end: the archived tag is the declaration order, and logs outlive releases.
     #[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -91,8 +103,9 @@ mod record {
             /// Snapshot bytes.
             snapshot: Vec<u8>,
         },
-        /// A partial update.
-        Update(PartitionUpdate),
+        /// A partial update of one range (written by release 0.1.0 for `update-partitions`;
+        /// read, no longer written: updates are logged as [`WalRecord::Batch`]).
+        Update(LogUpdate),
         /// A table removal, or a tombstone: the name is dropped at this version, and only a
         /// higher version may bring it back.
         Drop {
@@ -106,7 +119,150 @@ mod record {
         Closed,
         /// Many partial updates of one table, applied atomically at one version: one record
         /// however many ranges it replaces.
-        Batch(BatchUpdate),
+        Batch(LogBatch),
+    }
+
+    /// A partial update of one range, as logged.
+    #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+    pub struct LogUpdate {
+        pub table: String,
+        pub base_version: u64,
+        pub version: u64,
+        pub end_inclusive: u64,
+        pub nodes: Vec<LogNode>,
+        pub partitions: Vec<LogPartition>,
+    }
+
+    /// An atomic update of many ranges, as logged.
+    #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+    pub struct LogBatch {
+        pub table: String,
+        pub base_version: u64,
+        pub version: u64,
+        pub nodes: Vec<LogNode>,
+        pub ranges: Vec<LogRange>,
+    }
+
+    /// One range of a [`LogBatch`].
+    #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+    pub struct LogRange {
+        pub end_inclusive: u64,
+        pub partitions: Vec<LogPartition>,
+    }
+
+    /// A storage node, as logged.
+    #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+    pub struct LogNode {
+        pub id: u32,
+        pub addr: String,
+        pub az: String,
+    }
+
+    /// A partition, as logged.
+    #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+    pub struct LogPartition {
+        pub id: u64,
+        pub start: u64,
+        pub epoch: u64,
+        pub replicas: Vec<u32>,
+        pub leader: u64,
+    }
+}
+
+impl From<LogNode> for NodeSpec {
+    fn from(n: LogNode) -> Self {
+        NodeSpec {
+            id: n.id,
+            addr: n.addr,
+            az: n.az,
+        }
+    }
+}
+
+impl From<NodeSpec> for LogNode {
+    fn from(n: NodeSpec) -> Self {
+        LogNode {
+            id: n.id,
+            addr: n.addr,
+            az: n.az,
+        }
+    }
+}
+
+impl From<LogPartition> for PartitionSpec {
+    fn from(p: LogPartition) -> Self {
+        PartitionSpec {
+            id: p.id,
+            start: p.start,
+            epoch: p.epoch,
+            replicas: p.replicas,
+            leader: p.leader,
+        }
+    }
+}
+
+impl From<PartitionSpec> for LogPartition {
+    fn from(p: PartitionSpec) -> Self {
+        LogPartition {
+            id: p.id,
+            start: p.start,
+            epoch: p.epoch,
+            replicas: p.replicas,
+            leader: p.leader,
+        }
+    }
+}
+
+impl From<BatchEdit> for LogBatch {
+    fn from(b: BatchEdit) -> Self {
+        LogBatch {
+            table: b.table,
+            base_version: b.base_version,
+            version: b.version,
+            nodes: b.nodes.into_iter().map(LogNode::from).collect(),
+            ranges: b
+                .ranges
+                .into_iter()
+                .map(|r| LogRange {
+                    end_inclusive: r.end_inclusive,
+                    partitions: r.partitions.into_iter().map(LogPartition::from).collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<LogBatch> for BatchEdit {
+    fn from(b: LogBatch) -> Self {
+        BatchEdit {
+            table: b.table,
+            base_version: b.base_version,
+            version: b.version,
+            nodes: b.nodes.into_iter().map(NodeSpec::from).collect(),
+            ranges: b
+                .ranges
+                .into_iter()
+                .map(|r| RangeEdit {
+                    end_inclusive: r.end_inclusive,
+                    partitions: r.partitions.into_iter().map(PartitionSpec::from).collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<LogUpdate> for BatchEdit {
+    fn from(u: LogUpdate) -> Self {
+        BatchEdit {
+            table: u.table,
+            base_version: u.base_version,
+            version: u.version,
+            nodes: u.nodes.into_iter().map(NodeSpec::from).collect(),
+            ranges: vec![RangeEdit {
+                end_inclusive: u.end_inclusive,
+                partitions: u.partitions.into_iter().map(PartitionSpec::from).collect(),
+            }],
+        }
     }
 }
 
@@ -159,6 +315,28 @@ pub enum DurableError {
         dir: PathBuf,
         /// What is missing or out of order.
         found: String,
+    },
+    /// A file is in a format version this build does not read: written by a newer release,
+    /// or older than any it reads. Nothing is set aside, even in salvage: the file is whole.
+    #[error(
+        "{path} is in {kind} format {found}, and this build ({release}) reads {kind} formats \
+         {oldest} to {newest}. {advice}"
+    )]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// `log` or `checkpoint`.
+        kind: &'static str,
+        /// The version its header names.
+        found: u32,
+        /// The oldest version this build reads.
+        oldest: u32,
+        /// The newest version this build reads (the one it writes).
+        newest: u32,
+        /// This build's release.
+        release: &'static str,
+        /// What to do.
+        advice: &'static str,
     },
     /// An earlier failure left the log's end unknown; writes wait for a compaction.
     #[error(
@@ -522,6 +700,13 @@ fn read_history(dir: &Path, mode: RecoveryMode) -> Result<History, DurableError>
     let state_path = dir.join(STATE_FILE);
     let (covers, state_bytes) = match fs::read(&state_path) {
         Ok(bytes) => {
+            check_format(
+                &state_path,
+                &bytes,
+                "checkpoint",
+                STATE_PREFIX,
+                (CHECKPOINT_FORMAT_OLDEST, CHECKPOINT_FORMAT),
+            )?;
             let (covers, damaged) = read_checkpoint(
                 &state_path,
                 &bytes,
@@ -542,6 +727,24 @@ fn read_history(dir: &Path, mode: RecoveryMode) -> Result<History, DurableError>
         .into_iter()
         .filter(|&g| g > covers)
         .collect();
+    // A log in a format this build does not read stops recovery before anything is judged or
+    // set aside: it is a whole file of another release, not damage.
+    for &g in &logs {
+        let path = log_path(dir, g);
+        let mut head = [0u8; 8];
+        let read = File::open(&path).and_then(|mut f| {
+            use std::io::Read as _;
+            f.read(&mut head)
+        });
+        let n = read.map_err(io_err("reading", &path))?;
+        check_format(
+            &path,
+            &head[..n],
+            "log",
+            WAL_PREFIX,
+            (LOG_FORMAT_OLDEST, LOG_FORMAT),
+        )?;
+    }
     let inconsistent = |found: String| DurableError::Inconsistent {
         dir: dir.to_owned(),
         found,
@@ -1036,6 +1239,49 @@ fn write_frame(payload: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(&header);
     out.extend_from_slice(payload);
     out.resize(out.len().next_multiple_of(8), 0);
+}
+
+/// Refuses a file whose header names a format version outside `[oldest, newest]`: a newer
+/// release's file (roll this server forward, or start it on an empty data directory to pull
+/// every table from its peers), or one older than any this build reads. A header that names no
+/// version at all is left to the frame checks, which call it damage.
+fn check_format(
+    path: &Path,
+    bytes: &[u8],
+    kind: &'static str,
+    prefix: &[u8],
+    (oldest, newest): (u32, u32),
+) -> Result<(), DurableError> {
+    let Some(rest) = bytes.strip_prefix(prefix) else {
+        return Ok(());
+    };
+    let digits = &rest[..rest.len().min(8 - prefix.len())];
+    let Some(found) = std::str::from_utf8(digits)
+        .ok()
+        .filter(|d| d.len() == 8 - prefix.len() && d.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|d| d.parse::<u32>().ok())
+    else {
+        return Ok(());
+    };
+    if (oldest..=newest).contains(&found) {
+        return Ok(());
+    }
+    Err(DurableError::Format {
+        path: path.to_owned(),
+        kind,
+        found,
+        oldest,
+        newest,
+        release: memds_proto::versions::RELEASE,
+        advice: if found > newest {
+            "A newer release wrote it: run that release (or a later one) on this data \
+             directory, or start this server on an empty data directory to pull every table \
+             from its peers (see README, Upgrading). Nothing was changed."
+        } else {
+            "It predates the formats this build reads: start a release that reads it, or start \
+             on an empty data directory to pull every table from the peers. Nothing was changed."
+        },
+    })
 }
 
 fn parse_header(bytes: &[u8], magic: &[u8; 8]) -> Option<u64> {

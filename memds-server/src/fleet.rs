@@ -56,10 +56,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use memds_client::{Client, ClientError, Connector};
-use memds_proto::model::NodeSpec;
+use memds_proto::model::{BatchEdit, NodeSpec};
 use memds_proto::wire::{
-    self, BatchUpdate, ErrorCode, HashRange, Request, Response, Summary, TableSummary, TreeDigests,
-    TreeEntry,
+    self, ErrorCode, HashRange, Request, Response, Summary, TableSummary, TreeDigests, TreeEntry,
 };
 use memds_proto::{CompactTable, NodeInterner};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
@@ -793,7 +792,7 @@ impl AntiEntropy {
             );
             return Ok(Step::Next);
         }
-        let Some(delta) = checked(ours, delta, entry).await else {
+        let Some(delta) = checked(ours, BatchEdit::from(delta), entry).await else {
             tracing::warn!(table = %entry.name, since, "anti-entropy: the peer's delta would not give its table here (the copies differed); trying a Merkle descent");
             return Ok(Step::Next);
         };
@@ -896,7 +895,7 @@ impl AntiEntropy {
             differing = below;
         }
         let ranges = merge_spans(&differing);
-        let mut update = BatchUpdate {
+        let mut update = BatchEdit {
             table: name.to_owned(),
             base_version: ours.version().get(),
             version: tree.version,
@@ -907,7 +906,7 @@ impl AntiEntropy {
         // Requests still to make, last first; one refused as too large is asked in halves.
         let mut chunks = range_chunks(&ranges);
         chunks.reverse();
-        let mut parts: Vec<(u64, BatchUpdate)> = Vec::new();
+        let mut parts: Vec<(u64, BatchEdit)> = Vec::new();
         while let Some(chunk) = chunks.pop() {
             descent.requests += 1;
             if descent.requests > MERKLE_MAX_REQUESTS {
@@ -939,6 +938,7 @@ impl AntiEntropy {
                 tracing::debug!(table = %name, answer = ?short(&got), "anti-entropy: an unexpected answer to get-ranges");
                 return Ok(Step::Next);
             };
+            let part = BatchEdit::from(part);
             if part.table != name || part.version != tree.version {
                 // The peer's table moved since the descent.
                 return Ok(Step::Next);
@@ -971,7 +971,7 @@ impl AntiEntropy {
 
     /// Submits a batch pulled from a peer. A refusal (our ranges do not align, or the table
     /// moved meanwhile) is `Step::Next`: the next way is tried.
-    async fn submit_batch(&self, entry: &TableSummary, update: BatchUpdate) -> Result<Step, Pull> {
+    async fn submit_batch(&self, entry: &TableSummary, update: BatchEdit) -> Result<Step, Pull> {
         match self.submit(Write::Batch(update)).await {
             Ok(()) => Ok(Step::Applied),
             Err(e) => {
@@ -1121,7 +1121,7 @@ struct PeerTree {
 /// Whether applying `update` to `ours` gives exactly the table the peer advertised (name,
 /// version and checksum, node list included): checked before the writer makes it durable, since
 /// a wrong result at the peer's version could never be replaced ([`replication::accept_rebuilt`]).
-fn would_match(ours: &CompactTable, update: &BatchUpdate, advertised: &TableSummary) -> bool {
+fn would_match(ours: &CompactTable, update: &BatchEdit, advertised: &TableSummary) -> bool {
     let result = match ours.apply(update, &mut NodeInterner::default()) {
         Ok(result) => result,
         Err(e) => {
@@ -1142,9 +1142,9 @@ fn would_match(ours: &CompactTable, update: &BatchUpdate, advertised: &TableSumm
 /// spend): the update back if it matches.
 async fn checked(
     ours: &Arc<CompactTable>,
-    update: BatchUpdate,
+    update: BatchEdit,
     advertised: &TableSummary,
-) -> Option<BatchUpdate> {
+) -> Option<BatchEdit> {
     let ours = Arc::clone(ours);
     let advertised = advertised.clone();
     tokio::task::spawn_blocking(move || would_match(&ours, &update, &advertised).then_some(update))
@@ -1335,7 +1335,7 @@ fn range_chunks(ranges: &[(HashRange, u64)]) -> Vec<Vec<HashRange>> {
 }
 
 /// Whether an update's ranges are each non-empty, in start order and disjoint.
-fn ranges_sorted(update: &BatchUpdate) -> bool {
+fn ranges_sorted(update: &BatchEdit) -> bool {
     let mut previous_end: Option<u64> = None;
     for r in &update.ranges {
         let Some(first) = r.partitions.first() else {
@@ -1485,7 +1485,7 @@ mod tests {
         );
         let mut interner = NodeInterner::default();
         let ours = CompactTable::new(&map, &mut interner);
-        let update: BatchUpdate = synth::split_update(&map, 700, 1_000_000).into();
+        let update: BatchEdit = synth::split_update(&map, 700, 1_000_000).into();
         let theirs = ours.apply(&update, &mut interner).expect("a valid split");
         let summary = TableSummary {
             name: map.name().as_str().into(),

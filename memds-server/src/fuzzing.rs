@@ -10,12 +10,16 @@ use std::path::Path;
 use std::sync::{Arc, LazyLock};
 
 use memds_proto::fuzzing::{self as proto_fuzzing, Seed, Target};
+use memds_proto::model::{BatchEdit, UpdateSpec};
 use memds_proto::wire::{self, DEFAULT_MAX_BATCH, Request, Response};
 use memds_proto::{CompactTable, NodeInterner, snapshot, synth};
 use rkyv::util::AlignedVec;
 
 use crate::durable::fuzz_support::{self, Reading, Role};
-use crate::durable::{Durable, DurableError, Origin, RecoveryMode, WalRecord};
+use crate::durable::{
+    Durable, DurableError, LogBatch, LogNode, LogPartition, LogUpdate, Origin, RecoveryMode,
+    WalRecord,
+};
 use crate::service::{self, ReadLimits};
 use crate::store::{self, Plan, Store, Tables, Write};
 use crate::writer;
@@ -137,8 +141,8 @@ pub fn server_requests(data: &[u8]) {
     }
     let write = match wire::decode_request(&aligned) {
         Ok(Request::PutTable { snapshot }) => Write::Put { snapshot },
-        Ok(Request::UpdatePartitions(u)) => Write::Update(u),
-        Ok(Request::UpdateBatch(u)) => Write::Batch(u),
+        Ok(Request::UpdatePartitions(u)) => Write::Update(u.into()),
+        Ok(Request::UpdateBatch(u)) => Write::Batch(u.into()),
         Ok(Request::DropTable { table, version }) => Write::Drop { table, version },
         other => panic!("a write request decodes as {other:?}"),
     };
@@ -166,7 +170,11 @@ pub fn seed_corpus(scratch: &Path) -> Result<Vec<Seed>, DurableError> {
         .collect();
     let batches = vec![
         puts.clone(),
-        vec![WalRecord::Update(synth::split_update(&maps[2], 3, 1 << 40))],
+        vec![WalRecord::Update(log_update(synth::split_update(
+            &maps[2],
+            3,
+            1 << 40,
+        )))],
         vec![WalRecord::Drop {
             table: maps[0].name().as_str().to_owned(),
             version: maps[0].version().get() + 1,
@@ -203,7 +211,7 @@ pub fn seed_corpus(scratch: &Path) -> Result<Vec<Seed>, DurableError> {
     // A batch update, logged as the one record it is, after the put of its table.
     let payload = fuzz_support::payload_of(vec![
         puts[2].clone(),
-        WalRecord::Batch(split_batch(&maps[2])),
+        WalRecord::Batch(LogBatch::from(split_batch(&maps[2]))),
     ]);
     let len = u16::try_from(payload.len()).expect("one small put and a batch");
     add(
@@ -236,7 +244,7 @@ pub fn seed_corpus(scratch: &Path) -> Result<Vec<Seed>, DurableError> {
         add(
             "server_requests",
             &format!("map-{m}-update-batch"),
-            proto_fuzzing::archive_of_request(&Request::UpdateBatch(split_batch(map))),
+            proto_fuzzing::archive_of_request(&Request::UpdateBatch(split_batch(map).into())),
         );
     }
     Ok(seeds)
@@ -244,12 +252,24 @@ pub fn seed_corpus(scratch: &Path) -> Result<Vec<Seed>, DurableError> {
 
 /// One batch of two splits of `map` (its partitions 1 and 4 of version + 1; the sample maps
 /// have more than four), for the seeds of both targets.
-fn split_batch(map: &memds_proto::TableMap) -> wire::BatchUpdate {
-    let mut batch = wire::BatchUpdate::from(synth::split_update(map, 1, 1 << 41));
+fn split_batch(map: &memds_proto::TableMap) -> BatchEdit {
+    let mut batch = BatchEdit::from(synth::split_update(map, 1, 1 << 41));
     batch
         .ranges
-        .extend(wire::BatchUpdate::from(synth::split_update(map, 4, (1 << 41) + 1)).ranges);
+        .extend(BatchEdit::from(synth::split_update(map, 4, (1 << 41) + 1)).ranges);
     batch
+}
+
+/// A one-range update as release 0.1.0 logged `update-partitions` (this build logs batches).
+fn log_update(u: UpdateSpec) -> LogUpdate {
+    LogUpdate {
+        table: u.table,
+        base_version: u.base_version,
+        version: u.version,
+        end_inclusive: u.end_inclusive,
+        nodes: u.nodes.into_iter().map(LogNode::from).collect(),
+        partitions: u.partitions.into_iter().map(LogPartition::from).collect(),
+    }
 }
 
 /// The tables the request target runs against, and the store publishing them.

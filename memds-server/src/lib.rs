@@ -53,3 +53,23 @@ pub mod tls;
 pub mod writer;
 
 pub use server::{Limits, RunningServer, ServerConfig, start};
+
+use memds_proto::wire::{FormatVersions, ServerInfo};
+
+/// What this server build is, speaks, reads and writes: its answer to `server-info` and what
+/// `memds-server --version` prints.
+pub fn server_info() -> ServerInfo {
+    memds_proto::versions::info(vec![
+        FormatVersions {
+            name: "log".into(),
+            writes: durable::LOG_FORMAT,
+            reads_oldest: durable::LOG_FORMAT_OLDEST,
+        },
+        FormatVersions {
+            name: "checkpoint".into(),
+            writes: durable::CHECKPOINT_FORMAT,
+            reads_oldest: durable::CHECKPOINT_FORMAT_OLDEST,
+        },
+        memds_proto::versions::snapshot_format(),
+    ])
+}

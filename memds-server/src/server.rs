@@ -41,8 +41,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use memds_proto::NodeInterner;
 use memds_proto::wire::{
-    self, ArchivedRequest, ErrorCode, ErrorReply, FrameDecoder, Request, Response, ServerStats,
-    WireError, close_code,
+    self, ArchivedRequest, ErrorCode, ErrorReply, FrameDecoder, Protocol, Request, Response,
+    ServerStats, WireError, close_code,
 };
 use rustls_pki_types::CertificateDer;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
@@ -578,6 +578,7 @@ async fn handle_connection(
         return;
     };
     tracing::Span::current().record("role", role.as_str());
+    let protocol = negotiated(&conn);
     // Only an authenticated connection takes a slot.
     let Ok(_slot) = slots.try_acquire_owned() else {
         metrics::connection_refused(RefusalReason::ConnectionLimit);
@@ -602,7 +603,7 @@ async fn handle_connection(
         ClientRole::Peer => None,
     };
     let open = metrics::connection_opened(role.as_str());
-    tracing::debug!("connection accepted");
+    tracing::debug!(protocol = %protocol, "connection accepted");
     Counters::add(&ctx.counters.connections, 1);
     let mut streams = JoinSet::new();
     let for_streams = shutdown.clone();
@@ -617,6 +618,7 @@ async fn handle_connection(
                         send,
                         recv,
                         role,
+                        protocol,
                         share: share.clone(),
                         shutdown: for_streams.clone(),
                     };
@@ -640,8 +642,21 @@ struct Stream {
     send: quinn::SendStream,
     recv: quinn::RecvStream,
     role: ClientRole,
+    /// The protocol version the handshake settled on: requests newer than it are refused.
+    protocol: Protocol,
     share: Option<Arc<Share>>,
     shutdown: watch::Receiver<bool>,
+}
+
+/// The protocol version a connection's handshake settled on. The server offers only versions it
+/// speaks, so an id is always one of them; a client that offered no ALPN at all speaks the
+/// oldest.
+fn negotiated(conn: &quinn::Connection) -> Protocol {
+    conn.handshake_data()
+        .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|d| d.protocol)
+        .and_then(|id| Protocol::from_alpn(&id))
+        .unwrap_or(Protocol::V1)
 }
 
 /// A timeout plus a second per MiB: what a frame or an answer of `bytes` may take.
@@ -730,7 +745,7 @@ async fn serve_stream(mut stream: Stream, ctx: Arc<Ctx>) {
                     completed = true;
                     ctx.metrics.in_flight.increment(1.0);
                     let share = stream.share.as_deref();
-                    match answer_frame(payload, stream.role, share, &ctx).await {
+                    match answer_frame(payload, stream.role, stream.protocol, share, &ctx).await {
                         Answer::Response(response) => {
                             wire::encode_response(id, &response, &mut out)
                         }
@@ -857,6 +872,7 @@ fn shed(ctx: &Ctx, cost: u64, limit: &LookupLimit) -> Response {
 async fn answer_frame(
     payload: &[u8],
     role: ClientRole,
+    protocol: Protocol,
     share: Option<&Share>,
     ctx: &Ctx,
 ) -> Answer {
@@ -876,6 +892,17 @@ async fn answer_frame(
         Err(e) => {
             metrics::request(RequestKind::Malformed);
             Response::Error(ErrorReply::new(ErrorCode::Malformed, e.to_string()))
+        }
+        // A request the connection's version does not carry: its sender broke the protocol.
+        Ok(req) if req.since() > protocol => {
+            metrics::request(RequestKind::Malformed);
+            Response::Error(ErrorReply::new(
+                ErrorCode::Malformed,
+                format!(
+                    "this connection speaks {protocol}, which has no such request (it needs {})",
+                    req.since()
+                ),
+            ))
         }
         Ok(req) if req.is_write() => {
             metrics::request(RequestKind::Write);
@@ -899,6 +926,10 @@ async fn answer_frame(
         Ok(ArchivedRequest::Stats) => {
             metrics::request(RequestKind::Stats);
             Response::Stats(stats(ctx))
+        }
+        Ok(ArchivedRequest::ServerInfo) => {
+            metrics::request(RequestKind::Stats);
+            Response::ServerInfo(crate::server_info())
         }
         Ok(ArchivedRequest::Summary) => {
             metrics::request(RequestKind::Summary);
@@ -1014,8 +1045,8 @@ async fn submit_write(req: &ArchivedRequest, ctx: &Ctx, forward: bool) -> Respon
     }
     let write = match owned {
         Request::PutTable { snapshot } => Write::Put { snapshot },
-        Request::UpdatePartitions(u) => Write::Update(u),
-        Request::UpdateBatch(u) => Write::Batch(u),
+        Request::UpdatePartitions(u) => Write::Update(u.into()),
+        Request::UpdateBatch(u) => Write::Batch(u.into()),
         Request::DropTable { table, version } => Write::Drop { table, version },
         _ => return Response::Error(ErrorReply::new(ErrorCode::Internal, "not a write")),
     };

@@ -2,10 +2,10 @@
 //! and the tables in, a response out.
 
 use memds_proto::CompactTable;
-use memds_proto::model::MAX_REPLICAS;
+use memds_proto::model::{BatchEdit, MAX_REPLICAS};
 use memds_proto::wire::{
-    ArchivedHashRange, ArchivedRequest, BatchUpdate, ErrorCode, ErrorReply, HashRange, NodeList,
-    Response, Routes, TableInfo, WireRoute,
+    ArchivedHashRange, ArchivedRequest, ErrorCode, ErrorReply, HashRange, NodeList, Response,
+    Routes, TableInfo, WireNode, WireRoute,
 };
 
 use crate::metrics::LookupOp;
@@ -127,7 +127,7 @@ pub fn answer(store: &Store, req: &ArchivedRequest, limits: ReadLimits) -> (Resp
                 Response::Nodes(NodeList {
                     version: t.version().get(),
                     digest: t.nodes_digest(),
-                    nodes: t.node_specs(),
+                    nodes: t.node_specs().into_iter().map(WireNode::from).collect(),
                 })
             }),
             none,
@@ -241,12 +241,12 @@ fn delta(t: &CompactTable, since: u64, limits: ReadLimits) -> Response {
         return Response::NotModified { version };
     }
     match t.delta_since(since) {
-        Some(d) if partitions_of(&d) <= limits.max_partitions() => Response::Delta(d),
+        Some(d) if partitions_of(&d) <= limits.max_partitions() => Response::Delta(d.into()),
         _ => Response::NoDelta { version },
     }
 }
 
-fn partitions_of(u: &BatchUpdate) -> usize {
+fn partitions_of(u: &BatchEdit) -> usize {
     u.ranges.iter().map(|r| r.partitions.len()).sum()
 }
 
@@ -326,7 +326,7 @@ fn get_ranges(
             ));
         }
     }
-    Response::Delta(t.ranges_update(&ranges))
+    Response::Delta(t.ranges_update(&ranges).into())
 }
 
 fn invalid(message: String) -> Response {

@@ -16,9 +16,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use memds_proto::model::BatchEdit;
 use memds_proto::model::TableSpec;
 use memds_proto::synth::{self, SynthConfig};
-use memds_proto::wire::{BatchUpdate, ErrorCode, TableSummary};
+use memds_proto::wire::{ErrorCode, TableSummary};
 use memds_proto::{CompactTable, NodeInterner, TableMap};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -66,7 +67,7 @@ impl SimConfig {
 #[derive(Clone, Debug)]
 enum SimWrite {
     Put(TableMap),
-    Batch(BatchUpdate),
+    Batch(BatchEdit),
     Drop { table: String, version: u64 },
 }
 
@@ -86,10 +87,10 @@ impl SimWrite {
 /// What a pull answers.
 #[derive(Clone, Debug)]
 enum PullAnswer {
-    Delta(BatchUpdate),
+    Delta(BatchEdit),
     /// What a Merkle descent brings: the partitions of the blocks that differ, with only the
     /// nodes they name, at the peer's current version.
-    Blocks(BatchUpdate),
+    Blocks(BatchEdit),
     Snapshot(TableMap),
     /// No delta from that version (the history is bounded), or too much differs for a Merkle
     /// descent: the next way.
@@ -1038,7 +1039,7 @@ impl Sim {
                     _ => {
                         let i = self.rng.random_range(0..map.partitions().len());
                         let new_id = 1_000_000 + contents;
-                        let mut update: BatchUpdate = synth::split_update(&map, i, new_id).into();
+                        let mut update: BatchEdit = synth::split_update(&map, i, new_id).into();
                         update.version = v + 1;
                         update.base_version = v;
                         let mut interner = NodeInterner::default();
@@ -1231,7 +1232,7 @@ fn short_action(a: &Action<ServerId>) -> String {
 /// span holds other partitions in theirs, their partitions there, with only the nodes those
 /// name (as get-ranges answers), at their version. `None` when nothing differs in partitions or
 /// the spans do not align (the real descent then pulls the snapshot).
-fn blocks(ours: &TableMap, theirs: &TableMap) -> Option<BatchUpdate> {
+fn blocks(ours: &TableMap, theirs: &TableMap) -> Option<BatchEdit> {
     let (ours_spec, theirs_spec) = (TableSpec::from(ours), TableSpec::from(theirs));
     let end_of = |spec: &TableSpec, i: usize| {
         spec.partitions
@@ -1264,7 +1265,7 @@ fn blocks(ours: &TableMap, theirs: &TableMap) -> Option<BatchUpdate> {
         .iter()
         .flat_map(|r| r.partitions.iter().flat_map(|p| p.replicas.iter().copied()))
         .collect();
-    Some(BatchUpdate {
+    Some(BatchEdit {
         table: theirs_spec.table.clone(),
         base_version: ours_spec.version,
         version: theirs_spec.version,
@@ -1371,7 +1372,7 @@ mod tests {
         const SERVERS: usize = 3;
         let m0 = make_map(0, 1, 0);
         let mut interner = NodeInterner::default();
-        let mut split: BatchUpdate = synth::split_update(&m0, 3, 1_000_001).into();
+        let mut split: BatchEdit = synth::split_update(&m0, 3, 1_000_001).into();
         (split.base_version, split.version) = (0, 1);
         let m1 = CompactTable::new(&m0, &mut interner)
             .apply(&split, &mut interner)

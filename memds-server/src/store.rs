@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
-use memds_proto::wire::{BatchUpdate, ErrorCode, ErrorReply, PartitionUpdate, TableSummary};
+use memds_proto::model::BatchEdit;
+use memds_proto::wire::{ErrorCode, ErrorReply, TableSummary};
 use memds_proto::{CompactTable, EditError, NodeInterner, TableMap, snapshot};
 
 use crate::metrics::{self, WriteOp};
@@ -190,9 +191,9 @@ pub enum Write {
         advertised: TableSummary,
     },
     /// Replace the partitions of a range.
-    Update(PartitionUpdate),
+    Update(BatchEdit),
     /// Replace the partitions of many ranges of one table, atomically at one version.
-    Batch(BatchUpdate),
+    Batch(BatchEdit),
     /// Remove a table.
     Drop {
         /// The table.
@@ -248,9 +249,9 @@ pub enum Decoded<'a> {
     /// A put's map.
     Put(TableMap),
     /// An update.
-    Update(&'a PartitionUpdate),
+    Update(&'a BatchEdit),
     /// A batch of updates.
-    Batch(&'a BatchUpdate),
+    Batch(&'a BatchEdit),
     /// A drop.
     Drop {
         /// The table.
@@ -286,11 +287,7 @@ impl Decoded<'_> {
                 .collect()
         };
         match self {
-            Decoded::Update(u) => Some(ranges(&mut std::iter::once((
-                u.partitions.first().map(|p| p.start),
-                u.end_inclusive,
-            )))),
-            Decoded::Batch(u) => {
+            Decoded::Update(u) | Decoded::Batch(u) => {
                 Some(ranges(&mut u.ranges.iter().map(|r| {
                     (r.partitions.first().map(|p| p.start), r.end_inclusive)
                 })))
@@ -355,8 +352,7 @@ pub fn plan_decoded(
 ) -> Result<Plan, ErrorReply> {
     match write {
         Decoded::Put(map) => plan_put(tables, map, interner),
-        Decoded::Update(update) => plan_batch(tables, &BatchUpdate::from(update.clone()), interner),
-        Decoded::Batch(update) => plan_batch(tables, update, interner),
+        Decoded::Update(update) | Decoded::Batch(update) => plan_batch(tables, update, interner),
         Decoded::Drop { table, version } => plan_drop(tables, table, version),
     }
 }
@@ -445,7 +441,7 @@ fn plan_put(
 
 fn plan_batch(
     tables: &Tables,
-    u: &BatchUpdate,
+    u: &BatchEdit,
     interner: &mut NodeInterner,
 ) -> Result<Plan, ErrorReply> {
     let current = tables
@@ -642,7 +638,7 @@ mod tests {
         assert_eq!(bad.code, ErrorCode::Invalid);
     }
 
-    fn split_update(m: &TableMap, index: usize) -> PartitionUpdate {
+    fn split_update(m: &TableMap, index: usize) -> BatchEdit {
         synth::split_update(m, index, 1_000_000)
     }
 
@@ -688,7 +684,7 @@ mod tests {
         let mut tables = Tables::new();
         let m = map(50, 3);
         install(&mut tables, &put(&m), &mut i);
-        let refuse = |u: PartitionUpdate, i: &mut NodeInterner| {
+        let refuse = |u: BatchEdit, i: &mut NodeInterner| {
             let e = plan(&tables, &Write::Update(u), i).expect_err("refused");
             assert_eq!(e.code, ErrorCode::Invalid, "{e}");
             e.message
@@ -723,11 +719,11 @@ mod tests {
 
     /// One batch splitting each of the partitions at `indexes` (ascending) of `m`, at the
     /// next version.
-    fn split_batch(m: &TableMap, indexes: &[usize]) -> BatchUpdate {
-        let mut batch = BatchUpdate::from(synth::split_update(m, indexes[0], 2_000_000));
+    fn split_batch(m: &TableMap, indexes: &[usize]) -> BatchEdit {
+        let mut batch = BatchEdit::from(synth::split_update(m, indexes[0], 2_000_000));
         for (k, &index) in indexes.iter().enumerate().skip(1) {
             let u = synth::split_update(m, index, 2_000_000 + k as u64);
-            batch.ranges.extend(BatchUpdate::from(u).ranges);
+            batch.ranges.extend(BatchEdit::from(u).ranges);
         }
         batch
     }
@@ -778,7 +774,7 @@ mod tests {
         install(&mut tables, &put(&m), &mut i);
         let name = m.name().as_str().to_owned();
         let before = tables.get(&name).expect("installed").checksum();
-        let refuse = |b: BatchUpdate, i: &mut NodeInterner| {
+        let refuse = |b: BatchEdit, i: &mut NodeInterner| {
             let e = plan(&tables, &Write::Batch(b), i).expect_err("refused");
             assert_eq!(e.code, ErrorCode::Invalid, "{e}");
             assert!(e.message.starts_with("update-partitions: "), "{e}");

@@ -184,7 +184,7 @@ pub fn server_config(paths: &TlsPaths) -> Result<(quinn::ServerConfig, Authorize
         .with_client_cert_verifier(verifier)
         .with_single_cert(certs, key)
         .map_err(config_error)?;
-    tls.alpn_protocols = vec![memds_proto::wire::ALPN.to_vec()];
+    tls.alpn_protocols = memds_proto::wire::Protocol::alpn_ids();
     tls.max_early_data_size = 0;
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(config_error)?;
     Ok((

@@ -26,12 +26,13 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Instant;
 
+use memds_proto::model::BatchEdit;
 use memds_proto::model::NodeSpec;
-use memds_proto::wire::{BatchUpdate, ErrorCode, ErrorReply, Response, WriteAck};
+use memds_proto::wire::{ErrorCode, ErrorReply, Response, WriteAck};
 use memds_proto::{CompactTable, NodeInterner, snapshot};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::durable::{Durable, DurableError, Origin, RecoveryMode, WalRecord};
+use crate::durable::{Durable, DurableError, LogBatch, Origin, RecoveryMode, WalRecord};
 use crate::metrics::{self, Counters, RepairResult, WriteResult};
 use crate::store::{Plan, Store, Tables, Write, plan, plan_decoded};
 
@@ -149,11 +150,13 @@ pub fn replay(
     for (origin, r) in records {
         let write = match r {
             WalRecord::Put { snapshot } => Write::Put { snapshot },
-            WalRecord::Update(mut u) => {
+            WalRecord::Update(u) => {
+                let mut u = BatchEdit::from(u);
                 keep_last_node_records(&mut u.nodes, &origin);
                 Write::Update(u)
             }
-            WalRecord::Batch(mut u) => {
+            WalRecord::Batch(u) => {
+                let mut u = BatchEdit::from(u);
                 keep_last_node_records(&mut u.nodes, &origin);
                 Write::Batch(u)
             }
@@ -589,15 +592,15 @@ fn record_of(write: &mut Write) -> WalRecord {
         Write::Put { snapshot } | Write::Pulled { snapshot, .. } => WalRecord::Put {
             snapshot: std::mem::take(snapshot),
         },
-        Write::Update(u) => WalRecord::Update(u.clone()),
-        // A batch can be large: its ranges and nodes move into the record too.
-        Write::Batch(u) => WalRecord::Batch(BatchUpdate {
+        // An update can be large: its ranges and nodes move into the record too. Both kinds
+        // are logged as batches (a one-range update is a batch of one range).
+        Write::Update(u) | Write::Batch(u) => WalRecord::Batch(LogBatch::from(BatchEdit {
             table: u.table.clone(),
             base_version: u.base_version,
             version: u.version,
             nodes: std::mem::take(&mut u.nodes),
             ranges: std::mem::take(&mut u.ranges),
-        }),
+        })),
         Write::Drop { .. } => unreachable!("only puts and updates install a table"),
     }
 }
@@ -665,7 +668,7 @@ mod tests {
             az: "az-9".into(),
         };
         // As a release that took such updates logged one: the last record of the id won.
-        let mut update = BatchUpdate::from(synth::split_update(&a, 3, 9_000_000));
+        let mut update = BatchEdit::from(synth::split_update(&a, 3, 9_000_000));
         update.nodes = vec![node("10.0.0.1:7000"), node("10.0.0.2:7000")];
         let origin = |offset| Origin {
             path: "wal-00000000000000000001.log".into(),

@@ -72,7 +72,7 @@ fn the_helm_chart_lints_and_renders_valid_objects_with_every_value_set() {
     );
     assert_eq!(
         sts.pointer("/spec/template/spec/containers/0/image"),
-        Some(&Value::from("registry.example.com/memds:0.1.0"))
+        Some(&Value::from("registry.example.com/memds:0.2.0"))
     );
 }
 

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use memds_client::{ClientError, DeltaAnswer};
 use memds_proto::TableMap;
-use memds_proto::wire::{BatchUpdate, ErrorCode, ErrorReply};
+use memds_proto::model::BatchEdit;
+use memds_proto::wire::{ErrorCode, ErrorReply};
 use tokio::sync::watch;
 
 use crate::batch::refuse;
@@ -190,7 +191,7 @@ impl Inner {
                     );
                 }
                 Ok(Fetched::Delta(DeltaAnswer::Delta(delta))) => {
-                    match self.apply_delta(t, &delta, source) {
+                    match self.apply_delta(t, &BatchEdit::from(delta), source) {
                         Ok(fetched) => return Ok(fetched),
                         Err(reason) => {
                             tracing::info!(server = %server.client.remote_address(), table = %t.name, %reason, "a delta that does not apply to the cached table: fetching it whole");
@@ -311,7 +312,7 @@ impl Inner {
     pub(crate) fn apply_delta(
         &self,
         t: &TableState,
-        delta: &BatchUpdate,
+        delta: &BatchEdit,
         source: RouteSource,
     ) -> Result<Warmed, String> {
         let mut copy = t.copy();

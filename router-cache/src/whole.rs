@@ -2,7 +2,7 @@
 //! `RouterCache::warm` in any mode): its version and node list, and the routes a delta between
 //! two versions makes of it. Pure: no IO, no clock.
 //!
-//! A delta ([`BatchUpdate`]) replaces the partitions of each of its ranges with new ones and adds
+//! A delta ([`BatchEdit`], converted from the wire's `BatchUpdate`) replaces the partitions of each of its ranges with new ones and adds
 //! or replaces nodes. Nothing a server sends is trusted: a delta is checked whole (its table,
 //! that it starts from the version held, ranges sorted and disjoint, partitions in order inside
 //! their range, replica lists that name known nodes and hold their leader) before any route of it
@@ -13,8 +13,7 @@
 
 use std::collections::BTreeMap;
 
-use memds_proto::model::{MAX_REPLICAS, NodeSpec};
-use memds_proto::wire::BatchUpdate;
+use memds_proto::model::{BatchEdit, MAX_REPLICAS, NodeSpec};
 use memds_proto::{Epoch, NodeId, PartitionId, Route, RouteReplica, TableName, TableVersion};
 
 /// What the cache holds of a table it downloaded whole: the version and the node list its
@@ -64,7 +63,7 @@ impl WholeCopy {
     pub(crate) fn delta_routes(
         &self,
         table: &TableName,
-        delta: &BatchUpdate,
+        delta: &BatchEdit,
     ) -> Result<DeltaRoutes, String> {
         let held = self.version.ok_or("no version of the table is held")?;
         if delta.table != table.as_str() {
@@ -181,8 +180,7 @@ impl WholeCopy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use memds_proto::model::PartitionSpec;
-    use memds_proto::wire::RangeUpdate;
+    use memds_proto::model::{PartitionSpec, RangeEdit};
 
     fn node(id: u32) -> NodeSpec {
         NodeSpec {
@@ -202,13 +200,13 @@ mod tests {
         }
     }
 
-    fn split(version: u64) -> BatchUpdate {
-        BatchUpdate {
+    fn split(version: u64) -> BatchEdit {
+        BatchEdit {
             table: "t".into(),
             base_version: version,
             version: version + 1,
             nodes: vec![node(3)],
-            ranges: vec![RangeUpdate {
+            ranges: vec![RangeEdit {
                 end_inclusive: 999,
                 partitions: vec![part(1, 0, vec![1, 2]), part(9, 500, vec![3])],
             }],
@@ -239,7 +237,7 @@ mod tests {
     #[test]
     fn bad_deltas_are_refused_whole_with_a_reason() {
         let copy = WholeCopy::downloaded(4, [node(1), node(2)]);
-        let refused = |d: BatchUpdate| copy.delta_routes(&name(), &d).expect_err("refused");
+        let refused = |d: BatchEdit| copy.delta_routes(&name(), &d).expect_err("refused");
         // From another version.
         assert!(refused(split(3)).contains("the cache holds 4"));
         // Of another table.

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use memds_proto::model::{PartitionSpec, TableSpec};
-use memds_proto::wire::PartitionUpdate;
+use memds_proto::wire::{PartitionUpdate, WirePartition};
 use memds_proto::{TableMap, key_hash};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -181,6 +181,7 @@ fn update_for(current: &TableMap, next: &TableMap, table: &str, i: usize) -> Par
             .partitions
             .into_iter()
             .filter(|p| p.start >= start && p.start <= end)
+            .map(WirePartition::from)
             .collect(),
     }
 }

@@ -96,9 +96,16 @@ use crate::reads::{get_table, lookup, lookup_hashes};
 use crate::servers::{Target, connect, load_tls, resolve_targets, with_timeout};
 use crate::writes::{WriteOp, write_to_all, write_to_one};
 
+/// What `--version` prints: the build, the protocol versions and the snapshot format.
+static LONG_VERSION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    memds_proto::versions::version_text(&memds_proto::versions::info(vec![
+        memds_proto::versions::snapshot_format(),
+    ]))
+});
+
 /// Admin and lookup commands for a MemDS server or fleet.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(name = "memds-ctl", version, long_version = LONG_VERSION.as_str(), about)]
 struct Cli {
     /// The servers' QUIC addresses, `IP:port` or `host:port`, comma-separated or repeated; a
     /// name stands for every address it resolves to.

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use memds_client::Client;
 use memds_proto::TableMap;
+use memds_proto::model::{BatchEdit, BatchSpec, UpdateSpec};
 use memds_proto::wire::{BatchUpdate, PartitionUpdate, WriteAck};
 use serde::Serialize;
 
@@ -17,7 +18,8 @@ use crate::fanout::{first_answering, on_each};
 use crate::output::print_lines;
 use crate::servers::{Target, with_timeout};
 
-/// An admin write, read from its file.
+/// An admin write, read from its file (JSON ingestion records) and converted to the wire
+/// messages it is sent as.
 #[derive(Debug)]
 pub(crate) enum WriteOp {
     Put(TableMap),
@@ -46,12 +48,16 @@ impl WriteOp {
                     .with_context(|| format!("loading {}", file.display()))?,
             ),
             Command::UpdatePartitions { file } => WriteOp::Update(
-                serde_json::from_str(&read(file)?)
-                    .with_context(|| format!("parsing {}", file.display()))?,
+                serde_json::from_str::<UpdateSpec>(&read(file)?)
+                    .with_context(|| format!("parsing {}", file.display()))?
+                    .into(),
             ),
             Command::UpdateBatch { file } => WriteOp::Batch(
-                serde_json::from_str(&read(file)?)
-                    .with_context(|| format!("parsing {}", file.display()))?,
+                BatchEdit::from(
+                    serde_json::from_str::<BatchSpec>(&read(file)?)
+                        .with_context(|| format!("parsing {}", file.display()))?,
+                )
+                .into(),
             ),
             Command::DropTable { table, version } => WriteOp::Drop {
                 table: table.clone(),
