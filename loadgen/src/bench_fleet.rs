@@ -463,7 +463,7 @@ fn write_to_all(
             let hash = update.partitions[1].start;
             let sent = Instant::now();
             admin
-                .update_partitions(update.into())
+                .update_partitions(update)
                 .await
                 .with_context(|| format!("write {} to server 0", k + 1))?;
             ack.saturating_record(sent.elapsed().as_micros() as u64);

@@ -612,15 +612,18 @@ impl Client {
     /// Applies a partial update (admin certificate needed).
     pub async fn update_partitions(
         &self,
-        update: PartitionUpdate,
+        update: impl Into<PartitionUpdate>,
     ) -> Result<WriteAck, ClientError> {
-        expect_written(self.call(&Request::UpdatePartitions(update)).await?)
+        expect_written(self.call(&Request::UpdatePartitions(update.into())).await?)
     }
 
     /// Applies many partial updates of one table atomically, at one new version (admin
     /// certificate needed).
-    pub async fn update_batch(&self, update: BatchUpdate) -> Result<WriteAck, ClientError> {
-        expect_written(self.call(&Request::UpdateBatch(update)).await?)
+    pub async fn update_batch(
+        &self,
+        update: impl Into<BatchUpdate>,
+    ) -> Result<WriteAck, ClientError> {
+        expect_written(self.call(&Request::UpdateBatch(update.into())).await?)
     }
 
     /// What changed in a table since version `since`. A delta of another table, or not based

@@ -556,6 +556,12 @@ impl From<UpdateSpec> for PartitionUpdate {
     }
 }
 
+impl From<UpdateSpec> for BatchUpdate {
+    fn from(u: UpdateSpec) -> Self {
+        BatchUpdate::from(BatchEdit::from(u))
+    }
+}
+
 impl From<BatchEdit> for BatchUpdate {
     fn from(b: BatchEdit) -> Self {
         BatchUpdate {

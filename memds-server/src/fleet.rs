@@ -1375,8 +1375,8 @@ fn table_answer_bytes(version: u64, snapshot_len: usize) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use memds_proto::model::RangeEdit;
     use memds_proto::synth::{self, SynthConfig};
-    use memds_proto::wire::RangeUpdate;
 
     fn entry(start: u64, end_inclusive: u64, count: u64) -> TreeEntry {
         TreeEntry {
@@ -1512,7 +1512,7 @@ mod tests {
         misaligned.ranges[0].partitions[0].start += 1;
         assert!(!would_match(&ours, &misaligned, &summary));
         let mut unsorted = update.clone();
-        unsorted.ranges.push(RangeUpdate {
+        unsorted.ranges.push(RangeEdit {
             end_inclusive: 5,
             partitions: update.ranges[0].partitions.clone(),
         });

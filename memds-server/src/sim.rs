@@ -1252,7 +1252,7 @@ fn blocks(ours: &TableMap, theirs: &TableMap) -> Option<BatchEdit> {
             return None;
         }
         if inside.len() != 1 || inside[0] != *p {
-            ranges.push(memds_proto::wire::RangeUpdate {
+            ranges.push(memds_proto::model::RangeEdit {
                 end_inclusive: end,
                 partitions: inside,
             });

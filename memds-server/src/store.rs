@@ -537,7 +537,7 @@ fn versioned(code: ErrorCode, message: String, current_version: u64) -> ErrorRep
 #[cfg(test)]
 mod tests {
     use super::*;
-    use memds_proto::model::TableSpec;
+    use memds_proto::model::{TableSpec, UpdateSpec};
     use memds_proto::synth::{self, SynthConfig};
 
     fn map(partitions: usize, version: u64) -> TableMap {
@@ -638,7 +638,7 @@ mod tests {
         assert_eq!(bad.code, ErrorCode::Invalid);
     }
 
-    fn split_update(m: &TableMap, index: usize) -> BatchEdit {
+    fn split_update(m: &TableMap, index: usize) -> UpdateSpec {
         synth::split_update(m, index, 1_000_000)
     }
 
@@ -649,7 +649,7 @@ mod tests {
         let m = map(50, 3);
         install(&mut tables, &put(&m), &mut i);
         let u = split_update(&m, 10);
-        install(&mut tables, &Write::Update(u.clone()), &mut i);
+        install(&mut tables, &Write::Update(u.clone().into()), &mut i);
         let t = tables.get(m.name().as_str()).expect("installed");
         assert_eq!(t.len(), 51);
         assert_eq!(t.version().get(), 4);
@@ -658,20 +658,20 @@ mod tests {
         assert_eq!(right.end_inclusive, u.end_inclusive);
         // A retry of the applied update is acknowledged without change.
         assert!(matches!(
-            plan(&tables, &Write::Update(u.clone()), &mut i),
+            plan(&tables, &Write::Update(u.clone().into()), &mut i),
             Ok(Plan::Unchanged { version: 4, .. })
         ));
         // Based on an old version: stale or conflict, never applied.
         let mut again = split_update(&m, 20);
         assert_eq!(
-            plan(&tables, &Write::Update(again.clone()), &mut i)
+            plan(&tables, &Write::Update(again.clone().into()), &mut i)
                 .expect_err("old base")
                 .code,
             ErrorCode::Conflict
         );
         again.version = 2;
         assert_eq!(
-            plan(&tables, &Write::Update(again), &mut i)
+            plan(&tables, &Write::Update(again.into()), &mut i)
                 .expect_err("old version")
                 .code,
             ErrorCode::Stale
@@ -684,8 +684,8 @@ mod tests {
         let mut tables = Tables::new();
         let m = map(50, 3);
         install(&mut tables, &put(&m), &mut i);
-        let refuse = |u: BatchEdit, i: &mut NodeInterner| {
-            let e = plan(&tables, &Write::Update(u), i).expect_err("refused");
+        let refuse = |u: UpdateSpec, i: &mut NodeInterner| {
+            let e = plan(&tables, &Write::Update(u.into()), i).expect_err("refused");
             assert_eq!(e.code, ErrorCode::Invalid, "{e}");
             e.message
         };
@@ -856,7 +856,7 @@ mod tests {
         }
         let update = plan(
             &tables,
-            &Write::Update(split_update(&map(100, 9), 3)),
+            &Write::Update(split_update(&map(100, 9), 3).into()),
             &mut i,
         )
         .expect_err("dropped");

@@ -681,7 +681,10 @@ mod tests {
                     snapshot: snapshot::encode(&a),
                 },
             ),
-            (origin(4096), WalRecord::Batch(update.clone())),
+            (
+                origin(4096),
+                WalRecord::Batch(LogBatch::from(update.clone())),
+            ),
         ];
         let mut interner = NodeInterner::default();
         let replayed = replay(records, &mut interner, RecoveryMode::Strict).expect("replays");
@@ -754,7 +757,7 @@ mod tests {
             .find(|&i| !damaged.verify_range(a.partitions()[i].start, a.end_inclusive(i)))
             .expect("the damage is in some partition's range");
         drop(damaged);
-        let update = synth::split_update(&a, index, 9_000_000);
+        let update = BatchEdit::from(synth::split_update(&a, index, 9_000_000));
         let expected = {
             let mut tables = Tables::new();
             let mut i = NodeInterner::default();

@@ -39,6 +39,7 @@ enum Kind {
     ListTables,
     Stats,
     Summary,
+    ServerInfo,
     PutTable,
     UpdatePartitions,
     UpdateBatch,
@@ -48,7 +49,7 @@ enum Kind {
 impl Kind {
     /// Every kind, in the matrix's column order (writes last, so the reads of a row see the
     /// identity's table before its writes change or drop it).
-    const ALL: [Kind; 15] = [
+    const ALL: [Kind; 16] = [
         Kind::Lookup,
         Kind::BatchLookup,
         Kind::Range,
@@ -60,6 +61,7 @@ impl Kind {
         Kind::ListTables,
         Kind::Stats,
         Kind::Summary,
+        Kind::ServerInfo,
         Kind::PutTable,
         Kind::UpdatePartitions,
         Kind::UpdateBatch,
@@ -82,6 +84,7 @@ impl Kind {
             Request::ListTables => Kind::ListTables,
             Request::Stats => Kind::Stats,
             Request::Summary => Kind::Summary,
+            Request::ServerInfo => Kind::ServerInfo,
             Request::PutTable { .. } => Kind::PutTable,
             Request::UpdatePartitions(_) => Kind::UpdatePartitions,
             Request::UpdateBatch(_) => Kind::UpdateBatch,
@@ -150,21 +153,21 @@ enum Identity {
 /// The authorization matrix, derived from `answer_frame` in `memds-server/src/server.rs`.
 #[rustfmt::skip]
 const MATRIX: [(Identity, [Outcome; Kind::ALL.len()]); 14] = [
-    //                             Lookup Batch Range Nodes GetTbl Delta Tree  Rngs  List  Stats Summ  Put   Update UpdBat Drop
-    (Identity::NoCertificate,     [NONE,  NONE, NONE, NONE, NONE,  NONE, NONE, NONE, NONE, NONE, NONE, NONE, NONE,  NONE,  NONE]),
-    (Identity::ForeignRouter,     [NONE,  NONE, NONE, NONE, NONE,  NONE, NONE, NONE, NONE, NONE, NONE, NONE, NONE,  NONE,  NONE]),
-    (Identity::ForeignAdmin,      [NONE,  NONE, NONE, NONE, NONE,  NONE, NONE, NONE, NONE, NONE, NONE, NONE, NONE,  NONE,  NONE]),
-    (Identity::SelfSignedAdmin,   [NONE,  NONE, NONE, NONE, NONE,  NONE, NONE, NONE, NONE, NONE, NONE, NONE, NONE,  NONE,  NONE]),
-    (Identity::NoRole,            [NONE,  NONE, NONE, NONE, NONE,  NONE, NONE, NONE, NONE, NONE, NONE, NONE, NONE,  NONE,  NONE]),
-    (Identity::OtherUri,          [NONE,  NONE, NONE, NONE, NONE,  NONE, NONE, NONE, NONE, NONE, NONE, NONE, NONE,  NONE,  NONE]),
-    (Identity::TwoRoles,          [NONE,  NONE, NONE, NONE, NONE,  NONE, NONE, NONE, NONE, NONE, NONE, NONE, NONE,  NONE,  NONE]),
-    (Identity::AdminTwice,        [NONE,  NONE, NONE, NONE, NONE,  NONE, NONE, NONE, NONE, NONE, NONE, NONE, NONE,  NONE,  NONE]),
-    (Identity::UnknownRole,       [NONE,  NONE, NONE, NONE, NONE,  NONE, NONE, NONE, NONE, NONE, NONE, NONE, NONE,  NONE,  NONE]),
-    (Identity::MisspelledRole,    [NONE,  NONE, NONE, NONE, NONE,  NONE, NONE, NONE, NONE, NONE, NONE, NONE, NONE,  NONE,  NONE]),
-    (Identity::Router,            [OK,    OK,   OK,   OK,   OK,    OK,   DENY, DENY, OK,   OK,   OK,   DENY, DENY,  DENY,  DENY]),
-    (Identity::Admin,             [OK,    OK,   OK,   OK,   OK,    OK,   OK,   OK,   OK,   OK,   OK,   OK,   OK,    OK,    OK  ]),
-    (Identity::Peer,              [OK,    OK,   OK,   OK,   OK,    OK,   OK,   OK,   OK,   OK,   OK,   OK,   OK,    OK,    OK  ]),
-    (Identity::ServerCertificate, [OK,    OK,   OK,   OK,   OK,    OK,   OK,   OK,   OK,   OK,   OK,   OK,   OK,    OK,    OK  ]),
+    //                             Lookup Batch Range Nodes GetTbl Delta Tree  Rngs  List  Stats Summ  Info  Put   Update UpdBat Drop
+    (Identity::NoCertificate,     [NONE,  NONE, NONE, NONE, NONE,  NONE, NONE, NONE, NONE, NONE, NONE, NONE , NONE, NONE,  NONE,  NONE]),
+    (Identity::ForeignRouter,     [NONE,  NONE, NONE, NONE, NONE,  NONE, NONE, NONE, NONE, NONE, NONE, NONE , NONE, NONE,  NONE,  NONE]),
+    (Identity::ForeignAdmin,      [NONE,  NONE, NONE, NONE, NONE,  NONE, NONE, NONE, NONE, NONE, NONE, NONE , NONE, NONE,  NONE,  NONE]),
+    (Identity::SelfSignedAdmin,   [NONE,  NONE, NONE, NONE, NONE,  NONE, NONE, NONE, NONE, NONE, NONE, NONE , NONE, NONE,  NONE,  NONE]),
+    (Identity::NoRole,            [NONE,  NONE, NONE, NONE, NONE,  NONE, NONE, NONE, NONE, NONE, NONE, NONE , NONE, NONE,  NONE,  NONE]),
+    (Identity::OtherUri,          [NONE,  NONE, NONE, NONE, NONE,  NONE, NONE, NONE, NONE, NONE, NONE, NONE , NONE, NONE,  NONE,  NONE]),
+    (Identity::TwoRoles,          [NONE,  NONE, NONE, NONE, NONE,  NONE, NONE, NONE, NONE, NONE, NONE, NONE , NONE, NONE,  NONE,  NONE]),
+    (Identity::AdminTwice,        [NONE,  NONE, NONE, NONE, NONE,  NONE, NONE, NONE, NONE, NONE, NONE, NONE , NONE, NONE,  NONE,  NONE]),
+    (Identity::UnknownRole,       [NONE,  NONE, NONE, NONE, NONE,  NONE, NONE, NONE, NONE, NONE, NONE, NONE , NONE, NONE,  NONE,  NONE]),
+    (Identity::MisspelledRole,    [NONE,  NONE, NONE, NONE, NONE,  NONE, NONE, NONE, NONE, NONE, NONE, NONE , NONE, NONE,  NONE,  NONE]),
+    (Identity::Router,            [OK,    OK,   OK,   OK,   OK,    OK,   DENY, DENY, OK,   OK,   OK, OK   ,   DENY, DENY,  DENY,  DENY]),
+    (Identity::Admin,             [OK,    OK,   OK,   OK,   OK,    OK,   OK,   OK,   OK,   OK,   OK, OK   ,   OK,   OK,    OK,    OK  ]),
+    (Identity::Peer,              [OK,    OK,   OK,   OK,   OK,    OK,   OK,   OK,   OK,   OK,   OK, OK   ,   OK,   OK,    OK,    OK  ]),
+    (Identity::ServerCertificate, [OK,    OK,   OK,   OK,   OK,    OK,   OK,   OK,   OK,   OK,   OK, OK   ,   OK,   OK,    OK,    OK  ]),
 ];
 
 /// The TLS material of every identity: the client always trusts the server's CA, so the only
@@ -317,6 +320,7 @@ fn request_for(kind: Kind, current: &TableMap) -> Request {
         Kind::ListTables => Request::ListTables,
         Kind::Stats => Request::Stats,
         Kind::Summary => Request::Summary,
+        Kind::ServerInfo => Request::ServerInfo,
         Kind::PutTable => Request::PutTable {
             snapshot: snapshot::encode(&named(table(0, 64, version + 1), &name)),
         },
@@ -338,8 +342,8 @@ fn request_for(kind: Kind, current: &TableMap) -> Request {
                 end_inclusive: end,
                 nodes: vec![],
                 partitions: vec![
-                    spec(p.id.get(), p.start),
-                    spec(1_000_000 + version, p.start + (end - p.start) / 2),
+                    spec(p.id.get(), p.start).into(),
+                    spec(1_000_000 + version, p.start + (end - p.start) / 2).into(),
                 ],
             })
         }
@@ -372,6 +376,7 @@ fn succeeded(kind: Kind, answer: &Response) -> bool {
         | (Kind::ListTables, Response::Tables(_))
         | (Kind::Stats, Response::Stats(_))
         | (Kind::Summary, Response::Summary(_))
+        | (Kind::ServerInfo, Response::ServerInfo(_))
         | (Kind::DropTable, Response::Dropped { .. }) => true,
         (Kind::PutTable | Kind::UpdatePartitions | Kind::UpdateBatch, Response::Written(ack)) => {
             ack.applied

@@ -5,26 +5,26 @@ mod common;
 
 use common::{TestServer, table, temp_dir};
 use memds_client::{Client, ClientError, DeltaAnswer, Role};
-use memds_proto::model::{NodeSpec, PartitionSpec, TableSpec};
+use memds_proto::model::{BatchEdit, NodeSpec, PartitionSpec, TableSpec};
 use memds_proto::synth::split_update;
-use memds_proto::wire::{BatchUpdate, ErrorCode, HashRange};
+use memds_proto::wire::{ErrorCode, HashRange};
 use memds_proto::{CompactTable, NodeInterner, TableMap};
 use memds_server::Limits;
 
 /// One batch splitting each partition of `map` at `indexes` (ascending), from its version to
 /// the next; new ids from `first_id` on.
-fn split_batch(map: &TableMap, indexes: &[usize], first_id: u64) -> BatchUpdate {
-    let mut batch = BatchUpdate::from(split_update(map, indexes[0], first_id));
+fn split_batch(map: &TableMap, indexes: &[usize], first_id: u64) -> BatchEdit {
+    let mut batch = BatchEdit::from(split_update(map, indexes[0], first_id));
     for (k, &i) in indexes.iter().enumerate().skip(1) {
         batch
             .ranges
-            .extend(BatchUpdate::from(split_update(map, i, first_id + k as u64)).ranges);
+            .extend(BatchEdit::from(split_update(map, i, first_id + k as u64)).ranges);
     }
     batch
 }
 
 /// `map` with `update` applied, as the server should hold it (computed by the shared encoding).
-fn applied(map: &TableMap, update: &BatchUpdate) -> TableMap {
+fn applied(map: &TableMap, update: &BatchEdit) -> TableMap {
     let mut interner = NodeInterner::default();
     CompactTable::new(map, &mut interner)
         .apply(update, &mut interner)
@@ -207,6 +207,7 @@ async fn get_delta_answers_what_changed_not_modified_or_no_delta() {
             assert_eq!((d.base_version, d.version), (1, 2));
             assert_eq!(d.ranges.len(), 1, "{d:?}");
             assert_eq!(d.ranges[0].end_inclusive, split.end_inclusive);
+            let d = BatchEdit::from(d);
             assert_eq!(d.ranges[0].partitions, split.partitions);
         }
         other => panic!("expected the split as a delta, got {other:?}"),
@@ -222,7 +223,7 @@ async fn get_delta_answers_what_changed_not_modified_or_no_delta() {
         match router.get_delta(&name, since).await.expect("delta") {
             DeltaAnswer::Delta(d) => {
                 assert_eq!((d.base_version, d.version), (since, 3));
-                assert_eq!(applied(base, &d), v3, "the delta since {since}");
+                assert_eq!(applied(base, &d.into()), v3, "the delta since {since}");
             }
             other => panic!("expected a delta since {since}, got {other:?}"),
         }
@@ -309,10 +310,10 @@ async fn tree_digests_and_range_pulls_answer_peers_and_admins_not_routers() {
             .await
             .expect("ranges");
         assert_eq!((d.base_version, d.version), (0, 1));
-        let got: Vec<(u64, Vec<PartitionSpec>)> = d
+        let got: Vec<(u64, Vec<PartitionSpec>)> = BatchEdit::from(d.clone())
             .ranges
-            .iter()
-            .map(|r| (r.end_inclusive, r.partitions.clone()))
+            .into_iter()
+            .map(|r| (r.end_inclusive, r.partitions))
             .collect();
         assert_eq!(
             got,

@@ -9,8 +9,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use common::{KillOnDrop, TestServer, issue_cert_with_uris, table, temp_dir};
+use memds_proto::model::{BatchSpec, RangeSpec, UpdateSpec};
 use memds_proto::synth::split_update;
-use memds_proto::wire::BatchUpdate;
 use memds_proto::{Route, TableMap, key_hash};
 use memds_server::tls::TlsPaths;
 
@@ -145,11 +145,21 @@ fn every_subcommand_prints_json_and_errors_exit_non_zero() {
     assert_eq!(route.partition.get(), 77777);
 
     // A batch of two splits, at version 5 (partitions 5 and 9 are as version 3 had them).
-    let mut batch = BatchUpdate::from(split_update(&map, 5, 88_888));
-    batch
-        .ranges
-        .extend(BatchUpdate::from(split_update(&map, 9, 88_889)).ranges);
-    (batch.base_version, batch.version) = (4, 5);
+    // Written as the JSON ingestion format's batch (`BatchSpec`).
+    let range = |u: UpdateSpec| RangeSpec {
+        end_inclusive: u.end_inclusive,
+        partitions: u.partitions,
+    };
+    let mut batch = BatchSpec {
+        table: "table-0000".into(),
+        base_version: 4,
+        version: 5,
+        nodes: vec![],
+        ranges: vec![
+            range(split_update(&map, 5, 88_888)),
+            range(split_update(&map, 9, 88_889)),
+        ],
+    };
     let batch_file = dir.join("batch.json");
     std::fs::write(&batch_file, serde_json::to_string(&batch).expect("json")).expect("write");
     let ack: serde_json::Value =

@@ -113,8 +113,22 @@ async fn status_until(ctl: &Ctl, servers: &str, done: impl Fn(&Value) -> bool) -
 }
 
 /// The fields of a server's `fleet-status` entry that depend on the run (uptime, instance,
-/// connections), checked for their type and removed.
+/// connections) or the build (release, build, protocols, formats), checked and removed.
 fn without_run_fields(mut server: Value) -> Value {
+    let info = memds_server::server_info();
+    assert_eq!(server["release"], env!("CARGO_PKG_VERSION"), "{server}");
+    assert_eq!(server["build"], info.build, "{server}");
+    assert_eq!(server["protocol"], "memds/2", "{server}");
+    assert_eq!(
+        server["protocols"],
+        json!(["memds/2", "memds/1"]),
+        "{server}"
+    );
+    assert_eq!(
+        server["formats"],
+        serde_json::to_value(&info.formats).expect("json"),
+        "{server}"
+    );
     assert!(server["uptime_seconds"].is_f64(), "{server}");
     assert!(server["instance"].is_u64(), "{server}");
     assert!(
@@ -122,7 +136,16 @@ fn without_run_fields(mut server: Value) -> Value {
         "{server}"
     );
     let map = server.as_object_mut().expect("an object");
-    for field in ["uptime_seconds", "instance", "connections"] {
+    for field in [
+        "uptime_seconds",
+        "instance",
+        "connections",
+        "release",
+        "build",
+        "protocol",
+        "protocols",
+        "formats",
+    ] {
         map.remove(field);
     }
     server
@@ -267,7 +290,7 @@ async fn writes_reach_every_server_listed_or_the_first_that_takes_them() {
             without_run_fields(s.clone()),
             json!({
                 "server": addr.to_string(), "given": addr.to_string(), "reachable": true,
-                "error": null, "ready": true, "build": env!("CARGO_PKG_VERSION"),
+                "error": null, "ready": true,
                 "tables": 1, "partitions": v3.partitions().len(), "lagging": false,
                 "table_versions": [
                     {"table": "table-0000", "version": 3, "digest": digest, "dropped": false,
@@ -279,6 +302,7 @@ async fn writes_reach_every_server_listed_or_the_first_that_takes_them() {
         );
     }
     assert_eq!(status["healthy"], true);
+    assert_eq!(status["releases"], json!({env!("CARGO_PKG_VERSION"): 3}));
 
     // With the first server gone, `one` moves on to the next and says which took it.
     peers.kill(0);
@@ -394,7 +418,7 @@ async fn fleet_status_shows_lag_disagreement_and_unreachable_servers() {
         without_run_fields(servers_json[2].clone()),
         json!({
             "server": addrs[2], "given": addrs[2], "reachable": true, "error": null,
-            "ready": true, "build": env!("CARGO_PKG_VERSION"), "tables": 2,
+            "ready": true, "tables": 2,
             "partitions": table(0, 100, 1).partitions().len() + table(1, 60, 4).partitions().len(),
             "lagging": true,
             "table_versions": [
@@ -423,6 +447,15 @@ async fn fleet_status_shows_lag_disagreement_and_unreachable_servers() {
         "{text}"
     );
     assert!(text.ends_with("healthy: no\n"), "{text}");
+    assert!(
+        text.contains(&format!("\nreleases: {} (3)\n", env!("CARGO_PKG_VERSION"))),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.contains("memds/2") && l.contains("log 2, checkpoint 2, snapshot 1")),
+        "{text}"
+    );
 
     // A killed server is unreachable: printed, and exit status 1.
     peers.kill(1);
@@ -439,7 +472,8 @@ async fn fleet_status_shows_lag_disagreement_and_unreachable_servers() {
         },
         json!({
             "server": addrs[1], "given": addrs[1], "reachable": false, "error": null,
-            "ready": null, "build": null, "uptime_seconds": null, "instance": null,
+            "ready": null, "release": null, "build": null, "protocol": null,
+            "protocols": null, "formats": null, "uptime_seconds": null, "instance": null,
             "tables": null, "partitions": null, "connections": null, "lagging": false,
             "table_versions": [],
         })

@@ -81,7 +81,7 @@ fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 }
 
 fn split(map: &TableMap, index: usize) -> memds_proto::wire::PartitionUpdate {
-    synth::split_update(map, index, 1_000_000 + map.version().get())
+    synth::split_update(map, index, 1_000_000 + map.version().get()).into()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

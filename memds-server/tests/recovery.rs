@@ -257,7 +257,7 @@ async fn an_acknowledged_batch_is_one_record_and_survives_a_kill() {
             .position(|p| p.start == r.partitions[0].start)
             .expect("the split partition");
         spec.partitions
-            .splice(at..=at, r.partitions.iter().cloned());
+            .splice(at..=at, r.partitions.iter().cloned().map(Into::into));
     }
     let expected = TableMap::try_from(spec).expect("valid");
 

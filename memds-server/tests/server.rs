@@ -10,7 +10,7 @@ use common::{TestServer, connector, table, temp_dir};
 use memds_client::{ClientError, ClientTls, Role};
 use memds_proto::model::PartitionSpec;
 use memds_proto::wire::{
-    self, ErrorCode, FrameDecoder, PartitionUpdate, Request, Response, Routes,
+    self, ErrorCode, FrameDecoder, PartitionUpdate, Request, Response, Routes, WirePartition,
 };
 use memds_proto::{Route, TableMap, key_hash};
 use memds_server::Limits;
@@ -117,7 +117,7 @@ async fn every_request_kind_answers_what_the_map_says() {
         version: 6,
         end_inclusive: end,
         nodes: vec![],
-        partitions: vec![spec(p.id.get(), p.start), spec(999_999, mid)],
+        partitions: vec![spec(p.id.get(), p.start).into(), spec(999_999, mid).into()],
     };
     let ack = admin
         .update_partitions(update.clone())
@@ -186,7 +186,7 @@ async fn every_error_is_typed_and_changes_nothing() {
         version: 11,
         end_inclusive: 5,
         nodes: vec![],
-        partitions: vec![PartitionSpec {
+        partitions: vec![WirePartition {
             id: 1,
             start: 0,
             epoch: 1,

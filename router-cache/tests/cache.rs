@@ -10,9 +10,8 @@ use std::time::Duration;
 
 use common::{any_port, server, servers_up, temp_dir};
 use memds_client::{Client, ClientTls, Role};
-use memds_proto::model::PartitionSpec;
+use memds_proto::model::{PartitionSpec, UpdateSpec};
 use memds_proto::synth::{self, SynthConfig};
-use memds_proto::wire::PartitionUpdate;
 use memds_proto::{Epoch, TableMap, TableVersion};
 use router_cache::{CacheError, Invalidate, Mode, RouteSource, RouterCache};
 use tokio::runtime::Handle;
@@ -327,7 +326,7 @@ async fn a_split_reaches_the_cache_within_one_request_and_old_answers_never_win(
     assert_eq!(old.partition, p.id);
     // Split the partition on the server; move the left half's leader too.
     let replicas: Vec<u32> = p.replicas.as_slice().iter().map(|r| r.get()).collect();
-    let update = PartitionUpdate {
+    let update = UpdateSpec {
         table: name.into(),
         base_version: m.version().get(),
         version: m.version().get() + 1,

@@ -478,7 +478,7 @@ fn nodes(truth: &CompactTable, lie: Lie, digest: u64) -> Option<Response> {
     Some(Response::Nodes(NodeList {
         version: truth.version().get(),
         digest,
-        nodes,
+        nodes: nodes.into_iter().map(Into::into).collect(),
     }))
 }
 

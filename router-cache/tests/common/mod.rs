@@ -172,7 +172,7 @@ pub fn true_answer(
             return Response::Nodes(NodeList {
                 version: table.version().get(),
                 digest: table.nodes_digest(),
-                nodes: table.node_specs(),
+                nodes: table.node_specs().into_iter().map(Into::into).collect(),
             });
         }
         _ => return Response::Error(ErrorReply::new(ErrorCode::Internal, "a fake")),

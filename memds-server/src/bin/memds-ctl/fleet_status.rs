@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use memds_proto::wire::{ServerStats, Summary};
+use memds_proto::wire::{FormatVersions, Protocol, ServerInfo, ServerStats, Summary};
 use serde::Serialize;
 
 use crate::fanout::on_each;
@@ -17,6 +17,8 @@ use crate::servers::{Target, with_timeout};
 pub(crate) struct FleetStatus {
     /// Every server reachable and ready, none lagging, and digests agreeing.
     healthy: bool,
+    /// How many reachable servers run each release: more than one while a fleet rolls.
+    releases: BTreeMap<String, usize>,
     pub(crate) servers: Vec<ServerStatus>,
     tables: Vec<TableStatus>,
 }
@@ -29,7 +31,17 @@ pub(crate) struct ServerStatus {
     pub(crate) reachable: bool,
     error: Option<String>,
     ready: Option<bool>,
+    /// The release (semantic version).
+    release: Option<String>,
+    /// The build: the release and, where the server reports it, the commit.
     build: Option<String>,
+    /// The protocol version this connection to it settled on.
+    protocol: Option<String>,
+    /// The protocol versions it speaks; `null` for a server of a release before memds/2,
+    /// which does not say (it speaks memds/1).
+    protocols: Option<Vec<String>>,
+    /// The formats it writes and reads; `null` where it does not say (before memds/2).
+    formats: Option<Vec<FormatVersions>>,
     uptime_seconds: Option<f64>,
     instance: Option<u64>,
     tables: Option<u64>,
@@ -67,22 +79,45 @@ pub(crate) struct TableStatus {
     digests_agree: bool,
 }
 
-/// Every server's summary and counters, asked at once, and the comparison of their tables.
+/// What one server answered.
+struct Answers {
+    summary: Summary,
+    stats: ServerStats,
+    info: Option<ServerInfo>,
+    protocol: Protocol,
+}
+
+/// Every server's summary, counters and versions, asked at once, and the comparison of their
+/// tables.
 pub(crate) async fn fleet_status(targets: &[Target], timeout: Duration) -> FleetStatus {
-    let answers: Vec<anyhow::Result<(Summary, ServerStats)>> =
+    let answers: Vec<anyhow::Result<Answers>> =
         on_each(targets, timeout, move |client| async move {
-            let (summary, stats) = tokio::join!(
+            let protocol = client.protocol();
+            let (summary, stats, info) = tokio::join!(
                 with_timeout(timeout, client.summary()),
                 with_timeout(timeout, client.stats()),
+                async {
+                    // A server of the previous release has no server-info: it says only its build.
+                    if protocol >= Protocol::V2 {
+                        Some(with_timeout(timeout, client.server_info()).await)
+                    } else {
+                        None
+                    }
+                },
             );
-            Ok((summary.context("summary")?, stats.context("stats")?))
+            Ok(Answers {
+                summary: summary.context("summary")?,
+                stats: stats.context("stats")?,
+                info: info.transpose().context("server-info")?,
+                protocol,
+            })
         })
         .await;
 
     // Each table's entries by server index, over the servers that answered.
     let mut by_table: BTreeMap<&str, BTreeMap<usize, (u64, u64, bool)>> = BTreeMap::new();
     for (i, answer) in answers.iter().enumerate() {
-        if let Ok((summary, _)) = answer {
+        if let Ok(Answers { summary, .. }) = answer {
             for t in &summary.tables {
                 by_table
                     .entry(t.name.as_str())
@@ -128,7 +163,12 @@ pub(crate) async fn fleet_status(targets: &[Target], timeout: Duration) -> Fleet
         .zip(&answers)
         .enumerate()
         .map(|(i, (target, answer))| match answer {
-            Ok((summary, stats)) => {
+            Ok(Answers {
+                summary,
+                stats,
+                info,
+                protocol,
+            }) => {
                 let table_versions: Vec<ServerTable> = by_table
                     .iter()
                     .map(|(&name, held)| {
@@ -150,7 +190,19 @@ pub(crate) async fn fleet_status(targets: &[Target], timeout: Duration) -> Fleet
                     reachable: true,
                     error: None,
                     ready: Some(summary.ready),
-                    build: Some(stats.server_version.clone()),
+                    release: Some(
+                        info.as_ref()
+                            .map_or(&stats.server_version, |i| &i.release)
+                            .clone(),
+                    ),
+                    build: Some(
+                        info.as_ref()
+                            .map_or(&stats.server_version, |i| &i.build)
+                            .clone(),
+                    ),
+                    protocol: Some(protocol.name().to_owned()),
+                    protocols: info.as_ref().map(|i| i.protocols.clone()),
+                    formats: info.as_ref().map(|i| i.formats.clone()),
                     uptime_seconds: Some(stats.uptime_seconds),
                     instance: Some(summary.instance),
                     tables: Some(stats.tables),
@@ -168,7 +220,11 @@ pub(crate) async fn fleet_status(targets: &[Target], timeout: Duration) -> Fleet
                 reachable: false,
                 error: Some(format!("{e:#}")),
                 ready: None,
+                release: None,
                 build: None,
+                protocol: None,
+                protocols: None,
+                formats: None,
                 uptime_seconds: None,
                 instance: None,
                 tables: None,
@@ -183,8 +239,13 @@ pub(crate) async fn fleet_status(targets: &[Target], timeout: Duration) -> Fleet
         .iter()
         .all(|s| s.reachable && s.ready == Some(true) && !s.lagging)
         && tables.iter().all(|t| t.digests_agree);
+    let mut releases = BTreeMap::new();
+    for release in servers.iter().filter_map(|s| s.release.clone()) {
+        *releases.entry(release).or_default() += 1;
+    }
     FleetStatus {
         healthy,
+        releases,
         servers,
         tables,
     }
@@ -202,6 +263,8 @@ impl FleetStatus {
                 "REACHABLE",
                 "READY",
                 "BUILD",
+                "PROTOCOL",
+                "FORMATS",
                 "UPTIME",
                 "INSTANCE",
                 "TABLES",
@@ -219,6 +282,8 @@ impl FleetStatus {
                 yes_no(s.reachable),
                 or_dash(s.ready.map(yes_no)),
                 or_dash(s.build.clone()),
+                or_dash(s.protocol.clone()),
+                or_dash(s.formats.as_deref().map(formats)),
                 or_dash(s.uptime_seconds.map(uptime)),
                 or_dash(s.instance.map(|i| format!("{i:016x}"))),
                 or_dash(s.tables.map(|t| t.to_string())),
@@ -285,9 +350,37 @@ impl FleetStatus {
         text += &aligned(&tables);
         text += "\n";
         text += &aligned(&versions);
+        let releases: Vec<String> = self
+            .releases
+            .iter()
+            .map(|(release, n)| format!("{release} ({n})"))
+            .collect();
+        text += &format!("\nreleases: {}", releases.join(", "));
+        if self.releases.len() > 1 {
+            text += " (mixed: the fleet is rolling)";
+        }
         text += &format!("\nhealthy: {}\n", yes_no(self.healthy));
         text
     }
+}
+
+/// Formats at a glance: `log 2, checkpoint 2, snapshot 1` (the versions written; a range where
+/// older ones are read too: `log 2 (reads 1-2)`).
+fn formats(formats: &[FormatVersions]) -> String {
+    formats
+        .iter()
+        .map(|f| {
+            if f.reads_oldest == f.writes {
+                format!("{} {}", f.name, f.writes)
+            } else {
+                format!(
+                    "{} {} (reads {}-{})",
+                    f.name, f.writes, f.reads_oldest, f.writes
+                )
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// An uptime to read at a glance: `42s`, `7m05s`, `3h02m`, `12d04h`.
