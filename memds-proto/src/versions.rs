@@ -84,13 +84,14 @@ mod tests {
             },
         ]));
         assert!(text.starts_with(&format!("{RELEASE} (commit ")), "{text}");
-        assert!(text.contains("protocols: memds/2, memds/1\n"), "{text}");
-        assert!(
-            text.contains("snapshot format: writes 1, reads 1\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("log format: writes 3, reads 2 to 3\n"),
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[1..],
+            [
+                "protocols: memds/2, memds/1",
+                "snapshot format: writes 1, reads 1",
+                "log format: writes 3, reads 2 to 3",
+            ],
             "{text}"
         );
     }
