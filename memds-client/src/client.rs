@@ -198,6 +198,10 @@ pub struct ConnectOptions {
     /// Close the connection after this long without traffic (keep-alives are sent at a third of
     /// it, so an idle but healthy connection stays open).
     pub idle_timeout: Duration,
+    /// The protocol versions to offer, newest first: every version this build speaks by
+    /// default. Offering only `memds/1` makes the client talk as a router of release 0.1.0
+    /// would (tests use it; an operator may pin a version while a fleet rolls back).
+    pub protocols: Vec<Protocol>,
 }
 
 impl Default for ConnectOptions {
@@ -208,6 +212,7 @@ impl Default for ConnectOptions {
             max_frame_bytes: wire::DEFAULT_MAX_FRAME_BYTES,
             max_snapshot_bytes: snapshot::DEFAULT_MAX_ARCHIVE_BYTES,
             idle_timeout: Duration::from_secs(30),
+            protocols: Protocol::SPOKEN.to_vec(),
         }
     }
 }
@@ -223,7 +228,7 @@ pub struct Connector {
 impl Connector {
     /// Creates the endpoint (inside a tokio runtime).
     pub fn new(tls: &ClientTls, options: ConnectOptions) -> Result<Self, ClientError> {
-        let mut config = tls.quic_config()?;
+        let mut config = tls.quic_config_offering(&options.protocols)?;
         let mut transport = quinn::TransportConfig::default();
         transport
             .max_idle_timeout(Some(options.idle_timeout.try_into().map_err(

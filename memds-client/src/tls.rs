@@ -28,6 +28,7 @@ use std::sync::Arc;
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use memds_proto::wire::Protocol;
 
 /// The prefix of the subject-alternative-name URI that carries a client certificate's role:
 /// the role's name follows it (`urn:memds:role:router`, `…:admin`, `…:peer`).
@@ -157,6 +158,19 @@ impl ClientTls {
 
     /// The QUIC client configuration: TLS 1.3 with ring, ALPN `memds/2` and `memds/1`, newest first.
     pub fn quic_config(&self) -> Result<quinn::ClientConfig, TlsError> {
+        self.quic_config_offering(&Protocol::SPOKEN)
+    }
+
+    /// The QUIC client configuration offering only `protocols` in ALPN, in that order.
+    pub fn quic_config_offering(
+        &self,
+        protocols: &[Protocol],
+    ) -> Result<quinn::ClientConfig, TlsError> {
+        if protocols.is_empty() {
+            return Err(TlsError::Config(
+                "no protocol version to offer: name at least one".into(),
+            ));
+        }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = rustls::RootCertStore::empty();
         for ca in &self.roots {
@@ -174,7 +188,7 @@ impl ClientTls {
                 .map_err(|e| TlsError::Config(e.to_string()))?,
             None => builder.with_no_client_auth(),
         };
-        config.alpn_protocols = memds_proto::wire::Protocol::alpn_ids();
+        config.alpn_protocols = protocols.iter().map(|p| p.alpn().to_vec()).collect();
         let quic = quinn::crypto::rustls::QuicClientConfig::try_from(config)
             .map_err(|e| TlsError::Config(e.to_string()))?;
         Ok(quinn::ClientConfig::new(Arc::new(quic)))

@@ -7,10 +7,11 @@ mod common;
 use std::time::Duration;
 
 use common::{TestServer, connector, table, temp_dir};
-use memds_client::{ClientError, ClientTls, Role};
+use memds_client::{ClientError, ClientTls, ConnectOptions, Role};
 use memds_proto::model::PartitionSpec;
 use memds_proto::wire::{
-    self, ErrorCode, FrameDecoder, PartitionUpdate, Request, Response, Routes, WirePartition,
+    self, ErrorCode, FrameDecoder, PartitionUpdate, Protocol, Request, Response, Routes,
+    WirePartition,
 };
 use memds_proto::{Route, TableMap, key_hash};
 use memds_server::Limits;
@@ -238,10 +239,15 @@ struct Raw {
 
 impl Raw {
     async fn open(s: &TestServer, role: Role) -> Self {
+        Self::open_offering(s, role, &Protocol::SPOKEN).await
+    }
+
+    /// A raw stream on a connection that offered only `protocols` in ALPN.
+    async fn open_offering(s: &TestServer, role: Role, protocols: &[Protocol]) -> Self {
         let tls = ClientTls::from_dir(&s.tls_dir(), role).expect("tls");
         let mut endpoint =
             quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
-        endpoint.set_default_client_config(tls.quic_config().expect("config"));
+        endpoint.set_default_client_config(tls.quic_config_offering(protocols).expect("config"));
         let conn = endpoint
             .connect(s.addr, "localhost")
             .expect("connect")
@@ -270,6 +276,80 @@ impl Raw {
             }
         }
     }
+}
+
+/// Each connection settles on the newest version both ends offer; a client offering only
+/// memds/1 (as a router of release 0.1.0 does) gets memds/1, is served, and cannot send what
+/// memds/1 lacks: the client refuses before sending, and a server sent one anyway on a memds/1
+/// connection answers `malformed` and goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_protocol_version_is_negotiated_and_a_memds_1_connection_gets_only_memds_1() {
+    let mut s = TestServer::start("protocols").await;
+    let admin = s.client(Role::Admin).await;
+    let map = table(0, 200, 3);
+    admin.put_table(&map).await.expect("put");
+
+    // The current client: memds/2, and the server says what it is.
+    assert_eq!(admin.protocol(), Protocol::V2);
+    let info = admin.server_info().await.expect("server-info");
+    assert_eq!(info, memds_server::server_info());
+    assert_eq!(info.release, env!("CARGO_PKG_VERSION"));
+    assert_eq!(info.protocols, ["memds/2", "memds/1"]);
+    let log = info.formats.iter().find(|f| f.name == "log").expect("log");
+    assert_eq!((log.writes, log.reads_oldest), (2, 2));
+
+    // A client offering memds/1 only: served in memds/1.
+    let old = common::connector_with(
+        &s.tls_dir(),
+        Role::Router,
+        ConnectOptions {
+            protocols: vec![Protocol::V1],
+            ..ConnectOptions::default()
+        },
+    )
+    .connect(s.addr)
+    .await
+    .expect("connects");
+    assert_eq!(old.protocol(), Protocol::V1);
+    let hash = map.partitions()[17].start;
+    let routes = old.lookup(map.name().as_str(), hash).await.expect("lookup");
+    assert_eq!(resolved(&old, &map, &routes).await, vec![map.route(hash)]);
+    let before = old.stats().await.expect("stats").requests_total;
+    match old.server_info().await {
+        Err(ClientError::NotInProtocol {
+            request: "server-info",
+            protocol: Protocol::V1,
+            needs: Protocol::V2,
+        }) => {}
+        other => panic!("expected the client to refuse, got {other:?}"),
+    }
+    // Nothing was sent: the next request is the only one the server counted since.
+    assert_eq!(
+        old.stats().await.expect("stats").requests_total,
+        before + 1
+    );
+
+    // Sent anyway on a memds/1 connection: refused as malformed, and the connection goes on.
+    let mut raw = Raw::open_offering(&s, Role::Router, &[Protocol::V1]).await;
+    let mut frames = Vec::new();
+    wire::encode_request(7, &Request::ServerInfo, &mut frames);
+    wire::encode_request(8, &Request::Stats, &mut frames);
+    raw.send.write_all(&frames).await.expect("send");
+    match raw.next().await {
+        Some((7, Response::Error(e))) => {
+            assert_eq!(e.code, ErrorCode::Malformed, "{e:?}");
+            assert!(e.message.contains("memds/1"), "{}", e.message);
+        }
+        other => panic!("expected malformed, got {other:?}"),
+    }
+    assert!(matches!(raw.next().await, Some((8, Response::Stats(_)))));
+    // The same frame on a memds/2 connection is answered.
+    let mut raw = Raw::open(&s, Role::Router).await;
+    let mut frame = Vec::new();
+    wire::encode_request(9, &Request::ServerInfo, &mut frame);
+    raw.send.write_all(&frame).await.expect("send");
+    assert!(matches!(raw.next().await, Some((9, Response::ServerInfo(i))) if i == info));
+    s.stop().await;
 }
 
 fn raw_frame(id: u64, payload: &[u8]) -> Vec<u8> {
