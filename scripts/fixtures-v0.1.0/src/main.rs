@@ -19,9 +19,9 @@ use std::path::{Path, PathBuf};
 
 use memds_proto::model::{NodeSpec, PartitionSpec, TableSpec};
 use memds_proto::wire::{
-    BatchUpdate, ErrorCode, ErrorReply, HashRange, NodeList, PartitionUpdate, RangeUpdate,
-    Request, Response, Routes, ServerStats, Summary, TableInfo, TableSummary, TreeDigests,
-    TreeEntry, WireRoute, WriteAck,
+    BatchUpdate, ErrorCode, ErrorReply, HashRange, NodeList, PartitionUpdate, RangeUpdate, Request,
+    Response, Routes, ServerStats, Summary, TableInfo, TableSummary, TreeDigests, TreeEntry,
+    WireRoute, WriteAck,
 };
 use memds_proto::{TableMap, snapshot};
 
@@ -593,8 +593,8 @@ fn inputs(dir: &Path) {
 }
 
 fn read_json(path: &Path) -> serde_json::Value {
-    let text = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
