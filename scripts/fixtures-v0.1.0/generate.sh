@@ -49,7 +49,7 @@ trap 'kill "$server_pid" 2>/dev/null || true; rm -rf "$work"' EXIT
 server_pid=
 
 generator() {
-  CARGO_TARGET_DIR="$old/target" cargo run --quiet --manifest-path "$here/Cargo.toml" -- "$@"
+  CARGO_TARGET_DIR="$target_dir" cargo run --quiet --manifest-path "$here/Cargo.toml" -- "$@"
 }
 
 say "wire frames and snapshot -> $wire_out"
