@@ -83,4 +83,9 @@ if [ "$(cat "$node_dir/.pins" 2>/dev/null)" != "$models" ]; then
   echo "$models" >"$node_dir/.pins"
 fi
 
+# The previous release (v0.1.0, commit 593893d) for the mixed-version tests
+# (memds-server/tests/compat.rs), built once into the target directory.
+MEMDS_PREVIOUS_RELEASE_BIN="$(scripts/previous-release.sh)"
+export MEMDS_PREVIOUS_RELEASE_BIN
+
 exec cargo test --workspace "$@"
