@@ -26,9 +26,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use memds_proto::wire::Protocol;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use memds_proto::wire::Protocol;
 
 /// The prefix of the subject-alternative-name URI that carries a client certificate's role:
 /// the role's name follows it (`urn:memds:role:router`, `…:admin`, `…:peer`).

@@ -324,10 +324,7 @@ async fn the_protocol_version_is_negotiated_and_a_memds_1_connection_gets_only_m
         other => panic!("expected the client to refuse, got {other:?}"),
     }
     // Nothing was sent: the next request is the only one the server counted since.
-    assert_eq!(
-        old.stats().await.expect("stats").requests_total,
-        before + 1
-    );
+    assert_eq!(old.stats().await.expect("stats").requests_total, before + 1);
 
     // Sent anyway on a memds/1 connection: refused as malformed, and the connection goes on.
     let mut raw = Raw::open_offering(&s, Role::Router, &[Protocol::V1]).await;
