@@ -69,3 +69,22 @@ fn bench_map_refuses_bad_arguments() {
             .contains("--tables must be between 1 and --partitions")
     );
 }
+
+#[test]
+fn version_names_the_build_protocols_and_snapshot_format() {
+    let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .arg("--version")
+        .output()
+        .expect("runs");
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    assert_eq!(
+        text.lines().collect::<Vec<_>>(),
+        [
+            format!("loadgen {}", memds_proto::versions::build()).as_str(),
+            "protocols: memds/2, memds/1",
+            "snapshot format: writes 1, reads 1",
+        ],
+        "{text}"
+    );
+}

@@ -22,8 +22,9 @@ use std::path::{Path, PathBuf};
 
 use common::{free_port, temp_dir};
 use memds_client::{ClientError, Role};
+use memds_proto::model::{BatchEdit, BatchSpec, UpdateSpec};
 use memds_proto::model::{NodeSpec, PartitionSpec, TableSpec};
-use memds_proto::wire::{BatchUpdate, ErrorCode, PartitionUpdate, Summary};
+use memds_proto::wire::{BatchUpdate, ErrorCode, Summary};
 use memds_proto::{Route, TableMap, key_hash};
 use previous::{Pki, Release, ServerSpec, copy_dir, ctl_ok, wait_for};
 
@@ -386,7 +387,7 @@ async fn old_and_new_servers_replicate_writes_both_ways() {
 
     // 3. Both running: each forwards its writes to the other.
     let admin_new = pki.client(new_addr, Role::Admin).await;
-    let update: PartitionUpdate = input_json("orders-update-v11.json");
+    let update: UpdateSpec = input_json("orders-update-v11.json");
     assert_eq!(
         admin_new
             .update_partitions(update)
@@ -401,6 +402,47 @@ async fn old_and_new_servers_replicate_writes_both_ways() {
             .any(|t| t.name == "orders" && t.version == 11)
     })
     .await;
+
+    // fleet-status sees the mixed fleet: each server's release and the protocol each
+    // connection settled on. The old server speaks memds/1 only and does not say what it reads;
+    // the old memds-ctl's status of the same fleet works too (memds/1 both ways).
+    let both = [old_addr, new_addr];
+    let status: serde_json::Value =
+        serde_json::from_str(&ctl_ok(Release::Current, &pki, &both, &["fleet-status"]).await)
+            .expect("fleet-status JSON");
+    assert_eq!(
+        status["releases"],
+        serde_json::json!({"0.1.0": 1, env!("CARGO_PKG_VERSION"): 1}),
+        "{status}"
+    );
+    let (old_status, new_status) = (&status["servers"][0], &status["servers"][1]);
+    assert_eq!(old_status["release"], "0.1.0", "{status}");
+    assert_eq!(old_status["protocol"], "memds/1", "{status}");
+    assert!(old_status["protocols"].is_null() && old_status["formats"].is_null());
+    assert_eq!(new_status["release"], env!("CARGO_PKG_VERSION"), "{status}");
+    assert_eq!(new_status["protocol"], "memds/2", "{status}");
+    assert_eq!(
+        new_status["protocols"],
+        serde_json::json!(["memds/2", "memds/1"])
+    );
+    let table = ctl_ok(
+        Release::Current,
+        &pki,
+        &both,
+        &["fleet-status", "--format", "table"],
+    )
+    .await;
+    assert!(table.contains("(mixed: the fleet is rolling)"), "{table}");
+    let old_view: serde_json::Value =
+        serde_json::from_str(&ctl_ok(Release::Previous, &pki, &both, &["fleet-status"]).await)
+            .expect("the old fleet-status JSON");
+    assert_eq!(old_view["servers"][0]["build"], "0.1.0", "{old_view}");
+    assert_eq!(
+        old_view["servers"][1]["build"],
+        env!("CARGO_PKG_VERSION"),
+        "{old_view}"
+    );
+
     ctl_ok(
         Release::Previous,
         &pki,
@@ -651,15 +693,19 @@ async fn the_old_server_reads_a_new_data_directory_whole_or_refuses_to_start() {
         .await
         .expect("put");
     admin
-        .update_partitions(input_json("orders-update-v11.json"))
+        .update_partitions(input_json::<UpdateSpec>("orders-update-v11.json"))
         .await
         .expect("update");
     admin
-        .update_batch(input_json("orders-batch-v12.json"))
+        .update_batch(BatchEdit::from(input_json::<BatchSpec>(
+            "orders-batch-v12.json",
+        )))
         .await
         .expect("batch");
     admin
-        .update_batch(input_json("regions-batch-v3.json"))
+        .update_batch(BatchEdit::from(input_json::<BatchSpec>(
+            "regions-batch-v3.json",
+        )))
         .await
         .expect("batch");
     admin

@@ -412,3 +412,51 @@ fn pki_certificates_carry_the_roles_a_server_enforces() {
 
     runtime.block_on(server.stop());
 }
+
+/// `--version` prints the build, the protocol versions and the format versions (the server's
+/// log, checkpoint and snapshot formats; memds-ctl's snapshot format), as `server-info` says
+/// them.
+#[test]
+fn every_binary_prints_its_build_protocols_and_formats() {
+    let info = memds_server::server_info();
+    for (binary, path, formats) in [
+        (
+            "memds-server",
+            env!("CARGO_BIN_EXE_memds-server"),
+            &["log", "checkpoint", "snapshot"][..],
+        ),
+        (
+            "memds-ctl",
+            env!("CARGO_BIN_EXE_memds-ctl"),
+            &["snapshot"][..],
+        ),
+    ] {
+        let out = Command::new(path).arg("--version").output().expect("runs");
+        assert!(out.status.success(), "{binary}: {out:?}");
+        let text = String::from_utf8(out.stdout).expect("utf-8");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], format!("{binary} {}", info.build), "{text}");
+        assert_eq!(lines[1], "protocols: memds/2, memds/1", "{text}");
+        let named: Vec<&str> = lines[2..]
+            .iter()
+            .map(|l| l.split(" format: ").next().expect("a name"))
+            .collect();
+        assert_eq!(named, formats, "{text}");
+        for f in info
+            .formats
+            .iter()
+            .filter(|f| formats.contains(&f.name.as_str()))
+        {
+            assert!(
+                lines.contains(
+                    &format!(
+                        "{} format: writes {}, reads {}",
+                        f.name, f.writes, f.reads_oldest
+                    )
+                    .as_str()
+                ),
+                "{text}"
+            );
+        }
+    }
+}
