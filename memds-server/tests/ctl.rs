@@ -403,7 +403,7 @@ fn pki_certificates_carry_the_roles_a_server_enforces() {
             "tables",
         ]);
         assert!(!ok && stdout.is_empty(), "{cert:?} was let in: {stdout}");
-        assert!(stderr.contains("connection"), "{cert:?}: {stderr}");
+        assert!(stderr.contains("connect"), "{cert:?}: {stderr}");
     }
     // Another CA's certificate fails the handshake; the others pass it but have no role.
     let after = runtime.block_on(server.scrape());
