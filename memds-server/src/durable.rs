@@ -13,6 +13,17 @@
 //!   bytes, the payload (an rkyv `Vec<WalRecord>`), zero padding to a multiple of 8. The header's
 //!   own check lets a reader test any 8-byte-aligned offset for a frame cheaply, which is how it
 //!   tells a torn tail from damage in the middle.
+
+//! # Format versions
+//!
+//! The magic names the format: `MDSWAL` and two digits for a log ([`LOG_FORMAT`], 2), `MDSSTAT`
+//! and one for a checkpoint ([`CHECKPOINT_FORMAT`], 2); release 0.1.0 wrote both. The records
+//! are this module's own types ([`WalRecord`], [`LogBatch`], [`LogUpdate`], [`LogRange`],
+//! [`LogNode`], [`LogPartition`]), never the wire's or the JSON's, converted from and to the
+//! in-memory [`BatchEdit`]; a change to their bytes is a new format version, read beside the
+//! old. Before anything else, recovery reads every header: one naming a format outside
+//! `[LOG_FORMAT_OLDEST, LOG_FORMAT]` (or the checkpoint's range) stops it with
+//! [`DurableError::Format`], in every [`RecoveryMode`], with nothing cut or set aside.
 //!
 //! # Recovery (the rules ARCHITECTURE.md states as invariants)
 //!
