@@ -200,7 +200,7 @@ pub struct ConnectOptions {
     pub idle_timeout: Duration,
     /// The protocol versions to offer, newest first: every version this build speaks by
     /// default. Offering only `memds/1` makes the client talk as a router of release 0.1.0
-    /// would (tests use it; an operator may pin a version while a fleet rolls back).
+    /// would (the mixed-version tests use it).
     pub protocols: Vec<Protocol>,
 }
 
