@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use crate::cache::Inner;
 use crate::dispatcher::{
     BatchMachine, Job, Outcome, PickServer, SendKind, Tally, Timing, Waiter, deadline, group,
-    is_overloaded, is_refusal,
+    is_overloaded, is_refusal, linger_until,
 };
 use crate::fleet::{Fleet, InFlight, Server};
 use crate::registry::{Nodes, TableState};
@@ -40,6 +40,8 @@ pub(crate) async fn dispatch(inner: Arc<Inner>, mut shutdown: watch::Receiver<bo
     const IDLE_BUF: usize = 64;
     let mut buf = Vec::new();
     let mut backstop = DISPATCH_BACKSTOP;
+    // When the refreshes held in `buf` were first taken (see `linger_until`).
+    let mut held_since: Option<Instant> = None;
     loop {
         take(&inner, &mut buf, MAX_TAKE);
         if buf.is_empty() {
@@ -61,6 +63,31 @@ pub(crate) async fn dispatch(inner: Arc<Inner>, mut shutdown: watch::Receiver<bo
             continue;
         }
         backstop = DISPATCH_BACKSTOP;
+        let now = Instant::now();
+        let since = *held_since.get_or_insert(now);
+        // A caller of `drain` waits for every queued lookup: nothing is held meanwhile.
+        let linger = if inner.draining.load(Ordering::SeqCst) > 0 {
+            Duration::ZERO
+        } else {
+            inner.refresh_linger
+        };
+        if let Some(until) = linger_until(&buf, since, now, linger, inner.max_batch) {
+            // Hold the refreshes: a miss (queued before the flag was seen, or waking us after)
+            // ends the wait, refreshes do not.
+            inner.dispatcher_lingering.store(true, Ordering::SeqCst);
+            if inner.queue.is_empty() {
+                tokio::select! {
+                    _ = shutdown.wait_for(|s| *s) => {}
+                    () = inner.wake.notified() => {}
+                    () = tokio::time::sleep_until(until.into()) => {}
+                }
+            }
+            inner.dispatcher_lingering.store(false, Ordering::SeqCst);
+            if !*shutdown.borrow() {
+                continue;
+            }
+        }
+        held_since = None;
         for jobs in group(&mut buf, inner.max_batch) {
             let table = inner.by_id(jobs[0].table);
             send_batch(&inner, table, jobs);
@@ -636,6 +663,18 @@ pub(crate) async fn nodes_for(
 }
 
 impl Inner {
+    /// Wakes the dispatcher for a miss: from its sleep, or from holding refreshes (a miss goes
+    /// at once and carries them).
+    pub(crate) fn wake_for_miss(&self) {
+        if self.dispatcher_lingering.load(Ordering::SeqCst)
+            && self.dispatcher_lingering.swap(false, Ordering::AcqRel)
+        {
+            self.wake.notify_one();
+            return;
+        }
+        self.wake_dispatcher();
+    }
+
     pub(crate) fn wake_dispatcher(&self) {
         if self.dispatcher_asleep.load(Ordering::SeqCst)
             && self.dispatcher_asleep.swap(false, Ordering::AcqRel)

@@ -80,6 +80,7 @@ pub(crate) struct Inner {
     pub(crate) request_timeout: Duration,
     pub(crate) hedge_delay: Duration,
     pub(crate) max_batch: usize,
+    pub(crate) refresh_linger: Duration,
     /// Every table the cache has seen, by name and by id: the slow path's registry (hits use
     /// each thread's own handles). Tables are never removed.
     pub(crate) registry: RwLock<Registry>,
@@ -92,6 +93,10 @@ pub(crate) struct Inner {
     /// woken only when it sleeps.
     pub(crate) queue: MissQueue,
     pub(crate) dispatcher_asleep: AtomicBool,
+    /// The dispatcher holds refreshes for `refresh_linger`: a miss wakes it, a refresh does not.
+    pub(crate) dispatcher_lingering: AtomicBool,
+    /// Callers of `drain` waiting: refreshes are not held meanwhile.
+    pub(crate) draining: std::sync::atomic::AtomicUsize,
     pub(crate) wake: Notify,
     pub(crate) fleet: Fleet,
     pub(crate) counters: Counters,
@@ -171,12 +176,15 @@ impl RouterCache {
             request_timeout: config.request_timeout,
             hedge_delay: config.hedge_delay,
             max_batch: config.max_batch.clamp(1, wire::DEFAULT_MAX_BATCH),
+            refresh_linger: config.refresh_linger,
             registry: RwLock::new(Registry::default()),
             local: thread_local::ThreadLocal::new(),
             threads: thread_local::ThreadLocal::new(),
             queue_bound: config.queue_bound.max(1),
             queue: MissQueue::new(config.queue_bound.max(1)),
             dispatcher_asleep: AtomicBool::new(false),
+            dispatcher_lingering: AtomicBool::new(false),
+            draining: std::sync::atomic::AtomicUsize::new(0),
             wake: Notify::new(),
             fleet,
             counters: Counters::default(),
@@ -430,9 +438,19 @@ impl RouterCache {
         })
     }
 
-    /// Waits until every queued and in-flight lookup has been answered or given up, then
-    /// brings the hit snapshots up to date. After `shutdown` it returns at once.
+    /// Waits until every queued and in-flight lookup has been answered or given up (refreshes
+    /// held for `refresh_linger` are sent at once), then brings the hit snapshots up to date.
+    /// After `shutdown` it returns at once.
     pub async fn drain(&self) {
+        struct Draining<'a>(&'a Inner);
+        impl Drop for Draining<'_> {
+            fn drop(&mut self) {
+                self.0.draining.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        self.inner.draining.fetch_add(1, Ordering::SeqCst);
+        let _draining = Draining(&self.inner);
+        self.inner.wake_for_miss();
         loop {
             let notified = self.inner.idle.notified();
             if self.inner.outstanding() == 0 || self.inner.closed.load(Ordering::SeqCst) {
@@ -560,7 +578,7 @@ impl Inner {
                     }
                 }
             }
-            self.wake_dispatcher();
+            self.wake_for_miss();
             rx.await.unwrap_or(Err(CacheError::Shutdown))
         };
         match tokio::time::timeout(self.request_timeout, waited).await {

@@ -61,6 +61,13 @@ pub struct Config {
     pub hedge_delay: Duration,
     /// Most hashes per batch frame.
     pub max_batch: usize,
+    /// How long the dispatcher may hold refreshes (a hit's lookup sent to the fleet) to send
+    /// them together: until this long after the first was taken, until a frame's worth
+    /// (`max_batch`) waits, or until a miss comes, which goes at once and carries them with it.
+    /// A refresh is not latency-critical: the fleet still gets one lookup per call, in fewer
+    /// frames and packets, and a refreshed route is at most this much older. Zero sends each
+    /// round's refreshes at once.
+    pub refresh_linger: Duration,
     /// First delay before reconnecting to a server (doubling, with jitter, up to
     /// `reconnect_max`; back to this only after a connection that stayed up for
     /// `reconnect_max`, so a server closing connections at once, as one at its connection
@@ -80,6 +87,9 @@ pub struct Config {
     pub metrics_instance: Option<String>,
 }
 
+/// The default [`Config::refresh_linger`].
+pub const DEFAULT_REFRESH_LINGER: Duration = Duration::from_millis(2);
+
 impl Config {
     /// Defaults for a fleet and TLS material.
     pub fn new(servers: Vec<SocketAddr>, tls: ClientTls) -> Self {
@@ -96,6 +106,7 @@ impl Config {
             request_timeout: Duration::from_secs(2),
             hedge_delay: Duration::from_millis(50),
             max_batch: 1024,
+            refresh_linger: DEFAULT_REFRESH_LINGER,
             reconnect_min: Duration::from_millis(20),
             reconnect_max: Duration::from_secs(2),
             table_refresh: Duration::from_secs(1),
@@ -139,6 +150,12 @@ impl Builder {
     /// Sets the largest batch frame.
     pub fn max_batch(mut self, hashes: usize) -> Self {
         self.config.max_batch = hashes.clamp(1, wire::DEFAULT_MAX_BATCH);
+        self
+    }
+    /// Sets how long refreshes may wait to share a frame ([`Config::refresh_linger`]); zero
+    /// sends them at once.
+    pub fn refresh_linger(mut self, linger: Duration) -> Self {
+        self.config.refresh_linger = linger;
         self
     }
     /// Sets how often Classic whole-table mode brings its downloaded tables up to date.

@@ -69,6 +69,21 @@ pub(crate) fn group(jobs: &mut Vec<Job>, max_batch: usize) -> Vec<Vec<Job>> {
     batches
 }
 
+/// Whether the dispatcher holds the jobs it took, and until when: only refreshes (a miss goes
+/// at once, with every refresh held), fewer than a frame's worth (`max_batch`), and `linger`
+/// not yet over since the first of them was taken (`since`). `None`: send now.
+pub(crate) fn linger_until(
+    jobs: &[Job],
+    since: Instant,
+    now: Instant,
+    linger: Duration,
+    max_batch: usize,
+) -> Option<Instant> {
+    let until = since + linger;
+    (now < until && jobs.len() < max_batch && jobs.iter().all(|j| j.waiter.is_none()))
+        .then_some(until)
+}
+
 /// The earliest deadline of a batch's misses; `now` for a batch of refreshes only (it has no
 /// deadline to keep: it is not retried).
 pub(crate) fn deadline(jobs: &[Job], now: Instant) -> Instant {
@@ -687,6 +702,39 @@ pub(crate) enum Retry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refreshes_linger_until_a_miss_a_full_frame_or_the_bound() {
+        let t0 = Instant::now();
+        let linger = Duration::from_millis(2);
+        let refresh = |hash| Job {
+            table: 0,
+            hash,
+            waiter: None,
+        };
+        let refreshes: Vec<Job> = (0..10).map(refresh).collect();
+        // Held until the bound, counted from the first one taken.
+        assert_eq!(
+            linger_until(&refreshes, t0, t0 + Duration::from_millis(1), linger, 1024),
+            Some(t0 + linger)
+        );
+        // Past the bound, with a frame's worth, or with no linger: sent now.
+        assert_eq!(
+            linger_until(&refreshes, t0, t0 + linger, linger, 1024),
+            None
+        );
+        assert_eq!(linger_until(&refreshes, t0, t0, linger, 10), None);
+        assert_eq!(linger_until(&refreshes, t0, t0, Duration::ZERO, 1024), None);
+        // A miss goes at once, and the refreshes with it.
+        let (tx, _rx) = oneshot::channel();
+        let mut with_miss = refreshes;
+        with_miss.push(Job {
+            table: 0,
+            hash: 99,
+            waiter: Some((tx, t0 + Duration::from_secs(1))),
+        });
+        assert_eq!(linger_until(&with_miss, t0, t0, linger, 1024), None);
+    }
     #[test]
     pub(crate) fn a_request_shed_or_refused_avoids_those_servers_and_says_why_it_failed() {
         let mut r = Refusals::default();

@@ -121,6 +121,85 @@ async fn constant_work_server_lookups_equal_route_calls_at_any_hit_rate() {
     s.shutdown().await;
 }
 
+/// Refreshes wait to share a frame (`refresh_linger`), and a miss does not wait: it goes at
+/// once and carries the held refreshes in its frame. The fleet still gets one lookup per call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_refreshes_leave_with_the_next_miss_in_one_frame() {
+    let dir = temp_dir("linger");
+    let s = server(dir.path().to_owned(), None, any_port()).await;
+    let tls = dir.path().join("tls");
+    let admin = admin(&tls, s.quic_addr).await;
+    let m = map(500);
+    admin.put_table(&m).await.expect("put");
+    let name = m.name().as_str();
+    // A linger far longer than the test: only a miss or a full frame sends refreshes.
+    let c = RouterCache::builder(
+        vec![s.quic_addr],
+        ClientTls::from_dir(&tls, Role::Router).expect("tls"),
+    )
+    .hedge_delay(Duration::from_secs(30))
+    .request_timeout(Duration::from_secs(20))
+    .refresh_linger(Duration::from_secs(60))
+    .build()
+    .await
+    .expect("cache starts");
+    // One hash in each of 40 partitions: 40 misses, no hit among them.
+    let warm: Vec<u64> = (0..40).map(|i| m.partitions()[i * 10].start).collect();
+    for &h in &warm {
+        // Misses: each goes at once, whatever the linger.
+        assert_eq!(*c.route_hash(name, h).await.expect("miss"), m.route(h));
+    }
+    let frames = |st: memds_proto::wire::ServerStats| (st.requests_total, st.lookups_total);
+    let (requests_before, lookups_before) = frames(admin.stats().await.expect("stats"));
+    let hits_before = c.stats().hits;
+    assert_eq!(hits_before, 0);
+    for &h in &warm {
+        assert_eq!(*c.route_hash(name, h).await.expect("hit"), m.route(h));
+    }
+    assert_eq!(c.stats().hits - hits_before, 40);
+    // Held: the server has seen none of the 40 refreshes (the stats request is the only one).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (requests, lookups) = frames(admin.stats().await.expect("stats"));
+    assert_eq!(
+        (requests - requests_before, lookups - lookups_before),
+        (1, 0),
+        "the refreshes left before the linger or a miss"
+    );
+    // A miss: answered without waiting for the linger, and its frame carries the 40 refreshes.
+    let fresh = m.partitions()[401].start;
+    let started = std::time::Instant::now();
+    assert_eq!(
+        *c.route_hash(name, fresh).await.expect("miss"),
+        m.route(fresh)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the miss waited for the linger"
+    );
+    c.drain().await;
+    let (requests_after, lookups_after) = frames(admin.stats().await.expect("stats"));
+    assert_eq!(lookups_after - lookups, 41, "one lookup per call");
+    assert_eq!(
+        requests_after - requests,
+        2,
+        "one frame for the miss and the 40 refreshes, one for this stats request"
+    );
+    // `drain` does not wait out the linger: held refreshes leave at once.
+    for &h in &warm[..10] {
+        c.route_hash(name, h).await.expect("hit");
+    }
+    let started = std::time::Instant::now();
+    c.drain().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "drain waited for the linger"
+    );
+    let (_, lookups_drained) = frames(admin.stats().await.expect("stats"));
+    assert_eq!(lookups_drained - lookups_after, 10);
+    c.shutdown();
+    s.shutdown().await;
+}
+
 /// Runs `f` on `n` threads of their own (each with its own hit handles and refresh ring), giving
 /// it the thread's index and the test's runtime to block on, and collects what they return.
 fn on_threads<T: Send>(n: usize, f: impl Fn(usize, &Handle) -> T + Sync) -> Vec<T> {
