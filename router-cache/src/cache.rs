@@ -46,7 +46,7 @@ use memds_proto::wire;
 use memds_proto::{Route, TableName, key_hash};
 use tokio::sync::{Notify, oneshot, watch};
 
-pub use crate::config::{Builder, Config, Mode};
+pub use crate::config::{Builder, Config, DEFAULT_REFRESH_LINGER, Mode};
 pub use crate::stats::{CacheError, CacheStats};
 
 use crate::batch::dispatch;

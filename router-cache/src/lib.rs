@@ -116,7 +116,9 @@ pub mod table;
 mod tasks;
 mod whole;
 
-pub use cache::{Builder, CacheError, CacheStats, Config, Invalidate, Mode, RouterCache};
+pub use cache::{
+    Builder, CacheError, CacheStats, Config, DEFAULT_REFRESH_LINGER, Invalidate, Mode, RouterCache,
+};
 pub use explain::{CachedRoute, DumpCounts, Explanation, TableDump, WarmKind, Warmed};
 pub use memds_client::{ClientTls, ConnectOptions, Role};
 pub use memds_proto::{Route, key_hash};
