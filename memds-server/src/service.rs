@@ -191,13 +191,17 @@ fn with_table(
     name: &rkyv::string::ArchivedString,
     f: impl FnOnce(&CompactTable) -> Response,
 ) -> Response {
-    match store.table(name.as_str()) {
-        Some(t) => f(&t),
-        None => Response::Error(ErrorReply::new(
-            ErrorCode::UnknownTable,
-            format!("no table named {:?}", name.as_str()),
-        )),
-    }
+    store.read(|tables| match tables.get(name.as_str()) {
+        Some(t) => f(t),
+        None => unknown_table(name.as_str()),
+    })
+}
+
+fn unknown_table(name: &str) -> Response {
+    Response::Error(ErrorReply::new(
+        ErrorCode::UnknownTable,
+        format!("no table named {name:?}"),
+    ))
 }
 
 /// Like [`with_table`], for requests that name the lowest version they accept: a table older
@@ -212,15 +216,19 @@ fn with_table_at(
     let Some(min) = min_version.as_ref().map(|v| v.to_native()) else {
         return with_table(store, name, f);
     };
-    let tables = store.tables();
-    let held = match tables.get(name.as_str()) {
-        Some(t) if t.version().get() >= min => return f(t),
-        Some(t) => t.version().get(),
+    // One borrowed view of the tables for the whole decision: the table and its tombstone are
+    // read from the same state.
+    let held = match store.read(|tables| match tables.get(name.as_str()) {
+        Some(t) if t.version().get() >= min => Ok(f(t)),
+        Some(t) => Err(t.version().get()),
         // Dropped at or after the version asked for: the table is gone, not late.
         None if tables.tombstone(name.as_str()).is_some_and(|v| v >= min) => {
-            return with_table(store, name, f);
+            Ok(unknown_table(name.as_str()))
         }
-        None => 0,
+        None => Err(0),
+    }) {
+        Ok(response) => return response,
+        Err(held) => held,
     };
     outcome.behind = true;
     Response::Error(ErrorReply::new(

@@ -108,6 +108,14 @@ impl Store {
         self.tables.load_full()
     }
 
+    /// Runs `f` on the current tables, borrowed: no reference count is taken, so lookups on
+    /// every worker do not write one shared counter (`arc_swap`'s guard). Keep `f` short: it
+    /// is the read path.
+    #[inline]
+    pub fn read<R>(&self, f: impl FnOnce(&Tables) -> R) -> R {
+        f(&self.tables.load())
+    }
+
     /// Looks one table up.
     pub fn table(&self, name: &str) -> Option<Arc<CompactTable>> {
         self.tables.load().get(name).cloned()
