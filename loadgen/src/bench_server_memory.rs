@@ -151,7 +151,14 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         .thread_name("loadgen-cli")
         .enable_all()
         .build()?;
-    let spawn = || ServerProcess::spawn(&server_bin, data_dir.path(), args);
+    let spawn = || {
+        ServerProcess::spawn(
+            &server_bin,
+            data_dir.path(),
+            args.server_wrapper.as_deref(),
+            &args.server_arg,
+        )
+    };
 
     let server = spawn()?;
     let settle = Duration::from_secs_f64(args.settle_secs);
@@ -306,7 +313,7 @@ fn random_table(
 
 /// `memds-server` in the directory of this executable (`target/release` after
 /// `cargo build --release -p memds-server --bins`).
-fn default_server_bin() -> anyhow::Result<PathBuf> {
+pub(crate) fn default_server_bin() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("finding this executable")?;
     let bin = exe
         .parent()
@@ -322,22 +329,27 @@ fn default_server_bin() -> anyhow::Result<PathBuf> {
 }
 
 /// A running `memds-server` child process, stopped when dropped.
-struct ServerProcess {
+pub(crate) struct ServerProcess {
     /// The process started: the server, or the wrapper it runs under.
     child: Child,
     /// The server's own process id (the child's, without a wrapper).
-    pid: u32,
-    quic: SocketAddr,
-    metrics: SocketAddr,
-    tls_dir: PathBuf,
+    pub(crate) pid: u32,
+    pub(crate) quic: SocketAddr,
+    pub(crate) metrics: SocketAddr,
+    pub(crate) tls_dir: PathBuf,
 }
 
 impl ServerProcess {
     /// Starts the server on loopback port 0 over `data_dir` and reads its announcement.
-    fn spawn(server_bin: &Path, data_dir: &Path, args: &Args) -> anyhow::Result<Self> {
-        let wrapper: Vec<&str> = args
-            .server_wrapper
-            .as_deref()
+    /// `wrapper` is a command the server runs under (split on spaces), `extra` more arguments
+    /// for the server.
+    pub(crate) fn spawn(
+        server_bin: &Path,
+        data_dir: &Path,
+        wrapper: Option<&str>,
+        extra: &[String],
+    ) -> anyhow::Result<Self> {
+        let wrapper: Vec<&str> = wrapper
             .map(|w| w.split_whitespace().collect())
             .unwrap_or_default();
         let mut cmd = match wrapper.split_first() {
@@ -351,7 +363,7 @@ impl ServerProcess {
         cmd.args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
             .args(["--scrub-interval-secs", "0", "--data-dir"])
             .arg(data_dir)
-            .args(&args.server_arg)
+            .args(extra)
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -409,7 +421,7 @@ impl ServerProcess {
 
     /// Stops the server (SIGTERM, so it shuts down cleanly and a wrapper can finish its work;
     /// SIGKILL after 60 seconds) and waits for it.
-    fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         self.terminate();
     }
 

@@ -25,6 +25,10 @@
 //!   encoding against the naive design and zstd, measured in one run.
 //! - `bench_server`: `loadgen bench-server`, lookups per server CPU-second over QUIC against
 //!   Redis GET pipelined 16 deep, both measured in the same run.
+//! - `bench_cost`: `loadgen bench-cost`, what constant work costs per request in steady state
+//!   (server CPU per lookup, router CPU per refresh, lookups per frame, miss latency) against a
+//!   real `memds-server` process at several router counts and rates, in both modes, beside the
+//!   batched figure and Redis GET without pipelining.
 //! - `bench_cache`: `loadgen bench-cache`, the router cache's hit path against moka and
 //!   quick_cache gets, in one run.
 //! - `bench_server_memory`: `loadgen bench-server-memory`, the RSS of a real `memds-server`
@@ -42,6 +46,7 @@
 
 mod alloc;
 mod bench_cache;
+mod bench_cost;
 mod bench_fleet;
 mod bench_map;
 mod bench_server;
@@ -83,6 +88,11 @@ enum Command {
     /// Lookups per server CPU-second over QUIC (embedded or external servers), with Redis GET
     /// pipelined 16 deep as the baseline measured in the same run.
     BenchServer(bench_server::Args),
+    /// What constant work costs per request in steady state: a real memds-server process and
+    /// router caches at several router counts and rates, in ConstantWork and Classic mode
+    /// (server CPU per lookup, router CPU per refresh, lookups per frame, miss latency), beside
+    /// the batched figure and Redis GET without pipelining, in one run.
+    BenchCost(bench_cost::Args),
     /// Hit-path latency of the router cache (ConstantWork, enqueue included) next to moka and
     /// quick_cache gets on the same keys, in one run.
     BenchCache(bench_cache::Args),
@@ -101,6 +111,7 @@ fn main() -> anyhow::Result<()> {
         Command::Experiment(args) => experiment::run(&args),
         Command::BenchMap(args) => bench_map::run(&args),
         Command::BenchServer(args) => bench_server::run(&args),
+        Command::BenchCost(args) => bench_cost::run(&args),
         Command::BenchCache(args) => bench_cache::run(&args),
         Command::BenchServerMemory(args) => bench_server_memory::run(&args),
         Command::BenchFleet(args) => bench_fleet::run(&args),

@@ -1,0 +1,149 @@
+//! Runs the real `loadgen bench-cost` binary against a real `memds-server` process with tiny
+//! settings and checks its report: every figure present, ConstantWork sending one server lookup
+//! per call and Classic (almost) none in steady state, CPU figures positive. No timing target:
+//! the figures depend on the machine. It runs Redis too (`redis-server`, `redis-benchmark`:
+//! scripts/test.sh installs them); a missing tool fails the test.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The `memds-server` binary of the same profile as this test's `loadgen`, built now so it
+/// matches the sources (a package's tests only get its own binaries built).
+fn server_bin() -> PathBuf {
+    let loadgen = PathBuf::from(env!("CARGO_BIN_EXE_loadgen"));
+    let dir = loadgen.parent().expect("the binary is in a directory");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = Command::new(cargo);
+    build.args([
+        "build",
+        "--quiet",
+        "-p",
+        "memds-server",
+        "--bin",
+        "memds-server",
+    ]);
+    if dir.file_name().is_some_and(|n| n == "release") {
+        build.arg("--release");
+    }
+    let status = build.status().expect("cargo runs");
+    assert!(status.success(), "building memds-server failed");
+    dir.join("memds-server")
+}
+
+#[test]
+fn bench_cost_reports_every_figure_for_both_modes_and_the_references() {
+    let bin = server_bin();
+    let r = common::run_json(&[
+        "bench-cost",
+        "--points",
+        "4x50",
+        "--seconds",
+        "1",
+        "--warmup",
+        "0.5",
+        "--partitions",
+        "2000",
+        "--keys",
+        "50",
+        "--miss-rate",
+        "10",
+        "--server-bin",
+        bin.to_str().expect("a UTF-8 path"),
+        "--json",
+    ]);
+    let num = |v: &serde_json::Value, k: &str| common::num(v, k);
+
+    let batched = &r["batched"];
+    assert_eq!(num(batched, "batch"), 64.0);
+    for k in [
+        "lookups",
+        "server_cpu_seconds",
+        "server_cpu_per_lookup_us",
+        "lookups_per_server_cpu_s",
+    ] {
+        assert!(num(batched, k) > 0.0, "batched {k} = {}", num(batched, k));
+    }
+    let redis = &r["redis"];
+    assert_eq!(num(redis, "pipeline"), 1.0);
+    for k in [
+        "gets_per_s",
+        "server_cpu_seconds",
+        "gets_per_server_cpu_s",
+        "server_cpu_per_get_us",
+    ] {
+        assert!(num(redis, k) > 0.0, "redis {k} = {}", num(redis, k));
+    }
+    assert!(r["packets_note"].is_string());
+
+    let points = r["points"].as_array().expect("points is an array");
+    assert_eq!(points.len(), 1);
+    let p = &points[0];
+    assert_eq!(num(p, "routers"), 4.0);
+    assert_eq!(num(p, "rate_per_router"), 50.0);
+    for k in [
+        "router_cpu_per_refresh_us",
+        "server_cpu_per_lookup_vs_batched",
+        "server_cpu_per_lookup_vs_redis",
+    ] {
+        assert!(num(p, k).is_finite(), "{k} = {}", num(p, k));
+    }
+    for mode in ["constant_work", "classic"] {
+        let f = &p[mode];
+        for k in [
+            "window_seconds",
+            "requests",
+            "router_cpu_seconds",
+            "router_cpu_per_request_us",
+        ] {
+            assert!(num(f, k) > 0.0, "{mode} {k} = {}", num(f, k));
+        }
+        for k in [
+            "hit_stream_misses",
+            "misses",
+            "server_lookups",
+            "lookups_per_request",
+            "server_cpu_seconds",
+            "server_frames",
+            "lookups_per_frame",
+            "router_lookups_sent",
+            "router_dropped",
+            "server_cpu_per_lookup_us",
+            "server_cpu_per_request_us",
+            "miss_p50_us",
+            "miss_p99_us",
+        ] {
+            assert!(num(f, k) >= 0.0, "{mode} {k} = {}", num(f, k));
+        }
+        // The keys fit the caches, warmed before the window: the hit stream only hits.
+        assert_eq!(num(f, "hit_stream_misses"), 0.0, "{mode}: {f}");
+        assert!(num(f, "misses") > 0.0, "{mode}: the miss stream ran: {f}");
+        assert!(num(f, "miss_p99_us") >= num(f, "miss_p50_us"), "{f}");
+    }
+    let cw = &p["constant_work"];
+    let classic = &p["classic"];
+    // ConstantWork: one server lookup per call, hit or miss (a few may straddle the window's
+    // edges, and a hedged miss counts twice).
+    let calls = num(cw, "requests") + num(cw, "misses");
+    let ratio = num(cw, "server_lookups") / calls;
+    assert!(
+        (0.8..=1.2).contains(&ratio),
+        "constant-work lookups/calls {ratio}: {cw}"
+    );
+    // CPU is read in ticks of 10 ms: Classic's server may use less than one in the window,
+    // ConstantWork's may not.
+    assert!(num(cw, "server_cpu_seconds") > 0.0, "{cw}");
+    assert!(num(cw, "server_cpu_per_lookup_us") > 0.0, "{cw}");
+    assert!(num(cw, "lookups_per_frame") > 0.0, "{cw}");
+    // Classic: only the misses reach the server.
+    let classic_calls = num(classic, "requests") + num(classic, "misses");
+    assert!(
+        num(classic, "server_lookups") <= 2.0 * num(classic, "misses") + 5.0,
+        "classic sent more than its misses: {classic}"
+    );
+    assert!(
+        num(classic, "server_lookups") < 0.2 * classic_calls,
+        "classic: {classic}"
+    );
+}
