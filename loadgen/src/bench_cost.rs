@@ -119,6 +119,19 @@ pub(crate) struct Args {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// How long each router holds refreshes to share a frame (`Builder::refresh_linger`), in
+    /// milliseconds [default: the router cache's default].
+    #[arg(long)]
+    refresh_linger_ms: Option<f64>,
+}
+
+impl Args {
+    fn refresh_linger(&self) -> Duration {
+        self.refresh_linger_ms
+            .map_or(router_cache::DEFAULT_REFRESH_LINGER, |ms| {
+                Duration::from_secs_f64(ms.max(0.0) / 1e3)
+            })
+    }
 }
 
 /// What `bench-cost --json` prints.
@@ -127,6 +140,8 @@ struct Report {
     server_bin: String,
     partitions: usize,
     keys_per_router: usize,
+    /// The routers' refresh linger, in milliseconds.
+    refresh_linger_ms: f64,
     seconds: f64,
     warmup_seconds: f64,
     miss_rate: f64,
@@ -311,6 +326,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         server_bin: server_bin.display().to_string(),
         partitions: args.partitions,
         keys_per_router: args.keys,
+        refresh_linger_ms: args.refresh_linger().as_secs_f64() * 1e3,
         seconds: args.seconds,
         warmup_seconds: args.warmup,
         miss_rate: args.miss_rate,
@@ -479,6 +495,7 @@ async fn measure_point(
     // ones after them, each used once per run.
     let keys: Arc<Vec<u64>> = Arc::new((0..args.keys).map(|i| ctx.starts[2 * i]).collect());
     let mut starting = Vec::new();
+    let linger = args.refresh_linger();
     for _ in 0..point.routers {
         let (addr, tls_dir, table, keys) = (
             ctx.addr,
@@ -487,7 +504,7 @@ async fn measure_point(
             Arc::clone(&keys),
         );
         starting.push(tokio::spawn(async move {
-            start_router(addr, &tls_dir, mode, &table, &keys).await
+            start_router(addr, &tls_dir, mode, linger, &table, &keys).await
         }));
     }
     let mut routers = Vec::new();
@@ -603,11 +620,13 @@ async fn start_router(
     addr: SocketAddr,
     tls_dir: &Path,
     mode: Mode,
+    linger: Duration,
     table: &str,
     keys: &[u64],
 ) -> anyhow::Result<RouterCache> {
     let cache = RouterCache::builder(vec![addr], ClientTls::from_dir(tls_dir, Role::Router)?)
         .mode(mode)
+        .refresh_linger(linger)
         .build()
         .await
         .context("starting a router cache")?;
