@@ -652,6 +652,7 @@ async fn losing_servers_fails_no_hit_and_the_queue_bound_holds() {
         ClientTls::from_dir(&tls, Role::Router).expect("tls"),
     )
     .queue_bound(64)
+    .max_batch(64)
     .request_timeout(Duration::from_millis(800))
     .hedge_delay(Duration::from_millis(30))
     .build()
@@ -725,9 +726,11 @@ async fn losing_servers_fails_no_hit_and_the_queue_bound_holds() {
         }
     }
     let st = c.stats();
+    // The thread's ring (64), what one round takes from it (64), and what the dispatcher
+    // holds while refreshes linger (less than a frame's worth, `max_batch`).
     assert!(
-        max_depth <= 2 * 64,
-        "queue depth {max_depth} is not bounded by the queue"
+        max_depth <= 2 * 64 + 64,
+        "queue depth {max_depth} is not bounded by the queue and the frame"
     );
     assert!(
         st.dropped >= 20 * 200 / 2,
