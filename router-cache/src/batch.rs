@@ -72,10 +72,10 @@ pub(crate) async fn dispatch(inner: Arc<Inner>, mut shutdown: watch::Receiver<bo
             inner.refresh_linger
         };
         if let Some(until) = linger_until(&buf, since, now, linger, inner.max_batch) {
-            // Hold the refreshes: a miss (queued before the flag was seen, or waking us after)
-            // ends the wait, refreshes do not.
+            // Hold the refreshes: a miss or a drain (begun before the flag was seen, or waking
+            // us after it) ends the wait, refreshes do not.
             inner.dispatcher_lingering.store(true, Ordering::SeqCst);
-            if inner.queue.is_empty() {
+            if inner.queue.is_empty() && inner.draining.load(Ordering::SeqCst) == 0 {
                 tokio::select! {
                     _ = shutdown.wait_for(|s| *s) => {}
                     () = inner.wake.notified() => {}

@@ -450,8 +450,9 @@ impl RouterCache {
         }
         self.inner.draining.fetch_add(1, Ordering::SeqCst);
         let _draining = Draining(&self.inner);
-        self.inner.wake_for_miss();
         loop {
+            // Cut a linger short (each turn: a refresh queued since may have started another).
+            self.inner.wake_for_miss();
             let notified = self.inner.idle.notified();
             if self.inner.outstanding() == 0 || self.inner.closed.load(Ordering::SeqCst) {
                 break;
