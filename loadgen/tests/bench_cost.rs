@@ -6,35 +6,9 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Command;
-
-/// The `memds-server` binary of the same profile as this test's `loadgen`, built now so it
-/// matches the sources (a package's tests only get its own binaries built).
-fn server_bin() -> PathBuf {
-    let loadgen = PathBuf::from(env!("CARGO_BIN_EXE_loadgen"));
-    let dir = loadgen.parent().expect("the binary is in a directory");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut build = Command::new(cargo);
-    build.args([
-        "build",
-        "--quiet",
-        "-p",
-        "memds-server",
-        "--bin",
-        "memds-server",
-    ]);
-    if dir.file_name().is_some_and(|n| n == "release") {
-        build.arg("--release");
-    }
-    let status = build.status().expect("cargo runs");
-    assert!(status.success(), "building memds-server failed");
-    dir.join("memds-server")
-}
-
 #[test]
 fn bench_cost_reports_every_figure_for_both_modes_and_the_references() {
-    let bin = server_bin();
+    let bin = common::server_bin();
     let r = common::run_json(&[
         "bench-cost",
         // Enough lookups in the window for the server's CPU to read several 10 ms ticks.

@@ -24,3 +24,26 @@ pub fn num(report: &serde_json::Value, key: &str) -> f64 {
         .as_f64()
         .unwrap_or_else(|| panic!("{key} missing from {report}"))
 }
+
+/// The `memds-server` binary of the same profile as this test's `loadgen`, built now so it
+/// matches the sources (a package's tests only get its own binaries built).
+pub fn server_bin() -> std::path::PathBuf {
+    let loadgen = std::path::PathBuf::from(env!("CARGO_BIN_EXE_loadgen"));
+    let dir = loadgen.parent().expect("the binary is in a directory");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = Command::new(cargo);
+    build.args([
+        "build",
+        "--quiet",
+        "-p",
+        "memds-server",
+        "--bin",
+        "memds-server",
+    ]);
+    if dir.file_name().is_some_and(|n| n == "release") {
+        build.arg("--release");
+    }
+    let status = build.status().expect("cargo runs");
+    assert!(status.success(), "building memds-server failed");
+    dir.join("memds-server")
+}
