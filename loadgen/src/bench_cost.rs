@@ -16,22 +16,28 @@
 //! - server lookups and request frames in the window, from the server's own `stats` counters
 //!   (`lookups_total`, `requests_total`: the latter counts frames of every kind, the one
 //!   `stats` frame of the window included);
-//! - server CPU seconds from `/proc/<pid>/stat` (utime + stime), per lookup and per request;
-//! - router CPU from `/proc/self/stat` (this whole process: the routers, and the load loops that
+//! - server CPU seconds from `/proc/<pid>/task/*/schedstat` (the time the scheduler ran each
+//!   thread, in nanoseconds), per lookup and per request, and its threads' context switches;
+//! - router CPU, the same way (this whole process: the routers, and the load loops that
 //!   are the same in both modes), per request; per point, ConstantWork's minus Classic's is what
 //!   a refresh costs a router;
-//! - miss latency p50 and p99 (the first `route` call of a key the router does not hold).
+//! - miss latency p50 and p99 (the first `route` call of a key the router does not hold);
+//! - the age of the cached routes at the end of the window (since the fleet last confirmed
+//!   each), mean and p99, which is what a refresh's linger adds to;
+//! - UDP datagrams per lookup, both ways, from QUIC's own counters on the routers'
+//!   connections ([`RouterCache::transport_stats`]): every datagram the server exchanged with
+//!   the routers, and nothing else on the machine (the namespace-wide counters of
+//!   `/proc/net/snmp` would count every process's traffic); also ACK frames and the routers'
+//!   send system calls per lookup.
 //!
-//! Packets per lookup are not reported: the server exposes no per-connection path statistics,
-//! and the UDP counters of `/proc/<pid>/net/snmp` are the whole network namespace's (every
-//! process on the machine), which would not be an honest per-server figure.
-//!
-//! In the same run, two references: the batched figure (bench-server's load loop, batches of
-//! 64 random hashes over QUIC, against the same server process) and Redis GET without
-//! pipelining (`redis-benchmark -t get -P 1`, `--redis-clients` clients, against a
-//! `redis-server` started on a free loopback port), as server CPU per lookup or per GET. Each
-//! point's server CPU per lookup is printed as a ratio to both. With `--repeat` every figure is
-//! the median of the repeats.
+//! In the same run, three references: the batched figure (bench-server's load loop, batches of
+//! 64 random hashes over QUIC, against the same server process); Redis GET without pipelining
+//! at full speed (`redis-benchmark -t get -P 1`, `--redis-clients` clients, against a
+//! `redis-server` started on a free loopback port); and, per point, Redis GET at the point's
+//! own load (a TCP connection per router, one GET at a time at the router's rate), since a
+//! lightly loaded server pays for every sleep and wake-up, and what a request costs depends on
+//! how many arrive per wake-up. Each point's server CPU per lookup is printed as a ratio to
+//! each. With `--repeat` every figure is the median of the repeats.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -41,14 +47,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use memds_client::{Client, ClientTls, ConnectOptions, Connector, Role};
 use memds_proto::synth::{self, SynthConfig};
-use router_cache::{Mode, RouterCache};
+use router_cache::{Mode, RouterCache, TransportStats};
 use serde::Serialize;
 
-use crate::bench_server::{load_loop, redis_baseline};
+use crate::bench_server::{RedisServer, load_loop, redis_baseline};
 use crate::bench_server_memory::{ServerProcess, default_server_bin};
-use crate::embedded::stat_ticks;
 use crate::histogram;
 
 /// Hashes per lookup frame of the batched reference figure.
@@ -149,8 +155,6 @@ struct Report {
     batched: Batched,
     redis: Redis,
     points: Vec<PointReport>,
-    /// Why packets per lookup are not reported.
-    packets_note: &'static str,
 }
 
 /// The batched reference: bench-server's load loop against the same server.
@@ -189,6 +193,23 @@ struct PointReport {
     server_cpu_per_lookup_vs_batched: f64,
     /// ConstantWork's server CPU per lookup over Redis's CPU per GET.
     server_cpu_per_lookup_vs_redis: f64,
+    /// Redis under the same load: a connection per router, GETs at the point's rate.
+    redis_paced: RedisPaced,
+    /// ConstantWork's server CPU per lookup over paced Redis's CPU per GET.
+    server_cpu_per_lookup_vs_redis_paced: f64,
+}
+
+/// Redis GET at one point's load: as many connections as the point has routers, each sending
+/// one GET at a time at the point's per-router rate (no pipelining), measured as the routers
+/// are: after the warm-up, over a window, CPU and context switches of `redis-server` from
+/// `/proc`.
+#[derive(Clone, Debug, Serialize)]
+struct RedisPaced {
+    gets: u64,
+    server_cpu_seconds: f64,
+    server_cpu_per_get_us: f64,
+    /// Context switches of `redis-server`'s threads over GETs: how often it slept and woke.
+    server_switches_per_get: f64,
 }
 
 /// One point in one mode, over the measured window.
@@ -219,6 +240,27 @@ struct ModeFigures {
     router_cpu_per_request_us: f64,
     miss_p50_us: f64,
     miss_p99_us: f64,
+    /// UDP datagrams between the routers and the server, both ways (QUIC's counters on the
+    /// routers' connections, which are every datagram the server exchanged with them).
+    datagrams: u64,
+    /// Datagrams over the server's lookups.
+    datagrams_per_lookup: f64,
+    /// Of them, router to server.
+    datagrams_sent_per_lookup: f64,
+    /// Send system calls the routers made, over lookups.
+    router_send_calls_per_lookup: f64,
+    /// ACK frames both ways over lookups (a datagram may carry one beside data).
+    acks_per_lookup: f64,
+    /// Context switches of the server's threads over lookups (from `/proc`): how often it
+    /// slept and woke, which on a lightly loaded server is what a lookup costs.
+    server_switches_per_lookup: f64,
+    /// How long ago the fleet last confirmed each cached route, over every router's cache at
+    /// the end of the window, in milliseconds: mean and p99. In ConstantWork each hit's
+    /// refresh confirms its route when the answer arrives, so a route's age is about the time
+    /// since its last hit plus the refresh's linger and round trip; in Classic it is the time
+    /// since the route was cached.
+    route_age_mean_ms: f64,
+    route_age_p99_ms: f64,
 }
 
 /// What one measured window of one point and mode reads.
@@ -232,6 +274,8 @@ struct Snapshot {
     misses: u64,
     sent: u64,
     dropped: u64,
+    transport: TransportStats,
+    server_switches: u64,
     at: Instant,
 }
 
@@ -309,7 +353,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     };
     let points = points
         .into_iter()
-        .map(|(p, cw, classic)| PointReport {
+        .map(|(p, cw, classic, redis_paced)| PointReport {
             routers: p.routers,
             rate_per_router: p.rate,
             router_cpu_per_refresh_us: cw.router_cpu_per_request_us
@@ -318,6 +362,9 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
                 / batched.server_cpu_per_lookup_us,
             server_cpu_per_lookup_vs_redis: cw.server_cpu_per_lookup_us
                 / redis.server_cpu_per_get_us,
+            server_cpu_per_lookup_vs_redis_paced: cw.server_cpu_per_lookup_us
+                / redis_paced.server_cpu_per_get_us,
+            redis_paced,
             constant_work: cw,
             classic,
         })
@@ -334,8 +381,6 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         batched,
         redis,
         points,
-        packets_note: "not measured: the server exposes no per-connection packet counts, and \
-                       /proc/<pid>/net/snmp counts the whole network namespace",
     };
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -345,7 +390,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-type PointRuns = Vec<(Point, ModeFigures, ModeFigures)>;
+type PointRuns = Vec<(Point, ModeFigures, ModeFigures, RedisPaced)>;
 
 /// Loads the table, measures the batched figure, then every point in both modes.
 async fn measure_all(args: &Args, server: &ServerProcess) -> anyhow::Result<(Batched, PointRuns)> {
@@ -398,17 +443,30 @@ async fn measure_all(args: &Args, server: &ServerProcess) -> anyhow::Result<(Bat
         lookups_per_server_cpu_s: median(&batched_runs, |b| b.lookups_per_server_cpu_s),
     };
 
+    let redis = RedisServer::start().context("starting Redis for the paced references")?;
     let mut points = Vec::new();
     for &point in &args.points {
         let mut cw = Vec::new();
         let mut classic = Vec::new();
+        let mut paced = Vec::new();
         for _ in 0..args.repeat {
             cw.push(measure_point(args, &ctx, point, Mode::ConstantWork).await?);
             classic.push(
                 measure_point(args, &ctx, point, Mode::Classic { whole_table: false }).await?,
             );
+            paced.push(
+                measure_redis_paced(args, point, &redis)
+                    .await
+                    .with_context(|| format!("measuring Redis GET at {point:?}"))?,
+            );
         }
-        points.push((point, median_figures(&cw), median_figures(&classic)));
+        let paced = RedisPaced {
+            gets: median_u(&paced, |r| r.gets),
+            server_cpu_seconds: median(&paced, |r| r.server_cpu_seconds),
+            server_cpu_per_get_us: median(&paced, |r| r.server_cpu_per_get_us),
+            server_switches_per_get: median(&paced, |r| r.server_switches_per_get),
+        };
+        points.push((point, median_figures(&cw), median_figures(&classic), paced));
     }
     ctx.admin.close();
     Ok((batched, points))
@@ -553,6 +611,7 @@ async fn measure_point(
     tokio::time::sleep(Duration::from_secs_f64(args.seconds)).await;
     load.measuring.store(false, Ordering::SeqCst);
     let after = snapshot(ctx, &routers, &load).await?;
+    let ages = route_ages(&routers, &ctx.table);
     load.stop.store(true, Ordering::SeqCst);
     for t in tasks {
         t.await.context("a router's load loop failed")?;
@@ -580,6 +639,7 @@ async fn measure_point(
     let frames = after.frames - before.frames;
     let server_cpu = after.server_cpu - before.server_cpu;
     let router_cpu = after.router_cpu - before.router_cpu;
+    let transport = after.transport.since(&before.transport);
     ensure!(
         requests > 0,
         "no requests in the window ({mode:?}, {point:?})"
@@ -612,6 +672,20 @@ async fn measure_point(
         } else {
             hist.value_at_quantile(0.99) as f64
         },
+        datagrams: transport.datagrams(),
+        datagrams_per_lookup: per(transport.datagrams() as f64, lookups as f64),
+        datagrams_sent_per_lookup: per(transport.datagrams_sent as f64, lookups as f64),
+        router_send_calls_per_lookup: per(transport.send_calls as f64, lookups as f64),
+        acks_per_lookup: per(
+            (transport.acks_sent + transport.acks_received) as f64,
+            lookups as f64,
+        ),
+        server_switches_per_lookup: per(
+            after.server_switches.saturating_sub(before.server_switches) as f64,
+            lookups as f64,
+        ),
+        route_age_mean_ms: ages.mean(),
+        route_age_p99_ms: ages.value_at_quantile(0.99) as f64,
     })
 }
 
@@ -732,19 +806,138 @@ async fn miss_stream(
     used
 }
 
+/// The ages of every route the routers hold of `table` (since the fleet last confirmed it), in
+/// milliseconds.
+fn route_ages(routers: &[RouterCache], table: &str) -> hdrhistogram::Histogram<u64> {
+    let mut ages = hdrhistogram::Histogram::<u64>::new(3).expect("3 significant figures");
+    for r in routers {
+        let Some(dump) = r.dump(table) else { continue };
+        for route in &dump.routes {
+            if let Some(ago) = route.confirmed_ago {
+                ages.record(ago.as_millis() as u64).expect("an auto-resizing histogram");
+            }
+        }
+    }
+    ages
+}
+
+/// Redis GET at `point`'s load (see [`RedisPaced`]).
+async fn measure_redis_paced(
+    args: &Args,
+    point: Point,
+    redis: &RedisServer,
+) -> anyhow::Result<RedisPaced> {
+    const GET: &[u8] = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n";
+    const VALUE: &[u8] = b"$1\r\nv\r\n";
+    let mut conns = Vec::new();
+    for _ in 0..point.routers {
+        let conn = tokio::net::TcpStream::connect(("127.0.0.1", redis.port))
+            .await
+            .context("connecting to redis-server")?;
+        conn.set_nodelay(true)?;
+        conns.push(conn);
+    }
+    let mut ok = [0u8; 5];
+    conns[0]
+        .write_all(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n")
+        .await?;
+    conns[0].read_exact(&mut ok).await?;
+    ensure!(&ok == b"+OK\r\n", "redis-server did not store the key");
+    let load = Arc::new(Load::default());
+    let mut tasks = Vec::new();
+    for mut conn in conns {
+        let load = Arc::clone(&load);
+        let rate = point.rate;
+        tasks.push(tokio::spawn(async move {
+            let period = Duration::from_secs_f64((1.0 / rate).max(0.001));
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let started = Instant::now();
+            let mut issued = 0u64;
+            let mut reply = [0u8; VALUE.len()];
+            while !load.stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let due = (started.elapsed().as_secs_f64() * rate) as u64;
+                while issued < due {
+                    issued += 1;
+                    let measuring = load.measuring.load(Ordering::Relaxed);
+                    let answered = conn.write_all(GET).await.is_ok()
+                        && conn.read_exact(&mut reply).await.is_ok()
+                        && reply == VALUE;
+                    if !answered {
+                        load.errors.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                    if measuring {
+                        load.requests.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs_f64(args.warmup)).await;
+    let (cpu_before, switches_before) = (process_cpu(redis.pid)?, context_switches(redis.pid)?);
+    load.measuring.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs_f64(args.seconds)).await;
+    load.measuring.store(false, Ordering::SeqCst);
+    let (cpu_after, switches_after) = (process_cpu(redis.pid)?, context_switches(redis.pid)?);
+    load.stop.store(true, Ordering::SeqCst);
+    for t in tasks {
+        t.await.context("a Redis load loop failed")?;
+    }
+    let errors = load.errors.load(Ordering::Relaxed);
+    ensure!(errors == 0, "{errors} Redis GETs failed");
+    let gets = load.requests.load(Ordering::SeqCst);
+    ensure!(gets > 0, "no Redis GETs in the window");
+    let cpu = cpu_after - cpu_before;
+    Ok(RedisPaced {
+        gets,
+        server_cpu_seconds: cpu,
+        server_cpu_per_get_us: cpu * 1e6 / gets as f64,
+        server_switches_per_get: switches_after.saturating_sub(switches_before) as f64
+            / gets as f64,
+    })
+}
+
+/// Context switches, voluntary and not, of every thread of process `pid` (from
+/// `/proc/<pid>/task/*/status`).
+fn context_switches(pid: u32) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .with_context(|| format!("listing the threads of process {pid}"))?
+    {
+        // A thread that ended since the listing has nothing left to count.
+        let Ok(status) = std::fs::read_to_string(task?.path().join("status")) else {
+            continue;
+        };
+        for line in status.lines() {
+            if let Some(n) = line
+                .strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+            {
+                total += n.trim().parse::<u64>().context("parsing a context switch count")?;
+            }
+        }
+    }
+    Ok(total)
+}
+
 async fn snapshot(ctx: &Ctx, routers: &[RouterCache], load: &Load) -> anyhow::Result<Snapshot> {
     let router_cpu = self_cpu()?;
     let server_cpu = process_cpu(ctx.pid)?;
+    let server_switches = context_switches(ctx.pid)?;
     let at = Instant::now();
     let requests = load.requests.load(Ordering::SeqCst);
     let hit_misses = load.hit_misses.load(Ordering::SeqCst);
     let misses = load.misses.load(Ordering::SeqCst);
     let (lookups, frames) = server_counters(&ctx.admin).await?;
     let (mut sent, mut dropped) = (0, 0);
+    let mut transport = TransportStats::default();
     for r in routers {
         let s = r.stats();
         sent += s.lookups_sent;
         dropped += s.dropped;
+        transport += r.transport_stats();
     }
     Ok(Snapshot {
         lookups,
@@ -756,21 +949,38 @@ async fn snapshot(ctx: &Ctx, routers: &[RouterCache], load: &Load) -> anyhow::Re
         misses,
         sent,
         dropped,
+        transport,
+        server_switches,
         at,
     })
 }
 
-/// CPU seconds (user + system) of process `pid`, from `/proc/<pid>/stat`.
+/// CPU seconds of process `pid`, from `/proc`.
+///
+/// The sum over its threads of the time the scheduler ran them (`/proc/<pid>/task/*/schedstat`,
+/// in nanoseconds): `/proc/<pid>/stat` counts in 10 ms ticks, too coarse for a window in which a
+/// lightly loaded server runs a few tens of milliseconds. A thread that ended within the window
+/// takes its time with it; the processes measured here keep theirs (runtime workers, the
+/// writer, Redis's threads) for the whole run.
 fn process_cpu(pid: u32) -> anyhow::Result<f64> {
-    let path = format!("/proc/{pid}/stat");
-    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    let Some(ticks) = stat_ticks(&stat) else {
-        bail!("parsing {path}");
-    };
-    Ok(ticks as f64 / 100.0)
+    let mut nanos = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .with_context(|| format!("listing the threads of process {pid}"))?
+    {
+        // A thread that ended since the listing has nothing left to count.
+        let Ok(line) = std::fs::read_to_string(task?.path().join("schedstat")) else {
+            continue;
+        };
+        let Some(ran) = line.split_whitespace().next().and_then(|n| n.parse::<u64>().ok())
+        else {
+            bail!("parsing a schedstat line of process {pid}: {line:?}");
+        };
+        nanos += ran;
+    }
+    Ok(nanos as f64 / 1e9)
 }
 
-/// CPU seconds of this process (the routers and their load), from `/proc/self/stat`.
+/// CPU seconds of this process (the routers and their load), from `/proc`.
 fn self_cpu() -> anyhow::Result<f64> {
     process_cpu(std::process::id())
 }
@@ -810,6 +1020,14 @@ fn median_figures(runs: &[ModeFigures]) -> ModeFigures {
         router_cpu_per_request_us: median(runs, |r| r.router_cpu_per_request_us),
         miss_p50_us: median(runs, |r| r.miss_p50_us),
         miss_p99_us: median(runs, |r| r.miss_p99_us),
+        datagrams: median_u(runs, |r| r.datagrams),
+        datagrams_per_lookup: median(runs, |r| r.datagrams_per_lookup),
+        datagrams_sent_per_lookup: median(runs, |r| r.datagrams_sent_per_lookup),
+        router_send_calls_per_lookup: median(runs, |r| r.router_send_calls_per_lookup),
+        acks_per_lookup: median(runs, |r| r.acks_per_lookup),
+        server_switches_per_lookup: median(runs, |r| r.server_switches_per_lookup),
+        route_age_mean_ms: median(runs, |r| r.route_age_mean_ms),
+        route_age_p99_ms: median(runs, |r| r.route_age_p99_ms),
     }
 }
 
@@ -840,12 +1058,13 @@ fn print_table(r: &Report) {
         r.redis.gets_per_s
     );
     println!(
-        "{:<12} {:<13} {:>9} {:>9} {:>8} {:>10} {:>10} {:>10} {:>9} {:>9}",
+        "{:<12} {:<13} {:>9} {:>9} {:>8} {:>8} {:>10} {:>10} {:>10} {:>9} {:>9}",
         "point",
         "mode",
         "requests",
         "lookups",
         "lk/frame",
+        "pkt/lk",
         "srv us/lk",
         "srv us/req",
         "rtr us/req",
@@ -856,12 +1075,13 @@ fn print_table(r: &Report) {
         let name = format!("{}x{}", p.routers, p.rate_per_router);
         for (mode, f) in [("constant-work", &p.constant_work), ("classic", &p.classic)] {
             println!(
-                "{:<12} {:<13} {:>9} {:>9} {:>8.2} {:>10.2} {:>10.2} {:>10.2} {:>9.0} {:>9.0}",
+                "{:<12} {:<13} {:>9} {:>9} {:>8.2} {:>8.2} {:>10.2} {:>10.2} {:>10.2} {:>9.0} {:>9.0}",
                 name,
                 mode,
                 f.requests,
                 f.server_lookups,
                 f.lookups_per_frame,
+                f.datagrams_per_lookup,
                 f.server_cpu_per_lookup_us,
                 f.server_cpu_per_request_us,
                 f.router_cpu_per_request_us,
@@ -871,12 +1091,30 @@ fn print_table(r: &Report) {
         }
         println!(
             "{:<12} router CPU per refresh {:.2} us; server CPU per lookup {:.0}x batched, \
-             {:.2}x Redis GET",
+             {:.2}x Redis GET -P 1",
             name,
             p.router_cpu_per_refresh_us,
             p.server_cpu_per_lookup_vs_batched,
             p.server_cpu_per_lookup_vs_redis
         );
+        println!(
+            "{:<12} route age (since confirmed): constant-work mean {:.0} ms, p99 {:.0} ms; \
+             classic mean {:.0} ms",
+            name,
+            p.constant_work.route_age_mean_ms,
+            p.constant_work.route_age_p99_ms,
+            p.classic.route_age_mean_ms
+        );
+        println!(
+            "{:<12} Redis GET at this load ({} connections x {}/s): {:.2} us server CPU per GET, \
+             {:.2} switches per GET; memds {:.2} switches per lookup, {:.2}x Redis's CPU",
+            name,
+            p.routers,
+            p.rate_per_router,
+            p.redis_paced.server_cpu_per_get_us,
+            p.redis_paced.server_switches_per_get,
+            p.constant_work.server_switches_per_lookup,
+            p.server_cpu_per_lookup_vs_redis_paced
+        );
     }
-    println!("packets per lookup: {}", r.packets_note);
 }

@@ -280,32 +280,36 @@ async fn server_counters(
 /// (GETs per second, redis-server CPU seconds, GETs per redis-server CPU-second), from
 /// `redis-benchmark -t get -P pipeline -c clients` run for about `duration` seconds (sized by a
 /// probe of `probe` GETs first).
-pub(crate) fn redis_baseline(
-    duration: f64,
-    pipeline: u32,
-    clients: u32,
-    probe: u64,
-) -> anyhow::Result<(f64, f64, f64)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let mut server = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting redis-server (apt-get install redis-server)")?;
-    let pid = server.id();
-    let result = (|| {
+/// A `redis-server` on a free loopback port, without persistence; killed when dropped.
+pub(crate) struct RedisServer {
+    child: std::process::Child,
+    pub(crate) port: u16,
+    pub(crate) pid: u32,
+}
+
+impl RedisServer {
+    /// Starts one and waits until it accepts connections.
+    pub(crate) fn start() -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting redis-server (apt-get install redis-server)")?;
+        let pid = child.id();
+        let server = RedisServer { child, port, pid };
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             ensure!(
@@ -314,46 +318,66 @@ pub(crate) fn redis_baseline(
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        let bench = |test: &str, n: u64| -> anyhow::Result<()> {
-            let status = Command::new("redis-benchmark")
-                .args([
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    &port.to_string(),
-                    "-t",
-                    test,
-                    "-P",
-                    &pipeline.to_string(),
-                    "-c",
-                    &clients.to_string(),
-                    "-q",
-                    "-n",
-                    &n.to_string(),
-                ])
-                .stdout(Stdio::null())
-                .status()
-                .context("running redis-benchmark (apt-get install redis-tools)")?;
-            ensure!(status.success(), "redis-benchmark failed");
-            Ok(())
-        };
-        bench("set", 100_000)?;
-        // Size the run to about `duration` seconds: a short probe first.
-        let t = Instant::now();
-        bench("get", probe)?;
-        let rate = probe as f64 / t.elapsed().as_secs_f64();
-        let n = ((rate * duration) as u64).max(probe);
-        let cpu_before = process_cpu(pid)?;
-        let t = Instant::now();
-        bench("get", n)?;
-        let elapsed = t.elapsed().as_secs_f64();
-        let cpu = process_cpu(pid)? - cpu_before;
-        ensure!(cpu > 0.0, "redis-server used no measurable CPU");
-        Ok((n as f64 / elapsed, cpu, n as f64 / cpu))
-    })();
-    let _ = server.kill();
-    let _ = server.wait();
-    result
+        Ok(server)
+    }
+
+    /// Its CPU seconds so far (user + system, from `/proc`).
+    pub(crate) fn cpu(&self) -> anyhow::Result<f64> {
+        process_cpu(self.pid)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub(crate) fn redis_baseline(
+    duration: f64,
+    pipeline: u32,
+    clients: u32,
+    probe: u64,
+) -> anyhow::Result<(f64, f64, f64)> {
+    let server = RedisServer::start()?;
+    let port = server.port;
+    let bench = |test: &str, n: u64| -> anyhow::Result<()> {
+        let status = Command::new("redis-benchmark")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-t",
+                test,
+                "-P",
+                &pipeline.to_string(),
+                "-c",
+                &clients.to_string(),
+                "-q",
+                "-n",
+                &n.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .status()
+            .context("running redis-benchmark (apt-get install redis-tools)")?;
+        ensure!(status.success(), "redis-benchmark failed");
+        Ok(())
+    };
+    bench("set", 100_000)?;
+    // Size the run to about `duration` seconds: a short probe first.
+    let t = Instant::now();
+    bench("get", probe)?;
+    let rate = probe as f64 / t.elapsed().as_secs_f64();
+    let n = ((rate * duration) as u64).max(probe);
+    let cpu_before = server.cpu()?;
+    let t = Instant::now();
+    bench("get", n)?;
+    let elapsed = t.elapsed().as_secs_f64();
+    let cpu = server.cpu()? - cpu_before;
+    ensure!(cpu > 0.0, "redis-server used no measurable CPU");
+    Ok((n as f64 / elapsed, cpu, n as f64 / cpu))
 }
 
 fn process_cpu(pid: u32) -> anyhow::Result<f64> {

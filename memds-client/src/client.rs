@@ -304,6 +304,73 @@ impl Shared {
     }
 }
 
+/// What a connection's transport has carried: UDP datagrams and bytes each way, the system
+/// calls that sent them, and the acknowledgement frames among them. Counters only grow; the
+/// traffic of a window is [`TransportStats::since`] its start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TransportStats {
+    /// UDP datagrams sent.
+    pub datagrams_sent: u64,
+    /// UDP datagrams received.
+    pub datagrams_received: u64,
+    /// Bytes sent in UDP datagrams.
+    pub bytes_sent: u64,
+    /// Bytes received in UDP datagrams.
+    pub bytes_received: u64,
+    /// System calls that sent datagrams (with segmentation offload one carries several).
+    pub send_calls: u64,
+    /// ACK frames sent (alone in a datagram or riding with data).
+    pub acks_sent: u64,
+    /// ACK frames received.
+    pub acks_received: u64,
+}
+
+impl TransportStats {
+    /// The traffic between `earlier` and `self` (counters of the same connections).
+    pub fn since(&self, earlier: &TransportStats) -> TransportStats {
+        TransportStats {
+            datagrams_sent: self.datagrams_sent.saturating_sub(earlier.datagrams_sent),
+            datagrams_received: self.datagrams_received.saturating_sub(earlier.datagrams_received),
+            bytes_sent: self.bytes_sent.saturating_sub(earlier.bytes_sent),
+            bytes_received: self.bytes_received.saturating_sub(earlier.bytes_received),
+            send_calls: self.send_calls.saturating_sub(earlier.send_calls),
+            acks_sent: self.acks_sent.saturating_sub(earlier.acks_sent),
+            acks_received: self.acks_received.saturating_sub(earlier.acks_received),
+        }
+    }
+
+    /// Datagrams both ways.
+    pub fn datagrams(&self) -> u64 {
+        self.datagrams_sent + self.datagrams_received
+    }
+}
+
+impl std::ops::AddAssign for TransportStats {
+    fn add_assign(&mut self, other: TransportStats) {
+        self.datagrams_sent += other.datagrams_sent;
+        self.datagrams_received += other.datagrams_received;
+        self.bytes_sent += other.bytes_sent;
+        self.bytes_received += other.bytes_received;
+        self.send_calls += other.send_calls;
+        self.acks_sent += other.acks_sent;
+        self.acks_received += other.acks_received;
+    }
+}
+
+impl From<quinn::ConnectionStats> for TransportStats {
+    fn from(s: quinn::ConnectionStats) -> Self {
+        TransportStats {
+            datagrams_sent: s.udp_tx.datagrams,
+            datagrams_received: s.udp_rx.datagrams,
+            bytes_sent: s.udp_tx.bytes,
+            bytes_received: s.udp_rx.bytes,
+            send_calls: s.udp_tx.ios,
+            acks_sent: s.frame_tx.acks,
+            acks_received: s.frame_rx.acks,
+        }
+    }
+}
+
 /// One connection to a server; cheap to clone, shared by any number of tasks.
 #[derive(Clone)]
 pub struct Client {
@@ -360,6 +427,11 @@ impl Client {
     /// The server's address.
     pub fn remote_address(&self) -> SocketAddr {
         self.conn.remote_address()
+    }
+
+    /// What the transport has carried on this connection so far (QUIC's own counters).
+    pub fn transport_stats(&self) -> TransportStats {
+        TransportStats::from(self.conn.stats())
     }
 
     /// Whether the connection is known to be closed.

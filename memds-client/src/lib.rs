@@ -21,6 +21,6 @@ pub mod tls;
 
 pub use client::{
     Client, ClientError, CloseReason, ConnectError, ConnectOptions, Connector, DeltaAnswer,
-    PendingReply,
+    PendingReply, TransportStats,
 };
 pub use tls::{ClientTls, Role, TlsError};

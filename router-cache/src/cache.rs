@@ -41,7 +41,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use crossbeam_queue::SegQueue;
-use memds_client::{ClientTls, Connector};
+use memds_client::{ClientTls, Connector, TransportStats};
 use memds_proto::wire;
 use memds_proto::{Route, TableName, key_hash};
 use tokio::sync::{Notify, oneshot, watch};
@@ -473,6 +473,13 @@ impl RouterCache {
     /// The counters.
     pub fn stats(&self) -> CacheStats {
         self.inner.stats()
+    }
+
+    /// What the transport has carried on the connections open now, summed (a connection
+    /// replaced since took its counts with it: compare two readings only while the fleet's
+    /// connections stay up).
+    pub fn transport_stats(&self) -> TransportStats {
+        self.inner.fleet.transport_stats()
     }
 
     /// Stops the dispatcher and the connections; returns at once (the tasks finish in the

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use memds_client::{Client, Connector, PendingReply};
+use memds_client::{Client, Connector, PendingReply, TransportStats};
 use memds_proto::wire::Request;
 use tokio::sync::watch;
 
@@ -132,6 +132,17 @@ impl Fleet {
     /// Closes every connection.
     pub(crate) fn close(&self) {
         self.connector.close();
+    }
+
+    /// The transport counters of the connections open now, summed.
+    pub(crate) fn transport_stats(&self) -> TransportStats {
+        let mut total = TransportStats::default();
+        for slot in &self.slots {
+            if let Some(client) = &*slot.client.lock().unwrap_or_else(|e| e.into_inner()) {
+                total += client.transport_stats();
+            }
+        }
+        total
     }
 
     /// How many servers the fleet has, connected or not.

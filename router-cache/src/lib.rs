@@ -120,6 +120,6 @@ pub use cache::{
     Builder, CacheError, CacheStats, Config, DEFAULT_REFRESH_LINGER, Invalidate, Mode, RouterCache,
 };
 pub use explain::{CachedRoute, DumpCounts, Explanation, TableDump, WarmKind, Warmed};
-pub use memds_client::{ClientTls, ConnectOptions, Role};
+pub use memds_client::{ClientTls, ConnectOptions, Role, TransportStats};
 pub use memds_proto::{Route, key_hash};
 pub use table::{Invalidated, RouteSource};

@@ -167,6 +167,7 @@ async fn held_refreshes_leave_with_the_next_miss_in_one_frame() {
     );
     // A miss: answered without waiting for the linger, and its frame carries the 40 refreshes.
     let fresh = m.partitions()[401].start;
+    let transport_before = c.transport_stats();
     let started = std::time::Instant::now();
     assert_eq!(
         *c.route_hash(name, fresh).await.expect("miss"),
@@ -177,8 +178,17 @@ async fn held_refreshes_leave_with_the_next_miss_in_one_frame() {
         "the miss waited for the linger"
     );
     c.drain().await;
+    let transport = c.transport_stats().since(&transport_before);
     let (requests_after, lookups_after) = frames(admin.stats().await.expect("stats"));
     assert_eq!(lookups_after - lookups, 41, "one lookup per call");
+    // The 41 lookups (8 bytes each) left in one datagram and came back in one or two (the
+    // answer and, at most, an acknowledgement of our own); the router acknowledged the answer
+    // at most once besides.
+    assert!(
+        (1..=2).contains(&transport.datagrams_sent) && transport.datagrams_received >= 1,
+        "41 lookups in one frame took {transport:?}"
+    );
+    assert!(transport.bytes_sent > 41 * 8, "{transport:?}");
     assert_eq!(
         requests_after - requests,
         2,
