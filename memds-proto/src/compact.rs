@@ -67,9 +67,14 @@
 //!
 //! # Lookup
 //!
-//! A floor lookup binary-searches the starts of the root, then of one child per level (the top
-//! levels stay in cache), then of one block's packed starts, and decodes that one partition:
-//! O(log n), a handful of cache lines, nothing decompressed.
+//! A floor lookup reads the top bits of the hash in a small index derived from the tree (a
+//! `RunIndex`: not persisted, in no digest), which names the run holding the hash, usually at
+//! once and otherwise a step or two further; it then searches that run's block starts
+//! (interpolation first: starts are hashes), then one block's packed starts, and decodes that
+//! one partition: a handful of cache lines, nothing decompressed. A table too small to have
+//! parents of runs has no index and descends from the root, searching the starts of each node
+//! on the path. Each version holds its own index, sharing the previous version's buckets unless
+//! the update moved a run boundary.
 //!
 //! # History
 //!
