@@ -834,10 +834,9 @@ impl RunIndex {
     fn build(root: &Arc<Node>, levels: u32, previous: Option<&Self>) -> Option<Self> {
         fn collect(node: &Arc<Node>, level: u32, out: &mut Vec<Arc<Node>>) -> bool {
             match &**node {
-                Node::Inner(inner) if level > 3 => inner
-                    .children
-                    .iter()
-                    .all(|c| collect(c, level - 1, out)),
+                Node::Inner(inner) if level > 3 => {
+                    inner.children.iter().all(|c| collect(c, level - 1, out))
+                }
                 Node::Inner(inner) => {
                     out.push(Arc::clone(node));
                     inner.children.len() <= 1 << 16
@@ -867,34 +866,27 @@ impl RunIndex {
                 buckets: Arc::clone(&previous.buckets),
             });
         }
-        // Every run's (parent, position, first start), in start order.
-        let runs: Vec<(u32, u32, u64)> = parents
-            .iter()
-            .enumerate()
-            .flat_map(|(o, p)| {
-                starts_of(p)
-                    .iter()
-                    .enumerate()
-                    .map(move |(c, &s)| (o as u32, c as u32, s))
-            })
-            .collect();
+        let runs: usize = parents.iter().map(|p| starts_of(p).len()).sum();
         // About two buckets per run: most buckets then hold no run boundary.
-        let bits = (runs.len() * 2)
-            .next_power_of_two()
-            .trailing_zeros()
-            .clamp(1, 24);
+        let bits = (runs * 2).next_power_of_two().trailing_zeros().clamp(1, 24);
         let shift = 64 - bits;
-        let mut at = 0;
-        let buckets = (0..1u64 << bits)
-            .map(|k| {
-                let first = k << shift;
-                while runs.get(at + 1).is_some_and(|r| r.2 <= first) {
-                    at += 1;
+        // Bucket `k` holds the last run starting at or before `k << shift`: each run fills the
+        // buckets from the previous run's first such bucket up to its own.
+        let mut buckets = vec![0u32; 1 << bits];
+        let (mut filled, mut previous_run) = (0, 0);
+        for (o, p) in parents.iter().enumerate() {
+            for (c, &start) in starts_of(p).iter().enumerate() {
+                let first_bucket =
+                    ((start >> shift) + u64::from(start & !(u64::MAX << shift) != 0)) as usize;
+                if first_bucket > filled {
+                    buckets[filled..first_bucket].fill(previous_run);
+                    filled = first_bucket;
                 }
-                let (o, c, _) = runs[at];
-                o << 16 | c
-            })
-            .collect();
+                previous_run = (o as u32) << 16 | c as u32;
+            }
+        }
+        buckets[filled..].fill(previous_run);
+        let buckets = buckets.into();
         Some(Self {
             shift,
             parents,
@@ -1304,8 +1296,8 @@ impl CompactTable {
         let b = floor_guess(&run.starts, first, end, hash);
         let block_end = run.starts.get(b + 1).map_or(end, |&s| s - 1);
         let base = run.starts[b];
-        let block = Block::parse(&run.data, run.offsets[b] as usize)
-            .expect("a verified block parses");
+        let block =
+            Block::parse(&run.data, run.offsets[b] as usize).expect("a verified block parses");
         let i = block.floor(&run.data, hash - base);
         block.decode(&run.data, base, block_end, i)
     }
@@ -2867,7 +2859,9 @@ mod tests {
             // of thousands of ranges move some (the buckets are rebuilt).
             let ranges = if step % 2 == 0 { 1 } else { 3_000 };
             let (update, want) = random_batch(&current, step, ranges);
-            let next = table.apply(&update, &mut interner).expect("a valid batch applies");
+            let next = table
+                .apply(&update, &mut interner)
+                .expect("a valid batch applies");
             let rebuilt = CompactTable::new(&want, &mut interner);
             let (got, fresh) = (
                 next.index.as_ref().expect("an index"),
@@ -2875,9 +2869,12 @@ mod tests {
             );
             assert_eq!(got.shift, fresh.shift);
             assert_eq!(got.buckets, fresh.buckets, "step {step}");
-            assert!(got.parents.iter().zip(fresh.parents.iter()).all(|(a, b)| {
-                starts_of(a) == starts_of(b)
-            }));
+            assert!(
+                got.parents
+                    .iter()
+                    .zip(fresh.parents.iter())
+                    .all(|(a, b)| { starts_of(a) == starts_of(b) })
+            );
             let old = table.index.as_ref().expect("an index");
             if Arc::ptr_eq(&old.buckets, &got.buckets) {
                 shared += 1;
@@ -2898,7 +2895,10 @@ mod tests {
             table = next;
             current = want;
         }
-        assert!(shared > 0 && rebuilt_buckets > 0, "{shared} shared, {rebuilt_buckets} rebuilt");
+        assert!(
+            shared > 0 && rebuilt_buckets > 0,
+            "{shared} shared, {rebuilt_buckets} rebuilt"
+        );
     }
 
     #[test]
