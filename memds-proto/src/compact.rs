@@ -73,8 +73,8 @@
 //! (interpolation first: starts are hashes), then one block's packed starts, and decodes that
 //! one partition: a handful of cache lines, nothing decompressed. A table too small to have
 //! parents of runs has no index and descends from the root, searching the starts of each node
-//! on the path. Each version holds its own index, sharing the previous version's buckets unless
-//! the update moved a run boundary.
+//! on the path. The index holds positions, not nodes, so a version shares the previous
+//! version's index unless the update changed the nodes above the runs (moved a run boundary).
 //!
 //! # History
 //!
@@ -312,23 +312,22 @@ struct Change {
 }
 
 /// A lookup index derived from the tree, not persisted and in no digest: for each of `2^bits`
-/// buckets of a hash's top bits, the run holding the bucket's first hash, as its position among
-/// the **parents of runs** (the level-3 nodes). A lookup starts at that run (stepping to the
-/// next while the bucket holds a run boundary below the hash) instead of descending from the
-/// root through an interpolation search per level.
+/// buckets of a hash's top bits, the path from the root to the run holding the bucket's first
+/// hash (the child's position at each inner level). A lookup follows that path, reading no
+/// starts on the way, and steps to the next run of the same parent while the bucket holds a run
+/// boundary below the hash, instead of an interpolation search per level. A hash past its
+/// parent's last run (a bucket spanning two parents, rare) descends from the root instead.
 ///
-/// Each version builds its own: it holds the parents (one `Arc` each, about 1 per 130,000
-/// partitions), and shares the previous version's bucket array when the update moved no run
-/// boundary, which a split does about once in 2,000; otherwise the array is rebuilt (a pass
-/// over the runs and the buckets, about two buckets per run).
+/// The index holds no node: a version shares the previous version's index whenever the update
+/// left every node above the runs with the same children starts, which a split does about 2,047
+/// times in 2,048; otherwise the bucket array is rebuilt from the tree (a pass over the runs and
+/// the buckets, about two buckets per run).
 #[derive(Clone, Debug)]
 struct RunIndex {
     /// `64 - bits`.
     shift: u32,
-    /// The level-3 nodes, in start order; each is an inner node over runs.
-    parents: Box<[Arc<Node>]>,
-    /// Per bucket: the parent's position << 16 | the run's position in it.
-    buckets: Arc<[u32]>,
+    /// Per bucket: the positions of the path, 16 bits per inner level, the root's lowest.
+    buckets: Arc<[u64]>,
 }
 
 /// One table's partition map in the compact resident encoding (see the module docs).
@@ -829,118 +828,131 @@ impl Inner {
 }
 
 impl RunIndex {
-    /// The index of a tree whose root is at `levels`, if it has parents of runs (and each
-    /// position fits its 16 bits); shares `previous`'s buckets when no run boundary moved.
-    fn build(root: &Arc<Node>, levels: u32, previous: Option<&Self>) -> Option<Self> {
-        fn collect(node: &Arc<Node>, level: u32, out: &mut Vec<Arc<Node>>) -> bool {
-            match &**node {
-                Node::Inner(inner) if level > 3 => {
-                    inner.children.iter().all(|c| collect(c, level - 1, out))
-                }
+    /// The index of a tree whose root is at `levels`, if it has parents of runs, at most four
+    /// inner levels and at most 2^16 children per node (any real table: deeper or wider trees
+    /// descend from the root).
+    fn build(root: &Arc<Node>, levels: u32) -> Option<Self> {
+        /// Every run's path and first start, in start order.
+        fn collect(node: &Node, level: u32, path: u64, depth: u32, out: &mut Vec<(u64, u64)>) {
+            match node {
                 Node::Inner(inner) => {
-                    out.push(Arc::clone(node));
+                    for (i, (child, &start)) in
+                        inner.children.iter().zip(&*inner.starts).enumerate()
+                    {
+                        let path = path | (i as u64) << (16 * depth);
+                        if level == 3 {
+                            out.push((path, start));
+                        } else {
+                            collect(child, level - 1, path, depth + 1, out);
+                        }
+                    }
+                }
+                Node::Run(_) => {}
+            }
+        }
+        fn fits(node: &Node, level: u32) -> bool {
+            match node {
+                Node::Inner(inner) => {
                     inner.children.len() <= 1 << 16
+                        && (level == 3 || inner.children.iter().all(|c| fits(c, level - 1)))
                 }
                 Node::Run(_) => false,
             }
         }
-        if levels < 3 {
+        if !(3..=6).contains(&levels) || !fits(root, levels) {
             return None;
         }
-        let mut parents = Vec::new();
-        if !collect(root, levels, &mut parents) || parents.len() > 1 << 16 {
-            return None;
-        }
-        let parents = parents.into_boxed_slice();
-        if let Some(previous) = previous
-            && previous.parents.len() == parents.len()
-            && previous
-                .parents
-                .iter()
-                .zip(parents.iter())
-                .all(|(a, b)| Arc::ptr_eq(a, b) || starts_of(a) == starts_of(b))
-        {
-            return Some(Self {
-                shift: previous.shift,
-                parents,
-                buckets: Arc::clone(&previous.buckets),
-            });
-        }
-        let runs: usize = parents.iter().map(|p| starts_of(p).len()).sum();
+        let mut runs = Vec::new();
+        collect(root, levels, 0, 0, &mut runs);
         // About two buckets per run: most buckets then hold no run boundary.
-        let bits = (runs * 2).next_power_of_two().trailing_zeros().clamp(1, 24);
+        let bits = (runs.len() * 2)
+            .next_power_of_two()
+            .trailing_zeros()
+            .clamp(1, 24);
         let shift = 64 - bits;
         // Bucket `k` holds the last run starting at or before `k << shift`: each run fills the
         // buckets from the previous run's first such bucket up to its own.
-        let mut buckets = vec![0u32; 1 << bits];
+        let mut buckets = vec![0u64; 1 << bits];
         let (mut filled, mut previous_run) = (0, 0);
-        for (o, p) in parents.iter().enumerate() {
-            for (c, &start) in starts_of(p).iter().enumerate() {
-                let first_bucket =
-                    ((start >> shift) + u64::from(start & !(u64::MAX << shift) != 0)) as usize;
-                if first_bucket > filled {
-                    buckets[filled..first_bucket].fill(previous_run);
-                    filled = first_bucket;
-                }
-                previous_run = (o as u32) << 16 | c as u32;
+        for (path, start) in runs {
+            let first_bucket =
+                ((start >> shift) + u64::from(start & !(u64::MAX << shift) != 0)) as usize;
+            if first_bucket > filled {
+                buckets[filled..first_bucket].fill(previous_run);
+                filled = first_bucket;
             }
+            previous_run = path;
         }
         buckets[filled..].fill(previous_run);
-        let buckets = buckets.into();
         Some(Self {
             shift,
-            parents,
-            buckets,
+            buckets: buckets.into(),
         })
     }
 
-    /// The run holding `hash`, its first start and its last hash (`None` only if the index
-    /// does not match its tree, which [`RunIndex::build`] rules out).
+    /// The run holding `hash` in the tree the index was built for (`root`, at `levels`), its
+    /// first start and its last hash; `None` when the hash lies past the last run of the
+    /// bucket's parent.
     #[inline]
-    fn run(&self, hash: u64) -> Option<(&Run, u64, u64)> {
-        let at = self.buckets[(hash >> self.shift) as usize];
-        let (mut o, mut c) = ((at >> 16) as usize, (at & 0xFFFF) as usize);
+    fn run<'a>(&self, root: &'a Node, levels: u32, hash: u64) -> Option<(&'a Run, u64, u64)> {
+        let path = self.buckets[(hash >> self.shift) as usize];
+        let (mut node, mut end) = (root, u64::MAX);
+        let mut depth = 0;
         loop {
-            let Node::Inner(parent) = &*self.parents[o] else {
+            let Node::Inner(inner) = node else {
                 return None;
             };
-            let next = match parent.starts.get(c + 1) {
-                Some(&s) => Some(s),
-                None => self.parents.get(o + 1).map(|p| starts_of(p)[0]),
-            };
-            match next {
-                Some(s) if s <= hash => {
-                    c += 1;
-                    if c == parent.starts.len() {
-                        o += 1;
-                        c = 0;
+            let mut i = (path >> (16 * depth) & 0xFFFF) as usize;
+            if depth + 3 == levels {
+                // A parent of runs: step over the run boundaries in the bucket below the hash.
+                while let Some(&s) = inner.starts.get(i + 1) {
+                    if s > hash {
+                        break;
                     }
+                    i += 1;
                 }
-                _ => {
-                    let Node::Run(run) = &*parent.children[c] else {
-                        return None;
-                    };
-                    return Some((run, parent.starts[c], next.map_or(u64::MAX, |s| s - 1)));
-                }
+                let end = match inner.starts.get(i + 1) {
+                    Some(&s) => s - 1,
+                    None if hash > end => return None,
+                    None => end,
+                };
+                let Node::Run(run) = &*inner.children[i] else {
+                    return None;
+                };
+                return Some((run, inner.starts[i], end));
             }
+            if let Some(&s) = inner.starts.get(i + 1) {
+                end = s - 1;
+            }
+            node = &inner.children[i];
+            depth += 1;
         }
     }
 
-    /// Heap bytes of the index, allocator overhead included (the parents are the tree's).
+    /// Heap bytes of the index, allocator overhead included.
     fn heap_bytes(&self) -> usize {
-        self.parents.len() * size_of::<Arc<Node>>()
-            + ALLOC_OVERHEAD
-            + 2 * size_of::<usize>()
-            + self.buckets.len() * size_of::<u32>()
-            + ALLOC_OVERHEAD
+        2 * size_of::<usize>() + self.buckets.len() * size_of::<u64>() + ALLOC_OVERHEAD
     }
 }
 
-/// The first starts of a node's children.
-fn starts_of(node: &Node) -> &[u64] {
-    match node {
-        Node::Inner(inner) => &inner.starts,
-        Node::Run(run) => &run.starts,
+/// Whether two trees at `level` have the same nodes above the runs: the same children starts at
+/// every inner level (runs may differ). Shared subtrees are equal without a look, so an update
+/// compares only the path it rebuilt.
+fn same_shape(a: &Arc<Node>, b: &Arc<Node>, level: u32) -> bool {
+    if Arc::ptr_eq(a, b) || level < 3 {
+        return true;
+    }
+    match (&**a, &**b) {
+        (Node::Inner(a), Node::Inner(b)) => {
+            a.starts == b.starts
+                && a.children
+                    .iter()
+                    .zip(b.children.iter())
+                    .all(|(a, b)| same_shape(a, b, level - 1))
+        }
+        (Node::Inner(_), Node::Run(_))
+        | (Node::Run(_), Node::Inner(_))
+        | (Node::Run(_), Node::Run(_)) => false,
     }
 }
 
@@ -1156,9 +1168,14 @@ impl CompactTable {
         levels: u32,
         history: Option<Arc<Change>>,
         known_digest: Option<u64>,
-        previous: Option<&RunIndex>,
+        previous: Option<&Self>,
     ) -> Self {
-        let index = RunIndex::build(&root.node, levels, previous);
+        let index = match previous {
+            Some(p) if p.levels == levels && same_shape(&p.root, &root.node, levels) => {
+                p.index.clone()
+            }
+            _ => RunIndex::build(&root.node, levels),
+        };
         let mut table = Self {
             name,
             version,
@@ -1291,7 +1308,7 @@ impl CompactTable {
         let (run, first, end) = self
             .index
             .as_ref()
-            .and_then(|index| index.run(hash))
+            .and_then(|index| index.run(&self.root, self.levels, hash))
             .unwrap_or_else(|| self.descend(hash));
         let b = floor_guess(&run.starts, first, end, hash);
         let block_end = run.starts.get(b + 1).map_or(end, |&s| s - 1);
@@ -1875,7 +1892,7 @@ impl CompactTable {
             levels,
             history,
             known_digest,
-            self.index.as_ref(),
+            Some(self),
         ))
     }
 
@@ -2516,7 +2533,7 @@ impl CompactTable {
             let mut at = bit % bits;
             if let Some(root) = damage(&self.root, &mut at) {
                 copy.root = Arc::new(root);
-                copy.index = RunIndex::build(&copy.root, copy.levels, None);
+                copy.index = RunIndex::build(&copy.root, copy.levels);
             }
         }
         copy
@@ -2850,8 +2867,8 @@ mod tests {
         );
         let mut interner = NodeInterner::default();
         let mut table = CompactTable::new(&map, &mut interner);
-        let parents = table.index.as_ref().map_or(0, |i| i.parents.len());
-        assert!(parents > 1, "{parents} parents of runs");
+        assert!(table.levels() >= 4, "{} levels", table.levels());
+        assert!(table.index.is_some());
         let mut current = map;
         let (mut shared, mut rebuilt_buckets) = (0, 0);
         for step in 0..10u64 {
@@ -2869,12 +2886,6 @@ mod tests {
             );
             assert_eq!(got.shift, fresh.shift);
             assert_eq!(got.buckets, fresh.buckets, "step {step}");
-            assert!(
-                got.parents
-                    .iter()
-                    .zip(fresh.parents.iter())
-                    .all(|(a, b)| { starts_of(a) == starts_of(b) })
-            );
             let old = table.index.as_ref().expect("an index");
             if Arc::ptr_eq(&old.buckets, &got.buckets) {
                 shared += 1;
