@@ -47,11 +47,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use memds_client::{Client, ClientTls, ConnectOptions, Connector, Role};
 use memds_proto::synth::{self, SynthConfig};
 use router_cache::{Mode, RouterCache, TransportStats};
 use serde::Serialize;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::bench_server::{RedisServer, load_loop, redis_baseline};
 use crate::bench_server_memory::{ServerProcess, default_server_bin};
@@ -814,7 +814,8 @@ fn route_ages(routers: &[RouterCache], table: &str) -> hdrhistogram::Histogram<u
         let Some(dump) = r.dump(table) else { continue };
         for route in &dump.routes {
             if let Some(ago) = route.confirmed_ago {
-                ages.record(ago.as_millis() as u64).expect("an auto-resizing histogram");
+                ages.record(ago.as_millis() as u64)
+                    .expect("an auto-resizing histogram");
             }
         }
     }
@@ -915,7 +916,10 @@ fn context_switches(pid: u32) -> anyhow::Result<u64> {
                 .strip_prefix("voluntary_ctxt_switches:")
                 .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
             {
-                total += n.trim().parse::<u64>().context("parsing a context switch count")?;
+                total += n
+                    .trim()
+                    .parse::<u64>()
+                    .context("parsing a context switch count")?;
             }
         }
     }
@@ -971,7 +975,10 @@ fn process_cpu(pid: u32) -> anyhow::Result<f64> {
         let Ok(line) = std::fs::read_to_string(task?.path().join("schedstat")) else {
             continue;
         };
-        let Some(ran) = line.split_whitespace().next().and_then(|n| n.parse::<u64>().ok())
+        let Some(ran) = line
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse::<u64>().ok())
         else {
             bail!("parsing a schedstat line of process {pid}: {line:?}");
         };

@@ -70,7 +70,11 @@ fn bench_cost_reports_every_figure_for_both_modes_and_the_references() {
         (1000.0..=2200.0).contains(&num(paced, "gets")),
         "paced Redis GETs: {paced}"
     );
-    for k in ["server_cpu_seconds", "server_cpu_per_get_us", "server_switches_per_get"] {
+    for k in [
+        "server_cpu_seconds",
+        "server_cpu_per_get_us",
+        "server_switches_per_get",
+    ] {
         assert!(num(paced, k) > 0.0, "paced redis {k} = {}", num(paced, k));
     }
     for mode in ["constant_work", "classic"] {

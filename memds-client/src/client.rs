@@ -330,7 +330,9 @@ impl TransportStats {
     pub fn since(&self, earlier: &TransportStats) -> TransportStats {
         TransportStats {
             datagrams_sent: self.datagrams_sent.saturating_sub(earlier.datagrams_sent),
-            datagrams_received: self.datagrams_received.saturating_sub(earlier.datagrams_received),
+            datagrams_received: self
+                .datagrams_received
+                .saturating_sub(earlier.datagrams_received),
             bytes_sent: self.bytes_sent.saturating_sub(earlier.bytes_sent),
             bytes_received: self.bytes_received.saturating_sub(earlier.bytes_received),
             send_calls: self.send_calls.saturating_sub(earlier.send_calls),
