@@ -3,7 +3,7 @@
 //! its [`BatchMachine`] decides, awaits the answers, applies the routes they carry, sleeps until
 //! the machine's next deadline and feeds every result back.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{Ordering, fence};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -50,6 +50,11 @@ pub(crate) async fn dispatch(inner: Arc<Inner>, mut shutdown: watch::Receiver<bo
             // wait starts is kept by `Notify`); a refresh is caught by the backstop at worst.
             buf.shrink_to(IDLE_BUF);
             inner.dispatcher_asleep.store(true, Ordering::SeqCst);
+            // The flag, then the queues; a miss stores into the queue, then reads the flag
+            // (`wake_for_miss`). Without a fence on both sides each could read the other's
+            // old value (the queue's own operations are not sequentially consistent), and the
+            // miss would wait for the backstop.
+            fence(Ordering::SeqCst);
             if inner.queue.is_empty() && inner.threads.iter().all(|t| t.ring.is_empty()) {
                 tokio::select! {
                     _ = shutdown.wait_for(|s| *s) => break,
@@ -75,6 +80,8 @@ pub(crate) async fn dispatch(inner: Arc<Inner>, mut shutdown: watch::Receiver<bo
             // Hold the refreshes: a miss or a drain (begun before the flag was seen, or waking
             // us after it) ends the wait, refreshes do not.
             inner.dispatcher_lingering.store(true, Ordering::SeqCst);
+            // As for the sleep above: without it a miss could wait out the linger.
+            fence(Ordering::SeqCst);
             if inner.queue.is_empty() && inner.draining.load(Ordering::SeqCst) == 0 {
                 tokio::select! {
                     _ = shutdown.wait_for(|s| *s) => {}
@@ -666,6 +673,8 @@ impl Inner {
     /// Wakes the dispatcher for a miss: from its sleep, or from holding refreshes (a miss goes
     /// at once and carries them).
     pub(crate) fn wake_for_miss(&self) {
+        // The miss is in the queue; now read the flags (see the fences in `dispatch`).
+        fence(Ordering::SeqCst);
         if self.dispatcher_lingering.load(Ordering::SeqCst)
             && self.dispatcher_lingering.swap(false, Ordering::AcqRel)
         {
