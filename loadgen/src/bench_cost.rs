@@ -501,11 +501,11 @@ async fn measure_batched(args: &Args, ctx: &Ctx, connector: &Connector) -> anyho
     }
     tokio::time::sleep(Duration::from_secs_f64(args.warmup.max(0.5))).await;
     let (l0, _) = server_counters(&ctx.admin).await?;
-    let c0 = process_cpu(ctx.pid)?;
+    let c0 = Threads::of(ctx.pid)?.cpu_seconds;
     measuring.store(true, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_secs_f64(args.seconds)).await;
     measuring.store(false, Ordering::SeqCst);
-    let c1 = process_cpu(ctx.pid)?;
+    let c1 = Threads::of(ctx.pid)?.cpu_seconds;
     let (l1, _) = server_counters(&ctx.admin).await?;
     stop.store(true, Ordering::SeqCst);
     for t in tasks {
@@ -877,11 +877,11 @@ async fn measure_redis_paced(
         }));
     }
     tokio::time::sleep(Duration::from_secs_f64(args.warmup)).await;
-    let (cpu_before, switches_before) = (process_cpu(redis.pid)?, context_switches(redis.pid)?);
+    let before = Threads::of(redis.pid)?;
     load.measuring.store(true, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_secs_f64(args.seconds)).await;
     load.measuring.store(false, Ordering::SeqCst);
-    let (cpu_after, switches_after) = (process_cpu(redis.pid)?, context_switches(redis.pid)?);
+    let after = Threads::of(redis.pid)?;
     load.stop.store(true, Ordering::SeqCst);
     for t in tasks {
         t.await.context("a Redis load loop failed")?;
@@ -890,46 +890,20 @@ async fn measure_redis_paced(
     ensure!(errors == 0, "{errors} Redis GETs failed");
     let gets = load.requests.load(Ordering::SeqCst);
     ensure!(gets > 0, "no Redis GETs in the window");
-    let cpu = cpu_after - cpu_before;
+    let cpu = after.cpu_seconds - before.cpu_seconds;
     Ok(RedisPaced {
         gets,
         server_cpu_seconds: cpu,
         server_cpu_per_get_us: cpu * 1e6 / gets as f64,
-        server_switches_per_get: switches_after.saturating_sub(switches_before) as f64
+        server_switches_per_get: after.switches.saturating_sub(before.switches) as f64
             / gets as f64,
     })
 }
 
-/// Context switches, voluntary and not, of every thread of process `pid` (from
-/// `/proc/<pid>/task/*/status`).
-fn context_switches(pid: u32) -> anyhow::Result<u64> {
-    let mut total = 0;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .with_context(|| format!("listing the threads of process {pid}"))?
-    {
-        // A thread that ended since the listing has nothing left to count.
-        let Ok(status) = std::fs::read_to_string(task?.path().join("status")) else {
-            continue;
-        };
-        for line in status.lines() {
-            if let Some(n) = line
-                .strip_prefix("voluntary_ctxt_switches:")
-                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
-            {
-                total += n
-                    .trim()
-                    .parse::<u64>()
-                    .context("parsing a context switch count")?;
-            }
-        }
-    }
-    Ok(total)
-}
-
 async fn snapshot(ctx: &Ctx, routers: &[RouterCache], load: &Load) -> anyhow::Result<Snapshot> {
-    let router_cpu = self_cpu()?;
-    let server_cpu = process_cpu(ctx.pid)?;
-    let server_switches = context_switches(ctx.pid)?;
+    let router_cpu = Threads::of_self()?.cpu_seconds;
+    let server = Threads::of(ctx.pid)?;
+    let (server_cpu, server_switches) = (server.cpu_seconds, server.switches);
     let at = Instant::now();
     let requests = load.requests.load(Ordering::SeqCst);
     let hit_misses = load.hit_misses.load(Ordering::SeqCst);
@@ -959,37 +933,66 @@ async fn snapshot(ctx: &Ctx, routers: &[RouterCache], load: &Load) -> anyhow::Re
     })
 }
 
-/// CPU seconds of process `pid`, from `/proc`.
-///
-/// The sum over its threads of the time the scheduler ran them (`/proc/<pid>/task/*/schedstat`,
-/// in nanoseconds): `/proc/<pid>/stat` counts in 10 ms ticks, too coarse for a window in which a
-/// lightly loaded server runs a few tens of milliseconds. A thread that ended within the window
-/// takes its time with it; the processes measured here keep theirs (runtime workers, the
-/// writer, Redis's threads) for the whole run.
-fn process_cpu(pid: u32) -> anyhow::Result<f64> {
-    let mut nanos = 0u64;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .with_context(|| format!("listing the threads of process {pid}"))?
-    {
-        // A thread that ended since the listing has nothing left to count.
-        let Ok(line) = std::fs::read_to_string(task?.path().join("schedstat")) else {
-            continue;
-        };
-        let Some(ran) = line
-            .split_whitespace()
-            .next()
-            .and_then(|n| n.parse::<u64>().ok())
-        else {
-            bail!("parsing a schedstat line of process {pid}: {line:?}");
-        };
-        nanos += ran;
-    }
-    Ok(nanos as f64 / 1e9)
+/// What the scheduler counted for every thread of a process, read from `/proc` in one pass.
+#[derive(Clone, Copy)]
+struct Threads {
+    /// The time the scheduler ran them (`/proc/<pid>/task/*/schedstat`, in nanoseconds), as
+    /// seconds: `/proc/<pid>/stat` counts in 10 ms ticks, too coarse for a window in which a
+    /// lightly loaded server runs a few tens of milliseconds.
+    cpu_seconds: f64,
+    /// Their context switches, voluntary and not (`/proc/<pid>/task/*/status`): how often they
+    /// slept and woke.
+    switches: u64,
 }
 
-/// CPU seconds of this process (the routers and their load), from `/proc`.
-fn self_cpu() -> anyhow::Result<f64> {
-    process_cpu(std::process::id())
+impl Threads {
+    /// Reads process `pid`'s threads. A thread that ended within a window takes its counts with
+    /// it; the processes measured here keep theirs (runtime workers, the writer, Redis's
+    /// threads) for the whole run.
+    fn of(pid: u32) -> anyhow::Result<Threads> {
+        let mut nanos = 0u64;
+        let mut switches = 0u64;
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+            .with_context(|| format!("listing the threads of process {pid}"))?
+        {
+            let task = task?.path();
+            // A thread that ended since the listing has nothing left to count.
+            let (Ok(sched), Ok(status)) = (
+                std::fs::read_to_string(task.join("schedstat")),
+                std::fs::read_to_string(task.join("status")),
+            ) else {
+                continue;
+            };
+            let Some(ran) = sched
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                bail!("parsing a schedstat line of process {pid}: {sched:?}");
+            };
+            nanos += ran;
+            for line in status.lines() {
+                if let Some(n) = line
+                    .strip_prefix("voluntary_ctxt_switches:")
+                    .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+                {
+                    switches += n
+                        .trim()
+                        .parse::<u64>()
+                        .context("parsing a context switch count")?;
+                }
+            }
+        }
+        Ok(Threads {
+            cpu_seconds: nanos as f64 / 1e9,
+            switches,
+        })
+    }
+
+    /// This process (the routers and their load).
+    fn of_self() -> anyhow::Result<Threads> {
+        Threads::of(std::process::id())
+    }
 }
 
 fn median<T>(runs: &[T], f: impl Fn(&T) -> f64) -> f64 {
